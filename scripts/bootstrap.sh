@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Bring a fresh Debian machine (run as root, from the repo root) to the point where Paddock can
+# run: system packages, the Python virtualenv, a Docker engine and a Redis server.
+# Idempotent: every step is skipped quickly when it is already satisfied.
+#
+# Usage: scripts/bootstrap.sh [--no-venv] [--quiet]
+#
+# Daemons this script starts itself get their pid recorded in .paddock/run/<name>.pid, so that
+# `make up`/`make down` can stop exactly what was started here and nothing that pre-existed.
+set -euo pipefail
+
+NO_VENV=0
+QUIET=0
+for arg in "$@"; do
+    case "$arg" in
+        --no-venv) NO_VENV=1 ;;
+        --quiet) QUIET=1 ;;
+        -h|--help)
+            sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "bootstrap: unknown argument: $arg" >&2
+            exit 2
+            ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+STATE="$ROOT/.paddock"
+LOG_DIR="$STATE/log"
+RUN_DIR="$STATE/run"
+mkdir -p "$LOG_DIR" "$RUN_DIR"
+
+PYTHON="${PYTHON:-python3}"
+REDIS_URL="${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0}"
+
+say() {
+    if [[ "$QUIET" -eq 0 ]]; then
+        echo "bootstrap: $*"
+    fi
+}
+
+die() {
+    echo "bootstrap: error: $*" >&2
+    exit 1
+}
+
+if [[ "$(id -u)" -ne 0 ]]; then
+    die "must run as root (installs packages and starts dockerd)"
+fi
+
+# --- apt ---------------------------------------------------------------------------------------
+# dpkg-query is local and instant; apt-get update only runs when something is actually missing.
+missing=()
+for pkg in docker.io redis-server debootstrap; do
+    status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+    if [[ "$status" != "installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+if [[ "${#missing[@]}" -gt 0 ]]; then
+    say "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_quiet=()
+    if [[ "$QUIET" -eq 1 ]]; then
+        apt_quiet=(-qq)
+    fi
+    apt-get "${apt_quiet[@]}" update
+    apt-get "${apt_quiet[@]}" install -y --no-install-recommends "${missing[@]}"
+    say "apt: installed ${missing[*]}"
+else
+    say "apt: docker.io redis-server debootstrap already installed"
+fi
+
+# --- Python virtualenv -------------------------------------------------------------------------
+if [[ "$NO_VENV" -eq 1 ]]; then
+    say "venv: skipped (--no-venv)"
+elif [[ -x .venv/bin/python && -f .venv/.installed && ! pyproject.toml -nt .venv/.installed ]]; then
+    say "venv: up to date"
+else
+    say "venv: installing into .venv"
+    if [[ ! -x .venv/bin/python ]]; then
+        "$PYTHON" -m venv .venv
+    fi
+    pip_quiet=()
+    if [[ "$QUIET" -eq 1 ]]; then
+        pip_quiet=(-q)
+    fi
+    .venv/bin/pip install "${pip_quiet[@]}" -e '.[dev]'
+    touch .venv/.installed
+    say "venv: installed"
+fi
+
+# --- Docker engine -----------------------------------------------------------------------------
+docker_ok() {
+    timeout 5 docker info >/dev/null 2>&1
+}
+
+# Scans /proc rather than using pgrep, which a minimal machine may not have (procps).
+dockerd_alive() {
+    local comm
+    for comm in /proc/[0-9]*/comm; do
+        if [[ "$(cat "$comm" 2>/dev/null || true)" == "dockerd" ]]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+if docker_ok; then
+    say "docker: running"
+else
+    # A pid file left by a dockerd that died makes a new dockerd refuse to start; only remove it
+    # when no dockerd is alive, so a slow-starting engine is never clobbered.
+    if [[ -f /var/run/docker.pid ]] && ! dockerd_alive; then
+        rm -f /var/run/docker.pid
+    fi
+    if dockerd_alive; then
+        say "docker: dockerd is alive but not answering yet, waiting"
+        started_pid=""
+    else
+        nohup setsid dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+        started_pid=$!
+    fi
+    for _ in $(seq 1 60); do
+        if docker_ok; then
+            break
+        fi
+        if [[ -n "$started_pid" ]] && ! kill -0 "$started_pid" 2>/dev/null; then
+            break
+        fi
+        sleep 1
+    done
+    if ! docker_ok; then
+        echo "bootstrap: docker did not come up; last lines of $LOG_DIR/dockerd.log:" >&2
+        tail -n 30 "$LOG_DIR/dockerd.log" >&2 || true
+        exit 1
+    fi
+    if [[ -n "$started_pid" ]]; then
+        echo "$started_pid" >"$RUN_DIR/dockerd.pid"
+        say "docker: running (started by us, pid $started_pid)"
+    else
+        say "docker: running"
+    fi
+fi
+
+# --- Redis -------------------------------------------------------------------------------------
+redis_ok() {
+    [[ "$(timeout 3 redis-cli -u "$REDIS_URL" ping 2>/dev/null || true)" == "PONG" ]]
+}
+
+if redis_ok; then
+    say "redis: running at $REDIS_URL"
+else
+    # redis://[user[:password]@]host[:port][/db]
+    hostport="${REDIS_URL#*://}"
+    hostport="${hostport##*@}"
+    hostport="${hostport%%/*}"
+    redis_host="${hostport%%:*}"
+    redis_port=6379
+    if [[ "$hostport" == *:* ]]; then
+        redis_port="${hostport##*:}"
+    fi
+    case "$redis_host" in
+        127.0.0.1|localhost) ;;
+        *) die "redis at $REDIS_URL does not answer and is not local, so it cannot be started here" ;;
+    esac
+    if [[ ! "$redis_port" =~ ^[0-9]+$ ]]; then
+        die "cannot parse a port from PADDOCK_REDIS_URL=$REDIS_URL"
+    fi
+    mkdir -p "$STATE/redis"
+    # AOF on, RDB snapshots off: the session store survives a restart without periodic fork+dump.
+    nohup setsid redis-server --port "$redis_port" --bind 127.0.0.1 --appendonly yes \
+        --dir "$STATE/redis" --daemonize no --save '' \
+        >>"$LOG_DIR/redis.log" 2>&1 </dev/null &
+    redis_pid=$!
+    for _ in $(seq 1 40); do
+        if redis_ok || ! kill -0 "$redis_pid" 2>/dev/null; then
+            break
+        fi
+        sleep 0.5
+    done
+    if ! redis_ok; then
+        echo "bootstrap: redis did not come up; last lines of $LOG_DIR/redis.log:" >&2
+        tail -n 30 "$LOG_DIR/redis.log" >&2 || true
+        exit 1
+    fi
+    echo "$redis_pid" >"$RUN_DIR/redis.pid"
+    say "redis: running at $REDIS_URL (started by us, pid $redis_pid)"
+fi

@@ -1,0 +1,144 @@
+"""Processes and their output: one hash per process, one Redis Stream of output per process.
+
+The worker that runs a process appends entries; readers (HTTP long-polls) take everything with
+XRANGE and then follow with blocking XREAD from the last id they saw, so nothing is missed and
+nobody sleeps in a loop. The stream ends with one ``end`` entry carrying the exit code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from shared import keys
+
+STDOUT = "o"
+STDERR = "e"
+END = "x"
+
+_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Line:
+    kind: str  # STDOUT or STDERR
+    text: str
+    ts_ns: int
+
+
+@dataclass
+class Output:
+    stdout: list[Line] = field(default_factory=list)
+    stderr: list[Line] = field(default_factory=list)
+    finished: bool = False
+    exit_code: int | None = None
+    last_id: str = "0-0"
+
+
+class ProcessLog:
+    """Process records and output streams. Takes the Redis client; opens nothing itself."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+
+    # -- records -----------------------------------------------------------------------------
+    def register(self, sandbox_id: str, process_id: str, cmd: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(
+            keys.process(sandbox_id, process_id),
+            mapping={"cmd": cmd, "status": "starting", "started_at": time.time()},
+        )
+        pipe.sadd(keys.sandbox_processes(sandbox_id), process_id)
+        pipe.execute()
+
+    def set_fields(self, sandbox_id: str, process_id: str, **values: Any) -> None:
+        self.r.hset(keys.process(sandbox_id, process_id), mapping=values)
+
+    def exists(self, sandbox_id: str, process_id: str) -> bool:
+        return bool(self.r.exists(keys.process(sandbox_id, process_id)))
+
+    def info(self, sandbox_id: str, process_id: str) -> dict[str, str]:
+        raw = self.r.hgetall(keys.process(sandbox_id, process_id))
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    def process_ids(self, sandbox_id: str) -> list[str]:
+        return sorted(_s(x) for x in self.r.smembers(keys.sandbox_processes(sandbox_id)))
+
+    def forget(self, sandbox_id: str, process_id: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.delete(keys.process(sandbox_id, process_id), keys.output(sandbox_id, process_id))
+        pipe.srem(keys.sandbox_processes(sandbox_id), process_id)
+        pipe.execute()
+
+    # -- writing output ----------------------------------------------------------------------
+    def append(self, sandbox_id: str, process_id: str, lines: Iterable[Line]) -> None:
+        key = keys.output(sandbox_id, process_id)
+        pipe = self.r.pipeline(transaction=False)
+        n = 0
+        for line in lines:
+            pipe.xadd(key, {"k": line.kind, "l": line.text, "t": line.ts_ns})
+            n += 1
+        if n:
+            pipe.execute()
+
+    def finish(self, sandbox_id: str, process_id: str, exit_code: int | None) -> None:
+        code = "" if exit_code is None else str(exit_code)
+        pipe = self.r.pipeline()
+        pipe.xadd(keys.output(sandbox_id, process_id), {"k": END, "c": code})
+        pipe.hset(
+            keys.process(sandbox_id, process_id),
+            mapping={"status": "exited", "exit_code": code, "ended_at": time.time()},
+        )
+        pipe.execute()
+
+    # -- reading output ----------------------------------------------------------------------
+    def read(self, sandbox_id: str, process_id: str) -> Output:
+        """Everything written so far."""
+        out = Output()
+        key = keys.output(sandbox_id, process_id)
+        start = "-"
+        while True:
+            entries = self.r.xrange(key, min=start, count=_BATCH)
+            _apply(out, entries)
+            if len(entries) < _BATCH:
+                return out
+            start = "(" + out.last_id
+
+    def wait(self, sandbox_id: str, process_id: str, timeout: float) -> Output:
+        """Everything written until the process ends, or until ``timeout`` seconds pass."""
+        out = self.read(sandbox_id, process_id)
+        key = keys.output(sandbox_id, process_id)
+        deadline = time.monotonic() + timeout
+        while not out.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            block_ms = max(1, int(min(remaining, 10.0) * 1000))
+            resp = self.r.xread({key: out.last_id}, count=_BATCH, block=block_ms)
+            for _key, entries in resp or []:
+                _apply(out, entries)
+            if not resp and not self.r.exists(keys.process(sandbox_id, process_id)):
+                break  # forgotten (stopped or sandbox ended) while we waited
+        return out
+
+
+def _apply(out: Output, entries: list[Any]) -> None:
+    for entry_id, fields in entries:
+        out.last_id = _s(entry_id)
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        kind = f.get("k")
+        if kind == END:
+            out.finished = True
+            out.exit_code = int(f["c"]) if f.get("c") else None
+        elif kind == STDOUT:
+            out.stdout.append(Line(STDOUT, f.get("l", ""), int(f.get("t", 0))))
+        elif kind == STDERR:
+            out.stderr.append(Line(STDERR, f.get("l", ""), int(f.get("t", 0))))
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

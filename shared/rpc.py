@@ -1,0 +1,67 @@
+"""Request/reply over Celery: the web sends a task onto a host's queue and blocks on a Redis
+list for its one reply. Celery's own result backend is not used: a BLPOP with a timeout is
+simpler, thread-safe under gunicorn's threads, and bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+
+from shared import keys
+from shared.errors import PaddockError, WorkerTimeout, from_code
+from shared.tasks import host_queue
+
+logger = logging.getLogger(__name__)
+
+REPLY_TTL = 300
+
+
+def send(app: Celery, queue: str, name: str, kwargs: dict[str, Any], expires: float) -> str:
+    """Fire a task by name onto ``queue``; it is dropped if not started within ``expires``."""
+    task_id = uuid.uuid4().hex
+    app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, expires=expires)
+    return task_id
+
+
+def call(
+    app: Celery,
+    r: redis.Redis,
+    host_id: str,
+    name: str,
+    kwargs: dict[str, Any],
+    timeout: float,
+) -> Any:
+    """Run task ``name`` on ``host_id`` and return its result.
+
+    Raises WorkerTimeout when no reply comes within ``timeout`` seconds, and the worker's own
+    PaddockError subclass when the task failed.
+    """
+    task_id = send(app, host_queue(host_id), name, kwargs, expires=timeout)
+    got = r.blpop([keys.reply(task_id)], timeout=max(1, round(timeout)))
+    if got is None:
+        logger.warning("task %s %s on host %s: no reply in %.0fs", name, task_id, host_id, timeout)
+        raise WorkerTimeout()
+    body = json.loads(got[1])
+    if "error" in body:
+        raise from_code(body["error"], body.get("message", ""))
+    return body.get("result")
+
+
+def reply(
+    r: redis.Redis, task_id: str, result: Any = None, error: PaddockError | None = None
+) -> None:
+    """Publish the reply of ``task_id`` (used by workers)."""
+    if error is not None:
+        body = {"error": error.code, "message": error.message}
+    else:
+        body = {"result": result}
+    pipe = r.pipeline()
+    pipe.rpush(keys.reply(task_id), json.dumps(body))
+    pipe.expire(keys.reply(task_id), REPLY_TTL)
+    pipe.execute()

@@ -1,0 +1,111 @@
+"""Typed settings, read once from ``PADDOCK_*`` environment variables and passed in."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from shared.errors import ConfigError
+
+SANDBOX_NETWORKS = ("none", "internet")
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _size(raw: str) -> int:
+    """Parse ``512m``, ``1g``, ``65536`` into bytes."""
+    value = raw.strip().lower()
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    if value and value[-1] in units:
+        return int(float(value[:-1]) * units[value[-1]])
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of Paddock. Field name ``x_y`` is read from ``PADDOCK_X_Y``."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    host_id: str = ""
+    port: int = 3000
+    auth: bool = False
+    instance: str = "default"
+    data_dir: str = ".paddock"
+    # Sandboxes
+    idle_timeout: int = 600
+    sandbox_max_lifetime: int = 86400
+    sandbox_network: str = "none"
+    sandbox_memory: int = 1 << 30
+    sandbox_cpus: float = 1.0
+    sandbox_pids: int = 512
+    sandbox_tmp_size: int = 512 << 20
+    sandbox_disk: int = 0
+    image_prefix: str = "paddock"
+    templates_dir: str = "templates"
+    # Hosts
+    host_capacity: int = 32
+    heartbeat_interval: float = 5.0
+    worker_concurrency: int = 8
+    reaper_interval: float = 10.0
+    # Requests and processes
+    max_body_bytes: int = 16 << 20
+    max_file_bytes: int = 16 << 20
+    max_output_bytes: int = 256 << 20
+    wait_timeout: float = 3600.0
+    task_timeout: float = 60.0
+    create_timeout: float = 120.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.host_id:
+            object.__setattr__(self, "host_id", socket.gethostname())
+        if self.sandbox_network not in SANDBOX_NETWORKS:
+            raise ConfigError(
+                f"PADDOCK_SANDBOX_NETWORK must be one of {', '.join(SANDBOX_NETWORKS)}"
+            )
+        for name in ("idle_timeout", "host_capacity", "sandbox_pids", "sandbox_memory"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"PADDOCK_{name.upper()} must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``).
+
+        Raises ConfigError on a value that does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"PADDOCK_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _parse(f.name, f.type, raw)
+            except ValueError as exc:
+                raise ConfigError(f"PADDOCK_{f.name.upper()}: {exc}") from exc
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _parse(name: str, typ: Any, raw: str) -> Any:
+    if typ in (bool, "bool"):
+        return _bool(raw)
+    if typ in (int, "int"):
+        if name.startswith(("sandbox_memory", "sandbox_tmp", "sandbox_disk", "max_")):
+            return _size(raw)
+        return int(raw)
+    if typ in (float, "float"):
+        return float(raw)
+    return raw

@@ -1,0 +1,227 @@
+"""The state store: hosts, sandboxes and processes, all in Redis.
+
+Every read of a sandbox is scoped by tenant: a sandbox of another tenant is ``SessionNotFound``,
+exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.errors import NoCapacity, SessionNotFound
+
+# Lua: pick the live host with the most free capacity that has the template, and reserve a slot
+# in the same step so two concurrent creates cannot both take a host's last slot.
+_PLACE = """
+local best, best_free = nil, 0
+for i, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local hkey = ARGV[1] .. host
+  if redis.call('EXISTS', hkey) == 1 then
+    local cap = tonumber(redis.call('HGET', hkey, 'capacity') or '0')
+    local tpls = redis.call('HGET', hkey, 'templates') or ''
+    if string.find(tpls, ',' .. ARGV[2] .. ',', 1, true) then
+      local used = redis.call('SCARD', hkey .. ':sandboxes')
+      local free = cap - used
+      if free > best_free then best, best_free = host, free end
+    end
+  end
+end
+if best then redis.call('SADD', ARGV[1] .. best .. ':sandboxes', ARGV[3]) end
+return best
+"""
+
+_BEGIN_DELETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'deleting' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'deleting')
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    capacity: int
+    used: int
+    templates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    sandbox_id: str
+    tenant_id: str
+    host_id: str
+    template: str
+    status: str
+    created_at: float
+
+
+class Store:
+    """Typed access to Paddock's Redis state. Takes the client; opens nothing itself."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self._place = r.register_script(_PLACE)
+        self._begin_delete = r.register_script(_BEGIN_DELETE)
+
+    # -- hosts -------------------------------------------------------------------------------
+    def heartbeat(self, host_id: str, capacity: int, templates: list[str], ttl: float) -> None:
+        pipe = self.r.pipeline()
+        pipe.sadd(keys.hosts(), host_id)
+        pipe.hset(
+            keys.host(host_id),
+            mapping={
+                "capacity": capacity,
+                "templates": "," + ",".join(templates) + ",",
+                "updated": time.time(),
+            },
+        )
+        pipe.pexpire(keys.host(host_id), int(ttl * 1000))
+        pipe.execute()
+
+    def host_down(self, host_id: str) -> None:
+        self.r.delete(keys.host(host_id))
+
+    def alive_hosts(self) -> list[Host]:
+        out = []
+        for hid in sorted(self._smembers(keys.hosts())):
+            data = self._hgetall(keys.host(hid))
+            if not data:
+                continue
+            out.append(
+                Host(
+                    host_id=hid,
+                    capacity=int(data.get("capacity", 0)),
+                    used=int(self.r.scard(keys.host_sandboxes(hid))),
+                    templates=tuple(t for t in data.get("templates", "").split(",") if t),
+                )
+            )
+        return out
+
+    def known_templates(self) -> set[str]:
+        return {t for h in self.alive_hosts() for t in h.templates}
+
+    def place(self, sandbox_id: str, template: str) -> str:
+        """Reserve a slot for ``sandbox_id`` on the freest live host that has ``template``.
+
+        Raises NoCapacity when no live host can take it.
+        """
+        host = self._place(keys=[keys.hosts()], args=[keys.host(""), template, sandbox_id])
+        if host is None:
+            raise NoCapacity("No sandbox host is available with free capacity")
+        return host.decode() if isinstance(host, bytes) else str(host)
+
+    # -- sandboxes ---------------------------------------------------------------------------
+    def create_sandbox(
+        self, sandbox_id: str, tenant_id: str, host_id: str, template: str, max_lifetime: float
+    ) -> Sandbox:
+        now = time.time()
+        pipe = self.r.pipeline()
+        pipe.hset(
+            keys.sandbox(sandbox_id),
+            mapping={
+                "tenant": tenant_id,
+                "host": host_id,
+                "template": template,
+                "status": "creating",
+                "created_at": now,
+            },
+        )
+        pipe.sadd(keys.tenant_sandboxes(tenant_id), sandbox_id)
+        pipe.zadd(keys.idle_index(), {sandbox_id: now})
+        pipe.zadd(keys.expiry_index(), {sandbox_id: now + max_lifetime})
+        pipe.execute()
+        return Sandbox(sandbox_id, tenant_id, host_id, template, "creating", now)
+
+    def set_sandbox_status(self, sandbox_id: str, status: str) -> None:
+        self.r.hset(keys.sandbox(sandbox_id), "status", status)
+
+    def get_sandbox(self, tenant_id: str, sandbox_id: str) -> Sandbox:
+        """The tenant's sandbox. Raises SessionNotFound when absent, ending, or another's."""
+        data = self._hgetall(keys.sandbox(sandbox_id))
+        if not data or data.get("tenant") != tenant_id or data.get("status") == "deleting":
+            raise SessionNotFound()
+        return Sandbox(
+            sandbox_id=sandbox_id,
+            tenant_id=data["tenant"],
+            host_id=data["host"],
+            template=data["template"],
+            status=data["status"],
+            created_at=float(data["created_at"]),
+        )
+
+    def raw_sandbox(self, sandbox_id: str) -> dict[str, str]:
+        return self._hgetall(keys.sandbox(sandbox_id))
+
+    def touch(self, sandbox_id: str) -> None:
+        """Reset the idle timer (any request naming the sandbox does this)."""
+        self.r.zadd(keys.idle_index(), {sandbox_id: time.time()}, xx=True)
+
+    def begin_delete(self, sandbox_id: str) -> bool:
+        """Mark a sandbox as ending so no new request reaches it. False if absent or ending."""
+        return bool(self._begin_delete(keys=[keys.sandbox(sandbox_id)]))
+
+    def purge_sandbox(self, sandbox_id: str) -> None:
+        """Forget a sandbox and everything under it (processes, output, indexes)."""
+        data = self._hgetall(keys.sandbox(sandbox_id))
+        pids = self._smembers(keys.sandbox_processes(sandbox_id))
+        pipe = self.r.pipeline()
+        for pid in pids:
+            pipe.delete(keys.process(sandbox_id, pid), keys.output(sandbox_id, pid))
+        pipe.delete(
+            keys.sandbox(sandbox_id),
+            keys.sandbox_processes(sandbox_id),
+            keys.task_log(sandbox_id),
+        )
+        pipe.zrem(keys.idle_index(), sandbox_id)
+        pipe.zrem(keys.expiry_index(), sandbox_id)
+        if data.get("tenant"):
+            pipe.srem(keys.tenant_sandboxes(data["tenant"]), sandbox_id)
+        if data.get("host"):
+            pipe.srem(keys.host_sandboxes(data["host"]), sandbox_id)
+        pipe.execute()
+
+    def release_slot(self, host_id: str, sandbox_id: str) -> None:
+        self.r.srem(keys.host_sandboxes(host_id), sandbox_id)
+
+    def due_sandboxes(self, idle_before: float, now: float) -> list[str]:
+        """Sandboxes idle since before ``idle_before`` or past their maximum lifetime."""
+        idle = self._zrange(keys.idle_index(), idle_before)
+        expired = self._zrange(keys.expiry_index(), now)
+        return sorted(set(idle) | set(expired))
+
+    def tenant_sandbox_ids(self, tenant_id: str) -> list[str]:
+        return sorted(self._smembers(keys.tenant_sandboxes(tenant_id)))
+
+    def host_sandbox_ids(self, host_id: str) -> list[str]:
+        return sorted(self._smembers(keys.host_sandboxes(host_id)))
+
+    def log_task(self, sandbox_id: str, task: str, host_id: str) -> None:
+        entry = json.dumps({"task": task, "host": host_id, "at": time.time()})
+        pipe = self.r.pipeline()
+        pipe.rpush(keys.task_log(sandbox_id), entry)
+        pipe.ltrim(keys.task_log(sandbox_id), -1000, -1)
+        pipe.execute()
+
+    def task_log(self, sandbox_id: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.r.lrange(keys.task_log(sandbox_id), 0, -1)]
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _hgetall(self, key: str) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in self.r.hgetall(key).items()}
+
+    def _smembers(self, key: str) -> set[str]:
+        return {_s(x) for x in self.r.smembers(key)}
+
+    def _zrange(self, key: str, max_score: float) -> list[str]:
+        return [_s(x) for x in self.r.zrangebyscore(key, "-inf", max_score)]
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

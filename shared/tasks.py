@@ -1,0 +1,22 @@
+"""Celery task names and queue names. The web side sends tasks by these names only."""
+
+from __future__ import annotations
+
+CONTROL_QUEUE = "control"
+
+SANDBOX_CREATE = "paddock.sandbox.create"
+SANDBOX_DESTROY = "paddock.sandbox.destroy"
+SANDBOX_PORTS = "paddock.sandbox.ports"
+FS_LIST = "paddock.fs.list"
+FS_MKDIR = "paddock.fs.mkdir"
+FS_REMOVE = "paddock.fs.remove"
+FS_READ = "paddock.fs.read"
+FS_WRITE = "paddock.fs.write"
+PROCESS_START = "paddock.process.start"
+PROCESS_STDIN = "paddock.process.stdin"
+PROCESS_KILL = "paddock.process.kill"
+REAP = "paddock.control.reap"
+
+
+def host_queue(host_id: str) -> str:
+    return f"host.{host_id}"

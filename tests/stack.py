@@ -1,0 +1,132 @@
+"""Start a real Paddock stack for integration tests and benchmarks: a private redis-server,
+real Celery workers (one per host id, plus control with beat) and gunicorn, all as processes on
+loopback. Docker containers are labelled with a per-stack instance id and removed at stop."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(
+        self, workdir: Path, hosts: tuple[str, ...] = ("host-a",), env: dict[str, str] | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.hosts = hosts
+        self.instance = "t" + secrets.token_hex(4)
+        self.redis_port = free_port()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PADDOCK_")},
+            "PADDOCK_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "PADDOCK_INSTANCE": self.instance,
+            "PADDOCK_DATA_DIR": str(workdir),
+            "PADDOCK_HEARTBEAT_INTERVAL": "1",
+            "PADDOCK_REAPER_INTERVAL": "1",
+            "PADDOCK_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.redis = redis.Redis(port=self.redis_port, socket_timeout=30)
+        self.http = requests.Session()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._spawn("redis", [shutil.which("redis-server") or "redis-server", "--port",
+                              str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(self.workdir)])
+        self._wait(lambda: self.redis.ping(), "redis")
+        for host in self.hosts:
+            self.start_host(host)
+        self._spawn("control", [sys.executable, "-m", "workers", "control"])
+        self._spawn("web", [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}",
+                            "--worker-class", "gthread", "--workers", "2", "--threads", "64",
+                            "--timeout", "0", "web.app:create_app()"])
+        self._wait(lambda: self.http.get(self.url + "/health", timeout=2).ok, "web")
+        self._wait(lambda: len(self.alive_hosts()) == len(self.hosts), "hosts heartbeat")
+        return self
+
+    def start_host(self, host: str) -> None:
+        self._spawn(f"worker-{host}", [sys.executable, "-m", "workers", "host"],
+                    {"PADDOCK_HOST_ID": host})
+
+    def stop_process(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def stop(self) -> None:
+        for name in [n for n in self.procs if n != "redis"] + ["redis"]:
+            if name in self.procs:
+                self.stop_process(name)
+        client = docker.from_env(timeout=60)
+        for c in client.containers.list(all=True,
+                                        filters={"label": f"paddock.instance={self.instance}"}):
+            c.remove(force=True)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def alive_hosts(self) -> list[str]:
+        return sorted(h.decode() for h in self.redis.smembers("pdk:hosts")
+                      if self.redis.exists(f"pdk:host:{h.decode()}"))
+
+    def containers(self) -> list[Any]:
+        client = docker.from_env(timeout=60)
+        return client.containers.list(all=True,
+                                      filters={"label": f"paddock.instance={self.instance}"})
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    def _spawn(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
+        out = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **(extra or {})},
+                                            stdout=out, stderr=subprocess.STDOUT)
+
+    def _wait(self, check: Any, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited: {self.log(name)[-3000:]}")
+            try:
+                if check():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {n}\n{self.log(n)[-2000:]}" for n in self.procs)
+        raise RuntimeError(f"timed out waiting for {what}\n{logs}")

@@ -1,0 +1,225 @@
+"""``/health`` and the E2B API's OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+bp = Blueprint("meta", __name__)
+
+
+@bp.get("/health")
+def health() -> tuple[str, int, dict[str, str]]:
+    return "OK", 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(OPENAPI)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+_SID = {"name": "sessionID", "in": "path", "required": True, "schema": {"type": "string"}}
+_PID = {"name": "processID", "in": "path", "required": True, "schema": {"type": "string"}}
+_PATH = {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}
+_WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "boolean"}}
+_RESULTS = {"name": "results", "in": "query", "required": False, "schema": {"type": "boolean"}}
+_ERRORS = {
+    "404": {"description": "Session not found", **_json(_ref("Error"))},
+    "422": {"description": "Validation Failed", **_json(_ref("ValidationError"))},
+    "500": {"description": "Internal Server Error", **_json(_ref("Error"))},
+}
+_NO_CONTENT = {"204": {"description": "No content"}}
+
+
+def _op(op_id: str, params: list[dict], ok: dict, body: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "parameters": params,
+        "responses": {**ok, **_ERRORS},
+    }
+    if body:
+        op["requestBody"] = {"required": True, **_json(_ref(body))}
+    return op
+
+
+def _ok(schema: str) -> dict[str, Any]:
+    return {"200": {"description": "Ok", **_json(_ref(schema))}}
+
+
+_DIR = {
+    "get": _op("listFilesystemDir", [_SID, _PATH], _ok("ListFilesystemDirResponse")),
+    "put": _op("makeFilesystemDir", [_SID, _PATH], _NO_CONTENT),
+}
+_FILE = {
+    "get": _op("readFilesystemFile", [_SID, _PATH], _ok("ReadFilesystemFileResponse")),
+    "put": _op("writeFilesystemFile", [_SID, _PATH], _NO_CONTENT, "WriteFilesystemFileRequest"),
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.0",
+    "info": {"title": "Paddock — E2B-compatible REST API", "version": "1.0.0"},
+    "paths": {
+        "/health": {"get": {"operationId": "health", "responses": {"200": {"description": "OK"}}}},
+        "/sessions": {"post": _op("createSessions", [], _ok("Session"), "CreateSessionsRequest")},
+        "/sessions/{sessionID}": {
+            "get": _op("getSession", [_SID], _ok("Session")),
+            "delete": _op("deleteSession", [_SID], _NO_CONTENT),
+        },
+        "/sessions/{sessionID}/filesystem": {
+            "delete": _op("deleteFilesystemEntry", [_SID, _PATH], _NO_CONTENT)
+        },
+        "/sessions/{sessionID}/filesystem/dir": _DIR,
+        "/sessions/{sessionID}/filesystem/dirs": _DIR,
+        "/sessions/{sessionID}/filesystem/file": _FILE,
+        "/sessions/{sessionID}/filesystem/files": _FILE,
+        "/sessions/{sessionID}/processes": {
+            "post": _op("startProcess", [_SID, _WAIT], _ok("Process"), "StartProcessParams")
+        },
+        "/sessions/{sessionID}/processes/{processID}": {
+            "get": _op("getProcess", [_SID, _PID, _WAIT], {**_ok("Process"), **_NO_CONTENT}),
+            "delete": _op("stopProcess", [_SID, _PID, _RESULTS], {**_ok("Process"), **_NO_CONTENT}),
+        },
+        "/sessions/{sessionID}/processes/{processID}/stdin": {
+            "post": _op("writeProcessStdin", [_SID, _PID], _NO_CONTENT, "WriteProcessStdinRequest")
+        },
+    },
+    "components": {
+        "schemas": {
+            "Session": {
+                "type": "object",
+                "required": ["id", "ports"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "ports": {"type": "array", "items": _ref("OpenPort")},
+                },
+            },
+            "OpenPort": {
+                "type": "object",
+                "required": ["State", "Ip", "Port"],
+                "properties": {
+                    "State": {"type": "string"},
+                    "Ip": {"type": "string"},
+                    "Port": {"type": "number"},
+                },
+            },
+            "Process": {
+                "type": "object",
+                "required": ["stdout", "stderr", "processID", "finished"],
+                "properties": {
+                    "stdout": {"type": "array", "items": _ref("OutStdResponse")},
+                    "stderr": {"type": "array", "items": _ref("OutStdResponse")},
+                    "processID": {"type": "string", "pattern": "^[A-Za-z0-9]{12}$"},
+                    "finished": {"type": "boolean"},
+                },
+            },
+            "OutStdResponse": {
+                "type": "object",
+                "required": ["type", "line", "timestamp"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["Stdout", "Stderr"]},
+                    "line": {"type": "string"},
+                    "timestamp": {"type": "number", "description": "Unix time in nanoseconds"},
+                },
+            },
+            "ListFilesystemDirResponse": {
+                "type": "object",
+                "required": ["entries"],
+                "properties": {
+                    "entries": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["isDir", "name"],
+                            "properties": {
+                                "isDir": {"type": "boolean"},
+                                "name": {"type": "string"},
+                            },
+                        },
+                    }
+                },
+            },
+            "ReadFilesystemFileResponse": {
+                "type": "object",
+                "required": ["content"],
+                "properties": {"content": {"type": "string"}},
+            },
+            "CreateSessionsRequest": {
+                "type": "object",
+                "required": ["envID"],
+                "additionalProperties": False,
+                "properties": {
+                    "envID": {
+                        "type": "string",
+                        "enum": [
+                            "Nodejs",
+                            "Go",
+                            "Bash",
+                            "Rust",
+                            "Python3",
+                            "PHP",
+                            "Java",
+                            "Perl",
+                            "DotNET",
+                        ],
+                    },
+                    "apiKey": {"type": "string"},
+                },
+            },
+            "StartProcessParams": {
+                "type": "object",
+                "required": ["cmd"],
+                "additionalProperties": False,
+                "properties": {
+                    "cmd": {"type": "string"},
+                    "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "rootdir": {"type": "string", "default": "/"},
+                },
+            },
+            "WriteFilesystemFileRequest": {
+                "type": "object",
+                "required": ["content"],
+                "additionalProperties": False,
+                "properties": {"content": {"type": "string"}},
+            },
+            "WriteProcessStdinRequest": {
+                "type": "object",
+                "required": ["stdin"],
+                "additionalProperties": False,
+                "properties": {"stdin": {"type": "string"}},
+            },
+            "Error": {
+                "type": "object",
+                "required": ["message"],
+                "properties": {"message": {"type": "string"}},
+            },
+            "ValidationError": {
+                "type": "object",
+                "required": ["message", "details"],
+                "properties": {
+                    "message": {"type": "string", "enum": ["Validation Failed"]},
+                    "details": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "properties": {"message": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+        },
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+    },
+    "security": [{}, {"bearer": []}, {"apiKeyHeader": []}],
+}

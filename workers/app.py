@@ -1,0 +1,63 @@
+"""Assemble the Celery app of a host worker or of the control worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from shared import tasks
+from shared.broker import make_celery
+from shared.settings import Settings
+from workers import control, hosts
+from workers.context import WorkerContext
+from workers.tasks import register_host_tasks
+
+logger = logging.getLogger(__name__)
+
+
+def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
+    """The worker of one sandbox host: consumes ``host.<id>`` only."""
+    app = make_celery(settings)
+    ctx = WorkerContext(settings)
+    register_host_tasks(app, ctx)
+    stop = threading.Event()
+
+    @worker_ready.connect(weak=False)
+    def on_ready(**_: Any) -> None:
+        hosts.reconcile(ctx)
+        hosts.start_heartbeat(ctx, stop)
+        logger.info(
+            "host %s: ready, consuming %s", settings.host_id, tasks.host_queue(settings.host_id)
+        )
+
+    @worker_shutdown.connect(weak=False)
+    def on_shutdown(**_: Any) -> None:
+        stop.set()
+        ctx.store.host_down(settings.host_id)
+
+    return app, ctx
+
+
+def create_control_app(settings: Settings) -> Celery:
+    """The control worker: the ``control`` queue and the periodic reaper (run with beat)."""
+    app = make_celery(settings)
+    ctx = WorkerContext(settings)
+
+    # Not acks_late and delivered-twice safe: a reap only reads the indexes and sends destroys,
+    # which are idempotent; beat sends a fresh one every interval anyway.
+    @app.task(name=tasks.REAP, ignore_result=True, expires=settings.reaper_interval)
+    def reap() -> int:
+        return len(control.reap(app, ctx.redis, settings))
+
+    app.conf.beat_schedule = {
+        "reap-idle-sandboxes": {
+            "task": tasks.REAP,
+            "schedule": settings.reaper_interval,
+            "options": {"queue": tasks.CONTROL_QUEUE, "expires": settings.reaper_interval},
+        }
+    }
+    return app

@@ -1,0 +1,50 @@
+"""Everything a worker process needs, built once from settings at worker start (not import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import docker
+import redis
+
+from shared.output import ProcessLog
+from shared.settings import Settings
+from shared.store import Store
+from workers.driver import DockerDriver
+from workers.runner import ProcessManager
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.redis)
+
+    @cached_property
+    def plog(self) -> ProcessLog:
+        return ProcessLog(self.redis)
+
+    @cached_property
+    def docker(self) -> docker.DockerClient:
+        # max_pool_size: every concurrent exec holds a connection to the engine.
+        return docker.DockerClient.from_env(timeout=60, max_pool_size=256)
+
+    @cached_property
+    def driver(self) -> DockerDriver:
+        return DockerDriver(self.docker, self.settings)
+
+    @cached_property
+    def processes(self) -> ProcessManager:
+        return ProcessManager(self.docker, self.driver, self.plog, self.settings)

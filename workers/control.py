@@ -1,0 +1,44 @@
+"""Work that belongs to no host: reaping idle and expired sandboxes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from celery import Celery
+
+from shared import rpc, tasks
+from shared.settings import Settings
+from shared.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
+    """Send a destroy to the owner of every idle or expired sandbox; returns their ids.
+
+    A sandbox whose host is dead is forgotten here; its container, if the host comes back,
+    is removed by that host's reconcile at start.
+    """
+    store = Store(r)
+    now = time.time()
+    alive = {h.host_id for h in store.alive_hosts()}
+    due = store.due_sandboxes(idle_before=now - settings.idle_timeout, now=now)
+    for sandbox_id in due:
+        record = store.raw_sandbox(sandbox_id)
+        host = record.get("host")
+        if not record or host not in alive:
+            logger.info("sandbox %s: reaped (host %s not alive)", sandbox_id, host)
+            store.purge_sandbox(sandbox_id)
+            continue
+        store.begin_delete(sandbox_id)
+        logger.info("sandbox %s: idle or expired, destroying on host %s", sandbox_id, host)
+        rpc.send(
+            app,
+            tasks.host_queue(host),
+            tasks.SANDBOX_DESTROY,
+            {"sandbox_id": sandbox_id},
+            expires=settings.task_timeout * 10,
+        )
+    return due

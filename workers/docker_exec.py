@@ -1,0 +1,146 @@
+"""Running one command in a container over the Docker API, with stdin and demultiplexed output.
+
+``docker exec`` with an attached socket: the 8-byte frame header says which stream each chunk is
+(1 stdout, 2 stderr). Writing to the socket is the process's stdin; a half-close ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+
+from shared.errors import SandboxError
+
+_HEADER = struct.Struct(">BxxxI")
+STDOUT_STREAM = 1
+STDERR_STREAM = 2
+
+
+@dataclass
+class Attached:
+    exec_id: str
+    sock: socket.socket
+    holder: Any  # the SocketIO object docker returned; kept so it is not closed under us
+
+
+def start(
+    client: docker.DockerClient,
+    container: str,
+    argv: list[str],
+    user: str,
+    env: dict[str, str] | None = None,
+    workdir: str | None = None,
+    recv_timeout: float = 30.0,
+) -> Attached:
+    """Create and start an exec with stdin, stdout and stderr attached.
+
+    Raises docker.errors.NotFound when the container is gone, docker.errors.APIError otherwise.
+    """
+    env_list = [f"{k}={v}" for k, v in (env or {}).items()]
+    created = client.api.exec_create(
+        container,
+        argv,
+        stdin=True,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        user=user,
+        environment=env_list or None,
+        workdir=workdir,
+    )
+    holder = client.api.exec_start(created["Id"], socket=True)
+    raw: socket.socket = getattr(holder, "_sock", holder)
+    raw.settimeout(recv_timeout)
+    return Attached(exec_id=created["Id"], sock=raw, holder=holder)
+
+
+def frames(sock: socket.socket, stop: Any = None) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(stream, payload)`` chunks until the exec's output ends.
+
+    A receive timeout only means the process is quiet; ``stop()`` returning True ends early.
+    """
+    buf = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(262144)
+        except TimeoutError:
+            if stop is not None and stop():
+                return
+            continue
+        except OSError:
+            return
+        if not chunk:
+            return
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= _HEADER.size:
+            stream, size = _HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - _HEADER.size < size:
+                break
+            start_at = pos + _HEADER.size
+            yield stream, bytes(buf[start_at : start_at + size])
+            pos = start_at + size
+        del buf[:pos]
+
+
+def close_stdin(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+
+
+def exit_code(client: docker.DockerClient, exec_id: str, wait: float = 5.0) -> int | None:
+    """The exec's exit code once Docker has recorded it (briefly after the stream ends)."""
+    deadline = time.monotonic() + wait
+    while True:
+        info = client.api.exec_inspect(exec_id)
+        if not info.get("Running") and info.get("ExitCode") is not None:
+            return int(info["ExitCode"])
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+
+
+def run(
+    client: docker.DockerClient,
+    container: str,
+    argv: list[str],
+    user: str,
+    stdin: bytes | None = None,
+    timeout: float = 60.0,
+    max_stdout: int | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run a short command to completion: ``(exit_code, stdout, stderr)``.
+
+    Stdout past ``max_stdout`` bytes is dropped (the caller checks the length).
+    Raises SandboxError when it does not finish within ``timeout`` seconds.
+    """
+    att = start(client, container, argv, user, recv_timeout=timeout)
+    try:
+        if stdin:
+            att.sock.sendall(stdin)
+        close_stdin(att.sock)
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        for stream, data in frames(att.sock, stop=lambda: time.monotonic() > deadline):
+            if stream == STDOUT_STREAM:
+                if max_stdout is None or len(out) <= max_stdout:
+                    out += data
+            else:
+                err += data
+            if time.monotonic() > deadline:
+                break
+        else:
+            code = exit_code(client, att.exec_id)
+            if code is not None:
+                return code, bytes(out), bytes(err)
+        raise SandboxError(f"command did not finish within {timeout:.0f}s")
+    finally:
+        att.sock.close()
+        att.holder.close()

@@ -1,0 +1,78 @@
+"""A host's life: announce capacity (heartbeat), and make Redis and Docker agree at start."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from shared.output import STDERR, Line
+from workers.context import WorkerContext
+from workers.images import available_templates
+
+logger = logging.getLogger(__name__)
+
+
+def heartbeat_once(ctx: WorkerContext) -> None:
+    s = ctx.settings
+    templates = sorted(available_templates(ctx.docker, s.image_prefix))
+    ctx.store.heartbeat(s.host_id, s.host_capacity, templates, ttl=s.heartbeat_interval * 3)
+
+
+def start_heartbeat(ctx: WorkerContext, stop: threading.Event) -> threading.Thread:
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                heartbeat_once(ctx)
+            except Exception:
+                logger.exception("host %s: heartbeat failed", ctx.settings.host_id)
+            stop.wait(ctx.settings.heartbeat_interval)
+        ctx.store.host_down(ctx.settings.host_id)
+        logger.info("host %s: heartbeat stopped", ctx.settings.host_id)
+
+    t = threading.Thread(target=loop, name="heartbeat", daemon=True)
+    t.start()
+    return t
+
+
+def reconcile(ctx: WorkerContext) -> None:
+    """At start: remove containers nobody knows, forget sandboxes whose container is gone, and
+    close the output of processes whose pump died with the previous worker."""
+    host = ctx.settings.host_id
+    containers = ctx.driver.list_sandboxes()
+    for sandbox_id in containers:
+        record = ctx.store.raw_sandbox(sandbox_id)
+        if not record or record.get("host") != host or record.get("status") == "deleting":
+            logger.warning("sandbox %s: orphan container on host %s, removing", sandbox_id, host)
+            ctx.driver.destroy(sandbox_id)
+            if record.get("status") == "deleting":
+                ctx.store.purge_sandbox(sandbox_id)
+    for sandbox_id in ctx.store.host_sandbox_ids(host):
+        if sandbox_id not in containers:
+            record = ctx.store.raw_sandbox(sandbox_id)
+            if (
+                record.get("status") == "creating"
+                and time.time() - float(record.get("created_at", 0)) < ctx.settings.create_timeout
+            ):
+                continue  # another thread may be creating it right now
+            logger.warning("sandbox %s: container gone, forgetting the sandbox", sandbox_id)
+            ctx.store.purge_sandbox(sandbox_id)
+            continue
+        for process_id in ctx.plog.process_ids(sandbox_id):
+            info = ctx.plog.info(sandbox_id, process_id)
+            if info.get("status") in ("starting", "running"):
+                logger.warning(
+                    "sandbox %s process %s: lost with the previous worker", sandbox_id, process_id
+                )
+                ctx.plog.append(
+                    sandbox_id,
+                    process_id,
+                    [
+                        Line(
+                            STDERR,
+                            "[paddock] the process's output was lost: its host worker restarted",
+                            time.time_ns(),
+                        )
+                    ],
+                )
+                ctx.plog.finish(sandbox_id, process_id, None)

@@ -1,0 +1,91 @@
+"""What a host does for each command: plain functions over the worker context.
+
+Tasks (workers/tasks.py) only unpack ids and call these, so they can be tested without Celery.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import docker.errors
+
+from shared.errors import BadRequest, SandboxError
+from workers.context import WorkerContext
+from workers.images import available_templates
+
+logger = logging.getLogger(__name__)
+
+
+def create_sandbox(ctx: WorkerContext, sandbox_id: str, tenant_id: str, template: str) -> dict:
+    """Start the sandbox's container. Raises BadRequest for a template this host lacks."""
+    image = available_templates(ctx.docker, ctx.settings.image_prefix).get(template)
+    if image is None:
+        raise BadRequest(f"template {template!r} is not available on this host")
+    try:
+        ctx.driver.create(sandbox_id, tenant_id, image)
+    except docker.errors.APIError as exc:
+        logger.error("sandbox %s: create failed: %s", sandbox_id, exc)
+        ctx.driver.destroy(sandbox_id)
+        raise SandboxError(f"could not start the sandbox: {exc.explanation or exc}") from exc
+    record = ctx.store.raw_sandbox(sandbox_id)
+    if not record or record.get("status") == "deleting":
+        # The requester gave up (timeout) or deleted it meanwhile: leave nothing behind.
+        logger.warning("sandbox %s: deleted while it was being created; removing", sandbox_id)
+        destroy_sandbox(ctx, sandbox_id)
+        raise SandboxError("the sandbox was deleted while it was being created")
+    ctx.store.set_sandbox_status(sandbox_id, "running")
+    return {"host": ctx.settings.host_id}
+
+
+def destroy_sandbox(ctx: WorkerContext, sandbox_id: str) -> dict:
+    """Remove container, processes and state of a sandbox. Idempotent."""
+    ctx.processes.forget_sandbox(sandbox_id)
+    ctx.driver.destroy(sandbox_id)
+    ctx.store.purge_sandbox(sandbox_id)
+    return {}
+
+
+def ports(ctx: WorkerContext, sandbox_id: str) -> list[dict[str, Any]]:
+    return ctx.driver.ports(sandbox_id)
+
+
+def list_dir(ctx: WorkerContext, sandbox_id: str, path: str) -> list[dict[str, Any]]:
+    return [{"name": n, "isDir": d} for n, d in ctx.driver.list_dir(sandbox_id, path)]
+
+
+def make_dir(ctx: WorkerContext, sandbox_id: str, path: str) -> None:
+    ctx.driver.make_dir(sandbox_id, path)
+
+
+def remove(ctx: WorkerContext, sandbox_id: str, path: str) -> None:
+    ctx.driver.remove(sandbox_id, path)
+
+
+def read_file(ctx: WorkerContext, sandbox_id: str, path: str) -> dict:
+    """The file's bytes, base64 (the reply channel is JSON)."""
+    return {"data": base64.b64encode(ctx.driver.read_file(sandbox_id, path)).decode()}
+
+
+def write_file(ctx: WorkerContext, sandbox_id: str, path: str, data: str) -> None:
+    ctx.driver.write_file(sandbox_id, path, base64.b64decode(data))
+
+
+def start_process(
+    ctx: WorkerContext,
+    sandbox_id: str,
+    process_id: str,
+    cmd: str,
+    env: dict[str, str],
+    cwd: str,
+) -> None:
+    ctx.processes.start(sandbox_id, process_id, cmd, env, cwd)
+
+
+def write_stdin(ctx: WorkerContext, sandbox_id: str, process_id: str, data: str) -> dict:
+    return {"written": ctx.processes.write_stdin(sandbox_id, process_id, data.encode())}
+
+
+def kill_process(ctx: WorkerContext, sandbox_id: str, process_id: str) -> dict:
+    return {"killed": ctx.processes.kill(sandbox_id, process_id)}

@@ -1,0 +1,213 @@
+"""Running processes: one pump thread per process moves its output into Redis.
+
+A pump is a plain thread, not a Celery slot: a process that runs for hours costs one mostly
+idle thread blocked on its exec socket, and no worker slot or web thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import docker
+
+from shared.errors import SandboxGone
+from shared.output import STDERR, STDOUT, Line, ProcessLog
+from shared.settings import Settings
+from workers import docker_exec
+from workers.driver import DockerDriver
+
+logger = logging.getLogger(__name__)
+
+MAX_LINE = 1 << 20  # a "line" longer than this is cut into several lines
+
+
+@dataclass
+class Running:
+    sandbox_id: str
+    process_id: str
+    attached: docker_exec.Attached
+    pgid: int | None = None
+    pgid_known: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    forgotten: bool = False
+    stdin_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ProcessManager:
+    """Starts processes, feeds their stdin, kills them; owns the pump threads of this host."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        driver: DockerDriver,
+        plog: ProcessLog,
+        settings: Settings,
+    ) -> None:
+        self.client = client
+        self.driver = driver
+        self.plog = plog
+        self.settings = settings
+        self._running: dict[tuple[str, str], Running] = {}
+        self._lock = threading.Lock()
+
+    def start(
+        self, sandbox_id: str, process_id: str, cmd: str, env: dict[str, str], cwd: str
+    ) -> None:
+        """Start ``cmd`` and return once it runs. Raises SandboxGone if the sandbox is gone."""
+        self.plog.register(sandbox_id, process_id, cmd)
+        try:
+            attached = self.driver.spawn(sandbox_id, cmd, env, cwd)
+        except Exception:
+            self.plog.forget(sandbox_id, process_id)
+            raise
+        run = Running(sandbox_id, process_id, attached)
+        with self._lock:
+            self._running[(sandbox_id, process_id)] = run
+        self.plog.set_fields(sandbox_id, process_id, status="running")
+        threading.Thread(
+            target=self._pump, args=(run,), name=f"pump-{process_id}", daemon=True
+        ).start()
+        logger.info("sandbox %s process %s: started %r", sandbox_id, process_id, cmd[:200])
+
+    def write_stdin(self, sandbox_id: str, process_id: str, data: bytes) -> bool:
+        run = self._get(sandbox_id, process_id)
+        if run is None or run.done.is_set():
+            return False
+        with run.stdin_lock:
+            try:
+                run.attached.sock.sendall(data)
+            except OSError:
+                return False
+        return True
+
+    def kill(self, sandbox_id: str, process_id: str, timeout: float = 5.0) -> bool:
+        """Kill the process group, let the pump store the last output, then stop storing."""
+        run = self._get(sandbox_id, process_id)
+        if run is None:
+            return False
+        if not run.done.is_set():
+            if run.pgid_known.wait(timeout) and run.pgid is not None:
+                try:
+                    self.driver.kill_group(sandbox_id, run.pgid)
+                except (SandboxGone, docker.errors.APIError) as exc:
+                    logger.warning(
+                        "sandbox %s process %s: kill failed: %s", sandbox_id, process_id, exc
+                    )
+            run.done.wait(timeout)
+        run.forgotten = True
+        self._close(run)
+        return True
+
+    def forget_sandbox(self, sandbox_id: str) -> None:
+        """Stop storing output of every process of a sandbox that is going away."""
+        with self._lock:
+            runs = [r for (sid, _), r in self._running.items() if sid == sandbox_id]
+        for run in runs:
+            run.forgotten = True
+            self._close(run)
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _get(self, sandbox_id: str, process_id: str) -> Running | None:
+        with self._lock:
+            return self._running.get((sandbox_id, process_id))
+
+    def _close(self, run: Running) -> None:
+        try:
+            run.attached.sock.close()
+            run.attached.holder.close()
+        except OSError:
+            pass
+
+    def _pump(self, run: Running) -> None:
+        sid, pid = run.sandbox_id, run.process_id
+        limit = self.settings.max_output_bytes
+        partial = {STDOUT: bytearray(), STDERR: bytearray()}
+        stored = 0
+        truncated = False
+        first_err = bytearray()
+        try:
+            for stream, data in docker_exec.frames(run.attached.sock, stop=lambda: run.forgotten):
+                if run.pgid is None and stream == docker_exec.STDERR_STREAM:
+                    # The first stderr line is our spawn script's pid report, not user output.
+                    first_err += data
+                    if b"\n" not in first_err:
+                        continue
+                    head, _, data = bytes(first_err).partition(b"\n")
+                    run.pgid = int(head) if head.strip().isdigit() else -1
+                    run.pgid_known.set()
+                    if not data:
+                        continue
+                kind = STDOUT if stream == docker_exec.STDOUT_STREAM else STDERR
+                if truncated:
+                    continue
+                stored += len(data)
+                if stored > limit:
+                    truncated = True
+                    self._store(
+                        run,
+                        [
+                            Line(
+                                STDERR,
+                                f"[paddock] output truncated: more than "
+                                f"{limit} bytes; the rest was discarded",
+                                time.time_ns(),
+                            )
+                        ],
+                    )
+                    continue
+                self._store(run, _split(partial[kind], data, kind))
+            if not run.forgotten:
+                now = time.time_ns()
+                tail = [
+                    Line(k, bytes(b).decode("utf-8", "replace"), now)
+                    for k, b in partial.items()
+                    if b
+                ]
+                self._store(run, tail)
+                code = docker_exec.exit_code(self.client, run.attached.exec_id)
+                self.plog.finish(sid, pid, code)
+                logger.info("sandbox %s process %s: exited with %s", sid, pid, code)
+        except Exception:
+            logger.exception("sandbox %s process %s: output pump failed", sid, pid)
+            if not run.forgotten:
+                self._store(
+                    run,
+                    [Line(STDERR, "[paddock] lost the process's output stream", time.time_ns())],
+                )
+                self.plog.finish(sid, pid, None)
+        finally:
+            run.pgid_known.set()
+            run.done.set()
+            with self._lock:
+                self._running.pop((sid, pid), None)
+            self._close(run)
+
+    def _store(self, run: Running, lines: list[Line]) -> None:
+        if lines and not run.forgotten:
+            self.plog.append(run.sandbox_id, run.process_id, lines)
+
+
+def _split(partial: bytearray, data: bytes, kind: str) -> list[Line]:
+    """Complete lines of ``partial + data``; the unfinished rest stays in ``partial``."""
+    partial += data
+    now = time.time_ns()
+    lines: list[Line] = []
+    start = 0
+    while True:
+        nl = partial.find(b"\n", start)
+        if nl < 0:
+            break
+        lines.append(Line(kind, partial[start:nl].decode("utf-8", "replace"), now))
+        start = nl + 1
+    del partial[:start]
+    while len(partial) > MAX_LINE:
+        lines.append(Line(kind, partial[:MAX_LINE].decode("utf-8", "replace"), now))
+        del partial[:MAX_LINE]
+    return lines
