@@ -56,23 +56,51 @@ class Stack:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._spawn("redis", [shutil.which("redis-server") or "redis-server", "--port",
-                              str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(self.workdir)])
+        self._spawn(
+            "redis",
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+        )
         self._wait(lambda: self.redis.ping(), "redis")
         for host in self.hosts:
             self.start_host(host)
         self._spawn("control", [sys.executable, "-m", "workers", "control"])
-        self._spawn("web", [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}",
-                            "--worker-class", "gthread", "--workers", "2", "--threads", "64",
-                            "--timeout", "0", "web.app:create_app()"])
+        self._spawn(
+            "web",
+            [
+                str(VENV_BIN / "gunicorn"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "2",
+                "--threads",
+                "64",
+                "--timeout",
+                "0",
+                "web.app:create_app()",
+            ],
+        )
         self._wait(lambda: self.http.get(self.url + "/health", timeout=2).ok, "web")
         self._wait(lambda: len(self.alive_hosts()) == len(self.hosts), "hosts heartbeat")
         return self
 
     def start_host(self, host: str) -> None:
-        self._spawn(f"worker-{host}", [sys.executable, "-m", "workers", "host"],
-                    {"PADDOCK_HOST_ID": host})
+        self._spawn(
+            f"worker-{host}", [sys.executable, "-m", "workers", "host"], {"PADDOCK_HOST_ID": host}
+        )
 
     def stop_process(self, name: str) -> None:
         proc = self.procs.pop(name)
@@ -88,8 +116,9 @@ class Stack:
             if name in self.procs:
                 self.stop_process(name)
         client = docker.from_env(timeout=60)
-        for c in client.containers.list(all=True,
-                                        filters={"label": f"paddock.instance={self.instance}"}):
+        for c in client.containers.list(
+            all=True, filters={"label": f"paddock.instance={self.instance}"}
+        ):
             c.remove(force=True)
 
     def __enter__(self) -> Stack:
@@ -100,21 +129,26 @@ class Stack:
 
     # -- helpers -----------------------------------------------------------------------------
     def alive_hosts(self) -> list[str]:
-        return sorted(h.decode() for h in self.redis.smembers("pdk:hosts")
-                      if self.redis.exists(f"pdk:host:{h.decode()}"))
+        return sorted(
+            h.decode()
+            for h in self.redis.smembers("pdk:hosts")
+            if self.redis.exists(f"pdk:host:{h.decode()}")
+        )
 
     def containers(self) -> list[Any]:
         client = docker.from_env(timeout=60)
-        return client.containers.list(all=True,
-                                      filters={"label": f"paddock.instance={self.instance}"})
+        return client.containers.list(
+            all=True, filters={"label": f"paddock.instance={self.instance}"}
+        )
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def _spawn(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
         out = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **(extra or {})},
-                                            stdout=out, stderr=subprocess.STDOUT)
+        self.procs[name] = subprocess.Popen(
+            argv, cwd=ROOT, env={**self.env, **(extra or {})}, stdout=out, stderr=subprocess.STDOUT
+        )
 
     def _wait(self, check: Any, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -37,13 +37,13 @@ LABEL_TENANT = "paddock.tenant"
 LABEL_HOST = "paddock.host"
 LABEL_INSTANCE = "paddock.instance"
 
-# Exit codes our small scripts use to say what went wrong; stderr carries the message.
+# Exit codes our small scripts use to say what went wrong (out of the range the shell and
+# coreutils use themselves); stderr carries the message.
 _EXIT_ERRORS: dict[int, type[SandboxError]] = {
-    2: PathNotFound,
-    3: NotADirectory,
-    4: IsADirectory,
-    13: PermissionDenied,
-    17: PathExists,
+    82: PathNotFound,
+    83: NotADirectory,
+    84: IsADirectory,
+    87: PathExists,
 }
 _STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
     ("No such file or directory", PathNotFound),
@@ -55,25 +55,25 @@ _STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
 ]
 
 _LIST = r"""p=$1
-[ -e "$p" ] || { echo "no such file or directory: $p" >&2; exit 2; }
-[ -d "$p" ] || { echo "not a directory: $p" >&2; exit 3; }
+[ -e "$p" ] || { echo "no such file or directory: $p" >&2; exit 82; }
+[ -d "$p" ] || { echo "not a directory: $p" >&2; exit 83; }
 exec find "$p" -mindepth 1 -maxdepth 1 -printf '%Y\t%f\0'
 """
 _READ = r"""p=$1
-[ -e "$p" ] || { echo "no such file or directory: $p" >&2; exit 2; }
-[ -d "$p" ] && { echo "is a directory: $p" >&2; exit 4; }
+[ -e "$p" ] || { echo "no such file or directory: $p" >&2; exit 82; }
+[ -d "$p" ] && { echo "is a directory: $p" >&2; exit 84; }
 exec head -c "$2" -- "$p"
 """
 _WRITE = r"""p=$1
-[ -d "$p" ] && { echo "is a directory: $p" >&2; exit 4; }
+[ -d "$p" ] && { echo "is a directory: $p" >&2; exit 84; }
 mkdir -p -- "$(dirname -- "$p")" && exec cat > "$p"
 """
 _MKDIR = r"""p=$1
-[ -e "$p" ] && [ ! -d "$p" ] && { echo "a file exists at this path: $p" >&2; exit 17; }
+[ -e "$p" ] && [ ! -d "$p" ] && { echo "a file exists at this path: $p" >&2; exit 87; }
 exec mkdir -p -- "$p"
 """
 _REMOVE = r"""p=$1
-[ -e "$p" ] || [ -L "$p" ] || { echo "no such file or directory: $p" >&2; exit 2; }
+[ -e "$p" ] || [ -L "$p" ] || { echo "no such file or directory: $p" >&2; exit 82; }
 exec rm -rf -- "$p"
 """
 # Starts a process: report our pid (docker exec makes it a process group leader, so the pid is
@@ -236,7 +236,7 @@ class DockerDriver:
             return out
         message = err.decode("utf-8", "replace").strip().splitlines()
         text = message[-1] if message else f"command failed with exit code {code}"
-        text = re.sub(r"^(/bin/sh|sh|mkdir|rm|cat|head|find): (\d+: )?", "", text)
+        text = re.sub(r"^(/bin/sh|sh|paddock|mkdir|rm|cat|head|find): (\d+: )?", "", text)
         cls = _EXIT_ERRORS.get(code)
         if cls is None:
             cls = next((c for needle, c in _STDERR_ERRORS if needle in text), SandboxError)

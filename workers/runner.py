@@ -150,6 +150,8 @@ class ProcessManager:
                 stored += len(data)
                 if stored > limit:
                     truncated = True
+                    for buf in partial.values():
+                        buf.clear()  # a cut line would pass for a real one
                     self._store(
                         run,
                         [

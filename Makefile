@@ -1,0 +1,49 @@
+# Paddock's front door. `make up` runs the whole stack on this machine; `make test` tests it.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: up test lint bench images bootstrap worker control web flower unit integration clean
+
+up: bootstrap images            ## install what is missing, build images, run everything
+	@bash scripts/up.sh
+
+test: bootstrap images lint     ## the whole test suite against real Redis and Docker
+	$(PY) -m pytest -ra -p no:cacheprovider tests
+
+unit: bootstrap
+	$(PY) -m pytest -ra -p no:cacheprovider tests/unit
+
+integration: bootstrap images
+	$(PY) -m pytest -ra -p no:cacheprovider tests/integration
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: bootstrap images         ## latency and throughput against raw docker, same run
+	$(PY) -m bench
+
+images: bootstrap               ## build the base and template images that changed
+	$(PY) -m workers.images build
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+worker:                         ## only this host's worker (PADDOCK_HOST_ID)
+	$(PY) -m workers host
+
+control:                        ## only the control worker with beat
+	$(PY) -m workers control
+
+web:
+	$(VENV)/bin/gunicorn --bind 0.0.0.0:$${PADDOCK_PORT:-3000} --worker-class gthread \
+		--workers 2 --threads 64 --timeout 0 'web.app:create_app()'
+
+flower:
+	$(VENV)/bin/celery --broker=$${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0} flower --port=5555
+
+clean:
+	rm -rf .paddock/build .mypy_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""Paddock's benchmark: sandbox create, exec round trip and output throughput through a real
+stack, each beside the same operation done with the Docker SDK directly in the same run.
+
+Run it with ``make bench`` (or ``.venv/bin/python -m bench --help``). Absolute times on a shared
+2-core machine say little; the ratio to the raw Docker baseline measured minutes apart in the
+same process is the figure to watch.
+"""

@@ -1,0 +1,220 @@
+"""``python -m bench``: start a real stack, measure Paddock and raw Docker side by side, print
+the table (and write it as JSON). Exit 0 on success, 1 with a message when anything fails."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from bench.report import HIGHER_IS_BETTER, Figure, Report, latency_figures, machine_info
+from bench.targets import BenchError, Flood, PaddockTarget, RawDocker
+from tests.stack import Stack
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def bench_create(pd: PaddockTarget, raw: RawDocker, n: int, report: Report) -> None:
+    """Create, first command, delete: ``n`` of each, interleaved so drift hits both alike."""
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in ("pd_create", "pd_ready", "pd_delete", "raw_create", "raw_ready", "raw_delete")
+    }
+
+    def paddock(keep: bool) -> None:
+        t_create, sid = timed(pd.create)
+        t_true, _ = timed(lambda: pd.true(sid))
+        t_delete, _ = timed(lambda: pd.delete(sid))
+        if keep:
+            samples["pd_create"].append(t_create)
+            samples["pd_ready"].append(t_create + t_true)
+            samples["pd_delete"].append(t_delete)
+
+    def direct(keep: bool) -> None:
+        t_create, c = timed(raw.create)
+        t_true, _ = timed(lambda: raw.true(c))
+        t_delete, _ = timed(lambda: raw.delete(c))
+        if keep:
+            samples["raw_create"].append(t_create)
+            samples["raw_ready"].append(t_create + t_true)
+            samples["raw_delete"].append(t_delete)
+
+    paddock(False)  # warm-up: first use of the image, connections, worker threads
+    direct(False)
+    for i in range(n):
+        for step in (paddock, direct) if i % 2 == 0 else (direct, paddock):
+            step(True)
+        log(f"create {i + 1}/{n}")
+    report.figures += latency_figures(
+        "create (answer)", samples["pd_create"], samples["raw_create"]
+    )
+    report.figures += latency_figures(
+        "create + first exec", samples["pd_ready"], samples["raw_ready"]
+    )
+    report.figures += latency_figures("delete", samples["pd_delete"], samples["raw_delete"])
+    report.raw_samples.update(samples)
+
+
+def bench_exec(
+    pd: PaddockTarget,
+    raw: RawDocker,
+    sid: str,
+    container: Any,
+    n: int,
+    warmups: int,
+    report: Report,
+) -> None:
+    """``echo 22`` round trips, output checked both ways."""
+    for _ in range(warmups):
+        pd.echo(sid)
+        raw.echo(container)
+    pd_s: list[float] = []
+    raw_s: list[float] = []
+    for i in range(n):
+        first, second = ((pd_s, lambda: pd.echo(sid)), (raw_s, lambda: raw.echo(container)))
+        for into, fn in (first, second) if i % 2 == 0 else (second, first):
+            into.append(timed(fn)[0])
+    log(f"exec {n}/{n}")
+    report.figures += latency_figures("exec echo 22 round trip", pd_s, raw_s)
+    report.raw_samples.update({"pd_exec": pd_s, "raw_exec": raw_s})
+
+
+def bench_flood(
+    pd: PaddockTarget,
+    raw: RawDocker,
+    sid: str,
+    container: Any,
+    flood: Flood,
+    runs: int,
+    report: Report,
+) -> None:
+    """Stdout throughput: the whole output read back through each path."""
+    pd_s: list[float] = []
+    raw_s: list[float] = []
+    for i in range(runs):
+        t_raw, count = timed(lambda: raw.stream_flood(container, flood))
+        if count != flood.stdout_bytes:
+            raise BenchError(f"raw flood: {count} bytes, expected {flood.stdout_bytes}")
+        raw_s.append(t_raw)
+        log(f"flood {i + 1}/{runs}: raw docker {flood.stdout_bytes / t_raw / 1e6:.0f} MB/s")
+        t_pd, body = timed(lambda: pd.fetch_flood(sid, flood))
+        json_mb = len(body) / 1e6
+        count = PaddockTarget.check_flood(body, flood)  # parsing is outside the timed part
+        del body
+        pd_s.append(t_pd)
+        log(
+            f"flood {i + 1}/{runs}: paddock {count / t_pd / 1e6:.1f} MB/s "
+            f"({json_mb:.0f} MB of JSON in {t_pd:.1f} s)"
+        )
+    mb = flood.stdout_bytes / 1e6
+    pd_rate = mb / sorted(pd_s)[len(pd_s) // 2]
+    raw_rate = mb / sorted(raw_s)[len(raw_s) // 2]
+    report.figures.append(
+        Figure(f"stdout {mb:.0f} MB, median", "MB/s", pd_rate, raw_rate, HIGHER_IS_BETTER, runs)
+    )
+    report.raw_samples.update({"pd_flood": pd_s, "raw_flood": raw_s})
+
+
+def run(args: argparse.Namespace) -> Report:
+    client = docker.from_env(timeout=600)
+    image = f"paddock/tpl-{args.env.lower()}:latest"
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound as exc:
+        raise BenchError(f"image {image} is missing; build it with `make images`") from exc
+    report = Report(machine=machine_info(str(client.version().get("Version", "?"))))
+    flood = Flood(args.flood_mb * 1_000_000)
+    with tempfile.TemporaryDirectory(prefix="paddock-bench-") as tmp:
+        log("starting the stack (redis-server, host worker, control worker, gunicorn)")
+        stack = Stack(Path(tmp), hosts=("bench",))
+        raw = RawDocker(client, image, stack.instance)
+        try:
+            with stack:
+                pd = PaddockTarget(stack.url, stack.http, args.env)
+                try:
+                    bench_create(pd, raw, args.creates, report)
+                    sid = pd.create()
+                    container = raw.create()
+                    bench_exec(pd, raw, sid, container, args.execs, args.warmups, report)
+                    bench_flood(pd, raw, sid, container, flood, args.flood_runs, report)
+                    pd.delete(sid)
+                except Exception:
+                    for name in ("web", "worker-bench"):
+                        tail = stack.log(name)[-1500:]
+                        log(f"last lines of {name}.log:\n{tail}")
+                    raise
+        finally:
+            raw.remove_all()
+    report.notes = [
+        f"environment {args.env}; raw containers get the sandboxes' hardening and limits",
+        "create (answer): POST /sessions vs containers.run",
+        "create + first exec: that plus `true` (wait=true) vs that plus exec_run(['true'])",
+        "delete: DELETE /sessions/{id} vs container.remove(force=True)",
+        "exec: POST .../processes?wait=true {cmd: 'echo 22'} vs exec_run(bash -c 'echo 22')",
+        "stdout: whole JSON answer received (parsed and checked untimed) vs exec stream counted",
+    ]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--env", default="Bash", help="template to use (default: %(default)s)")
+    parser.add_argument("--creates", type=int, default=10, help="sandboxes created per side")
+    parser.add_argument("--execs", type=int, default=50, help="timed `echo 22` per side")
+    parser.add_argument("--warmups", type=int, default=5, help="untimed `echo 22` per side")
+    parser.add_argument("--flood-mb", type=int, default=200, help="stdout size in MB")
+    parser.add_argument("--flood-runs", type=int, default=2, help="stdout runs per side")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path(".paddock/bench.json"),
+        help="where to write the results (default: %(default)s)",
+    )
+    parser.add_argument("--no-json", action="store_true", help="do not write the JSON file")
+    args = parser.parse_args(argv)
+    if min(args.creates, args.execs, args.flood_runs, args.flood_mb) < 1 or args.warmups < 0:
+        parser.error("counts and sizes must be positive")
+    started = time.monotonic()
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except (
+        BenchError,
+        RuntimeError,
+        docker.errors.DockerException,
+        requests.RequestException,
+    ) as exc:
+        log(f"FAILED: {exc}")
+        return 1
+    print(report.header())
+    print()
+    print(report.table())
+    for note in report.notes:
+        print(f"  - {note}")
+    print(f"\n(total bench time {time.monotonic() - started:.0f} s)")
+    if not args.no_json:
+        report.write_json(args.json)
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The two things measured: Paddock over its E2B HTTP API, and the Docker SDK used directly.
+
+Both offer the same four operations (create a sandbox, run a command and wait, stream a large
+output, delete), and each checks its answer, so a fast wrong answer fails the bench instead of
+winning it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import requests
+
+from shared.settings import Settings
+
+SANDBOX_USER = "user"
+
+
+class BenchError(Exception):
+    """A measured operation failed or answered something other than expected."""
+
+
+@dataclass(frozen=True)
+class Flood:
+    """A command that writes ``size`` bytes of ``a`` to stdout in lines of ``width`` chars."""
+
+    size: int
+    width: int = 999
+
+    @property
+    def cmd(self) -> str:
+        return f"head -c {self.size} /dev/zero | tr '\\0' 'a' | fold -w {self.width}"
+
+    @property
+    def lines(self) -> int:
+        return math.ceil(self.size / self.width)
+
+    @property
+    def stdout_bytes(self) -> int:
+        # fold puts a newline between chunks, none after the last one (the input has none).
+        return self.size + self.lines - 1
+
+
+class PaddockTarget:
+    """Paddock's E2B API at ``url``."""
+
+    def __init__(self, url: str, http: requests.Session, env_id: str) -> None:
+        self.url = url
+        self.http = http
+        self.env_id = env_id
+
+    def create(self) -> str:
+        r = self.http.post(f"{self.url}/sessions", json={"envID": self.env_id}, timeout=180)
+        if r.status_code != 200:
+            raise BenchError(f"POST /sessions answered {r.status_code}: {r.text[:500]}")
+        return str(r.json()["id"])
+
+    def delete(self, sid: str) -> None:
+        r = self.http.delete(f"{self.url}/sessions/{sid}", timeout=120)
+        if r.status_code != 204:
+            raise BenchError(f"DELETE /sessions/{sid} answered {r.status_code}: {r.text[:500]}")
+
+    def run(self, sid: str, cmd: str) -> dict[str, Any]:
+        """Run ``cmd`` with ``wait=true``; the finished Process."""
+        r = self.http.post(
+            f"{self.url}/sessions/{sid}/processes?wait=true", json={"cmd": cmd}, timeout=600
+        )
+        return _finished(r, cmd)
+
+    def true(self, sid: str) -> None:
+        out = self.run(sid, "true")
+        if out["stdout"] or out["stderr"]:
+            raise BenchError(f"`true` wrote output: {out}")
+
+    def echo(self, sid: str) -> None:
+        out = self.run(sid, "echo 22")
+        lines = [o["line"] for o in out["stdout"]]
+        if lines != ["22"] or out["stderr"]:
+            raise BenchError(
+                f"`echo 22` through Paddock gave stdout {lines}, stderr {out['stderr'][:5]}"
+            )
+
+    def fetch_flood(self, sid: str, flood: Flood) -> bytes:
+        """Start the flood and read the whole JSON answer; the body, unparsed (timed part)."""
+        r = self.http.post(
+            f"{self.url}/sessions/{sid}/processes?wait=true", json={"cmd": flood.cmd}, timeout=900
+        )
+        if r.status_code != 200:
+            raise BenchError(f"flood answered {r.status_code}: {r.text[:500]}")
+        return r.content
+
+    @staticmethod
+    def check_flood(body: bytes, flood: Flood) -> int:
+        """Verify the answer holds exactly the flood's output; its stdout byte count."""
+        out = json.loads(body)
+        if out.get("finished") is not True:
+            raise BenchError("flood: process not finished in a wait=true answer")
+        if out["stderr"]:
+            raise BenchError(f"flood wrote to stderr: {[o['line'] for o in out['stderr'][:5]]}")
+        lines = [o["line"] for o in out["stdout"]]
+        if len(lines) != flood.lines:
+            raise BenchError(f"flood: {len(lines)} lines through Paddock, expected {flood.lines}")
+        text = sum(len(line) for line in lines)
+        if text != flood.size or any(line.strip("a") for line in lines):
+            raise BenchError(f"flood: {text} characters through Paddock, expected {flood.size}")
+        return text + len(lines) - 1
+
+
+def _finished(r: requests.Response, cmd: str) -> dict[str, Any]:
+    if r.status_code != 200:
+        raise BenchError(f"process {cmd!r} answered {r.status_code}: {r.text[:500]}")
+    out: dict[str, Any] = r.json()
+    if out.get("finished") is not True:
+        raise BenchError(f"process {cmd!r} not finished in a wait=true answer: {out}")
+    return out
+
+
+class RawDocker:
+    """The same operations with the Docker SDK, on containers started with the same hardening
+    and limits as Paddock's sandboxes, so that the ratio is Paddock's own overhead."""
+
+    def __init__(self, client: docker.DockerClient, image: str, label: str) -> None:
+        self.client = client
+        self.image = image
+        self.label = label
+        self.settings = Settings(host_id="bench")  # the defaults the stack's sandboxes get
+        self._count = 0
+
+    def create(self) -> Any:
+        s = self.settings
+        self._count += 1
+        return self.client.containers.run(
+            self.image,
+            ["sleep", "infinity"],
+            name=f"paddock-bench-{self.label}-{self._count}",
+            detach=True,
+            init=True,
+            user=SANDBOX_USER,
+            working_dir="/home/user",
+            labels={"paddock.bench": self.label},
+            privileged=False,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            pids_limit=s.sandbox_pids,
+            mem_limit=s.sandbox_memory,
+            memswap_limit=s.sandbox_memory,
+            nano_cpus=int(s.sandbox_cpus * 1e9),
+            network_mode="none",
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.sandbox_tmp_size},mode=1777"},
+            ipc_mode="private",
+        )
+
+    def delete(self, container: Any) -> None:
+        container.remove(force=True)
+
+    def true(self, container: Any) -> None:
+        code, output = container.exec_run(["true"], user=SANDBOX_USER)
+        if code != 0 or output:
+            raise BenchError(f"raw `true` exited {code} with {output[:200]!r}")
+
+    def echo(self, container: Any) -> None:
+        code, output = container.exec_run(["/bin/bash", "-c", "echo 22"], user=SANDBOX_USER)
+        if code != 0 or output != b"22\n":
+            raise BenchError(f"raw `echo 22` exited {code} with {output[:200]!r}")
+
+    def stream_flood(self, container: Any, flood: Flood) -> int:
+        """Run the flood over an exec stream, counting bytes; the stdout byte count."""
+        api = self.client.api
+        exec_id = api.exec_create(
+            container.id,
+            ["/bin/bash", "-c", flood.cmd],
+            stdout=True,
+            stderr=True,
+            user=SANDBOX_USER,
+        )["Id"]
+        total = 0
+        for chunk in api.exec_start(exec_id, stream=True):
+            total += len(chunk)
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        if code != 0:
+            raise BenchError(f"raw flood exited {code}")
+        return total
+
+    def remove_all(self) -> None:
+        for c in self.client.containers.list(
+            all=True, filters={"label": f"paddock.bench={self.label}"}
+        ):
+            c.remove(force=True)

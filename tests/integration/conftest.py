@@ -1,0 +1,66 @@
+"""Integration fixtures: a real stack (redis-server, Celery workers, gunicorn, Docker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.stack import Stack
+
+
+class Api:
+    """A thin HTTP client for the E2B API of one stack."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.url = stack.url
+        self.http = requests.Session()
+
+    def req(self, method: str, path: str, **kw: Any) -> requests.Response:
+        kw.setdefault("timeout", 120)
+        return self.http.request(method, self.url + path, **kw)
+
+    def session(self, env: str = "Bash") -> str:
+        r = self.req("POST", "/sessions", json={"envID": env})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
+
+    def run(self, sid: str, cmd: str, **body: Any) -> dict[str, Any]:
+        r = self.req("POST", f"/sessions/{sid}/processes?wait=true", json={"cmd": cmd, **body})
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        assert out["finished"] is True
+        return out
+
+
+def stdout_lines(process: dict[str, Any]) -> list[str]:
+    return [o["line"] for o in process["stdout"]]
+
+
+def stderr_lines(process: dict[str, Any]) -> list[str]:
+    return [o["line"] for o in process["stderr"]]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Api:
+    return Api(stack)
+
+
+@pytest.fixture(scope="session")
+def sid(api: Api) -> str:
+    """One shared Bash sandbox for tests that do not care about isolation."""
+    return api.session("Bash")
+
+
+def make_stack(tmp: Path, **kw: Any) -> Stack:
+    return Stack(tmp, **kw)

@@ -1,0 +1,107 @@
+"""Idle timeout, hardening of the sandbox container, and recovery after a worker restart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import docker
+
+from tests.integration.conftest import Api, stderr_lines, stdout_lines
+from tests.stack import Stack
+
+
+def test_idle_sessions_are_reaped_and_busy_ones_survive(tmp_path: Path) -> None:
+    with Stack(tmp_path, env={"PADDOCK_IDLE_TIMEOUT": "4"}) as st:
+        api = Api(st)
+        idle, busy = api.session("Bash"), api.session("Bash")
+        started = time.monotonic()
+        # Keep `busy` alive with requests of several kinds; leave `idle` alone.
+        while time.monotonic() - started < 9:
+            api.req("GET", f"/sessions/{busy}/filesystem/dir", params={"path": "/tmp"})
+            time.sleep(1)
+        assert api.req("GET", f"/sessions/{idle}").status_code == 404
+        assert not any(c.labels["paddock.sandbox"] == idle for c in st.containers())
+        assert st.redis.keys(f"pdk:*{idle}*") == []
+        # The busy one outlived the timeout twice over and still works.
+        assert stdout_lines(api.run(busy, "echo alive")) == ["alive"]
+
+
+def test_sandbox_is_hardened(api: Api) -> None:
+    sid = api.session("Bash")
+    [container] = [c for c in api.stack.containers() if c.labels["paddock.sandbox"] == sid]
+    hc = container.attrs["HostConfig"]
+    assert hc["Privileged"] is False
+    assert hc["CapDrop"] == ["ALL"] and not hc["CapAdd"]
+    assert "no-new-privileges:true" in hc["SecurityOpt"]
+    assert hc["PidsLimit"] == 512
+    assert hc["Memory"] == 1 << 30 and hc["MemorySwap"] == hc["Memory"]
+    assert hc["NanoCpus"] == 1_000_000_000
+    assert hc["NetworkMode"] == "none"
+    assert hc["ReadonlyRootfs"] is False
+    assert "size=" in hc["Tmpfs"]["/tmp"]
+    assert container.attrs["Config"]["User"] == "user"
+    out = api.run(sid, "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status")
+    assert stdout_lines(out) == ["1000", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"]
+    # No network interface but loopback.
+    out = api.run(sid, "ls /sys/class/net")
+    assert stdout_lines(out) == ["lo"]
+    api.req("DELETE", f"/sessions/{sid}")
+
+
+def test_limits_are_configurable(tmp_path: Path) -> None:
+    env = {
+        "PADDOCK_SANDBOX_MEMORY": "256m",
+        "PADDOCK_SANDBOX_CPUS": "0.5",
+        "PADDOCK_SANDBOX_PIDS": "64",
+        "PADDOCK_SANDBOX_NETWORK": "internet",
+    }
+    with Stack(tmp_path, env=env) as st:
+        api = Api(st)
+        sid = api.session("Bash")
+        [container] = st.containers()
+        hc = container.attrs["HostConfig"]
+        assert hc["Memory"] == 256 << 20 and hc["MemorySwap"] == 256 << 20
+        assert hc["NanoCpus"] == 500_000_000
+        assert hc["PidsLimit"] == 64
+        assert hc["NetworkMode"] == "bridge"
+        # The pids limit holds inside: a fork bomb is contained and the sandbox survives.
+        out = api.run(sid, "for i in $(seq 1 100); do sleep 5 & done 2>&1 | tail -1; echo done")
+        assert stdout_lines(out)[-1] == "done"
+        assert any("retry" in x or "Resource" in x for x in stdout_lines(out) + stderr_lines(out))
+
+
+def test_worker_restart_closes_lost_processes_and_orphans(tmp_path: Path) -> None:
+    with Stack(tmp_path, hosts=("solo",)) as st:
+        api = Api(st)
+        sid = api.session("Bash")
+        pid = api.req("POST", f"/sessions/{sid}/processes", json={"cmd": "sleep 600"}).json()[
+            "processID"
+        ]
+        # A container that no Redis record knows, as a crash between steps would leave.
+        client = docker.from_env()
+        [mine] = st.containers()
+        orphan = client.containers.run(
+            mine.image.id,
+            ["sleep", "infinity"],
+            detach=True,
+            name=f"paddock-{st.instance}-x",
+            labels={
+                "paddock.sandbox": "orphan00-00000000",
+                "paddock.host": "solo",
+                "paddock.instance": st.instance,
+            },
+            network_mode="none",
+            cap_drop=["ALL"],
+        )
+        st.stop_process("worker-solo")
+        st.start_host("solo")
+        out = api.req("GET", f"/sessions/{sid}/processes/{pid}?wait=true").json()
+        assert out["finished"] is True
+        assert any("lost" in x for x in stderr_lines(out))
+        try:
+            orphan.reload()
+            raise AssertionError("orphan container survived the reconcile")
+        except docker.errors.NotFound:
+            pass
+        assert stdout_lines(api.run(sid, "echo back")) == ["back"]
