@@ -48,6 +48,17 @@ die() {
     exit 1
 }
 
+# A pid file of ours whose process is gone (or whose pid now belongs to something else) would
+# make `make down` signal an unrelated process; forget it.
+forget_stale_pid() {
+    local file="$RUN_DIR/$1.pid" comm="$2" pid
+    [[ -f "$file" ]] || return 0
+    pid="$(cat "$file" 2>/dev/null || true)"
+    if [[ ! "$pid" =~ ^[0-9]+$ || "$(cat "/proc/$pid/comm" 2>/dev/null || true)" != "$comm" ]]; then
+        rm -f "$file"
+    fi
+}
+
 if [[ "$(id -u)" -ne 0 ]]; then
     die "must run as root (installs packages and starts dockerd)"
 fi
@@ -110,8 +121,13 @@ dockerd_alive() {
     return 1
 }
 
+forget_stale_pid dockerd dockerd
 if docker_ok; then
-    say "docker: running"
+    if [[ -f "$RUN_DIR/dockerd.pid" ]]; then
+        say "docker: running (started by us, pid $(cat "$RUN_DIR/dockerd.pid"))"
+    else
+        say "docker: running"
+    fi
 else
     # A pid file left by a dockerd that died makes a new dockerd refuse to start; only remove it
     # when no dockerd is alive, so a slow-starting engine is never clobbered.
@@ -152,8 +168,13 @@ redis_ok() {
     [[ "$(timeout 3 redis-cli -u "$REDIS_URL" ping 2>/dev/null || true)" == "PONG" ]]
 }
 
+forget_stale_pid redis redis-server
 if redis_ok; then
-    say "redis: running at $REDIS_URL"
+    if [[ -f "$RUN_DIR/redis.pid" ]]; then
+        say "redis: running at $REDIS_URL (started by us, pid $(cat "$RUN_DIR/redis.pid"))"
+    else
+        say "redis: running at $REDIS_URL"
+    fi
 else
     # redis://[user[:password]@]host[:port][/db]
     hostport="${REDIS_URL#*://}"

@@ -55,7 +55,7 @@ class ProcessLog:
         pipe.sadd(keys.sandbox_processes(sandbox_id), process_id)
         pipe.execute()
 
-    def set_fields(self, sandbox_id: str, process_id: str, **values: Any) -> None:
+    def set_fields(self, sandbox_id: str, process_id: str, **values: str | int | float) -> None:
         self.r.hset(keys.process(sandbox_id, process_id), mapping=values)
 
     def exists(self, sandbox_id: str, process_id: str) -> bool:

@@ -130,10 +130,12 @@ class DockerDriver:
         )
         logger.info("sandbox %s: container started from %s", sandbox_id, image)
 
-    def destroy(self, sandbox_id: str) -> None:
-        """Remove the sandbox's container if it exists (idempotent)."""
+    def destroy(self, sandbox_id: str, container: str | None = None) -> None:
+        """Remove the sandbox's container (by name, or the given id) if it exists."""
         try:
-            self.client.api.remove_container(self.container_name(sandbox_id), force=True)
+            self.client.api.remove_container(
+                container or self.container_name(sandbox_id), force=True
+            )
             logger.info("sandbox %s: container removed", sandbox_id)
         except docker.errors.NotFound:
             logger.info("sandbox %s: container already gone", sandbox_id)

@@ -40,11 +40,11 @@ def reconcile(ctx: WorkerContext) -> None:
     close the output of processes whose pump died with the previous worker."""
     host = ctx.settings.host_id
     containers = ctx.driver.list_sandboxes()
-    for sandbox_id in containers:
+    for sandbox_id, container_id in containers.items():
         record = ctx.store.raw_sandbox(sandbox_id)
         if not record or record.get("host") != host or record.get("status") == "deleting":
             logger.warning("sandbox %s: orphan container on host %s, removing", sandbox_id, host)
-            ctx.driver.destroy(sandbox_id)
+            ctx.driver.destroy(sandbox_id, container_id)
             if record.get("status") == "deleting":
                 ctx.store.purge_sandbox(sandbox_id)
     for sandbox_id in ctx.store.host_sandbox_ids(host):

@@ -48,6 +48,10 @@ ERROR_TAIL_LINES = 20
 # Docker repository path components allow only these; template names are lowercased into one.
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _HASH_TAG = re.compile(r"^[0-9a-f]{12}$")
+# The classic builder colours RUN steps' stderr; escape codes only clutter an error message.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Builder bookkeeping lines that would crowd the useful output out of an error's tail.
+_BUILD_NOISE = (" ---> ", "Removing intermediate container")
 _CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Dockerfile-style settings applied when importing the base root filesystem. They are part of
 # the base hash, so editing them here rebuilds the base like editing templates/base/ does.
@@ -433,10 +437,10 @@ def _import(client: docker.DockerClient, rootfs: Path, repo: str, h: str) -> Any
         image = client.images.get(f"{repo}:{h[:12]}")
     except docker.errors.ImageNotFound as exc:
         raise ImageBuildError(f"{BASE_NAME}: import reported success but no image") from exc
-    image.tag(repo, "latest")
     if (image.labels or {}).get(HASH_LABEL) != h:
         # Without the label the next run would not recognise the image and rebuild it forever.
         raise ImageBuildError(f"{BASE_NAME}: the engine dropped the {HASH_LABEL} label on import")
+    image.tag(repo, "latest")
     return image
 
 
@@ -530,6 +534,48 @@ def _ensure_template(
     return BuildResult(template.name, latest, h, True, seconds, _size(image))
 
 
+class _BuildOutput:
+    """Reassembles the builder's output into lines and remembers the step and the last lines.
+
+    Chunks of the stream do not end at line boundaries (stdout and stderr of a RUN step
+    arrive interleaved in pieces), so a partial line is held until its newline arrives.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.step = "(before the first step)"
+        self.tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+        self._pending = ""
+
+    def feed(self, text: str) -> None:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._line(self._pending)
+            self._pending = ""
+
+    def _line(self, raw: str) -> None:
+        line = _ANSI.sub("", raw).rstrip()
+        if not line:
+            return
+        logger.debug("[%s] %s", self.name, line)
+        if line.startswith("Step "):
+            self.step = line
+        if not line.startswith(_BUILD_NOISE):
+            self.tail.append(line)
+
+    def failure(self, message: object) -> ImageBuildError:
+        self.flush()
+        return ImageBuildError(
+            f"{self.name}: build failed at {self.step}: {str(message).strip()}\n"
+            "last output:\n" + "\n".join(self.tail)
+        )
+
+
 def _docker_build(
     client: docker.DockerClient, template: _Template, tag: str, base_ref: str, h: str
 ) -> None:
@@ -537,8 +583,7 @@ def _docker_build(
 
     Raises ImageBuildError with the failing step and the last lines of output.
     """
-    tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
-    step = "(before the first step)"
+    output = _BuildOutput(template.name)
     try:
         # Host networking: RUN steps reach the Debian mirror directly instead of depending on
         # the docker bridge's NAT, which is not set up on every host. pull=False: FROM is the
@@ -557,26 +602,13 @@ def _docker_build(
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:
                 detail = chunk.get("errorDetail") or {}
-                message = chunk.get("error") or detail.get("message") or "unknown error"
-                raise ImageBuildError(
-                    f"{template.name}: build failed at {step}: {str(message).strip()}\n"
-                    f"last output:\n" + "\n".join(tail)
-                )
+                raise output.failure(chunk.get("error") or detail.get("message") or "unknown error")
             text = chunk.get("stream")
-            if not isinstance(text, str):
-                continue
-            for line in text.splitlines():
-                line = line.rstrip()
-                if not line:
-                    continue
-                if line.startswith("Step "):
-                    step = line
-                tail.append(line)
-                logger.debug("[%s] %s", template.name, line)
+            if isinstance(text, str):
+                output.feed(text)
     except docker.errors.APIError as exc:
-        raise ImageBuildError(
-            f"{template.name}: build failed at {step}: {exc}\nlast output:\n" + "\n".join(tail)
-        ) from exc
+        raise output.failure(exc) from exc
+    output.flush()
 
 
 def _list(client: docker.DockerClient, prefix: str) -> None:

@@ -147,8 +147,11 @@ class ProcessManager:
                 kind = STDOUT if stream == docker_exec.STDOUT_STREAM else STDERR
                 if truncated:
                     continue
-                stored += len(data)
-                if stored > limit:
+                if stored + len(data) > limit:
+                    # Keep what fits, up to the last whole line, then say so once.
+                    room = data[: max(0, limit - stored)]
+                    keep = room[: room.rfind(b"\n") + 1]
+                    self._store(run, _split(partial[kind], keep, kind))
                     truncated = True
                     for buf in partial.values():
                         buf.clear()  # a cut line would pass for a real one
@@ -164,6 +167,7 @@ class ProcessManager:
                         ],
                     )
                     continue
+                stored += len(data)
                 self._store(run, _split(partial[kind], data, kind))
             if not run.forgotten:
                 now = time.time_ns()

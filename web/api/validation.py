@@ -31,7 +31,8 @@ def _flatten(messages: Any, prefix: str) -> dict[str, str]:
     out: dict[str, str] = {}
     if isinstance(messages, dict):
         for key, value in messages.items():
-            name = prefix if key == "_schema" else f"{prefix}.{key}"
+            # marshmallow nests Dict errors under "key"/"value"; the entry's name says enough.
+            name = prefix if key in ("_schema", "key", "value") else f"{prefix}.{key}"
             out.update(_flatten(value, name))
     elif isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
         out[prefix] = " ".join(messages)

@@ -1,0 +1,25 @@
+# One image for every Paddock service of compose.yaml (web, worker, control, flower); the
+# command picks the role. Sandbox images are not built here: `make images` builds them on each
+# sandbox host (debootstrap + docker import, no registry), because the host worker starts
+# sandboxes on that host's Docker engine.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PADDOCK_DATA_DIR=/var/lib/paddock
+
+WORKDIR /app
+# Only what `pip install .` needs, so the build context's .venv, .paddock and tests never matter.
+COPY pyproject.toml ./
+COPY shared ./shared
+COPY web ./web
+COPY workers ./workers
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /var/lib/paddock --create-home paddock
+
+# Not root by default; the worker service runs as root only to reach the Docker socket.
+USER paddock
+EXPOSE 3000 5555
+CMD ["gunicorn", "--bind", "0.0.0.0:3000", "--worker-class", "gthread", "--workers", "2", \
+     "--threads", "64", "--timeout", "0", "web.app:create_app()"]

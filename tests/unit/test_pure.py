@@ -1,0 +1,127 @@
+"""Unit tests of pure logic (no Redis server, no Docker)."""
+
+from __future__ import annotations
+
+import re
+
+import fakeredis
+import pytest
+
+from shared import ids
+from shared.errors import ConfigError, PathNotFound, SessionNotFound, from_code
+from shared.output import STDERR, STDOUT, Line, ProcessLog
+from shared.settings import Settings
+from web.api.schemas import process_json
+from web.api.validation import _flatten
+from workers.driver import parse_listening
+from workers.runner import MAX_LINE, _split
+
+
+def test_settings_from_env_parses_types_and_sizes() -> None:
+    s = Settings.from_env(
+        {
+            "PADDOCK_PORT": "8080",
+            "PADDOCK_AUTH": "ON",
+            "PADDOCK_SANDBOX_MEMORY": "512m",
+            "PADDOCK_SANDBOX_CPUS": "1.5",
+            "PADDOCK_HOST_ID": "h1",
+            "PADDOCK_MAX_BODY_BYTES": "1k",
+        }
+    )
+    assert (s.port, s.auth, s.sandbox_memory, s.sandbox_cpus, s.host_id, s.max_body_bytes) == (
+        8080,
+        True,
+        512 << 20,
+        1.5,
+        "h1",
+        1024,
+    )
+    assert Settings.from_env({}).idle_timeout == 600
+    assert Settings.from_env({}).host_id  # defaults to the hostname
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PADDOCK_PORT": "eighty"},
+        {"PADDOCK_AUTH": "maybe"},
+        {"PADDOCK_SANDBOX_NETWORK": "host"},
+        {"PADDOCK_IDLE_TIMEOUT": "0"},
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
+
+
+def test_ids() -> None:
+    for _ in range(100):
+        assert re.fullmatch(r"[A-Za-z0-9]{12}", ids.process_id())
+        assert re.fullmatch(r"[a-z0-9]{8}-[0-9a-f]{8}", ids.sandbox_id())
+    assert len({ids.process_id() for _ in range(1000)}) == 1000
+
+
+def test_parse_listening_v4_v6_and_skips_other_states() -> None:
+    text = """  sl  local_address rem_address   st tx_queue rx_queue
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000
+   1: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000
+   2: 0100007F:0CEA 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000  1000
+  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A
+   1: 00000000000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A
+"""
+    assert parse_listening(text) == [
+        {"State": "LISTEN", "Ip": "0.0.0.0", "Port": 8080},
+        {"State": "LISTEN", "Ip": "127.0.0.1", "Port": 3306},
+        {"State": "LISTEN", "Ip": "::", "Port": 80},
+        {"State": "LISTEN", "Ip": "::1", "Port": 8081},
+    ]
+
+
+def test_split_keeps_partial_lines_and_cuts_huge_ones() -> None:
+    buf = bytearray()
+    assert [x.text for x in _split(buf, b"a\nb", STDOUT)] == ["a"]
+    assert [x.text for x in _split(buf, b"c\n\nd\xc3", STDOUT)] == ["bc", ""]
+    assert [x.text for x in _split(buf, b"\xa9\n", STDOUT)] == ["dé"]
+    assert buf == b""
+    long = _split(buf, b"x" * (MAX_LINE * 2 + 5), STDERR)
+    assert [len(x.text) for x in long] == [MAX_LINE, MAX_LINE] and len(buf) == 5
+
+
+def test_process_log_round_trip_and_wire_shape() -> None:
+    plog = ProcessLog(fakeredis.FakeRedis())
+    plog.register("s1", "p1", "echo")
+    plog.append("s1", "p1", [Line(STDOUT, "out", 1), Line(STDERR, "err", 2)])
+    out = plog.read("s1", "p1")
+    assert not out.finished
+    plog.finish("s1", "p1", 3)
+    out = plog.wait("s1", "p1", timeout=1)
+    assert out.finished and out.exit_code == 3
+    assert process_json("p1", out) == {
+        "stdout": [{"type": "Stdout", "line": "out", "timestamp": 1}],
+        "stderr": [{"type": "Stderr", "line": "err", "timestamp": 2}],
+        "processID": "p1",
+        "finished": True,
+    }
+    plog.forget("s1", "p1")
+    assert not plog.exists("s1", "p1")
+
+
+def test_validation_messages_are_flattened_to_spec_keys() -> None:
+    msgs = {
+        "cmd": ["Missing data for required field."],
+        "envVars": {"A": {"value": ["Not a valid string."]}},
+        "extra": ["Unknown field."],
+    }
+    assert _flatten(msgs, "requestBody") == {
+        "requestBody.cmd": "Missing data for required field.",
+        "requestBody.envVars.A": "Not a valid string.",
+        "requestBody.extra": "Unknown field.",
+    }
+
+
+def test_worker_errors_keep_their_class_across_the_wire() -> None:
+    err = from_code(PathNotFound.code, "no such file")
+    assert isinstance(err, PathNotFound) and err.status == 404 and err.message == "no such file"
+    assert isinstance(from_code("session_not_found", "x"), SessionNotFound)
+    assert from_code("made-up", "boom").status == 500
