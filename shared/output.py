@@ -56,7 +56,8 @@ class ProcessLog:
         pipe.execute()
 
     def set_fields(self, sandbox_id: str, process_id: str, **values: str | int | float) -> None:
-        self.r.hset(keys.process(sandbox_id, process_id), mapping=values)
+        mapping: dict[str | bytes, str | int | float] = dict(values)
+        self.r.hset(keys.process(sandbox_id, process_id), mapping=mapping)
 
     def exists(self, sandbox_id: str, process_id: str) -> bool:
         return bool(self.r.exists(keys.process(sandbox_id, process_id)))
