@@ -56,7 +56,7 @@ class ProcessLog:
         pipe.execute()
 
     def set_fields(self, sandbox_id: str, process_id: str, **values: str | int | float) -> None:
-        mapping: dict[str | bytes, str | int | float] = dict(values)
+        mapping: dict[str | bytes, str | int | float] = {k: v for k, v in values.items()}
         self.r.hset(keys.process(sandbox_id, process_id), mapping=mapping)
 
     def exists(self, sandbox_id: str, process_id: str) -> bool:
