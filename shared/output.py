@@ -8,7 +8,7 @@ nobody sleeps in a loop. The stream ends with one ``end`` entry carrying the exi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,8 +109,18 @@ class ProcessLog:
                 return out
             start = "(" + out.last_id
 
-    def wait(self, sandbox_id: str, process_id: str, timeout: float) -> Output:
-        """Everything written until the process ends, or until ``timeout`` seconds pass."""
+    def wait(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        timeout: float,
+        tick: Callable[[], None] | None = None,
+    ) -> Output:
+        """Everything written until the process ends, or until ``timeout`` seconds pass.
+
+        ``tick`` is called every few seconds while waiting (the web uses it to keep the
+        sandbox from being reaped as idle while a client is waiting on it).
+        """
         out = self.read(sandbox_id, process_id)
         key = keys.output(sandbox_id, process_id)
         deadline = time.monotonic() + timeout
@@ -120,6 +130,8 @@ class ProcessLog:
                 break
             block_ms = max(1, int(min(remaining, 10.0) * 1000))
             resp = self.r.xread({key: out.last_id}, count=_BATCH, block=block_ms)
+            if tick is not None:
+                tick()
             for _key, entries in resp or []:
                 _apply(out, entries)
             if not resp and not self.r.exists(keys.process(sandbox_id, process_id)):

@@ -117,7 +117,12 @@ class Sandboxes:
 
     def output(self, sb: Sandbox, process_id: str, wait: bool) -> Output:
         if wait:
-            return self.plog.wait(sb.sandbox_id, process_id, self.settings.wait_timeout)
+            return self.plog.wait(
+                sb.sandbox_id,
+                process_id,
+                self.settings.wait_timeout,
+                tick=lambda: self.store.touch(sb.sandbox_id),
+            )
         return self.plog.read(sb.sandbox_id, process_id)
 
     def write_stdin(self, sb: Sandbox, process_id: str, data: str) -> None:
