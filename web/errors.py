@@ -1,28 +1,75 @@
-"""The one place error handlers are registered: PaddockError → the E2B envelope on
-``/sessions`` (``{"message": ...}``, with ``details`` for validation)."""
+"""The one place error handlers are registered. PaddockError and HTTP errors become the E2B
+envelope on the E2B routes (``{"message": ...}``, with ``details`` for validation) and the v1
+envelope under ``/v1`` (``{"error": {type, code, message, param?, request_id}}``)."""
 
 from __future__ import annotations
 
 import logging
+import secrets
+from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import PaddockError, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
+_HTTP_MESSAGES = {
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Request body too large",
+}
+_V1_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    412: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "capacity_error",
+}
 
-def _e2b(status: int, message: str, details: dict | None = None) -> Response:
-    body: dict = {"message": message}
-    if details is not None:
-        body["details"] = details
-    resp = jsonify(body)
+
+def request_id() -> str:
+    rid: str = g.get("request_id") or ""
+    if not rid:
+        rid = g.request_id = "req_" + secrets.token_hex(12)
+    return rid
+
+
+def _respond(
+    status: int, code: str, message: str, fields: dict[str, str] | None = None
+) -> Response:
+    if request.path.startswith("/v1"):
+        err: dict[str, Any] = {
+            "type": _V1_TYPES.get(status, "api_error"),
+            "code": code,
+            "message": message,
+        }
+        if fields:
+            err["param"] = next(iter(fields))
+            err["details"] = fields
+        err["request_id"] = request_id()
+        resp = jsonify({"error": err})
+    else:
+        body: dict[str, Any] = {"message": message}
+        if fields is not None:
+            body["details"] = {k: {"message": v} for k, v in fields.items()}
+        resp = jsonify(body)
     resp.status_code = status
     return resp
 
 
 def register_error_handlers(app: Flask) -> None:
+    @app.after_request
+    def add_request_id(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = request_id()
+        return resp
+
     @app.errorhandler(PaddockError)
     def paddock_error(exc: PaddockError) -> Response:
         if exc.status >= 500:
@@ -30,22 +77,17 @@ def register_error_handlers(app: Flask) -> None:
         else:
             logger.warning("%s %s: %s %s", request.method, request.path, exc.status, exc.message)
         if isinstance(exc, ValidationFailed):
-            details = {k: {"message": v} for k, v in exc.fields.items()}
-            return _e2b(422, "Validation Failed", details)
-        return _e2b(exc.status, exc.message)
+            return _respond(422, exc.code, "Validation Failed", exc.fields)
+        return _respond(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        messages = {
-            404: "Not Found",
-            405: "Method Not Allowed",
-            413: "Request body too large",
-        }
         logger.warning("%s %s: %s", request.method, request.path, status)
-        return _e2b(status, messages.get(status, exc.name))
+        message = _HTTP_MESSAGES.get(status, exc.name)
+        return _respond(status, message.lower().replace(" ", "_"), message)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         logger.exception("%s %s: unhandled error", request.method, request.path)
-        return _e2b(500, "Internal Server Error")
+        return _respond(500, "internal_error", "Internal Server Error")
