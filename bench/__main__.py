@@ -4,6 +4,7 @@ the table (and write it as JSON). Exit 0 on success, 1 with a message when anyth
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -123,8 +124,8 @@ def bench_flood(
             f"({json_mb:.0f} MB of JSON in {t_pd:.1f} s)"
         )
     mb = flood.stdout_bytes / 1e6
-    pd_rate = mb / sorted(pd_s)[len(pd_s) // 2]
-    raw_rate = mb / sorted(raw_s)[len(raw_s) // 2]
+    pd_rate = mb / statistics.median(pd_s)
+    raw_rate = mb / statistics.median(raw_s)
     report.figures.append(
         Figure(f"stdout {mb:.0f} MB, median", "MB/s", pd_rate, raw_rate, HIGHER_IS_BETTER, runs)
     )

@@ -46,7 +46,8 @@ stop_all() {
     done
     echo "up: stopped"
 }
-trap 'stop_all; exit 0' INT TERM
+interrupted=0
+trap 'interrupted=1; stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
 start worker-"$PADDOCK_HOST_ID" "$BIN/python" -m workers host
@@ -83,4 +84,5 @@ MSG
 
 # Exit (and stop the rest) as soon as any component dies.
 wait -n "${pids[@]}" || true
-echo "up: a component exited; see .paddock/log/"
+sleep 0.3  # a Ctrl-C reaches the children too; let our own trap win the race
+[[ $interrupted -eq 0 ]] && echo "up: a component exited; see .paddock/log/"

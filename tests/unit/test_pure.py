@@ -125,3 +125,15 @@ def test_worker_errors_keep_their_class_across_the_wire() -> None:
     assert isinstance(err, PathNotFound) and err.status == 404 and err.message == "no such file"
     assert isinstance(from_code("session_not_found", "x"), SessionNotFound)
     assert from_code("made-up", "boom").status == 500
+
+
+def test_lines_read_in_one_chunk_share_an_entry_and_round_trip() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    lines = [Line(STDOUT, t, 5) for t in ("a", "", "b", "")] + [Line(STDERR, "e", 5)]
+    plog.append("s", "p", lines + [Line(STDOUT, "c", 6)])
+    assert r.xlen("pdk:out:s:p") == 3
+    out = plog.read("s", "p")
+    assert [x.text for x in out.stdout] == ["a", "", "b", "", "c"]
+    assert [x.ts_ns for x in out.stdout] == [5, 5, 5, 5, 6]
+    assert [x.text for x in out.stderr] == ["e"]
