@@ -11,6 +11,26 @@ RUN="$ROOT/.paddock/run"
 mkdir -p "$LOG" "$RUN"
 
 PORT="${PADDOCK_PORT:-3000}"
+
+# Secrets made once for this checkout (0600), unless the environment already has them.
+SECRETS="$ROOT/.paddock/secrets.env"
+if [[ ! -f "$SECRETS" ]]; then
+    (umask 077; "$BIN/python" - >"$SECRETS" <<'PY'
+import secrets
+from cryptography.fernet import Fernet
+print(f"PADDOCK_JWT_SECRET={secrets.token_hex(32)}")
+print(f"PADDOCK_SECRET_KEY={Fernet.generate_key().decode()}")
+PY
+    )
+fi
+while IFS='=' read -r key value; do
+    [[ -z "${!key:-}" ]] && export "$key=$value"
+done <"$SECRETS"
+
+# `make up` is the one-machine, single-user runner: API keys are off unless asked for, and then
+# it listens on loopback only. With PADDOCK_AUTH=on it listens on every interface.
+export PADDOCK_AUTH="${PADDOCK_AUTH:-off}"
+if [[ "$PADDOCK_AUTH" == "off" ]]; then BIND="127.0.0.1"; else BIND="${PADDOCK_BIND:-0.0.0.0}"; fi
 export PADDOCK_REDIS_URL="${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0}"
 export PADDOCK_HOST_ID="${PADDOCK_HOST_ID:-$(hostname)}"
 
@@ -53,7 +73,7 @@ trap stop_all EXIT
 start worker-"$PADDOCK_HOST_ID" "$BIN/python" -m workers host
 start control "$BIN/python" -m workers control
 start flower "$BIN/celery" --broker="$PADDOCK_REDIS_URL" flower --port=5555 --address=127.0.0.1
-start web "$BIN/gunicorn" --bind "0.0.0.0:$PORT" --worker-class gthread --workers 2 \
+start web "$BIN/gunicorn" --bind "$BIND:$PORT" --worker-class gthread --workers 2 \
     --threads 64 --timeout 0 'web.app:create_app()'
 
 for _ in $(seq 1 100); do
@@ -72,7 +92,8 @@ done
 cat <<MSG
 
 Paddock is running at http://localhost:$PORT  (host $PADDOCK_HOST_ID; Flower at http://localhost:5555)
-Auth: $( [[ "${PADDOCK_AUTH:-off}" == "off" ]] && echo "off — every request acts as the local tenant" || echo on )
+Auth: $( [[ "$PADDOCK_AUTH" == "off" ]] && echo "off — /sessions acts as the local tenant; listening on 127.0.0.1 only (PADDOCK_AUTH=on to require API keys)" || echo "on — API keys required on /sessions and /v1" )
+Mail: $( [[ -z "${PADDOCK_SMTP_URL:-}" ]] && echo "LOG MAILER (dev mode): login codes are written to .paddock/log/control.log — set PADDOCK_SMTP_URL to send real mail" || echo "SMTP via PADDOCK_SMTP_URL" )
 
 Try it:
   curl -s -X POST http://localhost:$PORT/sessions -H 'Content-Type: application/json' -d '{"envID": "Nodejs"}'

@@ -6,7 +6,8 @@ PREFIX = "pdk"
 
 
 def host(host_id: str) -> str:
-    """Hash: a host's heartbeat (capacity, templates, updated). Expires when the host dies."""
+    """Hash: a host's heartbeat (capacity, templates, catalog JSON, updated). Expires when the
+    host dies."""
     return f"{PREFIX}:host:{host_id}"
 
 
@@ -68,3 +69,53 @@ def task_log(sandbox_id: str) -> str:
 def api_key(digest: str) -> str:
     """Hash: the API key with this SHA-256 digest (tenant, revoked)."""
     return f"{PREFIX}:apikey:{digest}"
+
+
+def api_key_id(key_id: str) -> str:
+    """String: the digest of the API key with this public id."""
+    return f"{PREFIX}:apikeyid:{key_id}"
+
+
+def tenant_api_keys(tenant_id: str) -> str:
+    """Set: the key ids of a tenant's API keys (revoked ones included)."""
+    return f"{PREFIX}:tenant:{tenant_id}:apikeys"
+
+
+def user(user_id: str) -> str:
+    """Hash: one account (email, created_at). One user is one tenant."""
+    return f"{PREFIX}:user:{user_id}"
+
+
+def user_by_email(email: str) -> str:
+    """String: the user id of the account with this (lower-cased) email."""
+    return f"{PREFIX}:email:{email}"
+
+
+def otp(email: str) -> str:
+    """Hash: the pending login code of an email (HMAC, tries); expires with the code."""
+    return f"{PREFIX}:otp:{email}"
+
+
+def rate(bucket: str, subject: str, window: int) -> str:
+    """Counter for one rate-limit window; expires with the window."""
+    return f"{PREFIX}:rl:{bucket}:{subject}:{window}"
+
+
+def secret_bundle(tenant_id: str, name: str) -> str:
+    """Hash: a secret bundle (keys, version, dates, encrypted values)."""
+    return f"{PREFIX}:secret:{tenant_id}:{name}"
+
+
+def tenant_secrets(tenant_id: str) -> str:
+    """Set: the names of a tenant's secret bundles."""
+    return f"{PREFIX}:tenant:{tenant_id}:secrets"
+
+
+def secret_users(tenant_id: str, name: str) -> str:
+    """Set: the ids of running agent sessions that use a bundle."""
+    return f"{PREFIX}:secret:{tenant_id}:{name}:sessions"
+
+
+def secrets_channel(tenant_id: str) -> str:
+    """Pub/sub channel: a tenant's bundle was rotated (name and version, never values)."""
+    return f"{PREFIX}:events:secrets:{tenant_id}"

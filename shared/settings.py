@@ -38,7 +38,14 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     host_id: str = ""
     port: int = 3000
-    auth: bool = False
+    auth: bool = True
+    proxy_hops: int = 0
+    # Accounts and secrets
+    jwt_secret: str = ""
+    secret_key: str = ""
+    smtp_url: str = ""
+    mail_from: str = "Paddock <paddock@localhost>"
+    max_api_keys: int = 20
     instance: str = "default"
     data_dir: str = ".paddock"
     # Sandboxes
@@ -65,6 +72,20 @@ class Settings:
     task_timeout: float = 60.0
     create_timeout: float = 120.0
     log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        # Settings get logged; secrets must not be.
+        hidden = {"jwt_secret", "secret_key", "smtp_url"}
+        shown = ", ".join(
+            f"{f.name}="
+            + (
+                "'***'"
+                if f.name in hidden and getattr(self, f.name)
+                else repr(getattr(self, f.name))
+            )
+            for f in fields(self)
+        )
+        return f"Settings({shown})"
 
     def __post_init__(self) -> None:
         if not self.host_id:

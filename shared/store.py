@@ -71,7 +71,17 @@ class Store:
         self._begin_delete = r.register_script(_BEGIN_DELETE)
 
     # -- hosts -------------------------------------------------------------------------------
-    def heartbeat(self, host_id: str, capacity: int, templates: list[str], ttl: float) -> None:
+    def heartbeat(
+        self,
+        host_id: str,
+        capacity: int,
+        templates: list[str],
+        ttl: float,
+        catalog: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Announce a live host for ``ttl`` seconds: its capacity, its template names (what
+        placement matches on) and, optionally, its template catalog (one JSON object per
+        template: name, image, hash, size_bytes, built_at, versions)."""
         pipe = self.r.pipeline()
         pipe.sadd(keys.hosts(), host_id)
         pipe.hset(
@@ -79,6 +89,7 @@ class Store:
             mapping={
                 "capacity": capacity,
                 "templates": "," + ",".join(templates) + ",",
+                "catalog": json.dumps(catalog or []),
                 "updated": time.time(),
             },
         )
@@ -106,6 +117,32 @@ class Store:
 
     def known_templates(self) -> set[str]:
         return {t for h in self.alive_hosts() for t in h.templates}
+
+    def template_catalog(self) -> list[dict[str, Any]]:
+        """Every template some live host offers, by name, each with the ``hosts`` that have it.
+
+        Hosts may hold different builds of one template (one was updated first); the entry
+        shown is the most recently built one. An unreadable catalog is skipped, not an error.
+        """
+        merged: dict[str, dict[str, Any]] = {}
+        hosts: dict[str, list[str]] = {}
+        for hid in sorted(self._smembers(keys.hosts())):
+            raw = self.r.hget(keys.host(hid), "catalog")
+            try:
+                entries = json.loads(raw) if raw else []
+            except ValueError:
+                continue
+            for entry in entries if isinstance(entries, list) else []:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if not isinstance(name, str):
+                    continue
+                hosts.setdefault(name, []).append(hid)
+                seen = merged.get(name)
+                if seen is None or float(entry.get("built_at") or 0) > float(
+                    seen.get("built_at") or 0
+                ):
+                    merged[name] = entry
+        return [{**merged[name], "hosts": hosts[name]} for name in sorted(merged)]
 
     def place(self, sandbox_id: str, template: str) -> str:
         """Reserve a slot for ``sandbox_id`` on the freest live host that has ``template``.
@@ -142,10 +179,13 @@ class Store:
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None:
         self.r.hset(keys.sandbox(sandbox_id), "status", status)
 
-    def get_sandbox(self, tenant_id: str, sandbox_id: str) -> Sandbox:
-        """The tenant's sandbox. Raises SessionNotFound when absent, ending, or another's."""
+    def get_sandbox(self, tenant_id: str, sandbox_id: str, include_ending: bool = False) -> Sandbox:
+        """The tenant's sandbox. Raises SessionNotFound when absent, another's, or (unless
+        ``include_ending``) being deleted."""
         data = self._hgetall(keys.sandbox(sandbox_id))
-        if not data or data.get("tenant") != tenant_id or data.get("status") == "deleting":
+        if not data or data.get("tenant") != tenant_id:
+            raise SessionNotFound()
+        if data.get("status") == "deleting" and not include_ending:
             raise SessionNotFound()
         return Sandbox(
             sandbox_id=sandbox_id,
@@ -195,6 +235,21 @@ class Store:
         idle = self._zrange(keys.idle_index(), idle_before)
         expired = self._zrange(keys.expiry_index(), now)
         return sorted(set(idle) | set(expired))
+
+    def sandbox_times(self, sandbox_id: str) -> tuple[float | None, float | None]:
+        """(last request that named it, end of its maximum lifetime)."""
+        last = self.r.zscore(keys.idle_index(), sandbox_id)
+        expires = self.r.zscore(keys.expiry_index(), sandbox_id)
+        return last, expires
+
+    def tenant_sandboxes(self, tenant_id: str) -> list[Sandbox]:
+        out = []
+        for sandbox_id in self.tenant_sandbox_ids(tenant_id):
+            try:
+                out.append(self.get_sandbox(tenant_id, sandbox_id, include_ending=True))
+            except SessionNotFound:
+                continue
+        return sorted(out, key=lambda s: s.created_at)
 
     def tenant_sandbox_ids(self, tenant_id: str) -> list[str]:
         return sorted(self._smembers(keys.tenant_sandboxes(tenant_id)))

@@ -16,6 +16,7 @@ PROCESS_START = "paddock.process.start"
 PROCESS_STDIN = "paddock.process.stdin"
 PROCESS_KILL = "paddock.process.kill"
 REAP = "paddock.control.reap"
+SEND_LOGIN_CODE = "paddock.control.send_login_code"
 
 
 def host_queue(host_id: str) -> str:

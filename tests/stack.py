@@ -4,6 +4,7 @@ loopback. Docker containers are labelled with a per-stack instance id and remove
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -46,6 +47,9 @@ class Stack:
             "PADDOCK_HEARTBEAT_INTERVAL": "1",
             "PADDOCK_REAPER_INTERVAL": "1",
             "PADDOCK_LOG_LEVEL": "INFO",
+            "PADDOCK_AUTH": "off",
+            "PADDOCK_JWT_SECRET": secrets.token_hex(32),
+            "PADDOCK_SECRET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

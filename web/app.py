@@ -7,13 +7,33 @@ import logging
 import redis
 from celery import Celery
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from shared.accounts import Accounts
 from shared.broker import make_celery
+from shared.crypto import SecretBox
+from shared.errors import ConfigError
+from shared.secrets import SecretBundles
 from shared.settings import Settings
-from web.api import filesystem, meta, processes, sessions
+from web.api import filesystem, meta, processes, sessions, templates
 from web.api.deps import Services
+from web.api.v1 import api_keys, openapi, sandboxes, secrets
+from web.api.v1 import auth as v1_auth
 from web.errors import register_error_handlers
 from web.sandboxes import Sandboxes
+
+BLUEPRINTS = (
+    meta.bp,
+    sessions.bp,
+    filesystem.bp,
+    processes.bp,  # E2B-compatible /sessions
+    v1_auth.bp,
+    api_keys.bp,
+    secrets.bp,
+    sandboxes.bp,
+    templates.bp,
+    openapi.bp,  # /v1
+)
 
 
 def create_app(
@@ -22,23 +42,45 @@ def create_app(
     celery: Celery | None = None,
 ) -> Flask:
     """Build the app. Settings default to the environment; clients are made lazily by
-    redis-py and Celery (no connection is opened here)."""
+    redis-py and Celery (no connection is opened here).
+
+    Raises ConfigError when a required secret (JWT secret, secret key) is missing.
+    """
     settings = settings or Settings.from_env()
+    if len(settings.jwt_secret) < 32:
+        raise ConfigError("PADDOCK_JWT_SECRET must be set (32+ characters; make up makes one)")
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     r = redis_client or redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=settings.wait_timeout + 30,
+        # Longer than our longest blocking call (BLPOP while a sandbox is created).
+        socket_timeout=max(settings.task_timeout, settings.create_timeout) + 30,
         socket_connect_timeout=5,
         health_check_interval=30,
     )
     celery = celery or make_celery(settings)
+    box = SecretBox(settings.secret_key)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["paddock"] = Services(settings, r, celery, Sandboxes(settings, r, celery))
-    for bp in (meta.bp, sessions.bp, filesystem.bp, processes.bp):
+    if settings.proxy_hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app,
+            x_for=settings.proxy_hops,
+            x_proto=settings.proxy_hops,
+            x_host=settings.proxy_hops,
+        )
+    app.extensions["paddock"] = Services(
+        settings=settings,
+        redis=r,
+        celery=celery,
+        sandboxes=Sandboxes(settings, r, celery),
+        accounts=Accounts(r, settings.jwt_secret),
+        secrets=SecretBundles(r, box),
+        box=box,
+    )
+    for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_error_handlers(app)
     return app

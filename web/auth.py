@@ -1,37 +1,59 @@
-"""Who is calling: every request resolves to a tenant id, which scopes every lookup."""
+"""Who is calling. Every request resolves to a tenant id (one user = one tenant), which scopes
+every lookup. API keys on sandbox and secret routes; account JWTs on account routes."""
 
 from __future__ import annotations
 
-import hashlib
-
-import redis
 from flask import request
 
-from shared import keys
+from shared.accounts import Accounts
 from shared.errors import Unauthorized
 from shared.settings import Settings
+from web import tokens
 
 LOCAL_TENANT = "local"
 
 
-def presented_key(body_key: str | None = None) -> str | None:
+def bearer() -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
-    return request.headers.get("X-API-Key") or body_key or None
+    return None
 
 
-def tenant_for_request(settings: Settings, r: redis.Redis, body_key: str | None = None) -> str:
-    """The tenant of this request. With ``PADDOCK_AUTH=off`` it is the local tenant.
+def presented_key(body_key: str | None = None) -> str | None:
+    return bearer() or request.headers.get("X-API-Key") or body_key or None
 
-    Raises Unauthorized for a missing, unknown or revoked API key.
-    """
-    if not settings.auth:
-        return LOCAL_TENANT
+
+def tenant_for_api_key(accounts: Accounts, body_key: str | None = None) -> str:
+    """The tenant of the request's API key. Raises Unauthorized (missing, unknown, or an
+    account JWT where an API key belongs) or ApiKeyRevoked."""
     key = presented_key(body_key)
     if not key:
         raise Unauthorized("An API key is required (Authorization: Bearer or X-API-Key)")
-    record = r.hgetall(keys.api_key(hashlib.sha256(key.encode()).hexdigest()))
-    if not record or record.get(b"revoked") == b"1":
-        raise Unauthorized("Invalid or revoked API key")
-    return record[b"tenant"].decode()
+    if tokens.looks_like_jwt(key):
+        raise Unauthorized("This route takes an API key, not an account token")
+    tenant = accounts.authenticate(key)
+    if tenant is None:
+        raise Unauthorized("Invalid API key")
+    return tenant
+
+
+def e2b_tenant(settings: Settings, accounts: Accounts, body_key: str | None = None) -> str:
+    """E2B routes: the local tenant with ``PADDOCK_AUTH=off``, else the API key's."""
+    if not settings.auth:
+        return LOCAL_TENANT
+    return tenant_for_api_key(accounts, body_key)
+
+
+def account_user(settings: Settings, accounts: Accounts) -> str:
+    """Account routes: the user id of a valid account JWT. Raises Unauthorized."""
+    token = bearer()
+    if not token:
+        raise Unauthorized("An account token is required (Authorization: Bearer)")
+    if not tokens.looks_like_jwt(token):
+        raise Unauthorized("This route takes an account token, not an API key")
+    claims = tokens.verify(settings.jwt_secret, token, tokens.ACCOUNT_AUDIENCE)
+    user_id = str(claims["sub"])
+    if not accounts.user_exists(user_id):
+        raise Unauthorized("Unknown account")
+    return user_id

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from shared.accounts import RateLimited
 from shared.errors import PaddockError, ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,15 @@ def register_error_handlers(app: Flask) -> None:
         else:
             logger.warning("%s %s: %s %s", request.method, request.path, exc.status, exc.message)
         if isinstance(exc, ValidationFailed):
+            if request.path.startswith("/v1"):
+                # v1: 400 invalid_request_error naming the first bad parameter.
+                param, why = next(iter(exc.fields.items()))
+                return _respond(400, "invalid_request", f"{param}: {why}", exc.fields)
             return _respond(422, exc.code, "Validation Failed", exc.fields)
-        return _respond(exc.status, exc.code, exc.message)
+        resp = _respond(exc.status, exc.code, exc.message)
+        if isinstance(exc, RateLimited):
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -65,6 +65,9 @@ class Sandboxes:
         self.store.touch(sandbox_id)
         return sb
 
+    def of_tenant(self, tenant_id: str) -> list[Sandbox]:
+        return self.store.tenant_sandboxes(tenant_id)
+
     def delete(self, sb: Sandbox) -> None:
         if not self.store.begin_delete(sb.sandbox_id):
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import smtplib
 import threading
 from typing import Any
 
@@ -11,8 +12,9 @@ from celery.signals import worker_ready, worker_shutdown
 
 from shared import tasks
 from shared.broker import make_celery
+from shared.crypto import SecretBox
 from shared.settings import Settings
-from workers import control, hosts
+from workers import control, hosts, mailer
 from workers.context import WorkerContext
 from workers.tasks import register_host_tasks
 
@@ -46,12 +48,26 @@ def create_control_app(settings: Settings) -> Celery:
     """The control worker: the ``control`` queue and the periodic reaper (run with beat)."""
     app = make_celery(settings)
     ctx = WorkerContext(settings)
+    box = SecretBox(settings.secret_key)
 
     # Not acks_late and delivered-twice safe: a reap only reads the indexes and sends destroys,
     # which are idempotent; beat sends a fresh one every interval anyway.
     @app.task(name=tasks.REAP, ignore_result=True, expires=settings.reaper_interval)
     def reap() -> int:
         return len(control.reap(app, ctx.redis, settings))
+
+    # acks_late: a mail must not vanish with a worker that dies mid-send; delivered twice, the
+    # user gets the same code twice, which is harmless. Retried with backoff on SMTP errors.
+    @app.task(
+        name=tasks.SEND_LOGIN_CODE,
+        ignore_result=True,
+        acks_late=True,
+        autoretry_for=(smtplib.SMTPException, OSError),
+        retry_backoff=2,
+        max_retries=3,
+    )
+    def send_login_code(email: str, sealed_code: str) -> None:
+        mailer.send_login_code(settings, email, box.open_text(sealed_code))
 
     app.conf.beat_schedule = {
         "reap-idle-sandboxes": {

@@ -8,15 +8,23 @@ import time
 
 from shared.output import STDERR, Line
 from workers.context import WorkerContext
-from workers.images import available_templates
+from workers.templates import template_catalog
 
 logger = logging.getLogger(__name__)
 
 
 def heartbeat_once(ctx: WorkerContext) -> None:
+    """Announce capacity and the local templates, with what /v1/templates shows of each (image,
+    size, build date, language versions), all from one image listing of the engine."""
     s = ctx.settings
-    templates = sorted(available_templates(ctx.docker, s.image_prefix))
-    ctx.store.heartbeat(s.host_id, s.host_capacity, templates, ttl=s.heartbeat_interval * 3)
+    catalog = template_catalog(ctx.docker, s.image_prefix)
+    ctx.store.heartbeat(
+        s.host_id,
+        s.host_capacity,
+        [t.name for t in catalog],
+        ttl=s.heartbeat_interval * 3,
+        catalog=[t.to_json() for t in catalog],
+    )
 
 
 def start_heartbeat(ctx: WorkerContext, stop: threading.Event) -> threading.Thread:

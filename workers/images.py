@@ -1,14 +1,26 @@
 """Builds the sandbox images: a debootstrapped Debian base and one image per template.
 
-``<prefix>/base`` is created without any registry: ``debootstrap`` writes a minimal bookworm
-root filesystem, ``templates/base/configure.sh`` prepares it in a chroot, and the result is
-imported as an image. Every ``templates/<Name>/Dockerfile`` is then built ``FROM`` that base
-into ``<prefix>/tpl-<name>``. Each image carries a content hash of its inputs in the
-``paddock.hash`` label, so an image whose inputs did not change is never rebuilt.
+``<prefix>/base`` is created without any registry (:mod:`workers.rootfs`). Every
+``<Name>/Dockerfile`` under the templates path is then built ``FROM`` that base into
+``<prefix>/tpl-<name>``, its language versions are measured inside the result
+(:mod:`workers.templates`), and the image is labelled with its name, the content hash of its
+inputs and those versions. An image whose inputs did not change is never rebuilt, so a run with
+nothing to do takes seconds.
+
+The templates path is one or more directories (``PADDOCK_TEMPLATES_DIR``, separated by ``:``;
+default ``templates``). Every subdirectory with a Dockerfile is a template named after it; the
+base is defined by the first ``base/`` on the path, or Paddock's own ``templates/base``. So an
+operator's own templates can live in a directory of their own next to the built-in ones::
+
+    PADDOCK_TEMPLATES_DIR=templates:/srv/paddock-templates make images
+
+Build arguments (``--build-arg NAME=VALUE`` or ``PADDOCK_BUILD_ARGS="NAME=VALUE ..."``) reach
+only the templates whose Dockerfile declares ``ARG NAME``, and are part of their hash.
 
 Command line::
 
-    python -m workers.images build [--templates-dir templates] [--prefix paddock] [--only NAME ...]
+    python -m workers.images build [--templates-dir DIR[:DIR...]] [--prefix paddock]
+                                   [--only NAME ...] [--build-arg NAME=VALUE ...] [--no-cache]
     python -m workers.images list
 """
 
@@ -17,17 +29,15 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,39 +46,45 @@ from typing import Any
 import docker
 import docker.errors
 
+from workers import rootfs
+from workers.rootfs import BASE_NAME, ERROR_TAIL_LINES
+from workers.templates import HASH_LABEL as HASH_LABEL
+from workers.templates import TEMPLATE_LABEL as TEMPLATE_LABEL
+from workers.templates import (
+    VERSIONS_LABEL,
+    ProbeError,
+    parse_versions_label,
+    run_probes,
+    version_probes,
+)
+from workers.templates import ImageBuildError as ImageBuildError
+from workers.templates import available_templates as available_templates
+from workers.templates import image_ref as image_ref
+
 logger = logging.getLogger(__name__)
 
-TEMPLATE_LABEL = "paddock.template"
-HASH_LABEL = "paddock.hash"
+_ROOT = Path(__file__).resolve().parent.parent
+# Paddock's own templates: where the base is defined when no directory on the path has one.
+BUILTIN_TEMPLATES = _ROOT / "templates"
+DEFAULT_BUILD_DIR = _ROOT / ".paddock" / "build"
+# Part of every template's hash: bumped when the builder changes what it puts into an image
+# (2: the versions label), so that images made by an older builder are rebuilt.
+BUILDER_VERSION = "2"
 
-BASE_NAME = "base"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-# How much of a failing build's output goes into the error message.
-ERROR_TAIL_LINES = 20
 # Docker repository path components allow only these; template names are lowercased into one.
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _HASH_TAG = re.compile(r"^[0-9a-f]{12}$")
+_ARG = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE | re.IGNORECASE)
+_FROM_BASE = re.compile(
+    r"^\s*FROM\s+(?:--\S+\s+)*\$(?:BASE_IMAGE|\{BASE_IMAGE\})(?:\s|$)", re.MULTILINE | re.IGNORECASE
+)
 # The classic builder colours RUN steps' stderr; escape codes only clutter an error message.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Builder bookkeeping lines that would crowd the useful output out of an error's tail.
 _BUILD_NOISE = (" ---> ", "Removing intermediate container")
-_CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Dockerfile-style settings applied when importing the base root filesystem. They are part of
-# the base hash, so editing them here rebuilds the base like editing templates/base/ does.
-_BASE_CHANGES = (
-    "ENV LANG=C.UTF-8",
-    "ENV LC_ALL=C.UTF-8",
-    f"ENV PATH={_CHROOT_PATH}",
-    "USER user",
-    "WORKDIR /home/user",
-    'CMD ["/bin/bash"]',
-)
 
 Log = Callable[[str], object]
-
-
-class ImageBuildError(Exception):
-    """An image could not be built; the message names the image and shows the failing output."""
+TemplatesPath = Path | Sequence[Path]
 
 
 @dataclass(frozen=True)
@@ -81,72 +97,83 @@ class BuildResult:
     built: bool
     seconds: float
     size_bytes: int
+    versions: dict[str, str]
 
 
 @dataclass(frozen=True)
 class _Template:
     name: str
     path: Path
-
-
-def image_ref(prefix: str, template: str) -> str:
-    """The ``:latest`` reference of ``template``'s image, e.g. ``paddock/tpl-nodejs:latest``."""
-    return f"{prefix}/tpl-{template.lower()}:latest"
+    dockerfile: str
 
 
 def base_repo(prefix: str) -> str:
     return f"{prefix}/{BASE_NAME}"
 
 
-def available_templates(client: docker.DockerClient, prefix: str) -> dict[str, str]:
-    """Map template name (exact case, e.g. ``Nodejs``) to image ref, for the local images.
+def parse_templates_path(value: str) -> list[Path]:
+    """``PADDOCK_TEMPLATES_DIR``'s value (directories separated by ``:``) as paths."""
+    return [Path(part) for part in value.split(os.pathsep) if part.strip()]
 
-    Only images tagged ``<prefix>/tpl-<name>:latest`` that carry the ``paddock.template`` label
-    count. Raises docker.errors.DockerException when the engine cannot be reached.
+
+def _dirs(templates: TemplatesPath) -> list[Path]:
+    return [templates] if isinstance(templates, Path) else list(templates)
+
+
+def discover_templates(templates: TemplatesPath) -> list[str]:
+    """Names of the templates on the path: every subdirectory with a Dockerfile.
+
+    Raises ImageBuildError for a missing directory, a name that cannot become a docker
+    repository name, two names that differ only in case (they would share one image), or a
+    Dockerfile that is not built FROM ${BASE_IMAGE}.
     """
-    found: dict[str, str] = {}
-    # Tags are matched here rather than with the engine's `reference` glob filter, whose
-    # matching of multi-component names (registry:port/prefix) varies between engine versions.
-    for image in client.images.list(filters={"label": TEMPLATE_LABEL}):
-        name = (image.labels or {}).get(TEMPLATE_LABEL)
-        if not name:
-            continue
-        ref = image_ref(prefix, name)
-        if ref in image.tags:
-            found[name] = ref
-    return dict(sorted(found.items()))
+    return [t.name for t in _discover(_dirs(templates))]
 
 
-def discover_templates(templates_dir: Path) -> list[str]:
-    """Names of the templates under ``templates_dir``: every subdirectory with a Dockerfile.
-
-    Raises ImageBuildError for a name that cannot become a docker repository name, or for two
-    names that differ only in case (they would share one image).
-    """
-    return [t.name for t in _discover(templates_dir)]
-
-
-def _discover(templates_dir: Path) -> list[_Template]:
-    if not templates_dir.is_dir():
-        raise ImageBuildError(f"templates directory {templates_dir} does not exist")
+def _discover(dirs: list[Path]) -> list[_Template]:
     templates: list[_Template] = []
-    seen: dict[str, str] = {}
-    for path in sorted(templates_dir.iterdir()):
-        if path.name == BASE_NAME or not (path / "Dockerfile").is_file():
-            continue
-        lower = path.name.lower()
-        if not _REPO_COMPONENT.match(lower):
-            raise ImageBuildError(
-                f"template directory {path.name!r} is not usable as an image name "
-                "(letters, digits and single . _ - separators only)"
-            )
-        if lower in seen:
-            raise ImageBuildError(
-                f"templates {seen[lower]!r} and {path.name!r} differ only in case"
-            )
-        seen[lower] = path.name
-        templates.append(_Template(path.name, path))
+    seen: dict[str, Path] = {}
+    for directory in dirs:
+        if not directory.is_dir():
+            raise ImageBuildError(f"templates directory {directory} does not exist")
+        for path in sorted(directory.iterdir()):
+            if path.name == BASE_NAME or not (path / "Dockerfile").is_file():
+                continue
+            lower = path.name.lower()
+            if not _REPO_COMPONENT.match(lower):
+                raise ImageBuildError(
+                    f"template directory {path} is not usable as an image name "
+                    "(letters, digits and single . _ - separators only)"
+                )
+            if lower in seen:
+                raise ImageBuildError(
+                    f"templates {seen[lower]} and {path} have the same name "
+                    "(names are compared without case: they would share one image)"
+                )
+            dockerfile = (path / "Dockerfile").read_text()
+            if not _FROM_BASE.search(dockerfile):
+                raise ImageBuildError(
+                    f"{path.name}: {path / 'Dockerfile'} must build FROM ${{BASE_IMAGE}} "
+                    "(declare `ARG BASE_IMAGE` first): sandboxes need the base's user and "
+                    "tools, and no registry is used"
+                )
+            seen[lower] = path
+            templates.append(_Template(path.name, path, dockerfile))
     return templates
+
+
+def base_dir(templates: TemplatesPath) -> Path:
+    """The directory defining the base: the first ``base/`` on the path, else the built-in one.
+
+    Raises ImageBuildError when neither exists.
+    """
+    for directory in _dirs(templates):
+        if (directory / BASE_NAME).is_dir():
+            return directory / BASE_NAME
+    builtin = BUILTIN_TEMPLATES / BASE_NAME
+    if not builtin.is_dir():
+        raise ImageBuildError(f"{builtin} is missing; it defines the base image")
+    return builtin
 
 
 def _dir_digest(directory: Path) -> hashlib._Hash:
@@ -160,49 +187,72 @@ def _dir_digest(directory: Path) -> hashlib._Hash:
     return digest
 
 
-def base_hash(templates_dir: Path) -> str:
-    """Content hash of the base image's inputs (``templates/base/`` plus the import settings).
-
-    Raises ImageBuildError when ``templates/base/`` is missing.
-    """
-    base_dir = templates_dir / BASE_NAME
-    if not base_dir.is_dir():
-        raise ImageBuildError(f"{base_dir} is missing; it defines the base image")
-    digest = _dir_digest(base_dir)
-    digest.update("\n".join(_BASE_CHANGES).encode())
+def base_hash(base: Path) -> str:
+    """Content hash of the base image's inputs (its directory plus the import settings)."""
+    digest = _dir_digest(base)
+    digest.update("\n".join(rootfs.BASE_CHANGES).encode())
     return digest.hexdigest()
 
 
-def template_hash(template_dir: Path, base: str) -> str:
-    """Content hash of a template: its base's hash plus every file of its directory."""
-    digest = hashlib.sha256(b"base\0" + base.encode() + b"\0")
+def template_hash(
+    template_dir: Path, base: str, build_args: Mapping[str, str] | None = None
+) -> str:
+    """Content hash of a template: builder version, its base's hash, every file of its
+    directory, and the build arguments it receives."""
+    digest = hashlib.sha256(f"builder\0{BUILDER_VERSION}\0base\0{base}\0".encode())
     digest.update(_dir_digest(template_dir).digest())
+    for name, value in sorted((build_args or {}).items()):
+        digest.update(f"arg\0{name}\0{value}\0".encode())
     return digest.hexdigest()
+
+
+def declared_args(dockerfile: str) -> set[str]:
+    """The names of the ``ARG``s a Dockerfile declares."""
+    return set(_ARG.findall(dockerfile))
+
+
+def parse_build_args(items: Sequence[str]) -> dict[str, str]:
+    """``NAME=VALUE`` strings as a dict. Raises ImageBuildError for one without ``=``."""
+    args: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ImageBuildError(f"build argument {item!r} is not NAME=VALUE")
+        if name == "BASE_IMAGE":
+            raise ImageBuildError("BASE_IMAGE is set by the builder, not by a build argument")
+        args[name] = value
+    return args
 
 
 def build_all(
     client: docker.DockerClient,
-    templates_dir: Path,
+    templates_dir: TemplatesPath,
     prefix: str,
     only: list[str] | None = None,
     log: Log = print,
     *,
     mirror: str | None = None,
     build_dir: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
+    no_cache: bool = False,
 ) -> list[BuildResult]:
     """Bring the base and the templates (all, or those named in ``only``) up to date.
 
-    The base is always brought up to date first because templates are built from it. An image
-    whose ``:latest`` already carries the current input hash is left alone. ``mirror``
-    overrides the Debian mirror of ``templates/base/debootstrap.conf``; ``build_dir`` (default
-    ``.paddock/build`` next to ``templates_dir``) holds the temporary root filesystem and a
-    lock that serialises concurrent builds.
+    ``templates_dir`` is one directory or several (see the module docstring). The base is
+    always brought up to date first because templates are built from it; then each template in
+    name order, with one progress line each. An image whose ``:latest`` already carries the
+    current input hash is left alone. ``mirror`` overrides the Debian mirror of the base's
+    ``debootstrap.conf``; ``build_dir`` (default ``.paddock/build`` in the repository) holds
+    the temporary root filesystem, the package cache and a lock that serialises concurrent
+    builds; ``no_cache`` builds templates without the engine's layer cache.
 
-    Raises ImageBuildError naming the image when a build fails or ``only`` names an unknown
-    template; docker.errors.DockerException when the engine cannot be reached.
+    Raises ImageBuildError naming the image when a build or its version probe fails, or when
+    ``only`` names an unknown template; docker.errors.DockerException when the engine cannot be
+    reached.
     """
-    templates_dir = templates_dir.resolve()
-    templates = _discover(templates_dir)
+    dirs = [d.resolve() for d in _dirs(templates_dir)]
+    templates = _discover(dirs)
+    base = base_dir(dirs)
     if only:
         known = {t.name.lower() for t in templates}
         wanted = {name.lower() for name in only}
@@ -211,17 +261,16 @@ def build_all(
             names = ", ".join(t.name for t in templates)
             raise ImageBuildError(f"unknown template(s) {', '.join(unknown)} (known: {names})")
         templates = [t for t in templates if t.name.lower() in wanted]
-    if build_dir is None:
-        build_dir = templates_dir.parent / ".paddock" / "build"
+    build_dir = build_dir or DEFAULT_BUILD_DIR
     build_dir.mkdir(parents=True, exist_ok=True)
+    total = len(templates) + 1
 
     with _build_lock(build_dir, log):
-        results = [_ensure_base(client, templates_dir, prefix, log, mirror, build_dir)]
+        results = [_ensure_base(client, base, prefix, log, mirror, build_dir, total)]
         base_ref = f"{base_repo(prefix)}:{results[0].hash[:12]}"
-        for template in templates:
-            results.append(
-                _ensure_template(client, template, prefix, results[0].hash, base_ref, log)
-            )
+        for i, template in enumerate(templates, start=2):
+            step = _Step(client, prefix, results[0].hash, base_ref, log, f"{i}/{total}")
+            results.append(step.ensure(template, dict(build_args or {}), no_cache))
     return results
 
 
@@ -259,226 +308,36 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.0f} MB"
 
 
+def _versions_text(versions: Mapping[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in versions.items())
+
+
 def _ensure_base(
     client: docker.DockerClient,
-    templates_dir: Path,
+    base: Path,
     prefix: str,
     log: Log,
     mirror: str | None,
     build_dir: Path,
+    total: int,
 ) -> BuildResult:
     repo = base_repo(prefix)
-    h = base_hash(templates_dir)
+    h = base_hash(base)
     image = _current(client, f"{repo}:latest", h)
     if image is not None:
         # Templates are built FROM the hash tag, so restore it if someone removed it.
         if f"{repo}:{h[:12]}" not in image.tags:
             image.tag(repo, h[:12])
-        log(f"[images] {BASE_NAME}: up to date (hash {h[:12]}, {_mb(_size(image))})")
-        return BuildResult(BASE_NAME, f"{repo}:latest", h, False, 0.0, _size(image))
+        log(f"[images] 1/{total} {BASE_NAME}: up to date (hash {h[:12]}, {_mb(_size(image))})")
+        return BuildResult(BASE_NAME, f"{repo}:latest", h, False, 0.0, _size(image), {})
 
-    log(f"[images] {BASE_NAME}: building (debootstrap)...")
+    log(f"[images] 1/{total} {BASE_NAME}: building (debootstrap from {base})...")
     started = time.monotonic()
-    conf = _read_conf(templates_dir / BASE_NAME / "debootstrap.conf")
-    packages = _read_list(templates_dir / BASE_NAME / "packages.txt")
-    work = Path(tempfile.mkdtemp(prefix="base-", dir=build_dir))
-    try:
-        rootfs = work / "rootfs"
-        _debootstrap(
-            rootfs,
-            suite=conf.get("suite", "bookworm"),
-            variant=conf.get("variant", "minbase"),
-            mirror=mirror or conf.get("mirror", DEFAULT_MIRROR),
-            packages=packages,
-            cache_dir=build_dir / "debs",
-        )
-        _configure(rootfs, templates_dir / BASE_NAME / "configure.sh")
-        image = _import(client, rootfs, repo, h)
-    finally:
-        _remove_tree(work)
+    image = rootfs.build_base(client, base, repo, h, mirror=mirror, build_dir=build_dir)
     _prune_old_tags(client, repo, h[:12])
     seconds = time.monotonic() - started
-    log(f"[images] {BASE_NAME}: built in {seconds:.1f} s ({_mb(_size(image))})")
-    return BuildResult(BASE_NAME, f"{repo}:latest", h, True, seconds, _size(image))
-
-
-def _read_conf(path: Path) -> dict[str, str]:
-    conf: dict[str, str] = {}
-    if not path.is_file():
-        return conf
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            conf[key.strip()] = value.strip()
-    return conf
-
-
-def _read_list(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    items = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [item for item in items if item]
-
-
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    """Run ``cmd``, logging its output at debug level.
-
-    Raises ImageBuildError with the tail of the output when it exits non-zero.
-    """
-    logger.debug("running %s", " ".join(cmd))
-    tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-            errors="replace",
-        )
-    except OSError as exc:
-        raise ImageBuildError(f"{what}: cannot run {cmd[0]}: {exc}") from exc
-    assert proc.stdout is not None
-    with proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            logger.debug("%s", line)
-    if proc.returncode != 0:
-        raise ImageBuildError(
-            f"{what} failed (exit {proc.returncode}); last output:\n" + "\n".join(tail)
-        )
-
-
-def _debootstrap(
-    rootfs: Path,
-    *,
-    suite: str,
-    variant: str,
-    mirror: str,
-    packages: list[str],
-    cache_dir: Path,
-) -> None:
-    if shutil.which("debootstrap") is None:
-        raise ImageBuildError(
-            f"{BASE_NAME}: debootstrap is not installed (run scripts/bootstrap.sh)"
-        )
-    # Downloaded .debs are kept, so rebuilding the base after a configure change does not
-    # fetch the whole distribution again.
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["debootstrap", f"--variant={variant}", f"--cache-dir={cache_dir.resolve()}"]
-    if packages:
-        cmd.append("--include=" + ",".join(packages))
-    cmd += [suite, str(rootfs), mirror]
-    _run(cmd, f"{BASE_NAME}: debootstrap {suite} from {mirror}")
-
-
-def _configure(rootfs: Path, script: Path) -> None:
-    if not script.is_file():
-        return
-    inside = "/tmp/paddock-configure.sh"
-    target = rootfs / inside.lstrip("/")
-    shutil.copyfile(script, target)
-    # A clean environment: the host's variables (proxies, locale, HOME) must not shape the image.
-    env = {
-        "PATH": _CHROOT_PATH,
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "DEBIAN_FRONTEND": "noninteractive",
-    }
-    try:
-        _run(["chroot", str(rootfs), "/bin/sh", inside], f"{BASE_NAME}: configure.sh", env=env)
-    finally:
-        target.unlink(missing_ok=True)
-
-
-def _import(client: docker.DockerClient, rootfs: Path, repo: str, h: str) -> Any:
-    """Stream ``tar -c`` of ``rootfs`` into the engine as ``repo:<hash12>`` and ``:latest``.
-
-    Raises ImageBuildError when tar or the import fails.
-    """
-    changes = [*_BASE_CHANGES, f"LABEL {HASH_LABEL}={h}"]
-    with tempfile.TemporaryFile() as tar_err:
-        # --numeric-owner: the rootfs's /etc/passwd, not the host's, gives uids their names.
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
-            stdout=subprocess.PIPE,
-            stderr=tar_err,
-            stdin=subprocess.DEVNULL,
-        )
-        assert tar.stdout is not None
-        stdout = tar.stdout
-
-        def chunks() -> Iterator[bytes]:
-            while chunk := stdout.read(1 << 20):
-                yield chunk
-
-        try:
-            reply = client.api.import_image(
-                src=chunks(), stream_src=True, repository=repo, tag=h[:12], changes=changes
-            )
-        except docker.errors.APIError as exc:
-            tar.kill()
-            raise ImageBuildError(f"{BASE_NAME}: docker import failed: {exc}") from exc
-        finally:
-            stdout.close()
-            tar.wait()
-        if tar.returncode != 0:
-            tar_err.seek(0)
-            message = tar_err.read().decode(errors="replace").strip()
-            raise ImageBuildError(f"{BASE_NAME}: tar of the root filesystem failed: {message}")
-    error = _import_error(reply)
-    if error:
-        raise ImageBuildError(f"{BASE_NAME}: docker import failed: {error}")
-    try:
-        image = client.images.get(f"{repo}:{h[:12]}")
-    except docker.errors.ImageNotFound as exc:
-        raise ImageBuildError(f"{BASE_NAME}: import reported success but no image") from exc
-    if (image.labels or {}).get(HASH_LABEL) != h:
-        # Without the label the next run would not recognise the image and rebuild it forever.
-        raise ImageBuildError(f"{BASE_NAME}: the engine dropped the {HASH_LABEL} label on import")
-    image.tag(repo, "latest")
-    return image
-
-
-def _import_error(reply: Any) -> str | None:
-    """The error of an import reply (a stream of JSON objects as text), if it has one."""
-    for line in str(reply or "").splitlines():
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and message.get("error"):
-            return str(message["error"])
-    return None
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a (root-owned) build tree, first detaching anything debootstrap left mounted.
-
-    A failed debootstrap can leave /proc or /sys mounted inside the rootfs; deleting through
-    those mounts would be disastrous, hence the unmount and ``--one-file-system``.
-    """
-    resolved = str(path.resolve())
-    mounts: list[str] = []
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                point = line.split()[1].replace("\\040", " ")
-                if point == resolved or point.startswith(resolved + "/"):
-                    mounts.append(point)
-    except OSError:
-        pass
-    for point in sorted(mounts, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    result = subprocess.run(
-        ["rm", "-rf", "--one-file-system", resolved], check=False, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        logger.warning("could not remove %s: %s", resolved, result.stderr.strip())
+    log(f"[images] 1/{total} {BASE_NAME}: built in {seconds:.1f} s ({_mb(_size(image))})")
+    return BuildResult(BASE_NAME, f"{repo}:latest", h, True, seconds, _size(image), {})
 
 
 def _prune_old_tags(client: docker.DockerClient, repo: str, keep: str) -> None:
@@ -503,35 +362,72 @@ def _prune_old_tags(client: docker.DockerClient, repo: str, keep: str) -> None:
                 logger.debug("kept old image tag %s: %s", tag, exc)
 
 
-def _ensure_template(
-    client: docker.DockerClient,
-    template: _Template,
-    prefix: str,
-    base: str,
-    base_ref: str,
-    log: Log,
-) -> BuildResult:
-    h = template_hash(template.path, base)
-    latest = image_ref(prefix, template.name)
-    repo = latest.rpartition(":")[0]
-    image = _current(client, latest, h)
-    if image is not None:
-        log(f"[images] {template.name}: up to date (hash {h[:12]}, {_mb(_size(image))})")
-        return BuildResult(template.name, latest, h, False, 0.0, _size(image))
+@dataclass
+class _Step:
+    """Brings one template up to date: build, measure versions, label, tag."""
 
-    log(f"[images] {template.name}: building...")
-    started = time.monotonic()
-    tagged = f"{repo}:{h[:12]}"
-    _docker_build(client, template, tagged, base_ref, h)
-    try:
-        image = client.images.get(tagged)
-    except docker.errors.ImageNotFound as exc:
-        raise ImageBuildError(f"{template.name}: build reported success but no image") from exc
-    image.tag(repo, "latest")
-    _prune_old_tags(client, repo, h[:12])
-    seconds = time.monotonic() - started
-    log(f"[images] {template.name}: built in {seconds:.1f} s ({_mb(_size(image))})")
-    return BuildResult(template.name, latest, h, True, seconds, _size(image))
+    client: docker.DockerClient
+    prefix: str
+    base_hash: str
+    base_ref: str
+    log: Log
+    position: str
+
+    def ensure(
+        self, template: _Template, build_args: dict[str, str], no_cache: bool
+    ) -> BuildResult:
+        name = template.name
+        args = {k: v for k, v in build_args.items() if k in declared_args(template.dockerfile)}
+        h = template_hash(template.path, self.base_hash, args)
+        latest = image_ref(self.prefix, name)
+        repo = latest.rpartition(":")[0]
+        image = _current(self.client, latest, h)
+        if image is not None:
+            versions = parse_versions_label((image.labels or {}).get(VERSIONS_LABEL))
+            self.log(
+                f"[images] {self.position} {name}: up to date (hash {h[:12]}, {_mb(_size(image))})"
+            )
+            return BuildResult(name, latest, h, False, 0.0, _size(image), versions)
+        try:
+            probes = version_probes(template.dockerfile)
+        except ProbeError as exc:
+            raise ImageBuildError(f"{name}: {exc}") from exc
+
+        self.log(f"[images] {self.position} {name}: building...")
+        started = time.monotonic()
+        # Built under a temporary tag first: the versions are measured inside the result, and
+        # labels can only be added by building once more on top of it (a metadata-only step).
+        stage = f"{repo}:build-{h[:12]}"
+        _docker_build(self.client, template, stage, {"BASE_IMAGE": self.base_ref, **args}, no_cache)
+        try:
+            try:
+                versions = run_probes(self.client, stage, probes)
+            except ProbeError as exc:
+                raise ImageBuildError(f"{name}: {exc}") from exc
+            tagged = f"{repo}:{h[:12]}"
+            labels = {
+                TEMPLATE_LABEL: name,
+                HASH_LABEL: h,
+                VERSIONS_LABEL: json.dumps(versions, sort_keys=True),
+            }
+            _label(self.client, name, stage, tagged, labels)
+        finally:
+            try:
+                # Only the tag goes: the image stays on disk as the labelled image's parent,
+                # or is deleted along with a failed build's leftovers.
+                self.client.api.remove_image(stage)
+            except docker.errors.APIError as exc:
+                logger.debug("could not remove %s: %s", stage, exc)
+        try:
+            image = self.client.images.get(tagged)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageBuildError(f"{name}: build reported success but no image") from exc
+        image.tag(repo, "latest")
+        _prune_old_tags(self.client, repo, h[:12])
+        seconds = time.monotonic() - started
+        detail = _mb(_size(image)) + (f"; {_versions_text(versions)}" if versions else "")
+        self.log(f"[images] {self.position} {name}: built in {seconds:.1f} s ({detail})")
+        return BuildResult(name, latest, h, True, seconds, _size(image), versions)
 
 
 class _BuildOutput:
@@ -576,30 +472,14 @@ class _BuildOutput:
         )
 
 
-def _docker_build(
-    client: docker.DockerClient, template: _Template, tag: str, base_ref: str, h: str
-) -> None:
-    """Build ``template`` as ``tag``, streaming its output to the debug log.
+def _stream_build(output: _BuildOutput, **kwargs: Any) -> None:
+    """Run one classic-builder build with ``kwargs``, feeding its output to ``output``.
 
     Raises ImageBuildError with the failing step and the last lines of output.
     """
-    output = _BuildOutput(template.name)
+    client: docker.DockerClient = kwargs.pop("client")
     try:
-        # Host networking: RUN steps reach the Debian mirror directly instead of depending on
-        # the docker bridge's NAT, which is not set up on every host. pull=False: FROM is the
-        # locally built base and no registry is reachable anyway.
-        stream = client.api.build(
-            path=str(template.path),
-            tag=tag,
-            buildargs={"BASE_IMAGE": base_ref},
-            labels={TEMPLATE_LABEL: template.name, HASH_LABEL: h},
-            network_mode="host",
-            rm=True,
-            forcerm=True,
-            pull=False,
-            decode=True,
-        )
-        for chunk in stream:
+        for chunk in client.api.build(rm=True, forcerm=True, pull=False, decode=True, **kwargs):
             if "error" in chunk or "errorDetail" in chunk:
                 detail = chunk.get("errorDetail") or {}
                 raise output.failure(chunk.get("error") or detail.get("message") or "unknown error")
@@ -611,20 +491,59 @@ def _docker_build(
     output.flush()
 
 
+def _docker_build(
+    client: docker.DockerClient,
+    template: _Template,
+    tag: str,
+    buildargs: dict[str, str],
+    no_cache: bool,
+) -> None:
+    """Build ``template``'s directory as ``tag``, streaming its output to the debug log.
+
+    Host networking: RUN steps reach the Debian mirror directly instead of depending on the
+    docker bridge's NAT, which is not set up on every host. pull=False: FROM is the locally
+    built base and no registry is reachable anyway. Raises ImageBuildError.
+    """
+    _stream_build(
+        _BuildOutput(template.name),
+        client=client,
+        path=str(template.path),
+        tag=tag,
+        buildargs=buildargs,
+        network_mode="host",
+        nocache=no_cache,
+    )
+
+
+def _label(
+    client: docker.DockerClient, name: str, source: str, tag: str, labels: dict[str, str]
+) -> None:
+    """Build ``tag`` as ``source`` plus ``labels``: one metadata-only step, no new layer."""
+    dockerfile = f"FROM {source}\n".encode()
+    _stream_build(
+        _BuildOutput(name),
+        client=client,
+        fileobj=io.BytesIO(dockerfile),
+        tag=tag,
+        labels=labels,
+        network_mode="none",
+    )
+
+
 def _list(client: docker.DockerClient, prefix: str) -> None:
+    from workers.templates import template_catalog
+
     try:
         base = client.images.get(f"{base_repo(prefix)}:latest")
-        base_line = (
-            f"{'base':<12} {base_repo(prefix) + ':latest':<32} "
-            f"{(base.labels or {}).get(HASH_LABEL, '?')[:12]:<12} {_mb(_size(base)):>8}"
-        )
-        print(base_line)
+        h = (base.labels or {}).get(HASH_LABEL, "?")[:12]
+        print(f"{'base':<12} {base_repo(prefix) + ':latest':<32} {h:<12} {_mb(_size(base)):>8}")
     except docker.errors.ImageNotFound:
         print(f"{'base':<12} (not built)")
-    for name, ref in available_templates(client, prefix).items():
-        image = client.images.get(ref)
-        h = (image.labels or {}).get(HASH_LABEL, "?")[:12]
-        print(f"{name:<12} {ref:<32} {h:<12} {_mb(_size(image)):>8}")
+    for t in template_catalog(client, prefix):
+        print(
+            f"{t.name:<12} {t.image:<32} {t.hash[:12]:<12} {_mb(t.size_bytes):>8}  "
+            f"{_versions_text(t.versions)}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -638,10 +557,22 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument(
         "--templates-dir",
         default=os.environ.get("PADDOCK_TEMPLATES_DIR") or "templates",
-        help="directory holding base/ and one directory per template (default: %(default)s)",
+        help="directories holding one directory per template, separated by ':' "
+        "(default: %(default)s)",
     )
     build.add_argument("--prefix", default=os.environ.get("PADDOCK_IMAGE_PREFIX") or "paddock")
     build.add_argument("--only", nargs="+", metavar="NAME", help="build only these templates")
+    build.add_argument(
+        "--build-arg",
+        action="append",
+        default=(os.environ.get("PADDOCK_BUILD_ARGS") or "").split(),
+        metavar="NAME=VALUE",
+        help="a build argument for the templates that declare ARG NAME (repeatable; also "
+        "PADDOCK_BUILD_ARGS, space-separated)",
+    )
+    build.add_argument(
+        "--no-cache", action="store_true", help="build templates without the layer cache"
+    )
     listing = sub.add_parser("list", help="list the built images")
     listing.add_argument("--prefix", default=os.environ.get("PADDOCK_IMAGE_PREFIX") or "paddock")
     args = parser.parse_args(argv)
@@ -660,10 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         results = build_all(
             client,
-            Path(args.templates_dir),
+            parse_templates_path(args.templates_dir),
             args.prefix,
             only=args.only,
             mirror=os.environ.get("PADDOCK_DEBIAN_MIRROR") or None,
+            build_args=parse_build_args(args.build_arg),
+            no_cache=args.no_cache,
         )
     except ImageBuildError as exc:
         print(f"[images] error: {exc}", file=sys.stderr)

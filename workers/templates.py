@@ -15,6 +15,7 @@ publishes with the rest of the catalog.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -181,8 +182,8 @@ def parse_probe_output(output: str, probes: list[tuple[str, str]], marker: str) 
                 current = rest
                 captured[rest] = []
             elif word == "end":
-                name, _, code = rest.rpartition(" ")
-                status[name] = int(code) if code.lstrip("-").isdigit() else 1
+                ended, _, code_text = rest.rpartition(" ")
+                status[ended] = int(code_text) if code_text.isdigit() else 1
                 current = None
         elif current is not None:
             captured[current].append(line)
@@ -243,8 +244,6 @@ def run_probes(
             raise ProbeError(f"version probes did not finish in {PROBE_TIMEOUT:.0f} s") from exc
         output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
     finally:
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
-        except docker.errors.APIError:
-            pass
     return parse_probe_output(output, probes, marker)

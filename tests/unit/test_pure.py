@@ -131,7 +131,7 @@ def test_lines_read_in_one_chunk_share_an_entry_and_round_trip() -> None:
     r = fakeredis.FakeRedis()
     plog = ProcessLog(r)
     lines = [Line(STDOUT, t, 5) for t in ("a", "", "b", "")] + [Line(STDERR, "e", 5)]
-    plog.append("s", "p", lines + [Line(STDOUT, "c", 6)])
+    plog.append("s", "p", [*lines, Line(STDOUT, "c", 6)])
     assert r.xlen("pdk:out:s:p") == 3
     out = plog.read("s", "p")
     assert [x.text for x in out.stdout] == ["a", "", "b", "", "c"]

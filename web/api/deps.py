@@ -8,9 +8,12 @@ import redis
 from celery import Celery
 from flask import current_app
 
+from shared.accounts import Accounts
+from shared.crypto import SecretBox
+from shared.secrets import SecretBundles
 from shared.settings import Settings
 from shared.store import Sandbox
-from web.auth import tenant_for_request
+from web import auth
 from web.sandboxes import Sandboxes
 
 
@@ -20,6 +23,9 @@ class Services:
     redis: redis.Redis
     celery: Celery
     sandboxes: Sandboxes
+    accounts: Accounts
+    secrets: SecretBundles
+    box: SecretBox
 
 
 def services() -> Services:
@@ -28,8 +34,19 @@ def services() -> Services:
 
 
 def tenant(body_key: str | None = None) -> str:
+    """The E2B routes' tenant (local when PADDOCK_AUTH=off)."""
     svc = services()
-    return tenant_for_request(svc.settings, svc.redis, body_key)
+    return auth.e2b_tenant(svc.settings, svc.accounts, body_key)
+
+
+def api_tenant() -> str:
+    """The v1 API-key routes' tenant: always an API key."""
+    return auth.tenant_for_api_key(services().accounts)
+
+
+def account() -> str:
+    svc = services()
+    return auth.account_user(svc.settings, svc.accounts)
 
 
 def sandbox(session_id: str) -> Sandbox:

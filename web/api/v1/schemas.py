@@ -1,0 +1,148 @@
+"""Marshmallow schemas of the v1 API: they validate requests and generate the OpenAPI
+document (web/api/v1/openapi.py), so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from shared.secrets import MAX_KEYS, MAX_VALUE_BYTES
+
+BUNDLE_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+SECRET_KEY = r"^[A-Z_][A-Z0-9_]*$"
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class LoginRequest(Strict):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+
+
+class LoginResponse(Schema):
+    status = fields.String(metadata={"example": "otp_sent"})
+    expires_in = fields.Integer(metadata={"example": 600})
+
+
+class VerifyOtpRequest(Strict):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    code = fields.String(
+        required=True, validate=validate.Regexp(r"^[0-9]{6}$", error="must be 6 digits")
+    )
+
+
+class VerifyOtpResponse(Schema):
+    token = fields.String()
+    user_id = fields.String()
+    email = fields.String()
+
+
+class CreateApiKeyRequest(Strict):
+    name = fields.String(load_default="", validate=validate.Length(max=64))
+
+
+class ApiKeyCreated(Schema):
+    key_id = fields.String()
+    key = fields.String(metadata={"description": "Shown only in this response"})
+    prefix = fields.String()
+    name = fields.String()
+    created_at = fields.String(metadata={"format": "date-time"})
+
+
+class ApiKeyInfo(Schema):
+    key_id = fields.String()
+    prefix = fields.String()
+    name = fields.String()
+    revoked = fields.Boolean()
+    created_at = fields.String(metadata={"format": "date-time"})
+    last_used_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+
+
+class ApiKeyList(Schema):
+    api_keys = fields.List(fields.Nested(ApiKeyInfo))
+
+
+class ApiKeyRevoked(Schema):
+    key_id = fields.String()
+    status = fields.String(metadata={"example": "revoked"})
+
+
+def _check_values(values: dict[str, Any]) -> None:
+    if not values:
+        raise ValidationError("at least one key is required")
+    if len(values) > MAX_KEYS:
+        raise ValidationError(f"at most {MAX_KEYS} keys per bundle")
+    for key, value in values.items():
+        if len(value.encode()) > MAX_VALUE_BYTES:
+            raise ValidationError(f"the value of {key} is over {MAX_VALUE_BYTES} bytes")
+
+
+_VALUES = {
+    "keys": fields.String(
+        validate=validate.Regexp(SECRET_KEY, error="keys must match " + SECRET_KEY)
+    ),
+    "values": fields.String(),
+    "required": True,
+    "metadata": {"description": "KEY: value; values are write-only"},
+}
+
+
+class CreateSecretRequest(Strict):
+    name = fields.String(
+        required=True, validate=validate.Regexp(BUNDLE_NAME, error="must match " + BUNDLE_NAME)
+    )
+    values = fields.Dict(**_VALUES)  # type: ignore[arg-type]
+
+    @validates("values")
+    def _values(self, values: dict[str, Any], **_: Any) -> None:
+        _check_values(values)
+
+
+class ReplaceSecretRequest(Strict):
+    values = fields.Dict(**_VALUES)  # type: ignore[arg-type]
+
+    @validates("values")
+    def _values(self, values: dict[str, Any], **_: Any) -> None:
+        _check_values(values)
+
+
+class SecretInfo(Schema):
+    name = fields.String()
+    keys = fields.List(fields.String())
+    version = fields.Integer()
+    created_at = fields.String(metadata={"format": "date-time"})
+    updated_at = fields.String(metadata={"format": "date-time"})
+
+
+class SecretList(Schema):
+    secrets = fields.List(fields.Nested(SecretInfo))
+
+
+class SandboxInfo(Schema):
+    sandbox_id = fields.String()
+    template = fields.String()
+    state = fields.String(metadata={"enum": ["creating", "running", "stopping", "ended", "lost"]})
+    host = fields.String()
+    created_at = fields.String(metadata={"format": "date-time"})
+    last_active_at = fields.String(metadata={"format": "date-time"})
+    expires_at = fields.String(metadata={"format": "date-time"})
+    metadata = fields.Dict()
+
+
+class SandboxList(Schema):
+    sandboxes = fields.List(fields.Nested(SandboxInfo))
+
+
+class ErrorBody(Schema):
+    type = fields.String()
+    code = fields.String()
+    message = fields.String()
+    param = fields.String()
+    request_id = fields.String()
+
+
+class ErrorResponse(Schema):
+    error = fields.Nested(ErrorBody)
