@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
 
 from shared.secrets import MAX_KEYS, MAX_VALUE_BYTES
 
@@ -18,8 +18,18 @@ class Strict(Schema):
         unknown = RAISE
 
 
-class LoginRequest(Strict):
+class _EmailSchema(Strict):
     email = fields.Email(required=True, validate=validate.Length(max=254))
+
+    @pre_load
+    def _normalise(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("email"), str):
+            data = {**data, "email": data["email"].strip().lower()}
+        return data
+
+
+class LoginRequest(_EmailSchema):
+    pass
 
 
 class LoginResponse(Schema):
@@ -27,8 +37,7 @@ class LoginResponse(Schema):
     expires_in = fields.Integer(metadata={"example": 600})
 
 
-class VerifyOtpRequest(Strict):
-    email = fields.Email(required=True, validate=validate.Length(max=254))
+class VerifyOtpRequest(_EmailSchema):
     code = fields.String(
         required=True, validate=validate.Regexp(r"^[0-9]{6}$", error="must be 6 digits")
     )
