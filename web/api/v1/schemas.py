@@ -91,7 +91,10 @@ def _check_values(values: dict[str, Any]) -> None:
 
 _VALUES = {
     "keys": fields.String(
-        validate=validate.Regexp(SECRET_KEY, error="keys must match " + SECRET_KEY)
+        validate=validate.Regexp(
+            SECRET_KEY,
+            error="keys must be upper-case letters, digits and _, not starting with a digit",
+        )
     ),
     "values": fields.String(),
     "required": True,
@@ -101,7 +104,11 @@ _VALUES = {
 
 class CreateSecretRequest(Strict):
     name = fields.String(
-        required=True, validate=validate.Regexp(BUNDLE_NAME, error="must match " + BUNDLE_NAME)
+        required=True,
+        validate=validate.Regexp(
+            BUNDLE_NAME,
+            error="must be 1-63 lowercase letters, digits or dashes, not starting with a dash",
+        ),
     )
     values = fields.Dict(**_VALUES)  # type: ignore[arg-type]
 
