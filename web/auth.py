@@ -39,8 +39,10 @@ def tenant_for_api_key(accounts: Accounts, body_key: str | None = None) -> str:
 
 
 def e2b_tenant(settings: Settings, accounts: Accounts, body_key: str | None = None) -> str:
-    """E2B routes: the local tenant with ``PADDOCK_AUTH=off``, else the API key's."""
-    if not settings.auth:
+    """E2B routes: the API key's tenant. With ``PADDOCK_AUTH=off`` a request without a key
+    acts as the local tenant (a request with a key still is that key's, and a bad key is
+    still refused)."""
+    if not settings.auth and not presented_key(body_key):
         return LOCAL_TENANT
     return tenant_for_api_key(accounts, body_key)
 

@@ -49,14 +49,15 @@ import docker.errors
 from workers import rootfs
 from workers.rootfs import BASE_NAME, ERROR_TAIL_LINES
 from workers.templates import HASH_LABEL as HASH_LABEL
-from workers.templates import TEMPLATE_LABEL as TEMPLATE_LABEL
 from workers.templates import (
+    SANDBOX_USER,
     VERSIONS_LABEL,
     ProbeError,
     parse_versions_label,
     run_probes,
     version_probes,
 )
+from workers.templates import TEMPLATE_LABEL as TEMPLATE_LABEL
 from workers.templates import ImageBuildError as ImageBuildError
 from workers.templates import available_templates as available_templates
 from workers.templates import image_ref as image_ref
@@ -518,8 +519,9 @@ def _docker_build(
 def _label(
     client: docker.DockerClient, name: str, source: str, tag: str, labels: dict[str, str]
 ) -> None:
-    """Build ``tag`` as ``source`` plus ``labels``: one metadata-only step, no new layer."""
-    dockerfile = f"FROM {source}\n".encode()
+    """Build ``tag`` as ``source`` plus ``labels`` and the sandbox user as its default user,
+    however its Dockerfile ended: metadata-only steps, no new layer."""
+    dockerfile = f"FROM {source}\nUSER {SANDBOX_USER}\n".encode()
     _stream_build(
         _BuildOutput(name),
         client=client,

@@ -32,11 +32,13 @@ ERROR_TAIL_LINES = 20
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Dockerfile-style settings applied when importing the base root filesystem. They are part of
 # the base hash, so editing them here rebuilds the base like editing templates/base/ does.
+# No USER: a template's RUN steps start as root and can install packages without `USER root`;
+# the builder gives every template image `USER user` at the end (workers.images), and
+# sandboxes run as `user` whatever the image says (workers.driver).
 BASE_CHANGES = (
     "ENV LANG=C.UTF-8",
     "ENV LC_ALL=C.UTF-8",
     f"ENV PATH={CHROOT_PATH}",
-    "USER user",
     "WORKDIR /home/user",
     'CMD ["/bin/bash"]',
 )

@@ -4,6 +4,8 @@ and which token goes where."""
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -290,21 +292,32 @@ def test_bad_auth_input(v1: V1, path: str, body: bytes, param: str) -> None:
     assert v1.stack.redis.keys("pdk:otp:*a@b.co*") == []
 
 
-def test_log_mailer_in_dev_mode(tmp_path: Path) -> None:
-    with Stack(tmp_path, env={"PADDOCK_AUTH": "on"}) as st:
+def test_dev_mode_like_make_up(tmp_path: Path) -> None:
+    """PADDOCK_AUTH=off and no SMTP: the code is in the control worker's log, /sessions works
+    without a key (local tenant), and a key, when given, still decides the tenant."""
+    with Stack(tmp_path, env={"PADDOCK_AUTH": "off"}) as st:
         v1 = V1(st)
         assert (
             v1.req("POST", "/v1/auth/login", json={"email": "dev@example.com"}).status_code == 200
         )
-        import re
-        import time
-
         deadline = time.monotonic() + 30
         code = None
         while code is None and time.monotonic() < deadline:
-            m = re.search(r"LOG MAILER.*login code for dev@example.com: (\d{6})", st.log("control"))
+            m = re.search(
+                r"LOG MAILER.*login code for dev@example\.com: (\d{6})", st.log("control")
+            )
             code = m.group(1) if m else None
             time.sleep(0.1)
         assert code, st.log("control")[-2000:]
         r = v1.req("POST", "/v1/auth/verify-otp", json={"email": "dev@example.com", "code": code})
         assert r.status_code == 200
+        key = v1.api_key(r.json()["token"])
+        anonymous = v1.req("POST", "/sessions", json={"envID": "Bash"}).json()["id"]
+        mine = v1.req("POST", "/sessions", json={"envID": "Bash"}, token=key).json()["id"]
+        listed = v1.req("GET", "/v1/sandboxes", token=key).json()["sandboxes"]
+        assert [s["sandbox_id"] for s in listed] == [mine]
+        assert v1.req("GET", f"/sessions/{anonymous}").status_code == 200
+        assert v1.req("GET", f"/sessions/{mine}").status_code == 404  # not the local tenant's
+        r = v1.req("POST", "/sessions", json={"envID": "Bash"}, headers={"X-API-Key": "wrong"})
+        assert r.status_code == 401
+        assert v1.req("GET", "/v1/sandboxes").status_code == 401  # v1 always needs a key
