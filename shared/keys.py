@@ -119,3 +119,48 @@ def secret_users(tenant_id: str, name: str) -> str:
 def secrets_channel(tenant_id: str) -> str:
     """Pub/sub channel: a tenant's bundle was rotated (name and version, never values)."""
     return f"{PREFIX}:events:secrets:{tenant_id}"
+
+
+def session(session_id: str) -> str:
+    """Hash: an agent session (tenant, sandbox, agent, llm, secrets, state, expires_at)."""
+    return f"{PREFIX}:ses:{session_id}"
+
+
+def session_events(session_id: str) -> str:
+    """Stream: the session's events; entry id ``<seq>-0``, field ``e`` the JSON frame."""
+    return f"{PREFIX}:ses:{session_id}:events"
+
+
+def session_seq(session_id: str) -> str:
+    """Counter: the last seq given to an event of the session."""
+    return f"{PREFIX}:ses:{session_id}:seq"
+
+
+def session_tasks(session_id: str) -> str:
+    """List: tasks waiting to run, in order (JSON {task_id, prompt})."""
+    return f"{PREFIX}:ses:{session_id}:tasks"
+
+
+def session_runner(session_id: str) -> str:
+    """String with TTL: held by the one worker thread running the session's tasks."""
+    return f"{PREFIX}:ses:{session_id}:runner"
+
+
+def session_cancel(session_id: str) -> str:
+    """String: the id of the task asked to stop (set by cancel, cleared by the runner)."""
+    return f"{PREFIX}:ses:{session_id}:cancel"
+
+
+def session_sockets(session_id: str) -> str:
+    """Sorted set: open WebSocket connections of a session, scored by their last beat."""
+    return f"{PREFIX}:ses:{session_id}:sockets"
+
+
+def tenant_sessions(tenant_id: str) -> str:
+    """Set: a tenant's agent session ids."""
+    return f"{PREFIX}:tenant:{tenant_id}:sessions"
+
+
+def session_expiry() -> str:
+    """Sorted set: session id scored by its expires_at."""
+    return f"{PREFIX}:ses-expiry"

@@ -111,6 +111,17 @@ class ProcessLog:
                 return out
             start = "(" + out.last_id
 
+    def read_new(self, sandbox_id: str, process_id: str, after: str, block_ms: int) -> Output:
+        """Only what was written after stream id ``after`` (waiting up to ``block_ms`` for it);
+        ``last_id`` of the result is where to continue."""
+        out = Output(last_id=after)
+        resp = self.r.xread(
+            {keys.output(sandbox_id, process_id): after}, count=_BATCH, block=block_ms
+        )
+        for _key, entries in resp or []:
+            _apply(out, entries)
+        return out
+
     def wait(
         self,
         sandbox_id: str,

@@ -46,6 +46,18 @@ class Settings:
     smtp_url: str = ""
     mail_from: str = "Paddock <paddock@localhost>"
     max_api_keys: int = 20
+    # Agent sessions
+    public_url: str = ""
+    llm_allowed_hosts: str = ""
+    llm_timeout: float = 120.0
+    agent_max_turns: int = 25
+    session_ttl: int = 3600
+    session_max_ttl: int = 7200
+    ws_max_connections: int = 5
+    ws_max_frame_bytes: int = 256 << 10
+    ws_max_prompt_bytes: int = 64 << 10
+    ws_messages_per_10s: int = 30
+    ws_ping_interval: float = 25.0
     instance: str = "default"
     data_dir: str = ".paddock"
     # Sandboxes
@@ -124,7 +136,9 @@ def _parse(name: str, typ: Any, raw: str) -> Any:
     if typ in (bool, "bool"):
         return _bool(raw)
     if typ in (int, "int"):
-        if name.startswith(("sandbox_memory", "sandbox_tmp", "sandbox_disk", "max_")):
+        if name.startswith(("sandbox_memory", "sandbox_tmp", "sandbox_disk", "max_")) or (
+            name.endswith("_bytes")
+        ):
             return _size(raw)
         return int(raw)
     if typ in (float, "float"):

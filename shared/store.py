@@ -199,6 +199,13 @@ class Store:
     def raw_sandbox(self, sandbox_id: str) -> dict[str, str]:
         return self._hgetall(keys.sandbox(sandbox_id))
 
+    def bind_lifetime(self, sandbox_id: str, expires_at: float) -> None:
+        """A session's sandbox lives exactly as long as the session: no idle reaping."""
+        pipe = self.r.pipeline()
+        pipe.zrem(keys.idle_index(), sandbox_id)
+        pipe.zadd(keys.expiry_index(), {sandbox_id: expires_at})
+        pipe.execute()
+
     def touch(self, sandbox_id: str) -> None:
         """Reset the idle timer (any request naming the sandbox does this)."""
         self.r.zadd(keys.idle_index(), {sandbox_id: time.time()}, xx=True)

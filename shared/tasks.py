@@ -15,6 +15,7 @@ FS_WRITE = "paddock.fs.write"
 PROCESS_START = "paddock.process.start"
 PROCESS_STDIN = "paddock.process.stdin"
 PROCESS_KILL = "paddock.process.kill"
+AGENT_DRAIN = "paddock.agent.drain"
 REAP = "paddock.control.reap"
 SEND_LOGIN_CODE = "paddock.control.send_login_code"
 

@@ -14,25 +14,32 @@ from shared.broker import make_celery
 from shared.crypto import SecretBox
 from shared.errors import ConfigError
 from shared.secrets import SecretBundles
+from shared.sessions import Sessions
 from shared.settings import Settings
 from web.api import filesystem, meta, processes, sessions, templates
 from web.api.deps import Services
 from web.api.v1 import api_keys, openapi, sandboxes, secrets
 from web.api.v1 import auth as v1_auth
+from web.api.v1 import sessions as v1_sessions
 from web.errors import register_error_handlers
 from web.sandboxes import Sandboxes
+from web.ws import init_ws
 
+# Reading these modules shows the whole URL surface.
 BLUEPRINTS = (
+    # E2B-compatible API
     meta.bp,
     sessions.bp,
     filesystem.bp,
-    processes.bp,  # E2B-compatible /sessions
+    processes.bp,
+    # v1 API (its WebSocket: web/ws.py)
     v1_auth.bp,
     api_keys.bp,
     secrets.bp,
     sandboxes.bp,
+    v1_sessions.bp,
     templates.bp,
-    openapi.bp,  # /v1
+    openapi.bp,
 )
 
 
@@ -71,7 +78,7 @@ def create_app(
             x_proto=settings.proxy_hops,
             x_host=settings.proxy_hops,
         )
-    app.extensions["paddock"] = Services(
+    svc = Services(
         settings=settings,
         redis=r,
         celery=celery,
@@ -79,8 +86,11 @@ def create_app(
         accounts=Accounts(r, settings.jwt_secret),
         secrets=SecretBundles(r, box),
         box=box,
+        sessions=Sessions(r),
     )
+    app.extensions["paddock"] = svc
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+    init_ws(app, svc)
     register_error_handlers(app)
     return app

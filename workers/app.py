@@ -54,7 +54,8 @@ def create_control_app(settings: Settings) -> Celery:
     # which are idempotent; beat sends a fresh one every interval anyway.
     @app.task(name=tasks.REAP, ignore_result=True, expires=settings.reaper_interval)
     def reap() -> int:
-        return len(control.reap(app, ctx.redis, settings))
+        ended = control.expire_sessions(app, ctx.redis, settings)
+        return len(control.reap(app, ctx.redis, settings)) + len(ended)
 
     # acks_late: a mail must not vanish with a worker that dies mid-send; delivered twice, the
     # user gets the same code twice, which is harmless. Retried with backoff on SMTP errors.

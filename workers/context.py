@@ -8,7 +8,10 @@ from functools import cached_property
 import docker
 import redis
 
+from shared.crypto import SecretBox
 from shared.output import ProcessLog
+from shared.secrets import SecretBundles
+from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
 from workers.driver import DockerDriver
@@ -35,6 +38,18 @@ class WorkerContext:
     @cached_property
     def plog(self) -> ProcessLog:
         return ProcessLog(self.redis)
+
+    @cached_property
+    def box(self) -> SecretBox:
+        return SecretBox(self.settings.secret_key)
+
+    @cached_property
+    def secrets(self) -> SecretBundles:
+        return SecretBundles(self.redis, self.box)
+
+    @cached_property
+    def sessions(self) -> Sessions:
+        return Sessions(self.redis)
 
     @cached_property
     def docker(self) -> docker.DockerClient:

@@ -8,7 +8,9 @@ import time
 import redis
 from celery import Celery
 
-from shared import rpc, tasks
+from shared import keys, rpc, tasks
+from shared.lifecycle import end_session
+from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
 
@@ -41,4 +43,18 @@ def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
             {"sandbox_id": sandbox_id},
             expires=settings.task_timeout * 10,
         )
+    return due
+
+
+def expire_sessions(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
+    """End every agent session past its ``expires_at`` (agent stopped, sandbox removed)."""
+    sessions = Sessions(r)
+    store = Store(r)
+    due = sessions.due(time.time())
+    for session_id in due:
+        s = sessions.load(session_id)
+        if s is None:
+            r.zrem(keys.session_expiry(), session_id)
+            continue
+        end_session(app, sessions, store, s, settings.task_timeout * 10)
     return due

@@ -19,6 +19,7 @@ from celery import Celery, Task
 from shared import rpc, tasks
 from shared.errors import PaddockError
 from workers import ops
+from workers.agent import tasks as agent_tasks
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ HOST_TASKS: dict[str, Callable[..., Any]] = {
 def register_host_tasks(app: Celery, ctx: WorkerContext) -> None:
     for name, fn in HOST_TASKS.items():
         _register(app, ctx, name, fn)
+
+    # Not acks_late: a task lost with a dying worker is not replayed behind the client's back;
+    # the queued prompts stay in Redis and the next message to the session starts a new drain.
+    # Delivered twice, the second finds the session's runner lock held and returns.
+    @app.task(name=tasks.AGENT_DRAIN, acks_late=False, ignore_result=True)
+    def agent_drain(session_id: str) -> None:
+        agent_tasks.drain(ctx, session_id)
 
 
 def _register(app: Celery, ctx: WorkerContext, name: str, fn: Callable[..., Any]) -> None:

@@ -11,6 +11,7 @@ from flask import current_app
 from shared.accounts import Accounts
 from shared.crypto import SecretBox
 from shared.secrets import SecretBundles
+from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Sandbox
 from web import auth
@@ -26,6 +27,7 @@ class Services:
     accounts: Accounts
     secrets: SecretBundles
     box: SecretBox
+    sessions: Sessions
 
 
 def services() -> Services:

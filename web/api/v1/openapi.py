@@ -76,6 +76,8 @@ def build_spec() -> dict[str, Any]:
         s.SecretList,
         s.SandboxInfo,
         s.SandboxList,
+        s.TemplateInfo,
+        s.TemplateList,
         s.ErrorResponse,
     ):
         spec.components.schema(schema.__name__, schema=schema)
@@ -194,6 +196,16 @@ def build_spec() -> dict[str, Any]:
         operations={
             "get": _op("One sandbox", "SandboxInfo", params=[sbx]),
             "delete": _op("Destroy a sandbox", None, 204, errors=(401, 404), params=[sbx]),
+        },
+    )
+    spec.path(
+        "/v1/templates",
+        operations={
+            "get": _op(
+                "The sandbox templates the live hosts offer, with the versions inside them",
+                "TemplateList",
+                errors=(401,),
+            )
         },
     )
     return spec.to_dict()

@@ -152,6 +152,24 @@ class SandboxList(Schema):
     sandboxes = fields.List(fields.Nested(SandboxInfo))
 
 
+class TemplateInfo(Schema):
+    name = fields.String(metadata={"description": "What `template` and `envID` take"})
+    image = fields.String()
+    size_bytes = fields.Integer()
+    built_at = fields.String(metadata={"format": "date-time"})
+    versions = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": "Language and tool versions measured inside the image"},
+    )
+    hash = fields.String(metadata={"description": "Content hash of the image's build inputs"})
+    hosts = fields.List(fields.String(), metadata={"description": "Live hosts that have it"})
+
+
+class TemplateList(Schema):
+    templates = fields.List(fields.Nested(TemplateInfo))
+
+
 class ErrorBody(Schema):
     type = fields.String()
     code = fields.String()
@@ -162,3 +180,71 @@ class ErrorBody(Schema):
 
 class ErrorResponse(Schema):
     error = fields.Nested(ErrorBody)
+
+
+class AgentSpec(Strict):
+    kind = fields.String(required=True, validate=validate.OneOf(["deictic", "shell"]))
+    max_turns = fields.Integer(load_default=None, validate=validate.Range(min=1, max=100))
+
+
+class LlmSpec(Strict):
+    vendor = fields.String(required=True, validate=validate.OneOf(["anthropic", "openai"]))
+    model = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$", error="not a valid model name"
+        ),
+    )
+    base_url = fields.Url(load_default=None, require_tld=False, schemes={"http", "https"})
+
+
+class CreateSessionRequest(Strict):
+    agent = fields.Nested(AgentSpec, required=True)
+    template = fields.String(load_default="standard", validate=validate.Length(min=1, max=128))
+    llm = fields.Nested(LlmSpec, load_default=None)
+    secrets = fields.List(
+        fields.String(
+            validate=validate.Regexp(
+                BUNDLE_NAME,
+                error=(
+                    "must be 1-63 lowercase letters, digits or dashes, not starting with a dash"
+                ),
+            )
+        ),
+        load_default=list,
+        validate=validate.Length(max=10, error="at most 10 bundles"),
+    )
+    user_id = fields.String(load_default="", validate=validate.Length(max=128))
+    ttl_seconds = fields.Integer(load_default=None, validate=validate.Range(min=60, max=7200))
+
+
+class SessionCreated(Schema):
+    chat_session_id = fields.String()
+    jwt = fields.String(
+        metadata={
+            "description": "Session token: only for this session's "
+            "WebSocket; expires with the session"
+        }
+    )
+    connect_url = fields.String()
+    expires_at = fields.String(metadata={"format": "date-time"})
+
+
+class SessionInfo(Schema):
+    chat_session_id = fields.String()
+    state = fields.String(metadata={"enum": ["running", "ended"]})
+    sandbox_id = fields.String()
+    template = fields.String()
+    agent = fields.Dict()
+    llm = fields.Dict()
+    secrets = fields.List(fields.String())
+    user_id = fields.String()
+    created_at = fields.String(metadata={"format": "date-time"})
+    expires_at = fields.String(metadata={"format": "date-time"})
+    last_seq = fields.Integer()
+
+
+class EventPage(Schema):
+    events = fields.List(fields.Dict())
+    next_after = fields.Integer()
+    has_more = fields.Boolean()

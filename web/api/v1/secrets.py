@@ -65,7 +65,12 @@ def replace(tenant: str, name: str) -> Response:
     tenant_id = _me(tenant)
     if_match = _if_match()
     body = json_body(ReplaceSecretRequest())
-    bundle = services().secrets.replace(tenant_id, name, body["values"], if_match)
+    svc = services()
+    bundle = svc.secrets.replace(tenant_id, name, body["values"], if_match)
+    for session_id in svc.sessions.sessions_using(tenant_id, name):
+        svc.sessions.emit(
+            session_id, {"type": "secrets_updated", "name": name, "version": bundle.version}
+        )
     logger.info(
         "tenant %s: rotated secret bundle %s to version %d", tenant_id, name, bundle.version
     )

@@ -1,0 +1,225 @@
+"""Agent sessions and their event history.
+
+Every server frame of the protocol that belongs to the session (task_started, stdout, stderr,
+message, tool_call, exit, error, secrets_updated) is appended to one Redis Stream with a seq
+given in the same atomic step; the stream id is ``<seq>-0``, so "everything after seq N" is a
+plain XREAD from ``N-0``. Any writer (a worker running the agent, a web replica rotating a
+bundle) can append without breaking the order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.errors import PaddockError
+
+# seq = INCR; XADD with id "<seq>-0"; the frame is the given JSON object with "seq" first.
+_APPEND = """
+local seq = redis.call('INCR', KEYS[2])
+local frame = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+redis.call('XADD', KEYS[1], seq .. '-0', 'e', frame)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return seq
+"""
+
+ENDED_STATES = ("ended",)
+
+
+class ChatSessionNotFound(PaddockError):
+    status = 404
+    code = "session_not_found"
+    message = "No session with this id"
+
+
+@dataclass(frozen=True)
+class ChatSession:
+    session_id: str
+    tenant_id: str
+    sandbox_id: str
+    host_id: str
+    template: str
+    agent: dict[str, Any]
+    llm: dict[str, Any]
+    secrets: list[str]
+    user_id: str
+    state: str
+    created_at: float
+    expires_at: float
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_STATES or time.time() >= self.expires_at
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Sessions:
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self._append = r.register_script(_APPEND)
+
+    # -- records -----------------------------------------------------------------------------
+    def create(self, s: ChatSession) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(
+            keys.session(s.session_id),
+            mapping={
+                "tenant": s.tenant_id,
+                "sandbox": s.sandbox_id,
+                "host": s.host_id,
+                "template": s.template,
+                "agent": json.dumps(s.agent),
+                "llm": json.dumps(s.llm),
+                "secrets": json.dumps(s.secrets),
+                "user_id": s.user_id,
+                "state": s.state,
+                "created_at": s.created_at,
+                "expires_at": s.expires_at,
+            },
+        )
+        pipe.sadd(keys.tenant_sessions(s.tenant_id), s.session_id)
+        pipe.zadd(keys.session_expiry(), {s.session_id: s.expires_at})
+        for name in s.secrets:
+            pipe.sadd(keys.secret_users(s.tenant_id, name), s.session_id)
+        pipe.execute()
+
+    def load(self, session_id: str) -> ChatSession | None:
+        d = {_s(k): _s(v) for k, v in self.r.hgetall(keys.session(session_id)).items()}
+        if not d:
+            return None
+        return ChatSession(
+            session_id=session_id,
+            tenant_id=d["tenant"],
+            sandbox_id=d["sandbox"],
+            host_id=d["host"],
+            template=d["template"],
+            agent=json.loads(d["agent"]),
+            llm=json.loads(d["llm"]),
+            secrets=json.loads(d["secrets"]),
+            user_id=d["user_id"],
+            state=d["state"],
+            created_at=float(d["created_at"]),
+            expires_at=float(d["expires_at"]),
+        )
+
+    def get(self, tenant_id: str, session_id: str) -> ChatSession:
+        """The tenant's session (ended ones too). Raises ChatSessionNotFound."""
+        s = self.load(session_id)
+        if s is None or s.tenant_id != tenant_id:
+            raise ChatSessionNotFound()
+        return s
+
+    def set_state(self, session_id: str, state: str) -> None:
+        self.r.hset(keys.session(session_id), "state", state)
+
+    def end(self, s: ChatSession, keep_for: int) -> bool:
+        """Mark ended and release its bundles; False if it already was. Its history is kept
+        ``keep_for`` seconds more so late readers can page through it."""
+        if self.r.hget(keys.session(s.session_id), "state") == b"ended":
+            return False
+        pipe = self.r.pipeline()
+        pipe.hset(keys.session(s.session_id), mapping={"state": "ended", "ended_at": time.time()})
+        pipe.zrem(keys.session_expiry(), s.session_id)
+        for name in s.secrets:
+            pipe.srem(keys.secret_users(s.tenant_id, name), s.session_id)
+        pipe.delete(keys.session_tasks(s.session_id), keys.session_cancel(s.session_id))
+        for key in (
+            keys.session(s.session_id),
+            keys.session_events(s.session_id),
+            keys.session_seq(s.session_id),
+        ):
+            pipe.expire(key, keep_for)
+        pipe.execute()
+        return True
+
+    def due(self, now: float) -> list[str]:
+        return [_s(x) for x in self.r.zrangebyscore(keys.session_expiry(), "-inf", now)]
+
+    def sessions_using(self, tenant_id: str, bundle: str) -> list[str]:
+        return sorted(_s(x) for x in self.r.smembers(keys.secret_users(tenant_id, bundle)))
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, session_id: str, frame: dict[str, Any]) -> int:
+        """Append one server frame; returns its seq."""
+        body = json.dumps(frame, separators=(",", ":"))
+        return int(
+            self._append(
+                keys=[keys.session_events(session_id), keys.session_seq(session_id)], args=[body, 0]
+            )
+        )
+
+    def last_seq(self, session_id: str) -> int:
+        return int(self.r.get(keys.session_seq(session_id)) or 0)
+
+    def events_after(
+        self, session_id: str, after: int, limit: int, block_ms: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Frames with seq > ``after``, oldest first; with ``block_ms`` wait for new ones."""
+        key = keys.session_events(session_id)
+        if block_ms is None:
+            entries = self.r.xrange(key, min=f"{after + 1}-0", count=limit)
+        else:
+            resp = self.r.xread({key: f"{after}-0"}, count=limit, block=block_ms)
+            entries = resp[0][1] if resp else []
+        return [json.loads(fields[b"e"]) for _id, fields in entries]
+
+    # -- tasks -------------------------------------------------------------------------------
+    def enqueue_task(self, session_id: str, task_id: str, prompt: str) -> None:
+        self.r.rpush(
+            keys.session_tasks(session_id), json.dumps({"task_id": task_id, "prompt": prompt})
+        )
+
+    def next_task(self, session_id: str) -> dict[str, str] | None:
+        raw = self.r.lpop(keys.session_tasks(session_id))
+        return json.loads(raw) if raw else None
+
+    def pending_tasks(self, session_id: str) -> int:
+        return int(self.r.llen(keys.session_tasks(session_id)))
+
+    def request_cancel(self, session_id: str) -> str | None:
+        """Ask the running task to stop; returns its id, None when no task is running."""
+        current = self.r.hget(keys.session(session_id), "current_task")
+        if not current:
+            return None
+        self.r.set(keys.session_cancel(session_id), current, ex=3600)
+        return _s(current)
+
+    def take_runner(self, session_id: str, owner: str, ttl: int) -> bool:
+        return bool(self.r.set(keys.session_runner(session_id), owner, nx=True, ex=ttl))
+
+    def renew_runner(self, session_id: str, ttl: int) -> None:
+        self.r.expire(keys.session_runner(session_id), ttl)
+
+    def drop_runner(self, session_id: str) -> None:
+        self.r.delete(keys.session_runner(session_id))
+
+    # -- sockets -----------------------------------------------------------------------------
+    def open_socket(self, session_id: str, conn_id: str, limit: int, stale_after: float) -> bool:
+        """Register a connection; False when the session already has ``limit`` live ones."""
+        key = keys.session_sockets(session_id)
+        now = time.time()
+        self.r.zremrangebyscore(key, "-inf", now - stale_after)
+        if self.r.zcard(key) >= limit:
+            return False
+        self.r.zadd(key, {conn_id: now})
+        self.r.expire(key, int(stale_after) * 2)
+        return True
+
+    def beat_socket(self, session_id: str, conn_id: str, stale_after: float) -> None:
+        key = keys.session_sockets(session_id)
+        self.r.zadd(key, {conn_id: time.time()})
+        self.r.expire(key, int(stale_after) * 2)
+
+    def close_socket(self, session_id: str, conn_id: str) -> None:
+        self.r.zrem(keys.session_sockets(session_id), conn_id)

@@ -1,0 +1,201 @@
+"""The session WebSocket: ``/v1/sessions/{id}/ws``.
+
+One connection = the request thread, which reads client frames, plus a pump thread that
+replays the session's event stream after ``last_seq`` and then follows it with blocking
+XREAD. Both write to the socket under one lock. Connection-level frames (``ready``, ``pong``,
+errors about a client frame) are not part of the history and carry no ``seq``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from flask import Flask, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from shared.errors import Unauthorized
+from web import tokens
+from web.api.deps import Services, services
+from web.api.v1.sessions import SESSION_AUDIENCE, kick_runner
+from web.auth import bearer
+
+logger = logging.getLogger(__name__)
+sock = Sock()
+
+CLOSE_BAD_TOKEN = 4401
+CLOSE_WRONG_SESSION = 4403
+CLOSE_ENDED = 4404
+CLOSE_TOO_MANY = 4429
+TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+STALE_AFTER = 90.0  # a connection not seen for this long no longer counts toward the limit
+
+
+def init_ws(app: Flask, svc: Services) -> None:
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        # simple-websocket pings every interval and drops a client that did not answer the
+        # previous ping: a silent client is gone within two intervals.
+        "ping_interval": svc.settings.ws_ping_interval,
+        "max_message_size": svc.settings.ws_max_frame_bytes,
+    }
+    sock.init_app(app)
+
+
+class Connection:
+    def __init__(self, ws: Any, svc: Services, session_id: str, tenant_id: str) -> None:
+        self.ws = ws
+        self.svc = svc
+        self.session_id = session_id
+        self.tenant_id = tenant_id
+        self.conn_id = secrets.token_hex(8)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.recent: deque[float] = deque()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        with self.lock:
+            self.ws.send(json.dumps(frame, separators=(",", ":")))
+
+    def close(self, code: int, reason: str) -> None:
+        self.stop.set()
+        with self.lock, contextlib.suppress(ConnectionClosed):
+            self.ws.close(reason=code, message=reason)
+
+    def error(self, code: str, message: str) -> None:
+        self.send({"type": "error", "code": code, "message": message})
+
+    # -- server → client ---------------------------------------------------------------------
+    def pump(self, after: int) -> None:
+        sessions = self.svc.sessions
+        try:
+            while not self.stop.is_set():
+                for frame in sessions.events_after(self.session_id, after, 200, block_ms=1000):
+                    self.send(frame)
+                    after = int(frame["seq"])
+                s = sessions.load(self.session_id)
+                if s is None or s.ended:
+                    # Deliver what the end produced, then say goodbye.
+                    for frame in sessions.events_after(self.session_id, after, 1000):
+                        self.send(frame)
+                    self.close(CLOSE_ENDED, "session ended")
+                    return
+                sessions.beat_socket(self.session_id, self.conn_id, STALE_AFTER)
+        except ConnectionClosed:
+            self.stop.set()
+        except Exception:
+            logger.exception("session %s: event pump failed", self.session_id)
+            self.close(1011, "internal error")
+
+    # -- client → server ---------------------------------------------------------------------
+    def serve(self) -> None:
+        limit = self.svc.settings.ws_messages_per_10s
+        while not self.stop.is_set():
+            try:
+                raw = self.ws.receive(timeout=1.0)
+            except ConnectionClosed:
+                break
+            if raw is None:
+                continue
+            now = time.monotonic()
+            self.recent.append(now)
+            while self.recent and self.recent[0] < now - 10:
+                self.recent.popleft()
+            if len(self.recent) > limit:
+                self.close(CLOSE_TOO_MANY, "too many messages")
+                break
+            self.handle(raw)
+
+    def handle(self, raw: str | bytes) -> None:
+        try:
+            frame = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            self.error("invalid_frame", "frames must be JSON text")
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            self.error("invalid_frame", 'frames must be JSON objects with a "type"')
+            return
+        kind = frame["type"]
+        if kind == "ping":
+            self.send({"type": "pong"})
+        elif kind == "task":
+            self.task(frame)
+        elif kind == "cancel":
+            task_id = self.svc.sessions.request_cancel(self.session_id)
+            logger.info("session %s: cancel requested (task %s)", self.session_id, task_id)
+        else:
+            self.error("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+    def task(self, frame: dict[str, Any]) -> None:
+        prompt = frame.get("prompt")
+        task_id = frame.get("id")
+        if not isinstance(prompt, str) or not prompt.strip():
+            self.error("invalid_task", "a task needs a non-empty string prompt")
+            return
+        limit = self.svc.settings.ws_max_prompt_bytes
+        if len(prompt.encode()) > limit:
+            self.error("prompt_too_large", f"the prompt is over {limit} bytes")
+            return
+        if task_id is not None and (not isinstance(task_id, str) or not TASK_ID.match(task_id)):
+            self.error("invalid_task", "id must be 1-64 letters, digits or _.:-")
+            return
+        task_id = task_id or "tsk_" + secrets.token_hex(8)
+        s = self.svc.sessions.load(self.session_id)
+        if s is None or s.ended:
+            self.close(CLOSE_ENDED, "session ended")
+            return
+        self.svc.sessions.enqueue_task(self.session_id, task_id, prompt)
+        kick_runner(self.svc, s)
+
+
+@sock.route("/v1/sessions/<session_id>/ws")
+def session_ws(ws: Any, session_id: str) -> None:
+    svc = services()
+    # Never log the token: it may be in the query string.
+    token = bearer() or request.args.get("token") or ""
+    try:
+        claims = tokens.verify(svc.settings.jwt_secret, token, SESSION_AUDIENCE)
+    except Unauthorized:
+        ws.close(reason=CLOSE_BAD_TOKEN, message="invalid or expired token")
+        return
+    if claims.get("sub") != session_id:
+        ws.close(reason=CLOSE_WRONG_SESSION, message="this token is for another session")
+        return
+    s = svc.sessions.load(session_id)
+    if s is None or s.ended or s.tenant_id != claims.get("tenant"):
+        ws.close(reason=CLOSE_ENDED, message="session ended or unknown")
+        return
+    raw_last = request.args.get("last_seq", "0")
+    after = int(raw_last) if raw_last.isdigit() else 0
+    conn = Connection(ws, svc, session_id, s.tenant_id)
+    if not svc.sessions.open_socket(
+        session_id, conn.conn_id, svc.settings.ws_max_connections, STALE_AFTER
+    ):
+        ws.close(reason=CLOSE_TOO_MANY, message="too many connections to this session")
+        return
+    try:
+        conn.send(
+            {
+                "type": "ready",
+                "session_id": session_id,
+                "last_seq": svc.sessions.last_seq(session_id),
+            }
+        )
+        if not raw_last.isdigit():
+            conn.error("invalid_last_seq", "last_seq must be a non-negative integer; using 0")
+        pump = threading.Thread(
+            target=conn.pump, args=(after,), daemon=True, name=f"ws-{session_id}"
+        )
+        pump.start()
+        conn.serve()
+        conn.stop.set()
+        pump.join(5)
+    finally:
+        svc.sessions.close_socket(session_id, conn.conn_id)

@@ -1,0 +1,268 @@
+"""Running a session's tasks on the sandbox's host, one at a time, in order.
+
+Outside the sandbox: the LLM key is read here, at each call, and never passed into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from workers.agent.llm import LlmError, ToolCall, ToolSpec, new_conversation
+
+from shared import ids, keys
+from shared.errors import PaddockError, SandboxError
+from shared.netpolicy import check_base_url
+from shared.secrets import BundleNotFound
+from shared.sessions import ChatSession
+from workers.context import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+# Used by the agent loop only; never set in the sandbox.
+LLM_KEYS = frozenset({"LLM_API_KEY", "LLM_BASE_URL", "LLM_MODEL"})
+WORKDIR = "/workspace"
+TOOL_OUTPUT_LIMIT = 16 << 10
+FILE_READ_LIMIT = 256 << 10
+
+SYSTEM_PROMPT = (
+    "You are an agent working inside a Linux (Debian) sandbox as the user `user`. Your working "
+    f"directory is {WORKDIR}. Use the tools to run shell commands and to read and write files; "
+    "relative paths are relative to the working directory. Be concise, and finish with a short "
+    "summary of what you did."
+)
+TOOLS = [
+    ToolSpec(
+        "run_command",
+        "Run a bash command in the sandbox and return its exit code and output.",
+        {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+    ),
+    ToolSpec(
+        "read_file",
+        "Read a UTF-8 text file from the sandbox.",
+        {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    ),
+    ToolSpec(
+        "write_file",
+        "Write a UTF-8 text file in the sandbox (parent directories are created).",
+        {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"],
+        },
+    ),
+]
+
+
+class Cancelled(Exception):
+    pass
+
+
+def drain(ctx: WorkerContext, session_id: str) -> None:
+    """Run the session's queued tasks until none is left. Only one drain per session runs at a
+    time (a lock in Redis); a drain that finds it held returns at once, and the holder picks
+    up the new task."""
+    sessions = ctx.sessions
+    ttl = int(ctx.settings.llm_timeout * 2 + 60)
+    owner = uuid.uuid4().hex
+    if not sessions.take_runner(session_id, owner, ttl):
+        return
+    try:
+        while True:
+            session = sessions.load(session_id)
+            if session is None or session.ended:
+                return
+            task = sessions.next_task(session_id)
+            if task is None:
+                sessions.drop_runner(session_id)
+                # A task pushed between our last look and the release would wait forever.
+                if sessions.pending_tasks(session_id) and sessions.take_runner(
+                    session_id, owner, ttl
+                ):
+                    continue
+                return
+            TaskRun(ctx, session, task["task_id"], ttl).run(task["prompt"])
+    finally:
+        sessions.drop_runner(session_id)
+
+
+class TaskRun:
+    def __init__(self, ctx: WorkerContext, session: ChatSession, task_id: str, ttl: int) -> None:
+        self.ctx = ctx
+        self.s = session
+        self.task_id = task_id
+        self.ttl = ttl
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.ctx.sessions.emit(self.s.session_id, {"type": kind, "task_id": self.task_id, **fields})
+
+    def exit(self, exit_code: int, stop_reason: str) -> None:
+        self.emit("exit", exit_code=exit_code, stop_reason=stop_reason)
+        logger.info(
+            "session %s task %s: %s (exit %d)",
+            self.s.session_id,
+            self.task_id,
+            stop_reason,
+            exit_code,
+        )
+
+    def check_cancel(self) -> None:
+        self.ctx.sessions.renew_runner(self.s.session_id, self.ttl)
+        current = self.ctx.redis.get(keys.session_cancel(self.s.session_id))
+        session = self.ctx.sessions.load(self.s.session_id)
+        if (current is not None and current.decode() == self.task_id) or (
+            session is None or session.ended
+        ):
+            raise Cancelled()
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, prompt: str) -> None:
+        r = self.ctx.redis
+        r.hset(keys.session(self.s.session_id), "current_task", self.task_id)
+        self.emit("task_started")
+        try:
+            if self.s.agent.get("kind") == "shell":
+                code, _ = self.run_command(prompt)
+                self.exit(code, "end_turn")
+            else:
+                self.agent_loop(prompt)
+        except Cancelled:
+            self.exit(130, "cancelled")
+        except LlmError as exc:
+            self.emit("error", code=exc.code, message=exc.message)
+            self.exit(1, "error")
+        except PaddockError as exc:
+            self.emit("error", code=exc.code, message=exc.message)
+            self.exit(1, "error")
+        except Exception:
+            logger.exception("session %s task %s failed", self.s.session_id, self.task_id)
+            self.emit("error", code="internal_error", message="The task failed unexpectedly")
+            self.exit(1, "error")
+        finally:
+            r.hdel(keys.session(self.s.session_id), "current_task")
+            if r.get(keys.session_cancel(self.s.session_id)) == self.task_id.encode():
+                r.delete(keys.session_cancel(self.s.session_id))
+
+    def bundle_values(self) -> dict[str, str]:
+        """The session's bundles as they are now (a rotation takes effect at the next use)."""
+        merged: dict[str, str] = {}
+        for name in self.s.secrets:
+            try:
+                merged.update(self.ctx.secrets.values(self.s.tenant_id, name))
+            except BundleNotFound:
+                continue
+        return merged
+
+    def run_command(self, command: str) -> tuple[int, str]:
+        """Run ``command`` in the sandbox, streaming its output as events. Returns the exit
+        code and the (capped) output. Raises Cancelled (the process group is killed)."""
+        env = {k: v for k, v in self.bundle_values().items() if k not in LLM_KEYS}
+        sid = self.s.sandbox_id
+        pid = ids.process_id()
+        procs, plog = self.ctx.processes, self.ctx.plog
+        procs.start(sid, pid, command, env, WORKDIR)
+        captured: list[str] = []
+        size = 0
+        last = "0-0"
+        try:
+            while True:
+                self.check_cancel()
+                out = plog.read_new(sid, pid, last, block_ms=500)
+                last = out.last_id
+                for kind, lines in (("stdout", out.stdout), ("stderr", out.stderr)):
+                    if lines:
+                        data = "\n".join(x.text for x in lines) + "\n"
+                        self.emit(kind, data=data)
+                        if size < TOOL_OUTPUT_LIMIT:
+                            captured.append(data)
+                            size += len(data)
+                if out.finished:
+                    code = out.exit_code if out.exit_code is not None else 1
+                    text = "".join(captured)
+                    if size >= TOOL_OUTPUT_LIMIT:
+                        text = text[:TOOL_OUTPUT_LIMIT] + "\n[output truncated]\n"
+                    return code, text
+                if not plog.exists(sid, pid):
+                    raise SandboxError("the command's process was lost")
+        except Cancelled:
+            procs.kill(sid, pid)
+            raise
+        finally:
+            plog.forget(sid, pid)
+
+    def agent_loop(self, prompt: str) -> None:
+        llm = self.s.llm
+        values = self.bundle_values()
+        model = llm.get("model") or values.get("LLM_MODEL") or ""
+        max_turns = int(self.s.agent.get("max_turns") or self.ctx.settings.agent_max_turns)
+        conv = new_conversation(
+            vendor=llm["vendor"],
+            model=model,
+            system=SYSTEM_PROMPT,
+            tools=TOOLS,
+            prompt=prompt,
+            timeout=self.ctx.settings.llm_timeout,
+        )
+        for _ in range(max_turns):
+            self.check_cancel()
+            values = self.bundle_values()
+            key = values.get("LLM_API_KEY")
+            if not key:
+                raise LlmError("llm_key_missing", "No LLM_API_KEY in the session's secret bundles")
+            base_url = llm.get("base_url") or values.get("LLM_BASE_URL") or None
+            if base_url:
+                check_base_url(base_url, self.ctx.settings.llm_allowed_hosts)
+            turn = conv.step(api_key=key, base_url=base_url)
+            for text in turn.texts:
+                if text.strip():
+                    self.emit("message", text=text)
+            if not turn.tool_calls:
+                self.exit(0, "end_turn")
+                return
+            results = []
+            for call in turn.tool_calls:
+                self.check_cancel()
+                self.emit("tool_call", name=call.name, input=call.input)
+                output, is_error = self.tool(call)
+                results.append((call, output, is_error))
+            conv.add_tool_results(results)
+        self.exit(1, "max_turns")
+
+    def tool(self, call: ToolCall) -> tuple[str, bool]:
+        handlers: dict[str, Callable[[dict[str, Any]], str]] = {
+            "run_command": self._tool_run,
+            "read_file": self._tool_read,
+            "write_file": self._tool_write,
+        }
+        handler = handlers.get(call.name)
+        if handler is None:
+            return f"unknown tool {call.name!r}", True
+        try:
+            return handler(call.input), False
+        except (KeyError, TypeError):
+            return f"bad arguments for {call.name}: {call.input!r}"[:500], True
+        except SandboxError as exc:
+            return exc.message, True
+
+    def _tool_run(self, args: dict[str, Any]) -> str:
+        code, output = self.run_command(str(args["command"]))
+        return f"exit code {code}\n{output}"
+
+    def _path(self, raw: Any) -> str:
+        path = str(raw)
+        return path if path.startswith("/") else posixpath.join(WORKDIR, path)
+
+    def _tool_read(self, args: dict[str, Any]) -> str:
+        data = self.ctx.driver.read_file(self.s.sandbox_id, self._path(args["path"]))
+        text = data[:FILE_READ_LIMIT].decode("utf-8", "replace")
+        return text + ("\n[truncated]" if len(data) > FILE_READ_LIMIT else "")
+
+    def _tool_write(self, args: dict[str, Any]) -> str:
+        content = str(args["content"])
+        path = self._path(args["path"])
+        self.ctx.driver.write_file(self.s.sandbox_id, path, content.encode())
+        return f"wrote {len(content.encode())} bytes to {path}"
