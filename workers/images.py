@@ -240,8 +240,9 @@ def build_all(
     """Bring the base and the templates (all, or those named in ``only``) up to date.
 
     ``templates_dir`` is one directory or several (see the module docstring). The base is
-    always brought up to date first because templates are built from it; then each template in
-    name order, with one progress line each. An image whose ``:latest`` already carries the
+    always brought up to date first because templates are built from it; then each template,
+    directory by directory in name order, with one progress line each (``[images] 3/11 Go:
+    building...``, then ``built in`` or ``up to date``). An image whose ``:latest`` carries the
     current input hash is left alone. ``mirror`` overrides the Debian mirror of the base's
     ``debootstrap.conf``; ``build_dir`` (default ``.paddock/build`` in the repository) holds
     the temporary root filesystem, the package cache and a lock that serialises concurrent

@@ -102,10 +102,13 @@ CASES: dict[str, list[Write | Run]] = {
             " ./greet && echo installed",
             ["installed"],
         ),
+        # From /tmp, so that the project directory in the home is not importable by accident.
         Run(
-            "venv/bin/python -c 'import greet, sys; print(greet.hello(), sys.prefix)'; "
+            f"{HOME}/venv/bin/python -c 'import greet, sys; "
+            "print(greet.hello(), greet.__file__.startswith(sys.prefix))'; "
             "python3 -c 'import greet' 2>/dev/null || echo 'not in the system python'",
-            [f"Hello from a venv {HOME}/venv", "not in the system python"],
+            ["Hello from a venv True", "not in the system python"],
+            "/tmp",
         ),
     ],
     "Go": [

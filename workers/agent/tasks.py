@@ -11,13 +11,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from workers.agent.llm import LlmError, ToolCall, ToolSpec, new_conversation
-
 from shared import ids, keys
 from shared.errors import PaddockError, SandboxError
 from shared.netpolicy import check_base_url
 from shared.secrets import BundleNotFound
 from shared.sessions import ChatSession
+from workers.agent.llm import LlmError, ToolCall, ToolSpec, new_conversation
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -241,6 +240,8 @@ class TaskRun:
         handler = handlers.get(call.name)
         if handler is None:
             return f"unknown tool {call.name!r}", True
+        if call.input_error:
+            return call.input_error, True
         try:
             return handler(call.input), False
         except (KeyError, TypeError):
