@@ -124,7 +124,7 @@ class DockerDriver:
             memswap_limit=s.sandbox_memory,
             nano_cpus=int(s.sandbox_cpus * 1e9),
             network_mode="bridge" if s.sandbox_network == "internet" else "none",
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.sandbox_tmp_size},mode=1777"},
+            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={s.sandbox_tmp_size},mode=1777"},
             ipc_mode="private",
             **kwargs,
         )
