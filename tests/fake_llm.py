@@ -159,6 +159,11 @@ class FakeLLM:
         """Wait ``seconds`` before answering ``then`` (a text "slow" by default)."""
         return Reply(delay=seconds, then=then or Reply(text="slow"))
 
+    def clear(self) -> None:
+        """Forget replies a previous test left unused."""
+        with self._lock:
+            self._queue.clear()
+
     def add(self, *replies: Script) -> None:
         with self._lock:
             self._queue.extend(replies)

@@ -172,8 +172,12 @@ def session_ws(ws: Any, session_id: str) -> None:
     if s is None or s.ended or s.tenant_id != claims.get("tenant"):
         ws.close(reason=CLOSE_ENDED, message="session ended or unknown")
         return
-    raw_last = request.args.get("last_seq", "0")
-    after = int(raw_last) if raw_last.isdigit() else 0
+    # Without last_seq a client gets live events only (ready tells it where history ends; the
+    # events route pages through what came before). With it, everything after N first.
+    raw_last = request.args.get("last_seq")
+    current = svc.sessions.last_seq(session_id)
+    valid = raw_last is not None and raw_last.isdigit()
+    after = int(raw_last) if raw_last is not None and valid else current
     conn = Connection(ws, svc, session_id, s.tenant_id)
     if not svc.sessions.open_socket(
         session_id, conn.conn_id, svc.settings.ws_max_connections, STALE_AFTER
@@ -181,15 +185,9 @@ def session_ws(ws: Any, session_id: str) -> None:
         ws.close(reason=CLOSE_TOO_MANY, message="too many connections to this session")
         return
     try:
-        conn.send(
-            {
-                "type": "ready",
-                "session_id": session_id,
-                "last_seq": svc.sessions.last_seq(session_id),
-            }
-        )
-        if not raw_last.isdigit():
-            conn.error("invalid_last_seq", "last_seq must be a non-negative integer; using 0")
+        conn.send({"type": "ready", "session_id": session_id, "last_seq": current})
+        if raw_last is not None and not valid:
+            conn.error("invalid_last_seq", "last_seq must be a non-negative integer; ignored")
         pump = threading.Thread(
             target=conn.pump, args=(after,), daemon=True, name=f"ws-{session_id}"
         )
