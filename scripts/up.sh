@@ -23,8 +23,10 @@ print(f"PADDOCK_SECRET_KEY={Fernet.generate_key().decode()}")
 PY
     )
 fi
-while IFS='=' read -r key value; do
-    [[ -z "${!key:-}" ]] && export "$key=$value"
+while read -r line; do
+    key=${line%%=*}
+    # (not `IFS== read key value`: read drops a trailing "=", and Fernet keys end with one)
+    [[ -n "$key" && -z "${!key:-}" ]] && export "$key=${line#*=}"
 done <"$SECRETS"
 
 # `make up` is the one-machine, single-user runner: API keys are off unless asked for, and then
