@@ -40,7 +40,7 @@ control:                        ## only the control worker with beat
 
 web:
 	$(VENV)/bin/gunicorn --bind 0.0.0.0:$${PADDOCK_PORT:-3000} --worker-class gthread \
-		--workers 2 --threads 64 --timeout 0 'web.app:create_app()'
+		--workers 2 --threads 64 --timeout 120 --graceful-timeout 10 'web.app:create_app()'
 
 flower:
 	$(VENV)/bin/celery --broker=$${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0} flower --port=5555

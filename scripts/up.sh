@@ -6,14 +6,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BIN="$ROOT/.venv/bin"
-LOG="$ROOT/.paddock/log"
-RUN="$ROOT/.paddock/run"
+DATA="${PADDOCK_DATA_DIR:-$ROOT/.paddock}"
+LOG="$DATA/log"
+RUN="${PADDOCK_RUN_DIR:-$ROOT/.paddock/run}"  # bootstrap's pid files: what it started, we stop
 mkdir -p "$LOG" "$RUN"
+export PADDOCK_DATA_DIR="$DATA"
 
 PORT="${PADDOCK_PORT:-3000}"
+FLOWER_PORT="${PADDOCK_FLOWER_PORT:-5555}"
 
 # Secrets made once for this checkout (0600), unless the environment already has them.
-SECRETS="$ROOT/.paddock/secrets.env"
+SECRETS="$DATA/secrets.env"
 if [[ ! -f "$SECRETS" ]]; then
     (umask 077; "$BIN/python" - >"$SECRETS" <<'PY'
 import secrets
@@ -39,9 +42,11 @@ export PADDOCK_HOST_ID="${PADDOCK_HOST_ID:-$(hostname)}"
 pids=()
 start() {  # start NAME CMD...: run in the background, log to .paddock/log/NAME.log
     local name=$1; shift
-    "$@" >>"$LOG/$name.log" 2>&1 &
+    # Each in its own process group (setsid), so stopping it reaches its children too
+    # (gunicorn's workers, Celery's pool); the trap below does the stopping.
+    setsid "$@" >>"$LOG/$name.log" 2>&1 &
     pids+=($!)
-    echo "up: $name started (pid $!, log .paddock/log/$name.log)"
+    echo "up: $name started (pid $!, log $LOG/$name.log)"
 }
 
 stopping=0
@@ -50,10 +55,10 @@ stop_all() {
     stopping=1
     echo
     echo "up: stopping..."
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 1 150); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
     done
     for svc in redis dockerd; do
         if [[ -f "$RUN/$svc.pid" ]]; then
@@ -68,15 +73,14 @@ stop_all() {
     done
     echo "up: stopped"
 }
-interrupted=0
-trap 'interrupted=1; stop_all; exit 0' INT TERM
+trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
 start worker-"$PADDOCK_HOST_ID" "$BIN/python" -m workers host
 start control "$BIN/python" -m workers control
-start flower "$BIN/celery" --broker="$PADDOCK_REDIS_URL" flower --port=5555 --address=127.0.0.1
+start flower "$BIN/celery" --broker="$PADDOCK_REDIS_URL" flower --port="$FLOWER_PORT" --address=127.0.0.1
 start web "$BIN/gunicorn" --bind "$BIND:$PORT" --worker-class gthread --workers 2 \
-    --threads 64 --timeout 0 'web.app:create_app()'
+    --threads 64 --timeout 120 --graceful-timeout 10 'web.app:create_app()'
 
 for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
@@ -93,19 +97,23 @@ done
 
 cat <<MSG
 
-Paddock is running at http://localhost:$PORT  (host $PADDOCK_HOST_ID; Flower at http://localhost:5555)
+Paddock is running at http://localhost:$PORT  (host $PADDOCK_HOST_ID; Flower at http://localhost:$FLOWER_PORT)
 Auth: $( [[ "$PADDOCK_AUTH" == "off" ]] && echo "off — /sessions acts as the local tenant; listening on 127.0.0.1 only (PADDOCK_AUTH=on to require API keys)" || echo "on — API keys required on /sessions and /v1" )
-Mail: $( [[ -z "${PADDOCK_SMTP_URL:-}" ]] && echo "LOG MAILER (dev mode): login codes are written to .paddock/log/control.log — set PADDOCK_SMTP_URL to send real mail" || echo "SMTP via PADDOCK_SMTP_URL" )
+Mail: $( [[ -z "${PADDOCK_SMTP_URL:-}" ]] && echo "LOG MAILER (dev mode): login codes are written to $LOG/control.log — set PADDOCK_SMTP_URL to send real mail" || echo "SMTP via PADDOCK_SMTP_URL" )
 
 Try it:
   curl -s -X POST http://localhost:$PORT/sessions -H 'Content-Type: application/json' -d '{"envID": "Nodejs"}'
   curl -s -X POST 'http://localhost:$PORT/sessions/<id>/processes?wait=true' \\
        -H 'Content-Type: application/json' -d '{"cmd": "echo 22", "rootdir": "/"}'
 
-Logs in .paddock/log/. Press Ctrl-C to stop.
+Logs in $LOG/. Press Ctrl-C to stop.
 MSG
 
-# Exit (and stop the rest) as soon as any component dies.
-wait -n "${pids[@]}" || true
-sleep 0.3  # a Ctrl-C reaches the children too; let our own trap win the race
-[[ $interrupted -eq 0 ]] && echo "up: a component exited; see .paddock/log/"
+# Stop everything as soon as any component stops (Ctrl-C reaches them too, so after a Ctrl-C
+# this names the first one that finished shutting down).
+declare -A names=()
+i=0
+for n in "worker-$PADDOCK_HOST_ID" control flower web; do names[${pids[$i]}]=$n; i=$((i + 1)); done
+exited=""
+wait -n -p exited "${pids[@]}" || true
+echo "up: ${names[$exited]:-a component} stopped (log: $LOG/${names[$exited]:-}.log)"

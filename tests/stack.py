@@ -5,9 +5,11 @@ loopback. Docker containers are labelled with a per-stack instance id and remove
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +95,9 @@ class Stack:
                 "--threads",
                 "64",
                 "--timeout",
-                "0",
+                "120",
+                "--graceful-timeout",
+                "10",
                 "web.app:create_app()",
             ],
         )
@@ -108,11 +112,14 @@ class Stack:
 
     def stop_process(self, name: str) -> None:
         proc = self.procs.pop(name)
-        proc.terminate()
-        try:
+        # Each component is its own process group: stopping reaches gunicorn's workers too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
 
     def stop(self) -> None:
@@ -151,7 +158,12 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
         out = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
         self.procs[name] = subprocess.Popen(
-            argv, cwd=ROOT, env={**self.env, **(extra or {})}, stdout=out, stderr=subprocess.STDOUT
+            argv,
+            cwd=ROOT,
+            env={**self.env, **(extra or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def _wait(self, check: Any, what: str, timeout: float = 60) -> None:
