@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from tests.integration.accounts_helpers import Inbox, smtp_server
 from tests.stack import Stack
 
 
@@ -62,5 +62,9 @@ def sid(api: Api) -> str:
     return api.session("Bash")
 
 
-def make_stack(tmp: Path, **kw: Any) -> Stack:
-    return Stack(tmp, **kw)
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[tuple[str, Inbox]]:
+    """A real SMTP server on loopback: (its smtp:// URL, the inbox it fills)."""
+    controller, inbox = smtp_server()
+    yield f"smtp://127.0.0.1:{controller.port}", inbox
+    controller.stop()

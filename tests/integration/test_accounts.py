@@ -12,15 +12,8 @@ from pathlib import Path
 import jwt as pyjwt
 import pytest
 
-from tests.integration.accounts_helpers import V1, Inbox, error_of, smtp_server
+from tests.integration.accounts_helpers import V1, Inbox, error_of
 from tests.stack import Stack
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[tuple[str, Inbox]]:
-    controller, inbox = smtp_server()
-    yield f"smtp://127.0.0.1:{controller.port}", inbox
-    controller.stop()
 
 
 @pytest.fixture(scope="module")
