@@ -51,6 +51,7 @@ class Settings:
     llm_allowed_hosts: str = ""
     llm_timeout: float = 120.0
     agent_max_turns: int = 25
+    agent_command_timeout: float = 900.0
     session_ttl: int = 3600
     session_max_ttl: int = 7200
     ws_max_connections: int = 5

@@ -339,3 +339,21 @@ def test_bad_session_requests_create_nothing(
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
     assert len(stack.containers()) == before
+
+
+def test_agent_commands_time_out(tmp_path_factory: pytest.TempPathFactory) -> None:
+    env = {"PADDOCK_AUTH": "on", "PADDOCK_AGENT_COMMAND_TIMEOUT": "2"}
+    with Stack(tmp_path_factory.mktemp("cmd-timeout"), env=env) as st:
+        c = Client(st, new_tenant(st, "timeout"))
+        s = c.session()
+        with ws_connect(s["connect_url"], s["jwt"]) as ws:
+            recv(ws)
+            ws.send(json.dumps({"type": "task", "prompt": "echo before; sleep 60 & sleep 60"}))
+            frames = until(ws, "exit", timeout=30)
+            assert frames[-1]["exit_code"] == 124
+            assert "timed out after 2s" in "".join(
+                f["data"] for f in frames if f["type"] == "stderr"
+            )
+            ws.send(json.dumps({"type": "task", "prompt": "ps -eo args | grep -c '^sleep 60'"}))
+            frames = until(ws, "exit")
+            assert "".join(f["data"] for f in frames if f["type"] == "stdout") == "0\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -167,9 +168,15 @@ class TaskRun:
         captured: list[str] = []
         size = 0
         last = "0-0"
+        deadline = time.monotonic() + self.ctx.settings.agent_command_timeout
         try:
             while True:
                 self.check_cancel()
+                if time.monotonic() > deadline:
+                    procs.kill(sid, pid)
+                    limit = self.ctx.settings.agent_command_timeout
+                    self.emit("stderr", data=f"[paddock] command timed out after {limit:.0f}s\n")
+                    return 124, "".join(captured) + f"\n[timed out after {limit:.0f}s]\n"
                 out = plog.read_new(sid, pid, last, block_ms=500)
                 last = out.last_id
                 for kind, lines in (("stdout", out.stdout), ("stderr", out.stderr)):
