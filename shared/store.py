@@ -199,9 +199,10 @@ class Store:
     def raw_sandbox(self, sandbox_id: str) -> dict[str, str]:
         return self._hgetall(keys.sandbox(sandbox_id))
 
-    def bind_lifetime(self, sandbox_id: str, expires_at: float) -> None:
+    def bind_lifetime(self, sandbox_id: str, expires_at: float, session_id: str) -> None:
         """A session's sandbox lives exactly as long as the session: no idle reaping."""
         pipe = self.r.pipeline()
+        pipe.hset(keys.sandbox(sandbox_id), "session", session_id)
         pipe.zrem(keys.idle_index(), sandbox_id)
         pipe.zadd(keys.expiry_index(), {sandbox_id: expires_at})
         pipe.execute()

@@ -110,11 +110,11 @@ class Stack:
             f"worker-{host}", [sys.executable, "-m", "workers", "host"], {"PADDOCK_HOST_ID": host}
         )
 
-    def stop_process(self, name: str) -> None:
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name)
         # Each component is its own process group: stopping reaches gunicorn's workers too.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(20)
         with contextlib.suppress(ProcessLookupError):

@@ -12,7 +12,9 @@ from celery import Celery
 
 from shared import ids, rpc, tasks
 from shared.errors import NoCapacity, PaddockError, ValidationFailed, WorkerTimeout
+from shared.lifecycle import HISTORY_AFTER_END
 from shared.output import Output, ProcessLog
+from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Sandbox, Store
 
@@ -26,6 +28,7 @@ class Sandboxes:
         self.celery = celery
         self.store = Store(r)
         self.plog = ProcessLog(r)
+        self.sessions = Sessions(r)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, tenant_id: str, template: str, field: str = "body.envID") -> Sandbox:
@@ -69,8 +72,13 @@ class Sandboxes:
         return self.store.tenant_sandboxes(tenant_id)
 
     def delete(self, sb: Sandbox) -> None:
+        """Destroy the sandbox; an agent session living in it ends with it."""
+        session_id = self.store.raw_sandbox(sb.sandbox_id).get("session")
         if not self.store.begin_delete(sb.sandbox_id):
             return
+        session = self.sessions.load(session_id) if session_id else None
+        if session is not None:
+            self.sessions.end(session, keep_for=HISTORY_AFTER_END)
         try:
             self._call(sb, tasks.SANDBOX_DESTROY, {})
         except WorkerTimeout:

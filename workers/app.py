@@ -8,13 +8,14 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from shared import tasks
+from shared import rpc, tasks
 from shared.broker import make_celery
 from shared.crypto import SecretBox
 from shared.settings import Settings
 from workers import control, hosts, mailer
+from workers.agent import tasks as agent_tasks
 from workers.context import WorkerContext
 from workers.tasks import register_host_tasks
 
@@ -31,10 +32,23 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     @worker_ready.connect(weak=False)
     def on_ready(**_: Any) -> None:
         hosts.reconcile(ctx)
+        for session_id in agent_tasks.recover(ctx):
+            rpc.send(
+                app,
+                tasks.host_queue(settings.host_id),
+                tasks.AGENT_DRAIN,
+                {"session_id": session_id},
+                expires=settings.session_max_ttl,
+            )
         hosts.start_heartbeat(ctx, stop)
         logger.info(
             "host %s: ready, consuming %s", settings.host_id, tasks.host_queue(settings.host_id)
         )
+
+    @worker_shutting_down.connect(weak=False)
+    def on_shutting_down(**_: Any) -> None:
+        # A warm shutdown waits for running tasks; an agent task could run for an hour.
+        ctx.stopping.set()
 
     @worker_shutdown.connect(weak=False)
     def on_shutdown(**_: Any) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import docker
@@ -21,6 +22,8 @@ from workers.runner import ProcessManager
 @dataclass
 class WorkerContext:
     settings: Settings
+    # Set when the worker begins to shut down: long agent tasks give their slot back.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @cached_property
     def redis(self) -> redis.Redis:

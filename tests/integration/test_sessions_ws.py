@@ -4,6 +4,7 @@ codes, limits, cancel, resume without loss, secrets kept out of the sandbox, exp
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 
@@ -357,3 +358,41 @@ def test_agent_commands_time_out(tmp_path_factory: pytest.TempPathFactory) -> No
             ws.send(json.dumps({"type": "task", "prompt": "ps -eo args | grep -c '^sleep 60'"}))
             frames = until(ws, "exit")
             assert "".join(f["data"] for f in frames if f["type"] == "stdout") == "0\n"
+
+
+def test_deleting_the_sandbox_ends_its_session(client: Client) -> None:
+    s = client.session()
+    sid = s["chat_session_id"]
+    sandbox = client.req("GET", f"/v1/sessions/{sid}").json()["sandbox_id"]
+    with ws_connect(s["connect_url"], s["jwt"]) as ws:
+        recv(ws)
+        assert client.req("DELETE", f"/v1/sandboxes/{sandbox}").status_code == 204
+        assert close_code(ws) == 4404
+    assert client.req("GET", f"/v1/sessions/{sid}").json()["state"] == "ended"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_worker_restart_closes_the_running_task_and_resumes_the_queue(
+    tmp_path_factory: pytest.TempPathFactory, sig: int
+) -> None:
+    with Stack(
+        tmp_path_factory.mktemp("restart"), hosts=("solo",), env={"PADDOCK_AUTH": "on"}
+    ) as st:
+        c = Client(st, new_tenant(st, "restart"))
+        s = c.session()
+        with ws_connect(s["connect_url"], s["jwt"]) as ws:
+            recv(ws)
+            ws.send(json.dumps({"type": "task", "prompt": "echo go; sleep 600", "id": "lost"}))
+            until(ws, "stdout")
+            ws.send(json.dumps({"type": "task", "prompt": "echo after", "id": "next"}))
+            st.stop_process("worker-solo", sig)
+            st.start_host("solo")
+            frames = until(ws, "exit", timeout=60)
+            assert [(f["type"], f.get("code")) for f in frames[-2:]] == [
+                ("error", "worker_restarted"),
+                ("exit", None),
+            ]
+            assert frames[-1]["task_id"] == "lost" and frames[-1]["stop_reason"] == "error"
+            frames = until(ws, "exit", timeout=60)
+            assert frames[-1]["task_id"] == "next" and frames[-1]["exit_code"] == 0
+            assert "".join(f["data"] for f in frames if f["type"] == "stdout") == "after\n"

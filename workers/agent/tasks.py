@@ -61,6 +61,10 @@ class Cancelled(Exception):
     pass
 
 
+class WorkerStopping(Exception):
+    """The worker is shutting down: end the task now, leave the queue for the next worker."""
+
+
 def drain(ctx: WorkerContext, session_id: str) -> None:
     """Run the session's queued tasks until none is left. Only one drain per session runs at a
     time (a lock in Redis); a drain that finds it held returns at once, and the holder picks
@@ -73,7 +77,7 @@ def drain(ctx: WorkerContext, session_id: str) -> None:
     try:
         while True:
             session = sessions.load(session_id)
-            if session is None or session.ended:
+            if session is None or session.ended or ctx.stopping.is_set():
                 return
             task = sessions.next_task(session_id)
             if task is None:
@@ -89,12 +93,47 @@ def drain(ctx: WorkerContext, session_id: str) -> None:
         sessions.drop_runner(session_id)
 
 
+def recover(ctx: WorkerContext) -> list[str]:
+    """At worker start: close the task each of this host's sessions was running when the
+    previous worker died (an ``error`` and an ``exit``, so clients are not left waiting), and
+    return the sessions that still have queued tasks, to be drained again."""
+    sessions = ctx.sessions
+    pending = []
+    for key in ctx.redis.scan_iter(match=keys.session("ses_*"), count=500):
+        session_id = key.decode().rsplit(":", 1)[-1]
+        if ":" in key.decode().removeprefix(keys.session("")):
+            continue  # a sub-key of a session (events, tasks...)
+        s = sessions.load(session_id)
+        if s is None or s.host_id != ctx.settings.host_id or s.ended:
+            continue
+        current = ctx.redis.hget(keys.session(session_id), "current_task")
+        if current:
+            task_id = current.decode()
+            logger.warning("session %s task %s: lost with the previous worker", session_id, task_id)
+            for frame in (
+                {
+                    "type": "error",
+                    "task_id": task_id,
+                    "code": "worker_restarted",
+                    "message": "The host worker restarted while the task ran",
+                },
+                {"type": "exit", "task_id": task_id, "exit_code": 1, "stop_reason": "error"},
+            ):
+                sessions.emit(session_id, frame)
+            ctx.redis.hdel(keys.session(session_id), "current_task")
+        sessions.drop_runner(session_id)
+        if sessions.pending_tasks(session_id):
+            pending.append(session_id)
+    return pending
+
+
 class TaskRun:
     def __init__(self, ctx: WorkerContext, session: ChatSession, task_id: str, ttl: int) -> None:
         self.ctx = ctx
         self.s = session
         self.task_id = task_id
         self.ttl = ttl
+        self.running_pid: str | None = None
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, kind: str, **fields: Any) -> None:
@@ -111,6 +150,8 @@ class TaskRun:
         )
 
     def check_cancel(self) -> None:
+        if self.ctx.stopping.is_set():
+            raise WorkerStopping()
         self.ctx.sessions.renew_runner(self.s.session_id, self.ttl)
         current = self.ctx.redis.get(keys.session_cancel(self.s.session_id))
         session = self.ctx.sessions.load(self.s.session_id)
@@ -132,6 +173,14 @@ class TaskRun:
                 self.agent_loop(prompt)
         except Cancelled:
             self.exit(130, "cancelled")
+        except WorkerStopping:
+            self.kill_running()
+            self.emit(
+                "error",
+                code="worker_restarted",
+                message="The host worker stopped while the task ran",
+            )
+            self.exit(1, "error")
         except LlmError as exc:
             self.emit("error", code=exc.code, message=exc.message)
             self.exit(1, "error")
@@ -146,6 +195,14 @@ class TaskRun:
             r.hdel(keys.session(self.s.session_id), "current_task")
             if r.get(keys.session_cancel(self.s.session_id)) == self.task_id.encode():
                 r.delete(keys.session_cancel(self.s.session_id))
+
+    def kill_running(self) -> None:
+        """Stop the command the task was running (the worker is going away)."""
+        pid = self.running_pid
+        if pid:
+            self.ctx.processes.kill(self.s.sandbox_id, pid)
+            self.ctx.plog.forget(self.s.sandbox_id, pid)
+            self.running_pid = None
 
     def bundle_values(self) -> dict[str, str]:
         """The session's bundles as they are now (a rotation takes effect at the next use)."""
@@ -165,6 +222,7 @@ class TaskRun:
         pid = ids.process_id()
         procs, plog = self.ctx.processes, self.ctx.plog
         procs.start(sid, pid, command, env, WORKDIR)
+        self.running_pid = pid
         captured: list[str] = []
         size = 0
         last = "0-0"
@@ -198,7 +256,9 @@ class TaskRun:
             procs.kill(sid, pid)
             raise
         finally:
-            plog.forget(sid, pid)
+            if not self.ctx.stopping.is_set():
+                plog.forget(sid, pid)
+                self.running_pid = None
 
     def agent_loop(self, prompt: str) -> None:
         llm = self.s.llm

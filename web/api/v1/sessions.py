@@ -99,7 +99,7 @@ def create_session() -> tuple[Response, int]:
         expires_at=now + ttl,
     )
     svc.sessions.create(s)
-    svc.sandboxes.store.bind_lifetime(sb.sandbox_id, s.expires_at)
+    svc.sandboxes.store.bind_lifetime(sb.sandbox_id, s.expires_at, s.session_id)
     token = tokens.issue(
         svc.settings.jwt_secret, s.session_id, SESSION_AUDIENCE, ttl, tenant=tenant_id
     )
