@@ -271,6 +271,9 @@ def test_openapi_and_docs(v1: V1) -> None:
         "/v1/tenants/me/secrets",
         "/v1/tenants/me/secrets/{name}",
         "/v1/sandboxes",
+        "/v1/sessions",
+        "/v1/sessions/{session_id}/events",
+        "/v1/sessions/{session_id}/ws",
     ):
         assert path in doc["paths"], path
     props = doc["components"]["schemas"]["CreateSecretRequest"]["properties"]

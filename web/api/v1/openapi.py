@@ -78,6 +78,11 @@ def build_spec() -> dict[str, Any]:
         s.SandboxList,
         s.TemplateInfo,
         s.TemplateList,
+        s.CreateSessionRequest,
+        s.SessionCreated,
+        s.SessionInfo,
+        s.SessionList,
+        s.EventPage,
         s.ErrorResponse,
     ):
         spec.components.schema(schema.__name__, schema=schema)
@@ -208,7 +213,106 @@ def build_spec() -> dict[str, Any]:
             )
         },
     )
+    ses = _path("session_id")
+    spec.path(
+        "/v1/sessions",
+        operations={
+            "post": _op(
+                "Start an agent session: a sandbox from `template`, the named secret bundles "
+                "bound, a session token for its WebSocket",
+                "SessionCreated",
+                201,
+                body="CreateSessionRequest",
+                errors=(400, 401, 404, 503),
+            ),
+            "get": _op("The tenant's agent sessions", "SessionList", errors=(401,)),
+        },
+    )
+    spec.path(
+        "/v1/sessions/{session_id}",
+        operations={
+            "get": _op(
+                "One session: state, sandbox, expiry, last seq", "SessionInfo", params=[ses]
+            ),
+            "delete": _op(
+                "End the session now (agent stopped, sandbox removed)",
+                None,
+                204,
+                errors=(401, 404),
+                params=[ses],
+            ),
+        },
+    )
+    spec.path(
+        "/v1/sessions/{session_id}/events",
+        operations={
+            "get": _op(
+                "The session's event history after a seq (100 a page)",
+                "EventPage",
+                params=[
+                    ses,
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+            )
+        },
+    )
+    spec.path(
+        "/v1/sessions/{session_id}/ws",
+        operations={
+            "get": {
+                "summary": WS_SUMMARY,
+                "description": WS_DESCRIPTION,
+                "security": [{"sessionToken": []}],
+                "parameters": [
+                    ses,
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "The session JWT, for browsers (else Authorization)",
+                    },
+                    {
+                        "name": "last_seq",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Replay every event after this seq first",
+                    },
+                ],
+                "responses": {"101": {"description": "Switching Protocols (WebSocket)"}},
+            }
+        },
+    )
+    spec.components.security_scheme(
+        "sessionToken",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "The jwt from POST /v1/sessions",
+        },
+    )
     return spec.to_dict()
+
+
+WS_SUMMARY = "The session WebSocket (JSON text frames)"
+WS_DESCRIPTION = """Client frames: `{"type": "task", "prompt", "id"?}` (queued in order),
+`{"type": "cancel"}` (ends the running task), `{"type": "ping"}`.
+
+Server frames stored in the session's history carry `seq` (+1 each): `task_started`, `stdout`,
+`stderr`, `message`, `tool_call`, `exit {exit_code, stop_reason: end_turn|cancelled|max_turns|
+error}`, `error {code, message}`, `secrets_updated {name, version}`. Connection frames carry no
+`seq`: `ready {session_id, last_seq}` (first), `pong`, and `error` about a bad client frame.
+
+Without `last_seq` only live events follow `ready`. Close codes: 4401 bad or expired token,
+4403 token of another session, 4404 session ended or unknown, 4429 too many connections or
+messages; 1009 for a frame over the size limit."""
 
 
 @bp.get("/v1/openapi.json")

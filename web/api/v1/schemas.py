@@ -244,6 +244,10 @@ class SessionInfo(Schema):
     last_seq = fields.Integer()
 
 
+class SessionList(Schema):
+    sessions = fields.List(fields.Nested(SessionInfo))
+
+
 class EventPage(Schema):
     events = fields.List(fields.Dict())
     next_after = fields.Integer()

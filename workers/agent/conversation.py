@@ -1,0 +1,177 @@
+"""The vendor-neutral half of an LLM conversation: the types the agent loop sees, and the
+`Conversation` base class that owns the step and tool-result bookkeeping (see
+:mod:`workers.agent.llm` for the guarantees). A vendor adapter
+(:mod:`workers.agent.anthropic_adapter`, :mod:`workers.agent.openai_adapter`) supplies only its
+wire format: what precedes the first prompt, one request, and how results and prompts are added
+to the history.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from workers.agent.llm_errors import SDK_ERRORS, LlmError, llm_error
+
+logger = logging.getLogger(__name__)
+
+Stop = Literal["end_turn", "tool_use", "max_tokens"]
+
+NO_OUTPUT = "(no output)"
+NOT_RUN = "The tool was not run."
+ABANDONED = "The tool call was abandoned before it returned a result."
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    input: dict[str, Any]
+    input_error: str | None = None  # set when the model's arguments were unusable; input is {}
+
+
+@dataclass(frozen=True)
+class Turn:
+    texts: list[str]
+    tool_calls: list[ToolCall]
+    stop: Stop
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+ToolResult = tuple[ToolCall, str, bool]  # (call, output text, is_error)
+
+
+class Conversation(ABC):
+    """One agent's conversation; build it with `new_conversation`."""
+
+    vendor = ""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        system: str,
+        tools: list[ToolSpec],
+        prompt: str,
+        timeout: float,
+        max_tokens: int,
+        max_retries: int,
+    ) -> None:
+        self.model = model
+        self.system = system
+        self.tools = tools
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        self.max_retries = max_retries
+        # The history in the vendor's own request format, sent whole on every step.
+        self.messages: list[dict[str, Any]] = []
+        self._pending: list[ToolCall] = []  # the last turn's calls, not answered yet
+        self._start()
+        self.add_prompt(prompt)
+
+    def step(self, *, api_key: str, base_url: str | None = None) -> Turn:
+        """Send the history in one LLM request and append the assistant's reply to it.
+
+        A new SDK client is made for every call because the key may have been rotated since the
+        last one. ``base_url=None`` is the vendor's public endpoint.
+
+        Raises:
+            LlmError: ``llm_auth_failed`` (401/403 or no key), ``llm_rate_limited`` (429),
+                ``llm_bad_request`` (other 4xx, e.g. an unknown model), ``llm_unavailable`` (5xx,
+                connection refused or reset, an unusable reply), ``llm_timeout``.
+            ValueError: the tool calls of the previous turn have not been answered.
+        """
+        if self._pending:
+            raise ValueError("add_tool_results() must answer the last turn's tool calls first")
+        if not api_key:
+            raise LlmError("llm_auth_failed", f"no {self.vendor} API key was given")
+        error: LlmError | None = None
+        try:
+            turn = self._request(api_key, base_url)
+        except SDK_ERRORS as exc:
+            error = llm_error(self.vendor, exc, api_key, self.timeout)
+        if error is not None:
+            # Raised outside the except block so it holds no __context__: the SDK error keeps the
+            # request, whose headers carry the key, and its text is not scrubbed.
+            logger.debug("llm step failed vendor=%s model=%s: %s", self.vendor, self.model, error)
+            raise error
+        self._pending = list(turn.tool_calls)
+        logger.debug(
+            "llm step vendor=%s model=%s stop=%s tool_calls=%d tokens_in=%d tokens_out=%d",
+            self.vendor, self.model, turn.stop, len(turn.tool_calls),
+            turn.input_tokens, turn.output_tokens,
+        )  # fmt: skip
+        return turn
+
+    def add_tool_results(self, results: Iterable[ToolResult]) -> None:
+        """Answer the last turn's tool calls, all at once: both APIs want every call answered.
+
+        A call left out is answered with an error: its ``input_error``, or that it was not run.
+        Empty output is sent as ``(no output)`` so the model does not read it as a lost result.
+
+        Raises:
+            ValueError: a result names a call that is not pending, or answers one twice.
+        """
+        pending = {call.id: call for call in self._pending}
+        answered: dict[str, tuple[str, bool]] = {}
+        for call, output, is_error in results:
+            if call.id not in pending or call.id in answered:
+                raise ValueError(f"tool call {call.id!r} is not awaiting a result")
+            answered[call.id] = (output or NO_OUTPUT, is_error)
+        ordered: list[ToolResult] = []
+        for call in self._pending:  # in the model's order, which the APIs pair results by
+            output, is_error = answered.get(call.id, (call.input_error or NOT_RUN, True))
+            ordered.append((call, output, is_error))
+        self._pending = []
+        if ordered:
+            self._append_results(ordered)
+
+    def add_prompt(self, prompt: str) -> None:
+        """Add a user message, e.g. the next task of the session, to continue this conversation.
+
+        Tool calls still unanswered (a cancelled task) are answered as abandoned first.
+        """
+        if self._pending:
+            self._append_results([(call, ABANDONED, True) for call in self._pending])
+            self._pending = []
+        self._append_prompt(prompt)
+
+    @abstractmethod
+    def _start(self) -> None:
+        """Put what precedes the first prompt into the history."""
+
+    @abstractmethod
+    def _request(self, api_key: str, base_url: str | None) -> Turn: ...
+
+    @abstractmethod
+    def _append_results(self, results: list[ToolResult]) -> None: ...
+
+    @abstractmethod
+    def _append_prompt(self, prompt: str) -> None: ...
+
+
+def turn_stop(truncated: bool, calls: list[ToolCall]) -> Stop:
+    """The turn's `Stop`: ``tool_use`` whenever there are calls, whatever the vendor said."""
+    if truncated:
+        return "max_tokens"
+    return "tool_use" if calls else "end_turn"
+
+
+def tool_call(call_id: str, name: str, value: object) -> ToolCall:
+    """A `ToolCall` of ``value`` as the arguments, or with ``input_error`` if not an object."""
+    if isinstance(value, dict):
+        # A copy: the loop may change its input without rewriting the history.
+        return ToolCall(call_id, name, dict(cast(dict[str, Any], value)))
+    error = f"The arguments of {name} were not a JSON object. Call it again with an object."
+    return ToolCall(call_id, name, {}, error)
