@@ -4,7 +4,8 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: up test lint bench images bootstrap worker control web flower unit integration clean
+.PHONY: up test lint bench images bootstrap worker control web flower unit integration clean \
+	rotate-secrets
 
 up: bootstrap images            ## install what is missing, build images, run everything
 	@bash scripts/up.sh
@@ -44,6 +45,9 @@ web:
 
 flower:
 	$(VENV)/bin/celery --broker=$${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0} flower --port=5555
+
+rotate-secrets:                 ## re-encrypt secret bundles with the first PADDOCK_SECRET_KEY
+	$(PY) -m shared.rotate_secrets
 
 clean:
 	rm -rf .paddock/build .mypy_cache .ruff_cache

@@ -153,6 +153,31 @@ class SecretBundles:
                 continue
         return out
 
+    def rotate_all(self) -> int:
+        """Re-encrypt every bundle with the first configured key (after a new master key was
+        put first in PADDOCK_SECRET_KEY); the old keys can then be dropped. Returns the count."""
+        count = 0
+        for key in self.r.scan_iter(match=keys.secret_bundle("*", "*"), count=500):
+            if key.decode().endswith(":sessions"):
+                continue
+            blob = self.r.hget(key, "blob")
+            if blob is None:
+                continue
+            rotated = self.box.rotate(blob)
+            # Only if unchanged meanwhile: a concurrent PUT already wrote with the new key.
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    if pipe.hget(key, "blob") != blob:
+                        continue
+                    pipe.multi()
+                    pipe.hset(key, "blob", rotated)
+                    pipe.execute()
+                    count += 1
+                except redis.WatchError:
+                    continue
+        return count
+
     def delete(self, tenant_id: str, name: str, force: bool = False) -> None:
         """Raises BundleNotFound, BundleInUse (unless ``force``)."""
         if not self.r.exists(keys.secret_bundle(tenant_id, name)):

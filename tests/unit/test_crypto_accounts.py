@@ -103,3 +103,26 @@ def test_api_keys_limit_revoke_and_last_used() -> None:
         for k in acc.r.keys("*")
     )
     assert plain.encode() not in dump and plain[12:].encode() not in dump
+
+
+def test_rotate_all_reencrypts_every_bundle_with_the_new_key() -> None:
+    from shared.secrets import SecretBundles
+
+    r = fakeredis.FakeRedis()
+    old, new = crypto.new_fernet_key(), crypto.new_fernet_key()
+    for i in range(3):  # written as create() would, without its Lua script
+        r.hset(
+            f"pdk:secret:usr_1:b{i}",
+            mapping={
+                "blob": crypto.SecretBox(old).seal({"K": f"v{i}"}),
+                "keys": '["K"]',
+                "version": 1,
+            },
+        )
+    r.sadd("pdk:secret:usr_1:b0:sessions", "ses_x")  # not a bundle: left alone
+    bundles = SecretBundles.__new__(SecretBundles)
+    bundles.r, bundles.box = r, crypto.SecretBox(f"{new},{old}")
+    assert bundles.rotate_all() == 3
+    only_new = crypto.SecretBox(new)
+    for i in range(3):
+        assert only_new.open(r.hget(f"pdk:secret:usr_1:b{i}", "blob")) == {"K": f"v{i}"}
