@@ -44,6 +44,7 @@ class Settings:
     jwt_secret: str = ""
     secret_key: str = ""
     smtp_url: str = ""
+    smtp_ca_file: str = ""
     mail_from: str = "Paddock <paddock@localhost>"
     max_api_keys: int = 20
     # Agent sessions
