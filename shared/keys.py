@@ -141,6 +141,11 @@ def session_tasks(session_id: str) -> str:
     return f"{PREFIX}:ses:{session_id}:tasks"
 
 
+def session_conversation(session_id: str) -> str:
+    """String: the deictic agent's conversation so far (JSON), continued by the next task."""
+    return f"{PREFIX}:ses:{session_id}:conversation"
+
+
 def session_runner(session_id: str) -> str:
     """String with TTL: held by the one worker thread running the session's tasks."""
     return f"{PREFIX}:ses:{session_id}:runner"

@@ -133,7 +133,11 @@ class Sessions:
         pipe.zrem(keys.session_expiry(), s.session_id)
         for name in s.secrets:
             pipe.srem(keys.secret_users(s.tenant_id, name), s.session_id)
-        pipe.delete(keys.session_tasks(s.session_id), keys.session_cancel(s.session_id))
+        pipe.delete(
+            keys.session_tasks(s.session_id),
+            keys.session_cancel(s.session_id),
+            keys.session_conversation(s.session_id),
+        )
         for key in (
             keys.session(s.session_id),
             keys.session_events(s.session_id),
@@ -173,6 +177,14 @@ class Sessions:
             resp = self.r.xread({key: f"{after}-0"}, count=limit, block=block_ms)
             entries = resp[0][1] if resp else []
         return [json.loads(fields[b"e"]) for _id, fields in entries]
+
+    # -- the agent's conversation ----------------------------------------------------------
+    def save_conversation(self, session_id: str, snapshot: dict[str, Any], ttl: int) -> None:
+        self.r.set(keys.session_conversation(session_id), json.dumps(snapshot), ex=max(1, ttl))
+
+    def load_conversation(self, session_id: str) -> dict[str, Any] | None:
+        raw = self.r.get(keys.session_conversation(session_id))
+        return json.loads(raw) if raw else None
 
     # -- tasks -------------------------------------------------------------------------------
     def enqueue_task(self, session_id: str, task_id: str, prompt: str) -> None:

@@ -53,6 +53,7 @@ class Settings:
     llm_timeout: float = 120.0
     agent_max_turns: int = 25
     agent_command_timeout: float = 900.0
+    agent_history_bytes: int = 1 << 20
     session_ttl: int = 3600
     session_max_ttl: int = 7200
     ws_max_connections: int = 5

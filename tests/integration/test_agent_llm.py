@@ -195,3 +195,34 @@ def test_file_tools_work_in_the_sandbox(client: Client, fake: FakeLLM) -> None:
     assert "print('hi')" in results[2][0]
     assert "no such file" in results[3][0]
     client.req("DELETE", f"/v1/sessions/{s['chat_session_id']}")
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_session_is_one_conversation(client: Client, fake: FakeLLM, vendor: str) -> None:
+    s = _session(client, fake, vendor, f"memory-{vendor}")
+    before = len(fake.requests)
+    fake.add(
+        FakeLLM.tool("run_command", {"command": "echo 42 > number.txt"}), FakeLLM.text("Noted: 42.")
+    )
+    _task(s, "Remember the number 42.")
+    # Cancelled in the middle of a tool call: the next task still continues the conversation.
+    fake.add(FakeLLM.tool("run_command", {"command": "echo wait; sleep 600"}))
+    with ws_connect(s["connect_url"], s["jwt"]) as ws:
+        recv(ws)
+        ws.send(json.dumps({"type": "task", "prompt": "Wait for a long time."}))
+        until(ws, "stdout")
+        ws.send(json.dumps({"type": "cancel"}))
+        assert until(ws, "exit")[-1]["stop_reason"] == "cancelled"
+    fake.add(FakeLLM.text("It was 42."))
+    frames = _task(s, "Which number was it?")
+    assert frames[-2]["text"] == "It was 42." and frames[-1]["exit_code"] == 0
+    last = json.dumps(fake.requests[-1].body)
+    for earlier in (
+        "Remember the number 42.",
+        "Noted: 42.",
+        "Wait for a long time.",
+        "Which number was it?",
+    ):
+        assert earlier in last
+    assert len(fake.requests) - before == 4
+    client.req("DELETE", f"/v1/sessions/{s['chat_session_id']}")

@@ -8,6 +8,7 @@ to the history.
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -147,6 +148,31 @@ class Conversation(ABC):
             self._pending = []
         self._append_prompt(prompt)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The history as plain JSON, to continue it in a later task (`continue_from`)."""
+        return {
+            "vendor": self.vendor,
+            "messages": self.messages,
+            "pending": [[c.id, c.name, c.input] for c in self._pending],
+        }
+
+    def continue_from(self, snapshot: dict[str, Any], prompt: str, max_bytes: int) -> None:
+        """Carry on an earlier task's conversation with ``prompt`` as the next user message.
+
+        Past ``max_bytes`` of history, the oldest tasks are dropped whole (only at a user
+        message that answers no tool call, so every tool call kept keeps its result); when no
+        such cut fits, the conversation starts afresh.
+        """
+        if snapshot.get("vendor") != self.vendor:
+            return
+        kept = _trim(list(snapshot.get("messages") or []), max_bytes)
+        if kept is None:
+            return  # too long to keep any of it: this task's fresh start stands
+        self.messages = kept
+        # Trimming cuts from the front only: the last turn's unanswered calls are still there.
+        self._pending = [ToolCall(i, n, dict(inp)) for i, n, inp in snapshot.get("pending") or []]
+        self.add_prompt(prompt)
+
     @abstractmethod
     def _start(self) -> None:
         """Put what precedes the first prompt into the history."""
@@ -175,3 +201,28 @@ def tool_call(call_id: str, name: str, value: object) -> ToolCall:
         return ToolCall(call_id, name, dict(cast(dict[str, Any], value)))
     error = f"The arguments of {name} were not a JSON object. Call it again with an object."
     return ToolCall(call_id, name, {}, error)
+
+
+def _size(messages: list[dict[str, Any]]) -> int:
+    return len(json.dumps(messages))
+
+
+def _clean_start(message: dict[str, Any]) -> bool:
+    """A user message that begins a task and answers no tool call (a safe place to cut)."""
+    if message.get("role") != "user":
+        return False
+    content = message.get("content")
+    if isinstance(content, str):
+        return True
+    return not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content or [])
+
+
+def _trim(messages: list[dict[str, Any]], max_bytes: int) -> list[dict[str, Any]] | None:
+    """``messages`` within ``max_bytes``: the system prefix plus the newest whole tasks."""
+    if _size(messages) <= max_bytes:
+        return messages
+    prefix = messages[:1] if messages and messages[0].get("role") == "system" else []
+    for i in range(len(prefix) + 1, len(messages)):
+        if _clean_start(messages[i]) and _size(prefix + messages[i:]) <= max_bytes:
+            return prefix + messages[i:]
+    return None

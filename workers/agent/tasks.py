@@ -17,7 +17,7 @@ from shared.errors import PaddockError, SandboxError
 from shared.netpolicy import check_base_url
 from shared.secrets import BundleNotFound
 from shared.sessions import ChatSession
-from workers.agent.llm import LlmError, ToolCall, ToolSpec, new_conversation
+from workers.agent.llm import Conversation, LlmError, ToolCall, ToolSpec, new_conversation
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,23 @@ class TaskRun:
             prompt=prompt,
             timeout=self.ctx.settings.llm_timeout,
         )
+        # A session is one conversation: each task continues where the last one left off.
+        earlier = self.ctx.sessions.load_conversation(self.s.session_id)
+        if earlier:
+            conv.continue_from(earlier, prompt, self.ctx.settings.agent_history_bytes)
+        try:
+            self.turns(conv, max_turns)
+        finally:
+            # Whatever ended the task (the answer, an error, a cancel), the next one goes on
+            # from the last consistent state.
+            current = self.ctx.sessions.load(self.s.session_id)
+            if current is not None and not current.ended:
+                self.ctx.sessions.save_conversation(
+                    self.s.session_id, conv.snapshot(), int(self.s.expires_at - time.time())
+                )
+
+    def turns(self, conv: Conversation, max_turns: int) -> None:
+        llm = self.s.llm
         for _ in range(max_turns):
             self.check_cancel()
             values = self.bundle_values()
