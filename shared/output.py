@@ -26,6 +26,9 @@ _BATCH = 256  # stream entries per read; an entry holds up to one 256 KiB chunk 
 
 @dataclass(frozen=True)
 class Line:
+    """Output read back: one line. When written, ``text`` may hold several lines joined by
+    newlines (a chunk read at once); `ProcessLog.read` splits them again."""
+
     kind: str  # STDOUT or STDERR
     text: str
     ts_ns: int

@@ -22,6 +22,7 @@ from web.api.v1 import api_keys, openapi, sandboxes, secrets
 from web.api.v1 import auth as v1_auth
 from web.api.v1 import sessions as v1_sessions
 from web.errors import register_error_handlers
+from web.jsonprovider import OrjsonProvider
 from web.sandboxes import Sandboxes
 from web.ws import init_ws
 
@@ -69,8 +70,8 @@ def create_app(
     celery = celery or make_celery(settings)
     box = SecretBox(settings.secret_key)
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     if settings.proxy_hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app,

@@ -201,18 +201,17 @@ class ProcessManager:
 
 
 def _split(partial: bytearray, data: bytes, kind: str) -> list[Line]:
-    """Complete lines of ``partial + data``; the unfinished rest stays in ``partial``."""
+    """The complete lines of ``partial + data``, as ONE `Line` whose text joins them with
+    newlines (stored as one stream entry; readers split it again): no per-line work on the
+    hot path. Cutting at a newline never splits a UTF-8 character. The unfinished rest stays in
+    ``partial``; past MAX_LINE it is cut into lines of its own."""
     partial += data
     now = time.time_ns()
     lines: list[Line] = []
-    start = 0
-    while True:
-        nl = partial.find(b"\n", start)
-        if nl < 0:
-            break
-        lines.append(Line(kind, partial[start:nl].decode("utf-8", "replace"), now))
-        start = nl + 1
-    del partial[:start]
+    nl = partial.rfind(b"\n")
+    if nl >= 0:
+        lines.append(Line(kind, partial[:nl].decode("utf-8", "replace"), now))
+        del partial[: nl + 1]
     while len(partial) > MAX_LINE:
         lines.append(Line(kind, partial[:MAX_LINE].decode("utf-8", "replace"), now))
         del partial[:MAX_LINE]
