@@ -144,8 +144,18 @@ def test_per_ip_rate_limits(v1: V1, path: str, limit: int) -> None:
     body = {"email": "ip@example.com", "code": "123456"}
     if path.endswith("login"):
         body = {"email": "ip@example.com"}
-    statuses = [v1.req("POST", path, json=body).status_code for _ in range(limit + 1)]
+    for _attempt in range(3):
+        # The limit counts in fixed one-minute windows: a burst that straddles a window's end
+        # is counted in two, so it is tried again inside one window.
+        window = int(time.time()) // 60
+        statuses = [v1.req("POST", path, json=body).status_code for _ in range(limit + 1)]
+        if int(time.time()) // 60 == window:
+            break
+        for key in v1.stack.redis.scan_iter("pdk:rl:*-ip:*"):
+            v1.stack.redis.delete(key)
     assert 429 not in statuses[:limit] and statuses[-1] == 429
+    r = v1.req("POST", path, json=body)
+    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
 
 
 def test_api_keys_create_list_revoke(v1: V1) -> None:
