@@ -3,8 +3,11 @@ codes, limits, cancel, resume without loss, secrets kept out of the sandbox, exp
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 
@@ -396,3 +399,50 @@ def test_worker_restart_closes_the_running_task_and_resumes_the_queue(
             frames = until(ws, "exit", timeout=60)
             assert frames[-1]["task_id"] == "next" and frames[-1]["exit_code"] == 0
             assert "".join(f["data"] for f in frames if f["type"] == "stdout") == "after\n"
+
+
+def test_server_pings_and_drops_a_silent_client(tmp_path_factory: pytest.TempPathFactory) -> None:
+    env = {"PADDOCK_AUTH": "on", "PADDOCK_WS_PING_INTERVAL": "1"}
+    with Stack(tmp_path_factory.mktemp("heartbeat"), env=env) as st:
+        c = Client(st, new_tenant(st, "heartbeat"))
+        s = c.session()
+        # A bare client that completes the handshake and then never answers anything.
+        path = s["connect_url"].split(str(st.port), 1)[1] + "?token=" + s["jwt"]
+        sock = socket.create_connection(("127.0.0.1", st.port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{st.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        data = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0]
+        assert head.startswith(b"HTTP/1.1 101")
+        frames = _frames(data.split(b"\r\n\r\n", 1)[1])
+        opcodes = [op for op, _ in frames]
+        assert 0x9 in opcodes  # the server pinged
+        assert opcodes[-1] == 0x8  # ... and, unanswered, closed the connection
+        sock.close()
+
+
+def _frames(buf: bytes) -> list[tuple[int, bytes]]:
+    """Unmasked server frames: (opcode, payload)."""
+    out = []
+    while len(buf) >= 2:
+        op, n = buf[0] & 0x0F, buf[1] & 0x7F
+        pos = 2
+        if n == 126:
+            n, pos = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            n, pos = int.from_bytes(buf[2:10], "big"), 10
+        out.append((op, buf[pos : pos + n]))
+        buf = buf[pos + n :]
+    return out
