@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from shared import crypto, keys
 from shared.errors import PaddockError
+from shared.redisio import read_hash, text
 
 OTP_TTL = 600
 OTP_MAX_TRIES = 5
@@ -58,10 +58,6 @@ class ApiKey:
     revoked: bool
     created_at: float
     last_used_at: float | None
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class Accounts:
@@ -111,7 +107,7 @@ class Accounts:
             raise OtpInvalid()
         if tries > OTP_MAX_TRIES:
             raise OtpInvalid()
-        if not crypto.same(_s(digest), crypto.otp_digest(self.otp_secret, email, code)):
+        if not crypto.same(text(digest), crypto.otp_digest(self.otp_secret, email, code)):
             raise OtpInvalid()
         # Single use: only the request that deletes it may log in.
         if not self.r.delete(key):
@@ -122,12 +118,12 @@ class Accounts:
         """The account of ``email``, created on first use."""
         existing = self.r.get(keys.user_by_email(email))
         if existing:
-            return _s(existing)
+            return text(existing)
         user_id = crypto.random_id("usr_", 10)
         if self.r.set(keys.user_by_email(email), user_id, nx=True):
             self.r.hset(keys.user(user_id), mapping={"email": email, "created_at": time.time()})
             return user_id
-        return _s(self.r.get(keys.user_by_email(email)))
+        return text(self.r.get(keys.user_by_email(email)))
 
     def user_exists(self, user_id: str) -> bool:
         return bool(self.r.exists(keys.user(user_id)))
@@ -161,7 +157,7 @@ class Accounts:
 
     def list_api_keys(self, tenant_id: str) -> list[ApiKey]:
         out = []
-        for key_id in sorted(_s(x) for x in self.r.smembers(keys.tenant_api_keys(tenant_id))):
+        for key_id in sorted(text(x) for x in self.r.smembers(keys.tenant_api_keys(tenant_id))):
             k = self._by_id(key_id)
             if k is not None:
                 out.append(k)
@@ -172,16 +168,16 @@ class Accounts:
         digest = self.r.get(keys.api_key_id(key_id))
         if digest is None:
             return False
-        rec = self.r.hgetall(keys.api_key(_s(digest)))
-        if not rec or _s(rec.get(b"tenant", b"")) != tenant_id:
+        rec = self.r.hgetall(keys.api_key(text(digest)))
+        if not rec or text(rec.get(b"tenant", b"")) != tenant_id:
             return False
-        self.r.hset(keys.api_key(_s(digest)), "revoked", "1")
+        self.r.hset(keys.api_key(text(digest)), "revoked", "1")
         return True
 
     def authenticate(self, plain: str) -> str | None:
         """The tenant of a valid key, None if unknown. Raises ApiKeyRevoked."""
         digest = crypto.api_key_digest(plain)
-        rec = {_s(k): _s(v) for k, v in self.r.hgetall(keys.api_key(digest)).items()}
+        rec = read_hash(self.r, keys.api_key(digest))
         if not rec:
             return None
         if rec.get("revoked") == "1":
@@ -196,7 +192,7 @@ class Accounts:
         digest = self.r.get(keys.api_key_id(key_id))
         if digest is None:
             return None
-        rec = {_s(k): _s(v) for k, v in self.r.hgetall(keys.api_key(_s(digest))).items()}
+        rec = read_hash(self.r, keys.api_key(text(digest)))
         if not rec:
             return None
         return ApiKey(

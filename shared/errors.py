@@ -57,12 +57,6 @@ class SessionNotFound(NotFound):
     message = "Session not found"
 
 
-class PayloadTooLarge(PaddockError):
-    status = 413
-    code = "payload_too_large"
-    message = "Request body too large"
-
-
 class NoCapacity(PaddockError):
     status = 503
     code = "no_capacity"

@@ -116,11 +116,6 @@ def secret_users(tenant_id: str, name: str) -> str:
     return f"{PREFIX}:secret:{tenant_id}:{name}:sessions"
 
 
-def secrets_channel(tenant_id: str) -> str:
-    """Pub/sub channel: a tenant's bundle was rotated (name and version, never values)."""
-    return f"{PREFIX}:events:secrets:{tenant_id}"
-
-
 def session(session_id: str) -> str:
     """Hash: an agent session (tenant, sandbox, agent, llm, secrets, state, expires_at)."""
     return f"{PREFIX}:ses:{session_id}"

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.redisio import read_hash, read_set, text
 
 STDOUT = "o"
 STDERR = "e"
@@ -67,11 +68,10 @@ class ProcessLog:
         return bool(self.r.exists(keys.process(sandbox_id, process_id)))
 
     def info(self, sandbox_id: str, process_id: str) -> dict[str, str]:
-        raw = self.r.hgetall(keys.process(sandbox_id, process_id))
-        return {_s(k): _s(v) for k, v in raw.items()}
+        return read_hash(self.r, keys.process(sandbox_id, process_id))
 
     def process_ids(self, sandbox_id: str) -> list[str]:
-        return sorted(_s(x) for x in self.r.smembers(keys.sandbox_processes(sandbox_id)))
+        return sorted(read_set(self.r, keys.sandbox_processes(sandbox_id)))
 
     def forget(self, sandbox_id: str, process_id: str) -> None:
         pipe = self.r.pipeline()
@@ -157,8 +157,8 @@ class ProcessLog:
 
 def _apply(out: Output, entries: list[Any]) -> None:
     for entry_id, fields in entries:
-        out.last_id = _s(entry_id)
-        f = {_s(k): _s(v) for k, v in fields.items()}
+        out.last_id = text(entry_id)
+        f = {text(k): text(v) for k, v in fields.items()}
         kind = f.get("k")
         if kind == END:
             out.finished = True
@@ -167,7 +167,3 @@ def _apply(out: Output, entries: list[Any]) -> None:
             target = out.stdout if kind == STDOUT else out.stderr
             ts = int(f.get("t", 0))
             target.extend(Line(kind, text, ts) for text in f.get("l", "").split("\n"))
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

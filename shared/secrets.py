@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -17,6 +16,7 @@ from shared import keys
 from shared.accounts import LimitExceeded
 from shared.crypto import SecretBox
 from shared.errors import PaddockError
+from shared.redisio import read_set, text
 
 MAX_BUNDLES = 50
 MAX_KEYS = 50
@@ -76,10 +76,6 @@ return v + 1
 """
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 class SecretBundles:
     def __init__(self, r: redis.Redis, box: SecretBox) -> None:
         self.r = r
@@ -117,17 +113,13 @@ class SecretBundles:
             raise BundleNotFound()
         if res == -2:
             raise VersionMismatch()
-        bundle = self.get(tenant_id, name)
-        self.r.publish(
-            keys.secrets_channel(tenant_id), json.dumps({"name": name, "version": bundle.version})
-        )
-        return bundle
+        return self.get(tenant_id, name)
 
     def get(self, tenant_id: str, name: str) -> Bundle:
         rec = self.r.hgetall(keys.secret_bundle(tenant_id, name))
         if not rec:
             raise BundleNotFound()
-        d = {_s(k): v for k, v in rec.items()}
+        d = {text(k): v for k, v in rec.items()}
         return Bundle(
             name=name,
             keys=json.loads(d["keys"]),
@@ -144,7 +136,7 @@ class SecretBundles:
         return self.box.open(blob if isinstance(blob, bytes) else blob.encode())
 
     def list(self, tenant_id: str) -> list[Bundle]:
-        names = sorted(_s(x) for x in self.r.smembers(keys.tenant_secrets(tenant_id)))
+        names = sorted(read_set(self.r, keys.tenant_secrets(tenant_id)))
         out = []
         for name in names:
             try:

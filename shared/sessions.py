@@ -18,6 +18,7 @@ import redis
 
 from shared import keys
 from shared.errors import PaddockError
+from shared.redisio import read_hash, read_set, text
 
 # seq = INCR; XADD with id "<seq>-0"; the frame is the given JSON object with "seq" first.
 _APPEND = """
@@ -60,10 +61,6 @@ class ChatSession:
         return self.state in ENDED_STATES or time.time() >= self.expires_at
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 class Sessions:
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
@@ -95,7 +92,7 @@ class Sessions:
         pipe.execute()
 
     def load(self, session_id: str) -> ChatSession | None:
-        d = {_s(k): _s(v) for k, v in self.r.hgetall(keys.session(session_id)).items()}
+        d = read_hash(self.r, keys.session(session_id))
         if not d:
             return None
         return ChatSession(
@@ -120,8 +117,9 @@ class Sessions:
             raise ChatSessionNotFound()
         return s
 
-    def set_state(self, session_id: str, state: str) -> None:
-        self.r.hset(keys.session(session_id), "state", state)
+    def of_tenant(self, tenant_id: str) -> list[ChatSession]:
+        found = (self.load(i) for i in sorted(read_set(self.r, keys.tenant_sessions(tenant_id))))
+        return [s for s in found if s is not None]
 
     def end(self, s: ChatSession, keep_for: int) -> bool:
         """Mark ended and release its bundles; False if it already was. Its history is kept
@@ -148,10 +146,10 @@ class Sessions:
         return True
 
     def due(self, now: float) -> list[str]:
-        return [_s(x) for x in self.r.zrangebyscore(keys.session_expiry(), "-inf", now)]
+        return [text(x) for x in self.r.zrangebyscore(keys.session_expiry(), "-inf", now)]
 
     def sessions_using(self, tenant_id: str, bundle: str) -> list[str]:
-        return sorted(_s(x) for x in self.r.smembers(keys.secret_users(tenant_id, bundle)))
+        return sorted(text(x) for x in self.r.smembers(keys.secret_users(tenant_id, bundle)))
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, session_id: str, frame: dict[str, Any]) -> int:
@@ -205,7 +203,7 @@ class Sessions:
         if not current:
             return None
         self.r.set(keys.session_cancel(session_id), current, ex=3600)
-        return _s(current)
+        return text(current)
 
     def take_runner(self, session_id: str, owner: str, ttl: int) -> bool:
         return bool(self.r.set(keys.session_runner(session_id), owner, nx=True, ex=ttl))

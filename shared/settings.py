@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from shared.errors import ConfigError
@@ -130,9 +130,6 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"PADDOCK_{f.name.upper()}: {exc}") from exc
         return cls(**values)
-
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
 
 def _parse(name: str, typ: Any, raw: str) -> Any:

@@ -15,6 +15,7 @@ import redis
 
 from shared import keys
 from shared.errors import NoCapacity, SessionNotFound
+from shared.redisio import read_hash, read_set, text
 
 # Lua: pick the live host with the most free capacity that has the template, and reserve a slot
 # in the same step so two concurrent creates cannot both take a host's last slot.
@@ -48,7 +49,6 @@ return 1
 class Host:
     host_id: str
     capacity: int
-    used: int
     templates: tuple[str, ...]
 
 
@@ -109,7 +109,6 @@ class Store:
                 Host(
                     host_id=hid,
                     capacity=int(data.get("capacity", 0)),
-                    used=int(self.r.scard(keys.host_sandboxes(hid))),
                     templates=tuple(t for t in data.get("templates", "").split(",") if t),
                 )
             )
@@ -235,9 +234,6 @@ class Store:
             pipe.srem(keys.host_sandboxes(data["host"]), sandbox_id)
         pipe.execute()
 
-    def release_slot(self, host_id: str, sandbox_id: str) -> None:
-        self.r.srem(keys.host_sandboxes(host_id), sandbox_id)
-
     def due_sandboxes(self, idle_before: float, now: float) -> list[str]:
         """Sandboxes idle since before ``idle_before`` or past their maximum lifetime."""
         idle = self._zrange(keys.idle_index(), idle_before)
@@ -275,16 +271,12 @@ class Store:
     def task_log(self, sandbox_id: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.r.lrange(keys.task_log(sandbox_id), 0, -1)]
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------------------
     def _hgetall(self, key: str) -> dict[str, str]:
-        return {_s(k): _s(v) for k, v in self.r.hgetall(key).items()}
+        return read_hash(self.r, key)
 
     def _smembers(self, key: str) -> set[str]:
-        return {_s(x) for x in self.r.smembers(key)}
+        return read_set(self.r, key)
 
     def _zrange(self, key: str, max_score: float) -> list[str]:
-        return [_s(x) for x in self.r.zrangebyscore(key, "-inf", max_score)]
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+        return [text(x) for x in self.r.zrangebyscore(key, "-inf", max_score)]

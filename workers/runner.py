@@ -109,10 +109,6 @@ class ProcessManager:
             run.forgotten = True
             self._close(run)
 
-    def running_count(self) -> int:
-        with self._lock:
-            return len(self._running)
-
     # -- internals ---------------------------------------------------------------------------
     def _get(self, sandbox_id: str, process_id: str) -> Running | None:
         with self._lock:

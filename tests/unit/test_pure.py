@@ -12,7 +12,7 @@ from shared.errors import ConfigError, PathNotFound, SessionNotFound, from_code
 from shared.output import STDERR, STDOUT, Line, ProcessLog
 from shared.settings import Settings
 from web.api.schemas import process_json
-from web.api.validation import _flatten
+from web.api.validation import flatten
 from workers.driver import parse_listening
 from workers.runner import MAX_LINE, _split
 
@@ -117,7 +117,7 @@ def test_validation_messages_are_flattened_to_spec_keys() -> None:
         "envVars": {"A": {"value": ["Not a valid string."]}},
         "extra": ["Unknown field."],
     }
-    assert _flatten(msgs, "requestBody") == {
+    assert flatten(msgs, "requestBody") == {
         "requestBody.cmd": "Missing data for required field.",
         "requestBody.envVars.A": "Not a valid string.",
         "requestBody.extra": "Unknown field.",

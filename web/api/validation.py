@@ -12,35 +12,47 @@ from marshmallow import Schema, ValidationError
 from shared.errors import ValidationFailed
 
 
-def body(schema: Schema, prefix: str) -> dict[str, Any]:
-    """The JSON body validated by ``schema``. Raises ValidationFailed."""
+def body(schema: Schema, prefix: str = "", optional: bool = False) -> dict[str, Any]:
+    """The JSON object body validated by ``schema``, with error keys under ``prefix`` (the E2B
+    API's ``body``/``requestBody``; none for v1). ``optional``: an empty body is ``{}``.
+
+    Raises ValidationFailed.
+    """
+    where = prefix or "body"
     raw = request.get_data(cache=True)
+    if optional and not raw.strip():
+        raw = b"{}"
     try:
         data = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed({prefix: "body is not valid JSON"}) from None
+        raise ValidationFailed({where: "the body is not valid JSON"}) from None
     if not isinstance(data, dict):
-        raise ValidationFailed({prefix: "body must be a JSON object"})
+        raise ValidationFailed({where: "the body must be a JSON object"})
     try:
         return dict(schema.load(data))
     except ValidationError as exc:
-        raise ValidationFailed(_flatten(exc.normalized_messages(), prefix)) from None
+        raise ValidationFailed(flatten(exc.normalized_messages(), prefix)) from None
 
 
-def _flatten(messages: Any, prefix: str) -> dict[str, str]:
+def flatten(messages: Any, prefix: str) -> dict[str, str]:
+    """marshmallow's nested messages as ``{"prefix.field": "message"}`` (no prefix: ``field``;
+    errors of the whole body: ``prefix``, or ``body``)."""
     out: dict[str, str] = {}
     if isinstance(messages, dict):
         for key, value in messages.items():
             # marshmallow nests Dict errors under "key"/"value"; the entry's name says enough.
-            name = prefix if key in ("_schema", "key", "value") else f"{prefix}.{key}"
-            out.update(_flatten(value, name))
+            if key in ("_schema", "key", "value"):
+                name = prefix
+            else:
+                name = f"{prefix}.{key}" if prefix else str(key)
+            out.update(flatten(value, name))
     elif isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
-        out[prefix] = " ".join(messages)
+        out[prefix or "body"] = " ".join(messages)
     elif isinstance(messages, list):
         for item in messages:
-            out.update(_flatten(item, prefix))
+            out.update(flatten(item, prefix))
     else:
-        out[prefix] = str(messages)
+        out[prefix or "body"] = str(messages)
     return out
 
 

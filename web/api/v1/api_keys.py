@@ -7,8 +7,9 @@ import logging
 from flask import Blueprint, Response, jsonify
 
 from shared.errors import NotFound
+from web.api import validation
 from web.api.deps import account, services
-from web.api.v1.common import iso, json_body
+from web.api.v1.common import iso
 from web.api.v1.schemas import CreateApiKeyRequest
 
 logger = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ bp = Blueprint("v1_api_keys", __name__)
 @bp.post("/v1/api-keys")
 def create_key() -> tuple[Response, int]:
     user_id = account()
-    body = json_body(CreateApiKeyRequest(), optional=True)
+    body = validation.body(CreateApiKeyRequest(), optional=True)
     svc = services()
     key, plain = svc.accounts.create_api_key(user_id, body["name"], svc.settings.max_api_keys)
     logger.info("user %s: created API key %s", user_id, key.key_id)

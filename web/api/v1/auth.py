@@ -9,8 +9,9 @@ from flask import Blueprint, Response, jsonify
 from shared import rpc, tasks
 from shared.accounts import OTP_TTL
 from web import tokens
+from web.api import validation
 from web.api.deps import services
-from web.api.v1.common import client_ip, json_body
+from web.api.v1.common import client_ip
 from web.api.v1.schemas import LoginRequest, VerifyOtpRequest
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ VERIFY_PER_IP_PER_MINUTE = 20
 def login() -> Response:
     svc = services()
     svc.accounts.hit("login-ip", client_ip(), LOGIN_PER_IP_PER_MINUTE, 60)
-    email = json_body(LoginRequest())["email"].strip().lower()
+    email = validation.body(LoginRequest())["email"].strip().lower()
     code = svc.accounts.issue_otp(email)
     if code is not None:
         # The code travels sealed: the broker (Redis) never holds it in clear.
@@ -43,7 +44,7 @@ def login() -> Response:
 def verify_otp() -> Response:
     svc = services()
     svc.accounts.hit("verify-ip", client_ip(), VERIFY_PER_IP_PER_MINUTE, 60)
-    body = json_body(VerifyOtpRequest())
+    body = validation.body(VerifyOtpRequest())
     email = body["email"].strip().lower()
     svc.accounts.check_otp(email, body["code"])
     user_id = svc.accounts.user_for_email(email)

@@ -10,7 +10,7 @@ from shared.errors import NotFound, ValidationFailed
 from shared.secrets import Bundle
 from web.api import validation
 from web.api.deps import api_tenant, services
-from web.api.v1.common import iso, json_body
+from web.api.v1.common import iso
 from web.api.v1.schemas import CreateSecretRequest, ReplaceSecretRequest
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _json(b: Bundle) -> dict:
 @bp.post(BASE)
 def create(tenant: str) -> tuple[Response, int]:
     tenant_id = _me(tenant)
-    body = json_body(CreateSecretRequest())
+    body = validation.body(CreateSecretRequest())
     bundle = services().secrets.create(tenant_id, body["name"], body["values"])
     logger.info(
         "tenant %s: created secret bundle %s (%d keys)", tenant_id, bundle.name, len(bundle.keys)
@@ -64,7 +64,7 @@ def get(tenant: str, name: str) -> Response:
 def replace(tenant: str, name: str) -> Response:
     tenant_id = _me(tenant)
     if_match = _if_match()
-    body = json_body(ReplaceSecretRequest())
+    body = validation.body(ReplaceSecretRequest())
     svc = services()
     bundle = svc.secrets.replace(tenant_id, name, body["values"], if_match)
     for session_id in svc.sessions.sessions_using(tenant_id, name):

@@ -8,14 +8,15 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from shared import crypto, keys, rpc, tasks
+from shared import crypto, rpc, tasks
 from shared.errors import BadRequest, ValidationFailed
 from shared.lifecycle import end_session
 from shared.netpolicy import check_base_url
 from shared.sessions import ChatSession
 from web import tokens
+from web.api import validation
 from web.api.deps import Services, api_tenant, services
-from web.api.v1.common import iso, json_body
+from web.api.v1.common import iso
 from web.api.v1.schemas import CreateSessionRequest
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def session_json(svc: Services, s: ChatSession) -> dict[str, Any]:
 def create_session() -> tuple[Response, int]:
     tenant_id = api_tenant()
     svc = services()
-    body = json_body(CreateSessionRequest())
+    body = validation.body(CreateSessionRequest())
     agent, llm = body["agent"], body["llm"]
     agent = {k: v for k, v in agent.items() if v is not None}
     if agent["kind"] == "deictic" and llm is None:
@@ -124,9 +125,7 @@ def create_session() -> tuple[Response, int]:
 def list_sessions() -> Response:
     tenant_id = api_tenant()
     svc = services()
-    ids = sorted(x.decode() for x in svc.redis.smembers(keys.tenant_sessions(tenant_id)))
-    found = [svc.sessions.load(i) for i in ids]
-    return jsonify({"sessions": [session_json(svc, s) for s in found if s is not None]})
+    return jsonify({"sessions": [session_json(svc, s) for s in svc.sessions.of_tenant(tenant_id)]})
 
 
 @bp.get("/v1/sessions/<session_id>")
