@@ -40,7 +40,7 @@ return best
 _BEGIN_DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'deleting' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'deleting')
+redis.call('HSET', KEYS[1], 'status', 'deleting', 'deleting_at', ARGV[1])
 return 1
 """
 
@@ -212,7 +212,7 @@ class Store:
 
     def begin_delete(self, sandbox_id: str) -> bool:
         """Mark a sandbox as ending so no new request reaches it. False if absent or ending."""
-        return bool(self._begin_delete(keys=[keys.sandbox(sandbox_id)]))
+        return bool(self._begin_delete(keys=[keys.sandbox(sandbox_id)], args=[time.time()]))
 
     def purge_sandbox(self, sandbox_id: str) -> None:
         """Forget a sandbox and everything under it (processes, output, indexes)."""

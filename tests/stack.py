@@ -25,6 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
+def redis_argv(port: int, workdir: Path) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence, data dir in ``workdir``."""
+    return [
+        shutil.which("redis-server") or "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,22 +79,7 @@ class Stack:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "redis",
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-        )
+        self._spawn("redis", redis_argv(self.redis_port, self.workdir))
         self._wait(lambda: self.redis.ping(), "redis")
         for host in self.hosts:
             self.start_host(host)

@@ -34,7 +34,12 @@ def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
             logger.info("sandbox %s: reaped (host %s not alive)", sandbox_id, host)
             store.purge_sandbox(sandbox_id)
             continue
-        store.begin_delete(sandbox_id)
+        # One destroy per attempt: sent again only if the last one has had time to finish.
+        retry = now - float(record.get("deleting_at") or 0) > settings.task_timeout * 2
+        if not store.begin_delete(sandbox_id):
+            if not retry:
+                continue
+            r.hset(keys.sandbox(sandbox_id), "deleting_at", now)
         logger.info("sandbox %s: idle or expired, destroying on host %s", sandbox_id, host)
         rpc.send(
             app,

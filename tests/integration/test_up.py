@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import signal
 import stat
 import subprocess
@@ -18,25 +17,13 @@ import docker
 import redis
 import requests
 
-from tests.stack import ROOT, free_port
+from tests.stack import ROOT, free_port, redis_argv
 
 
 def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path) -> None:
     redis_port, port, flower = free_port(), free_port(), free_port()
     rds = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
+        redis_argv(redis_port, tmp_path),
         stdout=subprocess.DEVNULL,
     )
     instance = "up" + secrets.token_hex(3)
