@@ -16,6 +16,7 @@ from shared.errors import ConfigError
 from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
+from web.agent_sessions import AgentSessions
 from web.api import filesystem, meta, processes, sessions, templates
 from web.api.deps import Services
 from web.api.v1 import api_keys, openapi, sandboxes, secrets
@@ -79,15 +80,19 @@ def create_app(
             x_proto=settings.proxy_hops,
             x_host=settings.proxy_hops,
         )
+    sandboxes = Sandboxes(settings, r, celery)
+    sessions = Sessions(r)
+    secret_bundles = SecretBundles(r, box)
     svc = Services(
         settings=settings,
         redis=r,
         celery=celery,
-        sandboxes=Sandboxes(settings, r, celery),
+        sandboxes=sandboxes,
         accounts=Accounts(r, settings.jwt_secret),
-        secrets=SecretBundles(r, box),
+        secrets=secret_bundles,
         box=box,
-        sessions=Sessions(r),
+        sessions=sessions,
+        agent_sessions=AgentSessions(settings, celery, sessions, secret_bundles, sandboxes),
     )
     app.extensions["paddock"] = svc
     for bp in BLUEPRINTS:

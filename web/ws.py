@@ -24,8 +24,8 @@ from simple_websocket import ConnectionClosed
 
 from shared.errors import Unauthorized
 from web import tokens
+from web.agent_sessions import SESSION_AUDIENCE
 from web.api.deps import Services, services
-from web.api.v1.sessions import SESSION_AUDIENCE, kick_runner
 from web.auth import bearer
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Connection:
             self.close(CLOSE_ENDED, "session ended")
             return
         self.svc.sessions.enqueue_task(self.session_id, task_id, prompt)
-        kick_runner(self.svc, s)
+        self.svc.agent_sessions.run_next(s)
 
 
 @sock.route("/v1/sessions/<session_id>/ws")

@@ -15,6 +15,7 @@ from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Sandbox
 from web import auth
+from web.agent_sessions import AgentSessions
 from web.sandboxes import Sandboxes
 
 
@@ -28,6 +29,7 @@ class Services:
     secrets: SecretBundles
     box: SecretBox
     sessions: Sessions
+    agent_sessions: AgentSessions
 
 
 def services() -> Services:

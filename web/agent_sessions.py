@@ -1,0 +1,134 @@
+"""The web side of agent sessions: create one (checks, sandbox, token), queue its tasks on the
+sandbox's host, end it. Routes (web/api/v1/sessions.py) and the WebSocket (web/ws.py) call
+this; neither holds session logic of its own."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from shared import crypto, rpc, tasks
+from shared.errors import BadRequest, ValidationFailed
+from shared.lifecycle import end_session
+from shared.netpolicy import check_base_url
+from shared.secrets import SecretBundles
+from shared.sessions import ChatSession, Sessions
+from shared.settings import Settings
+from web import tokens
+from web.sandboxes import Sandboxes
+
+logger = logging.getLogger(__name__)
+
+SESSION_AUDIENCE = "session"
+
+
+@dataclass(frozen=True)
+class Created:
+    session: ChatSession
+    token: str
+
+
+class AgentSessions:
+    def __init__(
+        self,
+        settings: Settings,
+        celery: Celery,
+        sessions: Sessions,
+        secrets: SecretBundles,
+        sandboxes: Sandboxes,
+    ) -> None:
+        self.settings = settings
+        self.celery = celery
+        self.sessions = sessions
+        self.secrets = secrets
+        self.sandboxes = sandboxes
+
+    def create(self, tenant_id: str, body: dict[str, Any]) -> Created:
+        """A running session from a validated CreateSessionRequest.
+
+        Raises ValidationFailed / BadRequest (agent, LLM, bundles, base_url), BundleNotFound,
+        and whatever creating the sandbox raises (NoCapacity...). Nothing is left behind.
+        """
+        agent = {k: v for k, v in body["agent"].items() if v is not None}
+        if agent["kind"] == "deictic" and body["llm"] is None:
+            raise ValidationFailed(
+                {"llm": "an LLM (vendor, model) is required for a deictic agent"}
+            )
+        llm = {k: v for k, v in (body["llm"] or {}).items() if v is not None}
+        owners = self._bundle_keys(tenant_id, body["secrets"])
+        if agent["kind"] == "deictic":
+            self._check_llm(tenant_id, llm, owners)
+        ttl = min(body["ttl_seconds"] or self.settings.session_ttl, self.settings.session_max_ttl)
+        sb = self.sandboxes.create(tenant_id, body["template"], field="template")
+        now = time.time()
+        s = ChatSession(
+            session_id=crypto.random_id("ses_", 10),
+            tenant_id=tenant_id,
+            sandbox_id=sb.sandbox_id,
+            host_id=sb.host_id,
+            template=sb.template,
+            agent=agent,
+            llm=llm,
+            secrets=body["secrets"],
+            user_id=body["user_id"],
+            state="running",
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        try:
+            self.sessions.create(s)
+            self.sandboxes.store.bind_lifetime(sb.sandbox_id, s.expires_at, s.session_id)
+        except Exception:
+            self.sandboxes.delete(sb)
+            raise
+        token = tokens.issue(
+            self.settings.jwt_secret, s.session_id, SESSION_AUDIENCE, ttl, tenant=tenant_id
+        )
+        logger.info(
+            "session %s: created for tenant %s (sandbox %s, agent %s)",
+            s.session_id,
+            tenant_id,
+            sb.sandbox_id,
+            agent["kind"],
+        )
+        return Created(s, token)
+
+    def run_next(self, s: ChatSession) -> None:
+        """Make sure a worker on the sandbox's host is running the session's task queue."""
+        rpc.send(
+            self.celery,
+            tasks.host_queue(s.host_id),
+            tasks.AGENT_DRAIN,
+            {"session_id": s.session_id},
+            expires=s.expires_at - time.time(),
+        )
+
+    def end(self, s: ChatSession) -> None:
+        end_session(
+            self.celery, self.sessions, self.sandboxes.store, s, self.settings.task_timeout * 10
+        )
+
+    def _bundle_keys(self, tenant_id: str, names: list[str]) -> dict[str, str]:
+        """Key → bundle. Raises BundleNotFound, BadRequest (a key in two bundles)."""
+        owner: dict[str, str] = {}
+        for name in names:
+            for key in self.secrets.get(tenant_id, name).keys:
+                if key in owner and owner[key] != name:
+                    raise BadRequest(
+                        f"secret key {key} is defined by both {owner[key]!r} and {name!r}"
+                    )
+                owner[key] = name
+        return owner
+
+    def _check_llm(self, tenant_id: str, llm: dict[str, Any], owners: dict[str, str]) -> None:
+        if "LLM_API_KEY" not in owners:
+            raise ValidationFailed({"secrets": "a bundle with LLM_API_KEY is required"})
+        base_url = llm.get("base_url")
+        if base_url is None and "LLM_BASE_URL" in owners:
+            base_url = self.secrets.values(tenant_id, owners["LLM_BASE_URL"])["LLM_BASE_URL"]
+        if base_url:
+            check_base_url(base_url, self.settings.llm_allowed_hosts)
