@@ -16,8 +16,7 @@ import docker
 import requests
 
 from shared.settings import Settings
-
-SANDBOX_USER = "user"
+from workers.driver import SANDBOX_USER, hardening
 
 
 class BenchError(Exception):
@@ -142,16 +141,7 @@ class RawDocker:
             user=SANDBOX_USER,
             working_dir="/home/user",
             labels={"paddock.bench": self.label},
-            privileged=False,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            pids_limit=s.sandbox_pids,
-            mem_limit=s.sandbox_memory,
-            memswap_limit=s.sandbox_memory,
-            nano_cpus=int(s.sandbox_cpus * 1e9),
-            network_mode="none",
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.sandbox_tmp_size},mode=1777"},
-            ipc_mode="private",
+            **hardening(s),
         )
 
     def delete(self, container: Any) -> None:

@@ -84,6 +84,26 @@ exec /bin/bash -c "$2"
 """
 
 
+def hardening(s: Settings) -> dict[str, Any]:
+    """The container options that confine a sandbox (``containers.run`` keyword arguments)."""
+    options: dict[str, Any] = {
+        "privileged": False,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "pids_limit": s.sandbox_pids,
+        "mem_limit": s.sandbox_memory,
+        "memswap_limit": s.sandbox_memory,  # = memory: no swap on top
+        "nano_cpus": int(s.sandbox_cpus * 1e9),
+        "network_mode": "bridge" if s.sandbox_network == "internet" else "none",
+        # exec: compilers build into /tmp and run from there.
+        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={s.sandbox_tmp_size},mode=1777"},
+        "ipc_mode": "private",
+    }
+    if s.sandbox_disk:
+        options["storage_opt"] = {"size": str(s.sandbox_disk)}
+    return options
+
+
 class DockerDriver:
     """Create, inspect and destroy sandboxes and act inside them."""
 
@@ -98,9 +118,6 @@ class DockerDriver:
     def create(self, sandbox_id: str, tenant_id: str, image: str) -> None:
         """Start the sandbox's container, hardened. Raises docker.errors.APIError on failure."""
         s = self.settings
-        kwargs: dict[str, Any] = {}
-        if s.sandbox_disk:
-            kwargs["storage_opt"] = {"size": str(s.sandbox_disk)}
         self.client.containers.run(
             image,
             command=["sleep", "infinity"],
@@ -116,17 +133,7 @@ class DockerDriver:
                 LABEL_HOST: s.host_id,
                 LABEL_INSTANCE: s.instance,
             },
-            privileged=False,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            pids_limit=s.sandbox_pids,
-            mem_limit=s.sandbox_memory,
-            memswap_limit=s.sandbox_memory,
-            nano_cpus=int(s.sandbox_cpus * 1e9),
-            network_mode="bridge" if s.sandbox_network == "internet" else "none",
-            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={s.sandbox_tmp_size},mode=1777"},
-            ipc_mode="private",
-            **kwargs,
+            **hardening(s),
         )
         logger.info("sandbox %s: container started from %s", sandbox_id, image)
 
