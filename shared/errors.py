@@ -57,6 +57,19 @@ class SessionNotFound(NotFound):
     message = "Session not found"
 
 
+class QuotaExceeded(PaddockError):
+    """A per-tenant or per-sandbox quota is used up; the message names the quota and its
+    setting. Answered as 429 with ``Retry-After``."""
+
+    status = 429
+    code = "quota_exceeded"
+    message = "Quota exceeded"
+
+    def __init__(self, message: str | None = None, retry_after: int = 1, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
 class NoCapacity(PaddockError):
     status = 503
     code = "no_capacity"

@@ -164,3 +164,23 @@ def tenant_sessions(tenant_id: str) -> str:
 def session_expiry() -> str:
     """Sorted set: session id scored by its expires_at."""
     return f"{PREFIX}:ses-expiry"
+
+
+def sandbox_output_bytes(sandbox_id: str) -> str:
+    """Counter: bytes of output kept in Redis for all processes of a sandbox."""
+    return f"{PREFIX}:sbx:{sandbox_id}:outbytes"
+
+
+def tenant_output_bytes(tenant_id: str) -> str:
+    """Counter: bytes of output kept in Redis for all sandboxes of a tenant."""
+    return f"{PREFIX}:tenant:{tenant_id}:outbytes"
+
+
+def sandbox_running(sandbox_id: str) -> str:
+    """Set: ids of a sandbox's processes that are running (the concurrent-process quota)."""
+    return f"{PREFIX}:sbx:{sandbox_id}:running"
+
+
+def slots(kind: str, tenant_id: str) -> str:
+    """Sorted set: a tenant's held slots of one kind (waits, sockets), scored by expiry."""
+    return f"{PREFIX}:slots:{kind}:{tenant_id}"

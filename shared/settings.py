@@ -71,7 +71,10 @@ class Settings:
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 512
     sandbox_tmp_size: int = 512 << 20
-    sandbox_disk: int = 0
+    # Cap on everything a sandbox can write (home, /workspace, /tmp, /var/tmp, /dev/shm).
+    sandbox_disk: int = 2 << 30
+    # Where the per-sandbox writable storage lives on the host (default <data_dir>/storage).
+    storage_dir: str = ""
     image_prefix: str = "paddock"
     templates_dir: str = "templates"
     # Hosts
@@ -82,8 +85,18 @@ class Settings:
     # Requests and processes
     max_body_bytes: int = 16 << 20
     max_file_bytes: int = 16 << 20
-    max_output_bytes: int = 256 << 20
+    max_output_bytes: int = 16 << 20
     wait_timeout: float = 3600.0
+    # Quotas and fair shares (one tenant must never exhaust what the others need).
+    sandbox_output_bytes: int = 64 << 20
+    tenant_output_bytes: int = 256 << 20
+    tenant_max_sandboxes: int = 10
+    tenant_max_sessions: int = 5
+    sandbox_max_processes: int = 32
+    tenant_max_waits: int = 100
+    tenant_max_sockets: int = 100
+    sandbox_worker_share: int = 2
+    fs_timeout: float = 10.0
     task_timeout: float = 60.0
     create_timeout: float = 120.0
     log_level: str = "INFO"

@@ -12,7 +12,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from shared.accounts import RateLimited
-from shared.errors import PaddockError, ValidationFailed
+from shared.errors import PaddockError, QuotaExceeded, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def register_error_handlers(app: Flask) -> None:
                 return _respond(400, "invalid_request", f"{param}: {why}", exc.fields)
             return _respond(422, exc.code, "Validation Failed", exc.fields)
         resp = _respond(exc.status, exc.code, exc.message)
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | QuotaExceeded):
             resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
 
