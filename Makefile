@@ -39,9 +39,10 @@ worker:                         ## only this host's worker (PADDOCK_HOST_ID)
 control:                        ## only the control worker with beat
 	$(PY) -m workers control
 
-web:
-	$(VENV)/bin/gunicorn --bind 0.0.0.0:$${PADDOCK_PORT:-3000} --worker-class gthread \
-		--workers 2 --threads 64 --timeout 120 --graceful-timeout 10 'web.app:create_app()'
+web:                            ## only the web API (gevent workers: web/gunicorn_conf.py)
+	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; \
+	$(VENV)/bin/gunicorn -c python:web.gunicorn_conf --bind 0.0.0.0:$${PADDOCK_PORT:-3000} \
+		'web.app:create_app()'
 
 flower:
 	$(VENV)/bin/celery --broker=$${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0} flower --port=5555

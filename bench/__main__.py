@@ -1,5 +1,6 @@
-"""``python -m bench``: start a real stack, measure Paddock and raw Docker side by side, print
-the table (and write it as JSON). Exit 0 on success, 1 with a message when anything fails."""
+"""``python -m bench``: start a real stack, measure Paddock and raw Docker side by side, then
+(on a second stack) what thousands of open long-polls and WebSockets cost everyone else; print
+the tables (and write them as JSON). Exit 0 on success, 1 with a message when anything fails."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import docker
 import docker.errors
 import requests
 
+from bench.concurrency import bench_concurrency
 from bench.report import HIGHER_IS_BETTER, Figure, Report, latency_figures, machine_info
 from bench.targets import BenchError, Flood, PaddockTarget, RawDocker
 from tests.stack import Stack
@@ -140,6 +142,18 @@ def run(args: argparse.Namespace) -> Report:
     except docker.errors.ImageNotFound as exc:
         raise BenchError(f"image {image} is missing; build it with `make images`") from exc
     report = Report(machine=machine_info(str(client.version().get("Version", "?"))))
+    if args.only != "concurrency":
+        run_latency(args, client, image, report)
+    if args.only != "latency" and (args.waits or args.sockets):
+        with tempfile.TemporaryDirectory(prefix="paddock-bench-load-") as tmp:
+            log(f"concurrency: starting a stack ({args.waits} long-polls, {args.sockets} sockets)")
+            report.load, report.load_notes = bench_concurrency(
+                Path(tmp), args.waits, args.sockets, args.load_health, args.load_execs, args.env
+            )
+    return report
+
+
+def run_latency(args: argparse.Namespace, client: Any, image: str, report: Report) -> None:
     flood = Flood(args.flood_mb * 1_000_000)
     with tempfile.TemporaryDirectory(prefix="paddock-bench-") as tmp:
         log("starting the stack (redis-server, host worker, control worker, gunicorn)")
@@ -170,7 +184,6 @@ def run(args: argparse.Namespace) -> Report:
         "exec: POST .../processes?wait=true {cmd: 'echo 22'} vs exec_run(bash -c 'echo 22')",
         "stdout: whole JSON answer received (parsed and checked untimed) vs exec stream counted",
     ]
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,9 +201,24 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the results (default: %(default)s)",
     )
     parser.add_argument("--no-json", action="store_true", help="do not write the JSON file")
+    parser.add_argument(
+        "--only", choices=("latency", "concurrency"), help="run one section (default: both)"
+    )
+    parser.add_argument("--waits", type=int, default=1000, help="long-polls held open")
+    parser.add_argument("--sockets", type=int, default=1000, help="WebSockets held open")
+    parser.add_argument(
+        "--load-health", type=int, default=500, help="timed /health, idle and loaded each"
+    )
+    parser.add_argument(
+        "--load-execs", type=int, default=100, help="timed victim execs, idle and loaded each"
+    )
     args = parser.parse_args(argv)
     if min(args.creates, args.execs, args.flood_runs, args.flood_mb) < 1 or args.warmups < 0:
         parser.error("counts and sizes must be positive")
+    if min(args.waits, args.sockets) < 0 or min(args.load_health, args.load_execs) < 1:
+        parser.error("counts must be positive (--waits/--sockets may be 0)")
+    if max(args.waits, args.sockets) > 20_000:
+        parser.error("--waits and --sockets are bounded at 20000")
     started = time.monotonic()
     try:
         report = run(args)
@@ -206,10 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"FAILED: {exc}")
         return 1
     print(report.header())
-    print()
-    print(report.table())
-    for note in report.notes:
-        print(f"  - {note}")
+    if report.figures:
+        print()
+        print(report.table())
+        for note in report.notes:
+            print(f"  - {note}")
+    if report.load:
+        print("\nConcurrency: what open long-polls and WebSockets cost everyone else")
+        print(report.load_table())
+        for note in report.load_notes:
+            print(f"  - {note}")
     print(f"\n(total bench time {time.monotonic() - started:.0f} s)")
     if not args.no_json:
         report.write_json(args.json)

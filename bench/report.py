@@ -60,10 +60,27 @@ def latency_figures(name: str, paddock_s: list[float], raw_s: list[float]) -> li
     ]
 
 
+@dataclass(frozen=True)
+class LoadFigure:
+    """One row of the concurrency table: a quantity with nothing open, then with the load."""
+
+    name: str
+    unit: str
+    idle: float
+    loaded: float
+    samples: int
+
+    @property
+    def ratio(self) -> float:
+        return self.loaded / self.idle if self.idle else math.inf
+
+
 @dataclass
 class Report:
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    load: list[LoadFigure] = field(default_factory=list)
+    load_notes: list[str] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
     raw_samples: dict[str, list[float]] = field(default_factory=dict)
 
@@ -86,6 +103,18 @@ class Report:
         lines.append("the share of raw Docker's speed that Paddock delivers.")
         return "\n".join(lines)
 
+    def load_table(self) -> str:
+        head = f"{'figure':<34} {'idle':>12} {'loaded':>12} {'ratio':>8}"
+        rule = "-" * len(head)
+        lines = [head, rule]
+        for f in self.load:
+            lines.append(
+                f"{f.name + ' (' + f.unit + ')':<34} {_num(f.idle):>12} {_num(f.loaded):>12} "
+                f"{f.ratio:>7.2f}x"
+            )
+        lines.append(rule)
+        return "\n".join(lines)
+
     def header(self) -> str:
         m = self.machine
         return (
@@ -99,6 +128,8 @@ class Report:
             "machine": self.machine,
             "figures": [{**asdict(f), "ratio": f.ratio} for f in self.figures],
             "notes": self.notes,
+            "concurrency": [{**asdict(f), "ratio": f.ratio} for f in self.load],
+            "concurrency_notes": self.load_notes,
             "samples_seconds": self.raw_samples,
         }
 

@@ -33,9 +33,24 @@ STATE="$ROOT/.paddock"
 LOG_DIR="$STATE/log"
 RUN_DIR="$STATE/run"
 mkdir -p "$LOG_DIR" "$RUN_DIR"
+# Logs name tenants, sandboxes and hosts: only their owner reads them (0600 files in a 0700
+# dir), including logs an older version left world-readable.
+chmod 700 "$LOG_DIR"
+find "$LOG_DIR" -maxdepth 1 -type f -exec chmod 600 {} +
+private_log() {  # private_log FILE: create it 0600 before a daemon appends to it
+    (umask 077 && : >>"$1")
+    chmod 600 "$1"
+}
 
 PYTHON="${PYTHON:-python3}"
 REDIS_URL="${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0}"
+# Redis holds state and every process's kept output: cap its memory (a quarter of the machine's
+# by default) and never evict, since evicting would silently lose state. Output budgets per
+# process, sandbox and tenant keep Paddock well below it; the cap is the last line.
+if [[ -z "${PADDOCK_REDIS_MAXMEMORY:-}" ]]; then
+    mem_kb="$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+    PADDOCK_REDIS_MAXMEMORY="$((mem_kb / 4 / 1024))mb"
+fi
 
 say() {
     if [[ "$QUIET" -eq 0 ]]; then
@@ -138,6 +153,7 @@ else
         say "docker: dockerd is alive but not answering yet, waiting"
         started_pid=""
     else
+        private_log "$LOG_DIR/dockerd.log"
         nohup setsid dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
         started_pid=$!
     fi
@@ -170,6 +186,13 @@ redis_ok() {
 
 forget_stale_pid redis redis-server
 if redis_ok; then
+    # A Redis that was running already (ours from an earlier run, or the operator's) without a
+    # memory cap gets one; a cap someone set is left alone.
+    if [[ "$(timeout 3 redis-cli -u "$REDIS_URL" config get maxmemory 2>/dev/null | tail -n 1)" == "0" ]]; then
+        timeout 3 redis-cli -u "$REDIS_URL" config set maxmemory "$PADDOCK_REDIS_MAXMEMORY" >/dev/null \
+            && timeout 3 redis-cli -u "$REDIS_URL" config set maxmemory-policy noeviction >/dev/null \
+            && say "redis: maxmemory set to $PADDOCK_REDIS_MAXMEMORY (noeviction)"
+    fi
     if [[ -f "$RUN_DIR/redis.pid" ]]; then
         say "redis: running at $REDIS_URL (started by us, pid $(cat "$RUN_DIR/redis.pid"))"
     else
@@ -193,9 +216,14 @@ else
         die "cannot parse a port from PADDOCK_REDIS_URL=$REDIS_URL"
     fi
     mkdir -p "$STATE/redis"
+    private_log "$LOG_DIR/redis.log"
+    # Every waiting client (long-poll, WebSocket) holds a Redis connection: room for
+    # maxclients' default 10000 even where the soft open-file limit is 1024.
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     # AOF on, RDB snapshots off: the session store survives a restart without periodic fork+dump.
     nohup setsid redis-server --port "$redis_port" --bind 127.0.0.1 --appendonly yes \
         --dir "$STATE/redis" --daemonize no --save '' \
+        --maxmemory "$PADDOCK_REDIS_MAXMEMORY" --maxmemory-policy noeviction \
         >>"$LOG_DIR/redis.log" 2>&1 </dev/null &
     redis_pid=$!
     for _ in $(seq 1 40); do

@@ -11,6 +11,14 @@ LOG="$DATA/log"
 RUN="${PADDOCK_RUN_DIR:-$ROOT/.paddock/run}"  # bootstrap's pid files: what it started, we stop
 mkdir -p "$LOG" "$RUN"
 export PADDOCK_DATA_DIR="$DATA"
+# Logs name tenants, sandboxes and hosts: 0600 files in a 0700 dir (also those an older
+# version left readable). Each is created private before its component appends to it; the
+# components themselves keep the usual umask (a sandbox's files must stay usable by uid 1000).
+chmod 700 "$LOG"
+find "$LOG" -maxdepth 1 -type f -exec chmod 600 {} +
+# Every long-poll and WebSocket holds a client socket and a Redis connection in the web
+# (web/gunicorn_conf.py): far more descriptors than the usual 1024.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 PORT="${PADDOCK_PORT:-3000}"
 FLOWER_PORT="${PADDOCK_FLOWER_PORT:-5555}"
@@ -26,11 +34,28 @@ print(f"PADDOCK_SECRET_KEY={Fernet.generate_key().decode()}")
 PY
     )
 fi
+# Flower shows every tenant's commands, env and files: it gets a login, added to a secrets
+# file made before it had one. (token_urlsafe: no ":" or ",", which Flower's list would split.)
+if ! grep -q '^PADDOCK_FLOWER_PASSWORD=' "$SECRETS"; then
+    (umask 077; "$BIN/python" - >>"$SECRETS" <<'PY'
+import secrets
+print("PADDOCK_FLOWER_USER=paddock")
+print(f"PADDOCK_FLOWER_PASSWORD={secrets.token_urlsafe(24)}")
+PY
+    )
+fi
+chmod 600 "$SECRETS"
 while read -r line; do
     key=${line%%=*}
     # (not `IFS== read key value`: read drops a trailing "=", and Fernet keys end with one)
-    [[ -n "$key" && -z "${!key:-}" ]] && export "$key=${line#*=}"
+    [[ -n "$key" && -z "${!key:-}" ]] || continue
+    case "$key" in
+        # Flower's login is for Flower alone: kept in this shell, not in every component's env.
+        PADDOCK_FLOWER_*) printf -v "$key" '%s' "${line#*=}" ;;
+        *) export "$key=${line#*=}" ;;
+    esac
 done <"$SECRETS"
+export -n PADDOCK_FLOWER_USER PADDOCK_FLOWER_PASSWORD
 
 # `make up` is the one-machine, single-user runner: API keys are off unless asked for, and then
 # it listens on loopback only. With PADDOCK_AUTH=on it listens on every interface.
@@ -40,8 +65,10 @@ export PADDOCK_REDIS_URL="${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0}"
 export PADDOCK_HOST_ID="${PADDOCK_HOST_ID:-$(hostname)}"
 
 pids=()
-start() {  # start NAME CMD...: run in the background, log to .paddock/log/NAME.log
+start() {  # start NAME CMD...: run in the background, log to .paddock/log/NAME.log (0600)
     local name=$1; shift
+    (umask 077 && : >>"$LOG/$name.log")
+    chmod 600 "$LOG/$name.log"
     # Each in its own process group (setsid), so stopping it reaches its children too
     # (gunicorn's workers, Celery's pool); the trap below does the stopping.
     setsid "$@" >>"$LOG/$name.log" 2>&1 &
@@ -78,9 +105,12 @@ trap stop_all EXIT
 
 start worker-"$PADDOCK_HOST_ID" "$BIN/python" -m workers host
 start control "$BIN/python" -m workers control
-start flower "$BIN/celery" --broker="$PADDOCK_REDIS_URL" flower --port="$FLOWER_PORT" --address=127.0.0.1
-start web "$BIN/gunicorn" --bind "$BIND:$PORT" --worker-class gthread --workers 2 \
-    --threads 64 --timeout 120 --graceful-timeout 10 'web.app:create_app()'
+# The login goes in Flower's environment (FLOWER_BASIC_AUTH), not its argv, which `ps` shows.
+FLOWER_BASIC_AUTH="${PADDOCK_FLOWER_USER:-paddock}:$PADDOCK_FLOWER_PASSWORD" \
+    start flower "$BIN/celery" --broker="$PADDOCK_REDIS_URL" flower --port="$FLOWER_PORT" \
+    --address=127.0.0.1
+# gevent workers (web/gunicorn_conf.py): a waiting client costs a greenlet, not a thread.
+start web "$BIN/gunicorn" -c python:web.gunicorn_conf --bind "$BIND:$PORT" 'web.app:create_app()'
 
 for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
@@ -97,7 +127,8 @@ done
 
 cat <<MSG
 
-Paddock is running at http://localhost:$PORT  (host $PADDOCK_HOST_ID; Flower at http://localhost:$FLOWER_PORT)
+Paddock is running at http://localhost:$PORT  (host $PADDOCK_HOST_ID)
+Flower: http://localhost:$FLOWER_PORT — login PADDOCK_FLOWER_USER / PADDOCK_FLOWER_PASSWORD in $SECRETS
 Auth: $( [[ "$PADDOCK_AUTH" == "off" ]] && echo "off — /sessions acts as the local tenant; listening on 127.0.0.1 only (PADDOCK_AUTH=on to require API keys)" || echo "on — API keys required on /sessions and /v1" )
 Mail: $( [[ -z "${PADDOCK_SMTP_URL:-}" ]] && echo "LOG MAILER (dev mode): login codes are written to $LOG/control.log — set PADDOCK_SMTP_URL to send real mail" || echo "SMTP via PADDOCK_SMTP_URL" )
 

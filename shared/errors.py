@@ -119,6 +119,21 @@ class FileTooLarge(SandboxError):
     code = "file_too_large"
 
 
+class NotARegularFile(SandboxError):
+    """A FIFO, socket or device (or a link to one): reading or writing it could block."""
+
+    status = 400
+    code = "not_a_regular_file"
+
+
+class SandboxTimeout(SandboxError):
+    """An operation inside the sandbox did not finish within its deadline (it was killed)."""
+
+    status = 504
+    code = "sandbox_timeout"
+    message = "The operation did not finish in time inside the sandbox"
+
+
 class SandboxGone(SandboxError):
     status = 404
     code = "session_not_found"

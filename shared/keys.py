@@ -184,3 +184,8 @@ def sandbox_running(sandbox_id: str) -> str:
 def slots(kind: str, tenant_id: str) -> str:
     """Sorted set: a tenant's held slots of one kind (waits, sockets), scored by expiry."""
     return f"{PREFIX}:slots:{kind}:{tenant_id}"
+
+
+def process_done(sandbox_id: str, process_id: str) -> str:
+    """Stream: one entry once the process has ended; waiters block on it (no output read)."""
+    return f"{PREFIX}:done:{sandbox_id}:{process_id}"

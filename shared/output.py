@@ -1,14 +1,19 @@
 """Processes and their output: one hash per process, one Redis Stream of output per process.
 
-The worker that runs a process appends entries; readers (HTTP long-polls) take everything with
-XRANGE and then follow with blocking XREAD from the last id they saw, so nothing is missed and
-nobody sleeps in a loop. The stream ends with one ``end`` entry carrying the exit code.
+The worker that runs a process appends entries; readers take them with XRANGE in bounded
+batches, so what a reader holds at once never depends on how much a process printed. The stream
+ends with one ``end`` entry carrying the exit code; the same moment is also marked on a tiny
+``done`` stream, which is what waiters block on (they read no output while they wait).
+
+Kept output is budgeted three ways: per process (the pump counts), per sandbox and per tenant
+(counters in Redis, reserved atomically with each write by one Lua script). A budget that runs
+out truncates the output with an explicit marker; it never fails the request or the process.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
@@ -16,23 +21,94 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.errors import QuotaExceeded
 from shared.redisio import read_hash, read_set, text
 
 STDOUT = "o"
 STDERR = "e"
 END = "x"
 
-_BATCH = 256  # stream entries per read; an entry holds up to one 256 KiB chunk of lines
+_BATCH = 256  # entries per read where the reader keeps everything (the agent's capped reads)
+_STREAM_BATCH = 8  # entries per read when streaming: at most 8 chunks of 256 KiB held at once
+
+# Register a process unless its sandbox already runs ``limit`` of them.
+# KEYS: running set, process hash, sandbox's process set
+# ARGV: process id, limit, cmd, tenant, now
+_REGISTER = """
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'cmd', ARGV[3], 'tenant', ARGV[4], 'status', 'starting',
+           'started_at', ARGV[5], 'bytes', 0)
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+
+# Append one chunk if the sandbox's and the tenant's budgets have room for all of it.
+# KEYS: output stream, process hash, sandbox counter, tenant counter
+# ARGV: bytes, sandbox cap, tenant cap, then (kind, text, ts) per entry
+# Returns {1, room left} when stored (or dropped because the process was forgotten meanwhile),
+# {0, room, which budget} when it does not fit (nothing stored).
+_APPEND = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {1, 0} end
+local n = tonumber(ARGV[1])
+local sroom = tonumber(ARGV[2]) - tonumber(redis.call('GET', KEYS[3]) or '0')
+local troom = tonumber(ARGV[3]) - tonumber(redis.call('GET', KEYS[4]) or '0')
+local room, which = sroom, 'sandbox'
+if troom < sroom then room, which = troom, 'tenant' end
+if n > room then
+  if room < 0 then room = 0 end
+  return {0, room, which}
+end
+redis.call('INCRBY', KEYS[3], n)
+redis.call('INCRBY', KEYS[4], n)
+redis.call('HINCRBY', KEYS[2], 'bytes', n)
+for i = 4, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'l', ARGV[i + 1], 't', ARGV[i + 2])
+end
+return {1, room - n}
+"""
+
+# Forget one process and give its bytes back to the sandbox's and the tenant's budgets.
+# KEYS: process hash, output stream, done stream, process set, running set, sandbox counter,
+#       tenant counter; ARGV: process id
+_FORGET = """
+local n = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+if n > 0 then
+  redis.call('DECRBY', KEYS[6], n)
+  redis.call('DECRBY', KEYS[7], n)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+return n
+"""
 
 
 @dataclass(frozen=True)
 class Line:
     """Output read back: one line. When written, ``text`` may hold several lines joined by
-    newlines (a chunk read at once); `ProcessLog.read` splits them again."""
+    newlines (a chunk read at once); readers split them again."""
 
     kind: str  # STDOUT or STDERR
     text: str
     ts_ns: int
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Caps on kept output, in bytes."""
+
+    process: int
+    sandbox: int
+    tenant: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A write the sandbox's or tenant's budget had no room for: ``room`` bytes would fit."""
+
+    room: int
+    budget: str  # "sandbox" or "tenant"
 
 
 @dataclass
@@ -41,7 +117,19 @@ class Output:
     stderr: list[Line] = field(default_factory=list)
     finished: bool = False
     exit_code: int | None = None
+    oom_killed: bool = False
     last_id: str = "0-0"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry as read: ``kind`` STDOUT/STDERR with its lines, or END."""
+
+    kind: str
+    lines: list[str]
+    ts_ns: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
 
 
 class ProcessLog:
@@ -49,16 +137,30 @@ class ProcessLog:
 
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
+        self._register = r.register_script(_REGISTER)
+        self._append = r.register_script(_APPEND)
+        self._forget = r.register_script(_FORGET)
 
     # -- records -----------------------------------------------------------------------------
-    def register(self, sandbox_id: str, process_id: str, cmd: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.hset(
-            keys.process(sandbox_id, process_id),
-            mapping={"cmd": cmd, "status": "starting", "started_at": time.time()},
+    def register(
+        self, sandbox_id: str, process_id: str, cmd: str, tenant_id: str = "", limit: int = 0
+    ) -> None:
+        """Record a new process of the sandbox. ``limit`` (0: none) caps the sandbox's running
+        processes. Raises QuotaExceeded when the sandbox already runs ``limit``."""
+        ok = self._register(
+            keys=[
+                keys.sandbox_running(sandbox_id),
+                keys.process(sandbox_id, process_id),
+                keys.sandbox_processes(sandbox_id),
+            ],
+            args=[process_id, limit or 2**31, cmd, tenant_id, time.time()],
         )
-        pipe.sadd(keys.sandbox_processes(sandbox_id), process_id)
-        pipe.execute()
+        if not ok:
+            raise QuotaExceeded(
+                f"process quota reached: {limit} running processes per sandbox "
+                "(PADDOCK_SANDBOX_MAX_PROCESSES); wait for one to end or stop one",
+                retry_after=1,
+            )
 
     def set_fields(self, sandbox_id: str, process_id: str, **values: str | int | float) -> None:
         mapping: dict[str | bytes, str | int | float] = {k: v for k, v in values.items()}
@@ -73,35 +175,123 @@ class ProcessLog:
     def process_ids(self, sandbox_id: str) -> list[str]:
         return sorted(read_set(self.r, keys.sandbox_processes(sandbox_id)))
 
+    def running_count(self, sandbox_id: str) -> int:
+        return int(self.r.scard(keys.sandbox_running(sandbox_id)))
+
     def forget(self, sandbox_id: str, process_id: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.delete(keys.process(sandbox_id, process_id), keys.output(sandbox_id, process_id))
-        pipe.srem(keys.sandbox_processes(sandbox_id), process_id)
-        pipe.execute()
+        """Delete the process and its output, giving its bytes back to the budgets."""
+        tenant = self.r.hget(keys.process(sandbox_id, process_id), "tenant")
+        self._forget(
+            keys=[
+                keys.process(sandbox_id, process_id),
+                keys.output(sandbox_id, process_id),
+                keys.process_done(sandbox_id, process_id),
+                keys.sandbox_processes(sandbox_id),
+                keys.sandbox_running(sandbox_id),
+                keys.sandbox_output_bytes(sandbox_id),
+                keys.tenant_output_bytes(text(tenant) if tenant else ""),
+            ],
+            args=[process_id],
+        )
 
     # -- writing output ----------------------------------------------------------------------
     def append(self, sandbox_id: str, process_id: str, lines: Iterable[Line]) -> None:
-        """Store lines. Consecutive lines of one stream read at one instant share an entry
-        (joined by newlines, which a line never contains): one XADD per chunk read, not per
-        line, is what makes hundreds of MB of output affordable."""
+        """Store lines outside any budget (Paddock's own short notices). Consecutive lines of
+        one stream read at one instant share an entry (joined by newlines, which a line never
+        contains): one XADD per chunk read, not per line."""
         key = keys.output(sandbox_id, process_id)
         pipe = self.r.pipeline(transaction=False)
-        for (kind, ts), group in groupby(lines, key=lambda x: (x.kind, x.ts_ns)):
-            pipe.xadd(key, {"k": kind, "l": "\n".join(x.text for x in group), "t": ts})
+        for kind, ts, joined in _entries(lines):
+            pipe.xadd(key, {"k": kind, "l": joined, "t": ts})
         if len(pipe):
             pipe.execute()
 
-    def finish(self, sandbox_id: str, process_id: str, exit_code: int | None) -> None:
+    def append_budgeted(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        tenant_id: str,
+        lines: Iterable[Line],
+        size: int,
+        budgets: Budgets,
+    ) -> Refused | None:
+        """Store lines worth ``size`` bytes if the sandbox's and the tenant's budgets both have
+        room for all of them; otherwise store nothing and say how much would fit."""
+        args: list[Any] = [size, budgets.sandbox, budgets.tenant]
+        for kind, ts, joined in _entries(lines):
+            args += [kind, joined, ts]
+        if len(args) == 3:
+            return None
+        got = self._append(
+            keys=[
+                keys.output(sandbox_id, process_id),
+                keys.process(sandbox_id, process_id),
+                keys.sandbox_output_bytes(sandbox_id),
+                keys.tenant_output_bytes(tenant_id),
+            ],
+            args=args,
+        )
+        if int(got[0]) == 1:
+            return None
+        return Refused(room=int(got[1]), budget=text(got[2]))
+
+    def finish(
+        self, sandbox_id: str, process_id: str, exit_code: int | None, oom_killed: bool = False
+    ) -> None:
         code = "" if exit_code is None else str(exit_code)
+        oom = "1" if oom_killed else ""
         pipe = self.r.pipeline()
-        pipe.xadd(keys.output(sandbox_id, process_id), {"k": END, "c": code})
+        pipe.xadd(keys.output(sandbox_id, process_id), {"k": END, "c": code, "m": oom})
         pipe.hset(
             keys.process(sandbox_id, process_id),
-            mapping={"status": "exited", "exit_code": code, "ended_at": time.time()},
+            mapping={"status": "exited", "exit_code": code, "ended_at": time.time(), "oom": oom},
         )
+        pipe.srem(keys.sandbox_running(sandbox_id), process_id)
+        pipe.xadd(keys.process_done(sandbox_id, process_id), {"c": code})
         pipe.execute()
 
-    # -- reading output ----------------------------------------------------------------------
+    # -- reading output, streamed ------------------------------------------------------------
+    def last_id(self, sandbox_id: str, process_id: str) -> str:
+        """The id of the newest entry so far ("0-0" when none): the end of a snapshot."""
+        newest = self.r.xrevrange(keys.output(sandbox_id, process_id), count=1)
+        return text(newest[0][0]) if newest else "0-0"
+
+    def entries(self, sandbox_id: str, process_id: str, upto: str) -> Iterator[Entry]:
+        """Every entry up to and including id ``upto``, read a few at a time."""
+        if upto == "0-0":
+            return
+        key = keys.output(sandbox_id, process_id)
+        start = "-"
+        while True:
+            batch = self.r.xrange(key, min=start, max=upto, count=_STREAM_BATCH)
+            for entry_id, fields in batch:
+                start = "(" + text(entry_id)
+                yield _entry(fields)
+            if len(batch) < _STREAM_BATCH:
+                return
+
+    def wait_done(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        timeout: float,
+        tick: Callable[[], None] | None = None,
+    ) -> bool:
+        """Block until the process has ended (True) or ``timeout`` seconds pass or it is
+        forgotten (False), reading none of its output. ``tick`` runs every few seconds."""
+        done = keys.process_done(sandbox_id, process_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            block_ms = max(1, int(min(max(remaining, 0.001), 10.0) * 1000))
+            if self.r.xread({done: "0-0"}, count=1, block=block_ms):
+                return True
+            if tick is not None:
+                tick()
+            if remaining <= 0 or not self.exists(sandbox_id, process_id):
+                return False
+
+    # -- reading output, whole (bounded by the per-process cap) ------------------------------
     def read(self, sandbox_id: str, process_id: str) -> Output:
         """Everything written so far."""
         out = Output()
@@ -132,38 +322,33 @@ class ProcessLog:
         timeout: float,
         tick: Callable[[], None] | None = None,
     ) -> Output:
-        """Everything written until the process ends, or until ``timeout`` seconds pass.
+        """Everything written until the process ends, or until ``timeout`` seconds pass."""
+        self.wait_done(sandbox_id, process_id, timeout, tick)
+        return self.read(sandbox_id, process_id)
 
-        ``tick`` is called every few seconds while waiting (the web uses it to keep the
-        sandbox from being reaped as idle while a client is waiting on it).
-        """
-        out = self.read(sandbox_id, process_id)
-        key = keys.output(sandbox_id, process_id)
-        deadline = time.monotonic() + timeout
-        while not out.finished:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            block_ms = max(1, int(min(remaining, 10.0) * 1000))
-            resp = self.r.xread({key: out.last_id}, count=_BATCH, block=block_ms)
-            if tick is not None:
-                tick()
-            for _key, entries in resp or []:
-                _apply(out, entries)
-            if not resp and not self.r.exists(keys.process(sandbox_id, process_id)):
-                break  # forgotten (stopped or sandbox ended) while we waited
-        return out
+
+def _entries(lines: Iterable[Line]) -> Iterator[tuple[str, int, str]]:
+    for (kind, ts), group in groupby(lines, key=lambda x: (x.kind, x.ts_ns)):
+        yield kind, ts, "\n".join(x.text for x in group)
+
+
+def _entry(fields: dict[Any, Any]) -> Entry:
+    f = {text(k): text(v) for k, v in fields.items()}
+    kind = f.get("k", "")
+    if kind == END:
+        code = int(f["c"]) if f.get("c") else None
+        return Entry(END, [], exit_code=code, oom_killed=f.get("m") == "1")
+    return Entry(kind, f.get("l", "").split("\n"), int(f.get("t", 0)))
 
 
 def _apply(out: Output, entries: list[Any]) -> None:
     for entry_id, fields in entries:
         out.last_id = text(entry_id)
-        f = {text(k): text(v) for k, v in fields.items()}
-        kind = f.get("k")
-        if kind == END:
+        e = _entry(fields)
+        if e.kind == END:
             out.finished = True
-            out.exit_code = int(f["c"]) if f.get("c") else None
-        elif kind in (STDOUT, STDERR):
-            target = out.stdout if kind == STDOUT else out.stderr
-            ts = int(f.get("t", 0))
-            target.extend(Line(kind, text, ts) for text in f.get("l", "").split("\n"))
+            out.exit_code = e.exit_code
+            out.oom_killed = e.oom_killed
+        elif e.kind in (STDOUT, STDERR):
+            target = out.stdout if e.kind == STDOUT else out.stderr
+            target.extend(Line(e.kind, t, e.ts_ns) for t in e.lines)

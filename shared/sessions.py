@@ -17,8 +17,9 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.errors import PaddockError
+from shared.errors import PaddockError, QuotaExceeded
 from shared.redisio import read_hash, read_set, text
+from shared.store import QUOTA_RETRY_AFTER
 
 # seq = INCR; XADD with id "<seq>-0"; the frame is the given JSON object with "seq" first.
 _APPEND = """
@@ -32,7 +33,35 @@ end
 return seq
 """
 
+# Count a tenant's live sessions (not ended, not expired) plus the ones being created, and
+# reserve a place for a new one under the limit, in one step: concurrent creates cannot
+# overshoot. Ids whose record is gone (ended and past their history) are pruned on the way.
+# KEYS: the tenant's session ids, its sessions being created (a keys.slots set scored by expiry
+# in ms).  ARGV: session key prefix, limit (-1: count only), session id, hold ms.
+# -> {1 reserved | 0 not, sessions counted (the new one included)}
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local used = redis.call('ZCARD', KEYS[2])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local s = redis.call('HMGET', ARGV[1] .. id, 'state', 'expires_at')
+  if not s[1] then
+    redis.call('SREM', KEYS[1], id)
+  elseif s[1] ~= 'ended' and tonumber(s[2] or '0') * 1000 > now then
+    used = used + 1
+  end
+end
+local limit = tonumber(ARGV[2])
+if limit < 0 or used >= limit then return {0, used} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) + 1000)
+return {1, used + 1}
+"""
+
 ENDED_STATES = ("ended",)
+# The keys.slots kind that holds the places of sessions being created.
+CREATING = "session-creates"
 
 
 class ChatSessionNotFound(PaddockError):
@@ -65,9 +94,44 @@ class Sessions:
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
         self._append = r.register_script(_APPEND)
+        self._reserve = r.register_script(_RESERVE)
+
+    # -- the per-tenant quota ----------------------------------------------------------------
+    def reserve(self, tenant_id: str, session_id: str, limit: int, hold: float) -> None:
+        """Hold one of the tenant's ``limit`` live-session places for ``session_id`` while it
+        is being created (``create`` turns the hold into the session; ``release`` gives it
+        back; a holder that dies stops counting after ``hold`` seconds).
+
+        Raises QuotaExceeded when the tenant's live and starting sessions reach ``limit``.
+        """
+        reserved, _ = self._count_and_reserve(tenant_id, session_id, limit, hold)
+        if not reserved:
+            raise QuotaExceeded(
+                f"agent session quota reached: {limit} live sessions per tenant "
+                "(PADDOCK_TENANT_MAX_SESSIONS); end one first (DELETE /v1/sessions/{id})",
+                retry_after=QUOTA_RETRY_AFTER,
+            )
+
+    def release(self, tenant_id: str, session_id: str) -> None:
+        """Give back the place ``reserve`` held (a no-op once the session exists)."""
+        self.r.zrem(keys.slots(CREATING, tenant_id), session_id)
+
+    def live_count(self, tenant_id: str) -> int:
+        """The tenant's sessions that count against its quota: live ones and ones starting."""
+        return self._count_and_reserve(tenant_id, "", -1, 0)[1]
+
+    def _count_and_reserve(
+        self, tenant_id: str, session_id: str, limit: int, hold: float
+    ) -> tuple[bool, int]:
+        got = self._reserve(
+            keys=[keys.tenant_sessions(tenant_id), keys.slots(CREATING, tenant_id)],
+            args=[keys.session(""), limit, session_id, max(1, int(hold * 1000))],
+        )
+        return bool(int(got[0])), int(got[1])
 
     # -- records -----------------------------------------------------------------------------
     def create(self, s: ChatSession) -> None:
+        """Record the session; the place ``reserve`` held for it becomes the session itself."""
         pipe = self.r.pipeline()
         pipe.hset(
             keys.session(s.session_id),
@@ -89,6 +153,7 @@ class Sessions:
         pipe.zadd(keys.session_expiry(), {s.session_id: s.expires_at})
         for name in s.secrets:
             pipe.sadd(keys.secret_users(s.tenant_id, name), s.session_id)
+        pipe.zrem(keys.slots(CREATING, s.tenant_id), s.session_id)
         pipe.execute()
 
     def load(self, session_id: str) -> ChatSession | None:

@@ -96,6 +96,9 @@ class Settings:
     tenant_max_waits: int = 100
     tenant_max_sockets: int = 100
     sandbox_worker_share: int = 2
+    # Host worker threads one tenant's tasks may hold at once on a host; 0: half of
+    # worker_concurrency, at least 1 (set in __post_init__).
+    tenant_worker_share: int = 0
     fs_timeout: float = 10.0
     task_timeout: float = 60.0
     create_timeout: float = 120.0
@@ -118,6 +121,9 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.host_id:
             object.__setattr__(self, "host_id", socket.gethostname())
+        if self.tenant_worker_share <= 0:
+            share = max(1, self.worker_concurrency // 2)
+            object.__setattr__(self, "tenant_worker_share", share)
         if self.sandbox_network not in SANDBOX_NETWORKS:
             raise ConfigError(
                 f"PADDOCK_SANDBOX_NETWORK must be one of {', '.join(SANDBOX_NETWORKS)}"

@@ -14,12 +14,31 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.errors import NoCapacity, SessionNotFound
+from shared.errors import NoCapacity, QuotaExceeded, SessionNotFound
 from shared.redisio import read_hash, read_set, text
 
-# Lua: pick the live host with the most free capacity that has the template, and reserve a slot
-# in the same step so two concurrent creates cannot both take a host's last slot.
+# Seconds a client is told to wait after a sandbox or session quota refusal: a slot frees when
+# the tenant deletes one or when one is reaped, not by itself within a second.
+QUOTA_RETRY_AFTER = 10
+
+# Lua: in one step, check the tenant's sandbox quota, pick the live host with the most free
+# capacity that has the template, and write the sandbox with its reservations (host slot,
+# tenant slot, record, indexes). Concurrent creates can neither overshoot the quota nor take a
+# host's last slot twice, and no moment exists where a slot is held without its record (every
+# failure path then frees both with purge_sandbox).
+# KEYS: hosts, tenant's sandboxes, the sandbox, idle index, expiry index.
+# ARGV: host key prefix, template, sandbox id, tenant, quota, now, max lifetime, sandbox key
+# prefix.  -> {'ok', host} | {'quota', used} | {'full'}
 _PLACE = """
+local used = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[8] .. id) == 1 then
+    used = used + 1
+  else
+    redis.call('SREM', KEYS[2], id)  -- a stale id holds no slot
+  end
+end
+if used >= tonumber(ARGV[5]) then return {'quota', used} end
 local best, best_free = nil, 0
 for i, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local hkey = ARGV[1] .. host
@@ -27,14 +46,19 @@ for i, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     local cap = tonumber(redis.call('HGET', hkey, 'capacity') or '0')
     local tpls = redis.call('HGET', hkey, 'templates') or ''
     if string.find(tpls, ',' .. ARGV[2] .. ',', 1, true) then
-      local used = redis.call('SCARD', hkey .. ':sandboxes')
-      local free = cap - used
+      local free = cap - redis.call('SCARD', hkey .. ':sandboxes')
       if free > best_free then best, best_free = host, free end
     end
   end
 end
-if best then redis.call('SADD', ARGV[1] .. best .. ':sandboxes', ARGV[3]) end
-return best
+if not best then return {'full'} end
+redis.call('SADD', ARGV[1] .. best .. ':sandboxes', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], 'tenant', ARGV[4], 'host', best, 'template', ARGV[2],
+           'status', 'creating', 'created_at', ARGV[6])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
+redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[3])
+return {'ok', best}
 """
 
 _BEGIN_DELETE = """
@@ -143,38 +167,53 @@ class Store:
                     merged[name] = entry
         return [{**merged[name], "hosts": hosts[name]} for name in sorted(merged)]
 
-    def place(self, sandbox_id: str, template: str) -> str:
-        """Reserve a slot for ``sandbox_id`` on the freest live host that has ``template``.
+    def place(
+        self,
+        sandbox_id: str,
+        tenant_id: str,
+        template: str,
+        max_sandboxes: int,
+        max_lifetime: float,
+    ) -> Sandbox:
+        """Record a new sandbox (status ``creating``) on the freest live host that has
+        ``template``, holding a slot of that host and one of the tenant's ``max_sandboxes``.
 
-        Raises NoCapacity when no live host can take it.
+        Raises QuotaExceeded when the tenant already has ``max_sandboxes`` sandboxes (ending
+        ones included: they still occupy their host), NoCapacity when no live host can take
+        it. Nothing is written when it raises.
         """
-        host = self._place(keys=[keys.hosts()], args=[keys.host(""), template, sandbox_id])
-        if host is None:
+        now = time.time()
+        got = self._place(
+            keys=[
+                keys.hosts(),
+                keys.tenant_sandboxes(tenant_id),
+                keys.sandbox(sandbox_id),
+                keys.idle_index(),
+                keys.expiry_index(),
+            ],
+            args=[
+                keys.host(""),
+                template,
+                sandbox_id,
+                tenant_id,
+                max_sandboxes,
+                now,
+                max_lifetime,
+                keys.sandbox(""),
+            ],
+        )
+        outcome = text(got[0])
+        if outcome == "quota":
+            raise QuotaExceeded(
+                f"sandbox quota reached: {max_sandboxes} sandboxes per tenant "
+                "(PADDOCK_TENANT_MAX_SANDBOXES); delete one first",
+                retry_after=QUOTA_RETRY_AFTER,
+            )
+        if outcome != "ok":
             raise NoCapacity("No sandbox host is available with free capacity")
-        return host.decode() if isinstance(host, bytes) else str(host)
+        return Sandbox(sandbox_id, tenant_id, text(got[1]), template, "creating", now)
 
     # -- sandboxes ---------------------------------------------------------------------------
-    def create_sandbox(
-        self, sandbox_id: str, tenant_id: str, host_id: str, template: str, max_lifetime: float
-    ) -> Sandbox:
-        now = time.time()
-        pipe = self.r.pipeline()
-        pipe.hset(
-            keys.sandbox(sandbox_id),
-            mapping={
-                "tenant": tenant_id,
-                "host": host_id,
-                "template": template,
-                "status": "creating",
-                "created_at": now,
-            },
-        )
-        pipe.sadd(keys.tenant_sandboxes(tenant_id), sandbox_id)
-        pipe.zadd(keys.idle_index(), {sandbox_id: now})
-        pipe.zadd(keys.expiry_index(), {sandbox_id: now + max_lifetime})
-        pipe.execute()
-        return Sandbox(sandbox_id, tenant_id, host_id, template, "creating", now)
-
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None:
         self.r.hset(keys.sandbox(sandbox_id), "status", status)
 
@@ -218,12 +257,22 @@ class Store:
         """Forget a sandbox and everything under it (processes, output, indexes)."""
         data = self._hgetall(keys.sandbox(sandbox_id))
         pids = self._smembers(keys.sandbox_processes(sandbox_id))
+        kept = int(self.r.get(keys.sandbox_output_bytes(sandbox_id)) or 0)
         pipe = self.r.pipeline()
         for pid in pids:
-            pipe.delete(keys.process(sandbox_id, pid), keys.output(sandbox_id, pid))
+            pipe.delete(
+                keys.process(sandbox_id, pid),
+                keys.output(sandbox_id, pid),
+                keys.process_done(sandbox_id, pid),
+            )
+        if kept and data.get("tenant"):
+            # The sandbox's kept output no longer counts against its tenant's budget.
+            pipe.decrby(keys.tenant_output_bytes(data["tenant"]), kept)
         pipe.delete(
             keys.sandbox(sandbox_id),
             keys.sandbox_processes(sandbox_id),
+            keys.sandbox_running(sandbox_id),
+            keys.sandbox_output_bytes(sandbox_id),
             keys.task_log(sandbox_id),
         )
         pipe.zrem(keys.idle_index(), sandbox_id)

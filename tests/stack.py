@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -39,7 +40,26 @@ def redis_argv(port: int, workdir: Path) -> list[str]:
         "no",
         "--dir",
         str(workdir),
+        # As under `make up`: a memory cap, and state is never evicted.
+        "--maxmemory",
+        "2gb",
+        "--maxmemory-policy",
+        "noeviction",
     ]
+
+
+OPEN_FILES = 65536
+
+
+def raise_open_files() -> None:
+    """In the child before exec: every open long-poll or WebSocket holds a client socket and a
+    Redis connection in the web, and one in redis-server, so both need more than the usual
+    1,024 descriptors. Up to the hard limit when raising that is not allowed."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, max(hard, OPEN_FILES)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def free_port() -> int:
@@ -88,18 +108,10 @@ class Stack:
             "web",
             [
                 str(VENV_BIN / "gunicorn"),
+                "-c",
+                "python:web.gunicorn_conf",
                 "--bind",
                 f"127.0.0.1:{self.port}",
-                "--worker-class",
-                "gthread",
-                "--workers",
-                "2",
-                "--threads",
-                "64",
-                "--timeout",
-                "120",
-                "--graceful-timeout",
-                "10",
                 "web.app:create_app()",
             ],
         )
@@ -158,15 +170,18 @@ class Stack:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def _spawn(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
-        out = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.procs[name] = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**self.env, **(extra or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # Logs are 0600 (they name tenants and sandboxes), as under `make up`.
+        fd = os.open(self.workdir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:  # the child keeps its own copy
+            self.procs[name] = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**self.env, **(extra or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=raise_open_files,
+            )
 
     def _wait(self, check: Any, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

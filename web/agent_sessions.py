@@ -51,7 +51,9 @@ class AgentSessions:
         """A running session from a validated CreateSessionRequest.
 
         Raises ValidationFailed / BadRequest (agent, LLM, bundles, base_url), BundleNotFound,
-        and whatever creating the sandbox raises (NoCapacity...). Nothing is left behind.
+        QuotaExceeded (the tenant has ``tenant_max_sessions`` live sessions, checked before any
+        sandbox is made), and whatever creating the sandbox raises (NoCapacity, the sandbox
+        quota...). Nothing is left behind.
         """
         agent = {k: v for k, v in body["agent"].items() if v is not None}
         if agent["kind"] == "deictic" and body["llm"] is None:
@@ -63,10 +65,46 @@ class AgentSessions:
         if agent["kind"] == "deictic":
             self._check_llm(tenant_id, llm, owners)
         ttl = min(body["ttl_seconds"] or self.settings.session_ttl, self.settings.session_max_ttl)
+        session_id = crypto.random_id("ses_", 10)
+        # Held until the session is recorded (or creation fails): concurrent creates of one
+        # tenant cannot all pass the check and then all make sandboxes.
+        self.sessions.reserve(
+            tenant_id,
+            session_id,
+            self.settings.tenant_max_sessions,
+            hold=self.settings.create_timeout * 2,
+        )
+        try:
+            s = self._start(tenant_id, session_id, body, agent, llm, ttl)
+        finally:
+            self.sessions.release(tenant_id, session_id)
+        token = tokens.issue(
+            self.settings.jwt_secret, s.session_id, SESSION_AUDIENCE, ttl, tenant=tenant_id
+        )
+        logger.info(
+            "session %s: created for tenant %s (sandbox %s, agent %s)",
+            s.session_id,
+            tenant_id,
+            s.sandbox_id,
+            agent["kind"],
+        )
+        return Created(s, token)
+
+    def _start(
+        self,
+        tenant_id: str,
+        session_id: str,
+        body: dict[str, Any],
+        agent: dict[str, Any],
+        llm: dict[str, Any],
+        ttl: int,
+    ) -> ChatSession:
+        """The sandbox, then the session record bound to it; the sandbox is removed again if
+        the record cannot be written."""
         sb = self.sandboxes.create(tenant_id, body["template"], field="template")
         now = time.time()
         s = ChatSession(
-            session_id=crypto.random_id("ses_", 10),
+            session_id=session_id,
             tenant_id=tenant_id,
             sandbox_id=sb.sandbox_id,
             host_id=sb.host_id,
@@ -85,17 +123,7 @@ class AgentSessions:
         except Exception:
             self.sandboxes.delete(sb)
             raise
-        token = tokens.issue(
-            self.settings.jwt_secret, s.session_id, SESSION_AUDIENCE, ttl, tenant=tenant_id
-        )
-        logger.info(
-            "session %s: created for tenant %s (sandbox %s, agent %s)",
-            s.session_id,
-            tenant_id,
-            sb.sandbox_id,
-            agent["kind"],
-        )
-        return Created(s, token)
+        return s
 
     def run_next(self, s: ChatSession) -> None:
         """Make sure a worker on the sandbox's host is running the session's task queue."""

@@ -19,7 +19,7 @@ from shared.settings import Settings
 from web.agent_sessions import AgentSessions
 from web.api import filesystem, meta, processes, sessions, templates
 from web.api.deps import Services
-from web.api.v1 import api_keys, openapi, sandboxes, secrets
+from web.api.v1 import api_keys, openapi, sandboxes, secrets, usage
 from web.api.v1 import auth as v1_auth
 from web.api.v1 import sessions as v1_sessions
 from web.errors import register_error_handlers
@@ -39,6 +39,7 @@ BLUEPRINTS = (
     api_keys.bp,
     secrets.bp,
     sandboxes.bp,
+    usage.bp,
     v1_sessions.bp,
     templates.bp,
     openapi.bp,

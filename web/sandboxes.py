@@ -5,20 +5,41 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from celery import Celery
 
 from shared import ids, rpc, tasks
-from shared.errors import NoCapacity, PaddockError, ValidationFailed, WorkerTimeout
+from shared.errors import (
+    NoCapacity,
+    PaddockError,
+    QuotaExceeded,
+    ValidationFailed,
+    WorkerTimeout,
+)
 from shared.lifecycle import HISTORY_AFTER_END
-from shared.output import Output, ProcessLog
+from shared.output import Entry, ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
+from shared.slots import WAITS, Slots
 from shared.store import Sandbox, Store
 
 logger = logging.getLogger(__name__)
+
+# A waiting request refreshes its slot every few seconds; one whose web worker died stops
+# counting after this long.
+_SLOT_TTL = 60.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A process's output up to one moment, read lazily: ``entries()`` may be iterated more
+    than once (the E2B answer lists stdout, then stderr)."""
+
+    entries: Callable[[], Iterator[Entry]]
 
 
 class Sandboxes:
@@ -28,6 +49,7 @@ class Sandboxes:
         self.celery = celery
         self.store = Store(r)
         self.plog = ProcessLog(r)
+        self.slots = Slots(r)
         self.sessions = Sessions(r)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -35,16 +57,20 @@ class Sandboxes:
         """Place and start a sandbox.
 
         Raises NoCapacity (no live host / all full), ValidationFailed (unknown template),
-        WorkerTimeout or the host's error; nothing is left behind on failure.
+        QuotaExceeded (the tenant has ``tenant_max_sandboxes``), WorkerTimeout or the host's
+        error; nothing is left behind on failure (the quota slot included).
         """
         if not self.store.alive_hosts():
             raise NoCapacity("No sandbox host is alive; start a worker (make up)")
         if template not in self.store.known_templates():
             raise ValidationFailed({field: f"unknown environment {template!r}"})
         sandbox_id = ids.sandbox_id()
-        host = self.store.place(sandbox_id, template)
-        sb = self.store.create_sandbox(
-            sandbox_id, tenant_id, host, template, self.settings.sandbox_max_lifetime
+        sb = self.store.place(
+            sandbox_id,
+            tenant_id,
+            template,
+            self.settings.tenant_max_sandboxes,
+            self.settings.sandbox_max_lifetime,
         )
         try:
             self._call(
@@ -53,13 +79,20 @@ class Sandboxes:
                 {"tenant_id": tenant_id, "template": template},
                 timeout=self.settings.create_timeout,
             )
-        except WorkerTimeout:
+        except PaddockError as exc:
+            if isinstance(exc, WorkerTimeout):
+                self._abandon(sb)  # the host may still start it: it destroys, then forgets
+            else:
+                self.store.purge_sandbox(sandbox_id)  # the host refused: no container exists
+            raise
+        except Exception:
+            # Unknown outcome (e.g. the broker failed mid-call): the host's destroy, or else the
+            # reaper, removes whatever exists and frees the slot.
             self._abandon(sb)
             raise
-        except PaddockError:
-            self.store.purge_sandbox(sandbox_id)
-            raise
-        logger.info("sandbox %s: created on host %s for tenant %s", sandbox_id, host, tenant_id)
+        logger.info(
+            "sandbox %s: created on host %s for tenant %s", sandbox_id, sb.host_id, tenant_id
+        )
         return sb
 
     def get(self, tenant_id: str, sandbox_id: str) -> Sandbox:
@@ -126,25 +159,49 @@ class Sandboxes:
     def process_exists(self, sb: Sandbox, process_id: str) -> bool:
         return self.plog.exists(sb.sandbox_id, process_id)
 
-    def output(self, sb: Sandbox, process_id: str, wait: bool) -> Output:
-        if wait:
-            return self.plog.wait(
-                sb.sandbox_id,
-                process_id,
-                self.settings.wait_timeout,
-                tick=lambda: self.store.touch(sb.sandbox_id),
+    def wait_slot(self, sb: Sandbox) -> str:
+        """Take one of the tenant's concurrent-wait slots. Raises QuotaExceeded when the
+        tenant already has ``tenant_max_waits`` requests waiting."""
+        limit = self.settings.tenant_max_waits
+        token = self.slots.acquire(WAITS, sb.tenant_id, limit, _SLOT_TTL)
+        if token is None:
+            raise QuotaExceeded(
+                f"wait quota reached: {limit} concurrent wait=true requests per tenant "
+                "(PADDOCK_TENANT_MAX_WAITS); poll without wait, or retry later",
+                retry_after=2,
             )
-        return self.plog.read(sb.sandbox_id, process_id)
+        return token
+
+    def release_wait(self, sb: Sandbox, slot: str) -> None:
+        self.slots.release(WAITS, sb.tenant_id, slot)
+
+    def wait_done(self, sb: Sandbox, process_id: str, slot: str) -> None:
+        """Block until the process ends (or the wait limit passes) holding ``slot``, which is
+        released at the end; the sandbox counts as active meanwhile. Reads no output."""
+
+        def tick() -> None:
+            self.store.touch(sb.sandbox_id)
+            self.slots.refresh(WAITS, sb.tenant_id, slot, _SLOT_TTL)
+
+        try:
+            self.plog.wait_done(sb.sandbox_id, process_id, self.settings.wait_timeout, tick)
+        finally:
+            self.release_wait(sb, slot)
+
+    def output(self, sb: Sandbox, process_id: str) -> Snapshot:
+        """The process's output so far, to be read entry by entry (never all at once)."""
+        upto = self.plog.last_id(sb.sandbox_id, process_id)
+        return Snapshot(lambda: self.plog.entries(sb.sandbox_id, process_id, upto))
 
     def write_stdin(self, sb: Sandbox, process_id: str, data: str) -> None:
         self._call(sb, tasks.PROCESS_STDIN, {"process_id": process_id, "data": data})
 
-    def stop_process(self, sb: Sandbox, process_id: str) -> Output:
-        """Kill the process group, then forget the process; returns its final output."""
+    def stop_process(self, sb: Sandbox, process_id: str) -> None:
+        """Kill the process group; its output stays until `forget_process`."""
         self._call(sb, tasks.PROCESS_KILL, {"process_id": process_id})
-        out = self.plog.read(sb.sandbox_id, process_id)
+
+    def forget_process(self, sb: Sandbox, process_id: str) -> None:
         self.plog.forget(sb.sandbox_id, process_id)
-        return out
 
     def _call(
         self, sb: Sandbox, name: str, kwargs: dict[str, Any], timeout: float | None = None

@@ -2,8 +2,13 @@
 
 One connection = the request thread, which reads client frames, plus a pump thread that
 replays the session's event stream after ``last_seq`` and then follows it with blocking
-XREAD. Both write to the socket under one lock. Connection-level frames (``ready``, ``pong``,
-errors about a client frame) are not part of the history and carry no ``seq``.
+XREAD. Both write to the socket under one lock. Under gunicorn's gevent worker both "threads"
+are greenlets: an open socket costs no OS thread. Connection-level frames (``ready``,
+``pong``, errors about a client frame) are not part of the history and carry no ``seq``.
+
+Limits: ``ws_max_connections`` per session (past it the socket is closed with 4429), and
+``tenant_max_sockets`` per tenant, a slot in ``shared.slots`` taken before the handshake, so
+past it the client gets a plain HTTP 429 with Retry-After instead of an upgrade.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import time
 from collections import deque
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from shared.errors import Unauthorized
+from shared.errors import QuotaExceeded, Unauthorized
+from shared.slots import SOCKETS, Slots
 from web import tokens
 from web.agent_sessions import SESSION_AUDIENCE
 from web.api.deps import Services, services
@@ -37,6 +43,11 @@ CLOSE_ENDED = 4404
 CLOSE_TOO_MANY = 4429
 TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 STALE_AFTER = 90.0  # a connection not seen for this long no longer counts toward the limit
+# A tenant's socket slot lives this long unless refreshed: a web worker that dies holding
+# sockets frees their slots within it. Refreshed every SLOT_REFRESH while the socket is open.
+SLOT_TTL = STALE_AFTER
+SLOT_REFRESH = SLOT_TTL / 3
+SLOTS_RETRY_AFTER = 5  # seconds; a slot frees when any of the tenant's sockets closes
 
 
 def init_ws(app: Flask, svc: Services) -> None:
@@ -47,14 +58,80 @@ def init_ws(app: Flask, svc: Services) -> None:
         "max_message_size": svc.settings.ws_max_frame_bytes,
     }
     sock.init_app(app)
+    app.extensions["paddock.ws_slots"] = Slots(svc.redis)
+    app.before_request(_take_socket_slot)
+    app.teardown_request(_release_socket_slot)
+
+
+def _claims() -> dict[str, Any] | None:
+    """The session token's claims (bearer header or ``token`` query), None when invalid.
+    Verified once per request. Never log the token: it may be in the query string."""
+    if "ws_claims" not in g:
+        token = bearer() or request.args.get("token") or ""
+        try:
+            g.ws_claims = tokens.verify(services().settings.jwt_secret, token, SESSION_AUDIENCE)
+        except Unauthorized:
+            g.ws_claims = None
+    claims: dict[str, Any] | None = g.ws_claims
+    return claims
+
+
+def _take_socket_slot() -> None:
+    """Before the handshake of a session WebSocket: hold one of the tenant's socket slots, or
+    refuse with 429 while the connection is still plain HTTP (after the upgrade, all a server
+    can say is a close code, which browsers do not show and clients do not retry on).
+
+    Raises QuotaExceeded (429, Retry-After) when the tenant holds ``tenant_max_sockets``.
+    A bad token takes no slot: the socket handler closes it with 4401.
+    """
+    if request.url_rule is None or not request.url_rule.websocket:
+        return  # not the session WebSocket (the one WebSocket route)
+    claims = _claims()
+    tenant_id = claims.get("tenant") if claims else None
+    if not isinstance(tenant_id, str):
+        return
+    svc = services()
+    limit = svc.settings.tenant_max_sockets
+    slot = _slots().acquire(SOCKETS, tenant_id, limit, SLOT_TTL)
+    if slot is None:
+        logger.warning("tenant %s: socket quota (%d) reached", tenant_id, limit)
+        raise QuotaExceeded(
+            f"Too many open session WebSockets: this tenant's quota is {limit} "
+            "(PADDOCK_TENANT_MAX_SOCKETS); close one and retry",
+            retry_after=SLOTS_RETRY_AFTER,
+        )
+    g.ws_slot = (tenant_id, slot)
+
+
+def _release_socket_slot(_exc: BaseException | None) -> None:
+    # After the socket handler returned (flask-sock runs it inside the request), or after a
+    # failed handshake: the slot is given back either way.
+    held = g.pop("ws_slot", None)
+    if held is not None:
+        _slots().release(SOCKETS, *held)
+
+
+def _slots() -> Slots:
+    slots: Slots = current_app.extensions["paddock.ws_slots"]
+    return slots
 
 
 class Connection:
-    def __init__(self, ws: Any, svc: Services, session_id: str, tenant_id: str) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        svc: Services,
+        session_id: str,
+        tenant_id: str,
+        slot: tuple[str, str] | None = None,
+    ) -> None:
         self.ws = ws
         self.svc = svc
         self.session_id = session_id
         self.tenant_id = tenant_id
+        self.slot = slot  # (tenant, token) of the tenant socket slot this connection holds
+        self.slots = _slots()  # (the pump runs outside the app context)
+        self.slot_refreshed = time.monotonic()
         self.conn_id = secrets.token_hex(8)
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -88,11 +165,18 @@ class Connection:
                     self.close(CLOSE_ENDED, "session ended")
                     return
                 sessions.beat_socket(self.session_id, self.conn_id, STALE_AFTER)
+                self.refresh_slot()
         except ConnectionClosed:
             self.stop.set()
         except Exception:
             logger.exception("session %s: event pump failed", self.session_id)
             self.close(1011, "internal error")
+
+    def refresh_slot(self) -> None:
+        if self.slot is None or time.monotonic() - self.slot_refreshed < SLOT_REFRESH:
+            return
+        self.slots.refresh(SOCKETS, *self.slot, SLOT_TTL)
+        self.slot_refreshed = time.monotonic()
 
     # -- client → server ---------------------------------------------------------------------
     def serve(self) -> None:
@@ -158,11 +242,8 @@ class Connection:
 @sock.route("/v1/sessions/<session_id>/ws")
 def session_ws(ws: Any, session_id: str) -> None:
     svc = services()
-    # Never log the token: it may be in the query string.
-    token = bearer() or request.args.get("token") or ""
-    try:
-        claims = tokens.verify(svc.settings.jwt_secret, token, SESSION_AUDIENCE)
-    except Unauthorized:
+    claims = _claims()
+    if claims is None:
         ws.close(reason=CLOSE_BAD_TOKEN, message="invalid or expired token")
         return
     if claims.get("sub") != session_id:
@@ -178,7 +259,7 @@ def session_ws(ws: Any, session_id: str) -> None:
     current = svc.sessions.last_seq(session_id)
     valid = raw_last is not None and raw_last.isdigit()
     after = int(raw_last) if raw_last is not None and valid else current
-    conn = Connection(ws, svc, session_id, s.tenant_id)
+    conn = Connection(ws, svc, session_id, s.tenant_id, g.get("ws_slot"))
     if not svc.sessions.open_socket(
         session_id, conn.conn_id, svc.settings.ws_max_connections, STALE_AFTER
     ):

@@ -16,9 +16,12 @@ from typing import Any
 
 import docker
 
-from shared.errors import SandboxError
+from shared.errors import SandboxTimeout
 
 _HEADER = struct.Struct(">BxxxI")
+_POLL = 1.0  # seconds a blocking socket call may take before the deadline is checked again
+_SEND_POLL = 0.2  # shorter: a command that exited without reading its input is noticed soon
+_MAX_STDERR = 64 << 10  # a short command's error text; more is dropped
 STDOUT_STREAM = 1
 STDERR_STREAM = 2
 
@@ -118,29 +121,53 @@ def run(
 ) -> tuple[int, bytes, bytes]:
     """Run a short command to completion: ``(exit_code, stdout, stderr)``.
 
-    Stdout past ``max_stdout`` bytes is dropped (the caller checks the length).
-    Raises SandboxError when it does not finish within ``timeout`` seconds.
+    ``timeout`` bounds the whole call, stdin included, whatever the command does (a process
+    stopped or blocked inside the sandbox included): the socket is polled in short steps
+    against one deadline. Stdout past ``max_stdout`` bytes is dropped (the caller checks the
+    length). Raises SandboxTimeout when it does not finish within ``timeout`` seconds.
     """
-    att = start(client, container, argv, user, recv_timeout=timeout)
+    deadline = time.monotonic() + timeout
+    att = start(client, container, argv, user, recv_timeout=min(timeout, _POLL))
     try:
         if stdin:
-            att.sock.sendall(stdin)
+            _send(att.sock, stdin, deadline)
         close_stdin(att.sock)
+        att.sock.settimeout(min(timeout, _POLL))
         out, err = bytearray(), bytearray()
-        deadline = time.monotonic() + timeout
         for stream, data in frames(att.sock, stop=lambda: time.monotonic() > deadline):
             if stream == STDOUT_STREAM:
                 if max_stdout is None or len(out) <= max_stdout:
                     out += data
-            else:
+            elif len(err) < _MAX_STDERR:
                 err += data
             if time.monotonic() > deadline:
                 break
         else:
-            code = exit_code(client, att.exec_id)
+            # Docker records the exit code just after the stream ends.
+            wait = max(1.0, deadline - time.monotonic())
+            code = exit_code(client, att.exec_id, wait=min(wait, 5.0))
             if code is not None:
                 return code, bytes(out), bytes(err)
-        raise SandboxError(f"command did not finish within {timeout:.0f}s")
+        raise SandboxTimeout(f"command did not finish within {timeout:g}s")
     finally:
         att.sock.close()
         att.holder.close()
+
+
+def _send(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """Write ``data`` to the exec's stdin before ``deadline``. A command that exits without
+    reading it all (it refused the input) closes the stream: that is not an error here, its
+    exit code says what happened. Raises SandboxTimeout."""
+    view = memoryview(data)
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SandboxTimeout("command did not read its input in time")
+        sock.settimeout(min(left, _SEND_POLL))
+        try:
+            sent = sock.send(view[: 1 << 20])
+        except TimeoutError:
+            continue
+        except OSError:
+            return  # EPIPE/ECONNRESET: the command ended; read what it said
+        view = view[sent:]

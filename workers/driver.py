@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from typing import Any
 
 import docker
@@ -19,11 +20,13 @@ from shared.errors import (
     FileTooLarge,
     IsADirectory,
     NotADirectory,
+    NotARegularFile,
     PathExists,
     PathNotFound,
     PermissionDenied,
     SandboxError,
     SandboxGone,
+    SandboxTimeout,
 )
 from shared.settings import Settings
 from workers import docker_exec
@@ -43,6 +46,7 @@ _EXIT_ERRORS: dict[int, type[SandboxError]] = {
     82: PathNotFound,
     83: NotADirectory,
     84: IsADirectory,
+    85: NotARegularFile,
     87: PathExists,
 }
 _STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
@@ -52,35 +56,68 @@ _STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
     ("Permission denied", PermissionDenied),
     ("Read-only file system", PermissionDenied),
     ("File exists", PathExists),
+    # A FIFO/socket swapped in after the check, opened without blocking (ENXIO, EAGAIN).
+    ("No such device or address", NotARegularFile),
+    ("Resource temporarily unavailable", NotARegularFile),
 ]
+# What `timeout -s KILL` (and a SIGKILL) leave as the exit code.
+_KILLED = (124, 137)
+# Seconds the host waits past settings.fs_timeout before it gives up on the command itself.
+_HOST_GRACE = 2.0
 
-_LIST = r"""p=$1
-[ -e "$p" ] || { echo "no such file or directory: $p" >&2; exit 82; }
-[ -d "$p" ] || { echo "not a directory: $p" >&2; exit 83; }
+# Every script gets its path as $1 (never parsed as an option: `sh -c SCRIPT NAME ARGS...`) and
+# hands it to each tool after `--`. `find` and `dd` have no `--`, and `find` takes an operand
+# starting with `-`, `(` or `!` for an expression (`-delete`!): so a relative path becomes
+# `./path` first, which names the same file and starts with neither. Messages show $1.
+_PATH = """case $1 in /*) p=$1 ;; *) p=./$1 ;; esac
+"""
+_LIST = (
+    _PATH
+    + r"""[ -e "$p" ] || { echo "no such file or directory: $1" >&2; exit 82; }
+[ -d "$p" ] || { echo "not a directory: $1" >&2; exit 83; }
 exec find "$p" -mindepth 1 -maxdepth 1 -printf '%Y\t%f\0'
 """
-_READ = r"""p=$1
-[ -e "$p" ] || { echo "no such file or directory: $p" >&2; exit 82; }
-[ -d "$p" ] && { echo "is a directory: $p" >&2; exit 84; }
-exec head -c "$2" -- "$p"
+)
+# Only regular files (or links to one) are read: a FIFO would block the reader, a device
+# could be endless. The file is opened non-blocking, so one swapped for a FIFO after the
+# check fails at once instead of waiting for a writer.
+_READ = (
+    _PATH
+    + r"""[ -e "$p" ] || { echo "no such file or directory: $1" >&2; exit 82; }
+[ -d "$p" ] && { echo "is a directory: $1" >&2; exit 84; }
+[ -f "$p" ] || { echo "not a regular file (a FIFO, socket or device): $1" >&2; exit 85; }
+exec dd if="$p" iflag=nonblock,count_bytes bs=1M count="$2" status=none
 """
-_WRITE = r"""p=$1
-[ -d "$p" ] && { echo "is a directory: $p" >&2; exit 84; }
-mkdir -p -- "$(dirname -- "$p")" && exec cat > "$p"
+)
+# The same for writes: never onto an existing FIFO, socket or device; a new path is created.
+_WRITE = (
+    _PATH
+    + r"""[ -d "$p" ] && { echo "is a directory: $1" >&2; exit 84; }
+if [ -e "$p" ] && [ ! -f "$p" ]; then
+  echo "not a regular file (a FIFO, socket or device): $1" >&2; exit 85
+fi
+mkdir -p -- "$(dirname -- "$p")" && exec dd of="$p" oflag=nonblock bs=1M status=none
 """
-_MKDIR = r"""p=$1
-[ -e "$p" ] && [ ! -d "$p" ] && { echo "a file exists at this path: $p" >&2; exit 87; }
+)
+_MKDIR = (
+    _PATH
+    + r"""[ -e "$p" ] && [ ! -d "$p" ] && { echo "a file exists at this path: $1" >&2; exit 87; }
 exec mkdir -p -- "$p"
 """
-_REMOVE = r"""p=$1
-[ -e "$p" ] || [ -L "$p" ] || { echo "no such file or directory: $p" >&2; exit 82; }
+)
+_REMOVE = (
+    _PATH
+    + r"""[ -e "$p" ] || [ -L "$p" ] || { echo "no such file or directory: $1" >&2; exit 82; }
 exec rm -rf -- "$p"
 """
+)
 # Starts a process: report our pid (docker exec makes it a process group leader, so the pid is
-# also the group to kill), move to the working directory, become the user's command.
+# also the group to kill), move to the working directory, become the user's command (after
+# `--`: a command starting with `-` is a command, not a bash option).
 _SPAWN = r"""echo "$$" >&2
-cd -- "$1" 2>/dev/null || { echo "rootdir does not exist or is not a directory: $1" >&2; exit 1; }
-exec /bin/bash -c "$2"
+case $1 in /*) d=$1 ;; *) d=./$1 ;; esac
+cd -- "$d" 2>/dev/null || { echo "rootdir does not exist or is not a directory: $1" >&2; exit 1; }
+exec /bin/bash -c -- "$2"
 """
 
 
@@ -110,6 +147,7 @@ class DockerDriver:
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
+        self._container_ids: dict[str, str] = {}
 
     def container_name(self, sandbox_id: str) -> str:
         return f"paddock-{self.settings.instance}-{sandbox_id}"
@@ -161,8 +199,16 @@ class DockerDriver:
         return {c["Labels"][LABEL_SANDBOX]: c["Id"] for c in found if LABEL_SANDBOX in c["Labels"]}
 
     # -- filesystem --------------------------------------------------------------------------
+    # Each operation runs under settings.fs_timeout, inside the sandbox (`timeout -s KILL`, so
+    # nothing is left running there) and on the host (the exec's deadline, which holds even
+    # when the tenant stops our process): a worker thread is never held for longer.
     def list_dir(self, sandbox_id: str, path: str) -> list[tuple[str, bool]]:
-        out = self._script(sandbox_id, _LIST, path)
+        """Raises PathNotFound, NotADirectory, FileTooLarge (a listing over max_file_bytes),
+        SandboxTimeout, SandboxGone."""
+        limit = self.settings.max_file_bytes
+        out = self._script(sandbox_id, _LIST, path, max_stdout=limit)
+        if len(out) > limit:
+            raise FileTooLarge(f"the directory listing is larger than {limit} bytes: {path}")
         entries = []
         for item in out.split(b"\0"):
             if not item:
@@ -172,13 +218,17 @@ class DockerDriver:
         return sorted(entries)
 
     def read_file(self, sandbox_id: str, path: str) -> bytes:
+        """A regular file's bytes. Raises PathNotFound, IsADirectory, NotARegularFile (a FIFO,
+        socket or device), FileTooLarge, SandboxTimeout, SandboxGone."""
         limit = self.settings.max_file_bytes
-        data = self._script(sandbox_id, _READ, path, str(limit + 1))
+        data = self._script(sandbox_id, _READ, path, str(limit + 1), max_stdout=limit + 1)
         if len(data) > limit:
             raise FileTooLarge(f"file is larger than {limit} bytes: {path}")
         return data
 
     def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """Create or replace a regular file (parents created). Raises IsADirectory,
+        NotARegularFile, PermissionDenied, SandboxTimeout, SandboxGone."""
         self._script(sandbox_id, _WRITE, path, stdin=data)
 
     def make_dir(self, sandbox_id: str, path: str) -> None:
@@ -208,6 +258,30 @@ class DockerDriver:
         except docker.errors.NotFound as exc:
             raise SandboxGone() from exc
 
+    def oom_kills(self, sandbox_id: str) -> int | None:
+        """How many processes the kernel's OOM killer has ended in the sandbox so far, read
+        from its memory cgroup on the host (cgroup v1 or v2, cgroupfs or systemd driver);
+        None when that cannot be read (e.g. the worker runs in a container)."""
+        cid = self._container_ids.get(sandbox_id)
+        if cid is None:
+            try:
+                cid = str(self.client.api.inspect_container(self.container_name(sandbox_id))["Id"])
+            except docker.errors.APIError:
+                return None
+            if len(self._container_ids) > 4096:
+                self._container_ids.clear()  # ids of removed sandboxes; cheap to look up again
+            self._container_ids[sandbox_id] = cid
+        for path in _oom_files(cid):
+            try:
+                with open(path, encoding="ascii") as f:
+                    for line in f:
+                        name, _, value = line.partition(" ")
+                        if name == "oom_kill":
+                            return int(value)
+            except (OSError, ValueError):
+                continue
+        return None
+
     def kill_group(self, sandbox_id: str, pgid: int) -> None:
         """SIGKILL a process group inside the sandbox (as the sandbox user: no capability)."""
         self._run(sandbox_id, ["kill", "-KILL", "--", f"-{pgid}"])
@@ -220,6 +294,12 @@ class DockerDriver:
         stdin: bytes | None = None,
         max_stdout: int | None = None,
     ) -> tuple[int, bytes, bytes]:
+        """Run a short command in the sandbox under settings.fs_timeout. Raises
+        SandboxTimeout, SandboxGone."""
+        limit = self.settings.fs_timeout
+        # The host's deadline is a little longer, so that normally the sandbox's own `timeout`
+        # ends the command and leaves an exit code; the host's only fires when it cannot.
+        argv = ["timeout", "-s", "KILL", f"{limit:g}", *argv]
         try:
             return docker_exec.run(
                 self.client,
@@ -227,9 +307,11 @@ class DockerDriver:
                 argv,
                 SANDBOX_USER,
                 stdin=stdin,
-                timeout=self.settings.task_timeout,
+                timeout=limit + _HOST_GRACE,
                 max_stdout=max_stdout,
             )
+        except SandboxTimeout:
+            raise SandboxTimeout(_timed_out(limit)) from None
         except docker.errors.NotFound as exc:
             raise SandboxGone() from exc
         except docker.errors.APIError as exc:
@@ -238,18 +320,45 @@ class DockerDriver:
             raise
 
     def _script(
-        self, sandbox_id: str, script: str, *args: str, stdin: bytes | None = None
+        self,
+        sandbox_id: str,
+        script: str,
+        *args: str,
+        stdin: bytes | None = None,
+        max_stdout: int | None = None,
     ) -> bytes:
-        code, out, err = self._run(sandbox_id, ["/bin/sh", "-c", script, "paddock", *args], stdin)
+        argv = ["/bin/sh", "-c", script, "paddock", *args]
+        started = time.monotonic()
+        code, out, err = self._run(sandbox_id, argv, stdin, max_stdout)
         if code == 0:
             return out
+        limit = self.settings.fs_timeout
+        if code in _KILLED and time.monotonic() - started >= limit:
+            raise SandboxTimeout(_timed_out(limit))
         message = err.decode("utf-8", "replace").strip().splitlines()
         text = message[-1] if message else f"command failed with exit code {code}"
-        text = re.sub(r"^(/bin/sh|sh|paddock|mkdir|rm|cat|head|find): (\d+: )?", "", text)
+        text = re.sub(r"^(/bin/sh|sh|paddock|mkdir|rm|cat|dd|find|timeout): (\d+: )?", "", text)
         cls = _EXIT_ERRORS.get(code)
         if cls is None:
             cls = next((c for needle, c in _STDERR_ERRORS if needle in text), SandboxError)
         raise cls(text)
+
+
+def _timed_out(limit: float) -> str:
+    return (
+        f"the file operation did not finish within {limit:g}s inside the sandbox "
+        "(PADDOCK_FS_TIMEOUT) and was stopped"
+    )
+
+
+def _oom_files(container_id: str) -> list[str]:
+    base = "/sys/fs/cgroup"
+    return [
+        f"{base}/memory/docker/{container_id}/memory.oom_control",
+        f"{base}/memory/system.slice/docker-{container_id}.scope/memory.oom_control",
+        f"{base}/docker/{container_id}/memory.events",
+        f"{base}/system.slice/docker-{container_id}.scope/memory.events",
+    ]
 
 
 def parse_listening(proc_net: str) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import docker
 
 from shared.errors import SandboxGone
-from shared.output import STDERR, STDOUT, Line, ProcessLog
+from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
 from shared.settings import Settings
 from workers import docker_exec
 from workers.driver import DockerDriver
@@ -28,7 +28,9 @@ MAX_LINE = 1 << 20  # a "line" longer than this is cut into several lines
 class Running:
     sandbox_id: str
     process_id: str
+    tenant_id: str
     attached: docker_exec.Attached
+    oom_base: int | None = None  # the sandbox's OOM-kill count when the process started
     pgid: int | None = None
     pgid_known: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -54,23 +56,34 @@ class ProcessManager:
         self._lock = threading.Lock()
 
     def start(
-        self, sandbox_id: str, process_id: str, cmd: str, env: dict[str, str], cwd: str
+        self,
+        sandbox_id: str,
+        process_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        tenant_id: str,
     ) -> None:
-        """Start ``cmd`` and return once it runs. Raises SandboxGone if the sandbox is gone."""
-        self.plog.register(sandbox_id, process_id, cmd)
+        """Start ``cmd`` and return once it runs. Raises QuotaExceeded when the sandbox already
+        runs its most processes, SandboxGone if the sandbox is gone."""
+        self.plog.register(
+            sandbox_id, process_id, cmd, tenant_id, self.settings.sandbox_max_processes
+        )
         try:
+            oom_base = self.driver.oom_kills(sandbox_id)
             attached = self.driver.spawn(sandbox_id, cmd, env, cwd)
         except Exception:
             self.plog.forget(sandbox_id, process_id)
             raise
-        run = Running(sandbox_id, process_id, attached)
+        run = Running(sandbox_id, process_id, tenant_id, attached, oom_base=oom_base)
         with self._lock:
             self._running[(sandbox_id, process_id)] = run
         self.plog.set_fields(sandbox_id, process_id, status="running")
         threading.Thread(
             target=self._pump, args=(run,), name=f"pump-{process_id}", daemon=True
         ).start()
-        logger.info("sandbox %s process %s: started %r", sandbox_id, process_id, cmd[:200])
+        # Ids and sizes only: a command can carry a secret.
+        logger.info("sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd))
 
     def write_stdin(self, sandbox_id: str, process_id: str, data: bytes) -> bool:
         run = self._get(sandbox_id, process_id)
@@ -123,7 +136,8 @@ class ProcessManager:
 
     def _pump(self, run: Running) -> None:
         sid, pid = run.sandbox_id, run.process_id
-        limit = self.settings.max_output_bytes
+        s = self.settings
+        limit = s.max_output_bytes
         partial = {STDOUT: bytearray(), STDERR: bytearray()}
         stored = 0
         truncated = False
@@ -142,29 +156,25 @@ class ProcessManager:
                         continue
                 kind = STDOUT if stream == docker_exec.STDOUT_STREAM else STDERR
                 if truncated:
-                    continue
+                    continue  # keep draining so the process never blocks on a full pipe
                 if stored + len(data) > limit:
                     # Keep what fits, up to the last whole line, then say so once.
                     room = data[: max(0, limit - stored)]
                     keep = room[: room.rfind(b"\n") + 1]
-                    self._store(run, _split(partial[kind], keep, kind))
+                    if self._store_budgeted(run, _split(partial[kind], keep, kind), len(keep)):
+                        self._truncated(
+                            run,
+                            partial,
+                            f"this process printed more than {limit} bytes "
+                            "(PADDOCK_MAX_OUTPUT_BYTES)",
+                        )
                     truncated = True
-                    for buf in partial.values():
-                        buf.clear()  # a cut line would pass for a real one
-                    self._store(
-                        run,
-                        [
-                            Line(
-                                STDERR,
-                                f"[paddock] output truncated: more than "
-                                f"{limit} bytes; the rest was discarded",
-                                time.time_ns(),
-                            )
-                        ],
-                    )
                     continue
                 stored += len(data)
-                self._store(run, _split(partial[kind], data, kind))
+                if not self._store_budgeted(run, _split(partial[kind], data, kind), len(data)):
+                    truncated = True
+                    for buf in partial.values():
+                        buf.clear()
             if not run.forgotten:
                 now = time.time_ns()
                 tail = [
@@ -172,10 +182,32 @@ class ProcessManager:
                     for k, b in partial.items()
                     if b
                 ]
-                self._store(run, tail)
+                if tail and not truncated:
+                    self._store_budgeted(run, tail, sum(len(b) for b in partial.values()))
                 code = docker_exec.exit_code(self.client, run.attached.exec_id)
-                self.plog.finish(sid, pid, code)
-                logger.info("sandbox %s process %s: exited with %s", sid, pid, code)
+                oom = self._oom_killed(run, code)
+                if oom:
+                    self._store(
+                        run,
+                        [
+                            Line(
+                                STDERR,
+                                "[paddock] the process was killed: the sandbox ran out of "
+                                f"memory (limit {s.sandbox_memory >> 20} MiB, "
+                                "PADDOCK_SANDBOX_MEMORY)",
+                                time.time_ns(),
+                            )
+                        ],
+                    )
+                self.plog.finish(sid, pid, code, oom_killed=oom)
+                logger.info(
+                    "sandbox %s process %s: exited with %s%s (%d bytes of output)",
+                    sid,
+                    pid,
+                    code,
+                    " (out of memory)" if oom else "",
+                    stored,
+                )
         except Exception:
             logger.exception("sandbox %s process %s: output pump failed", sid, pid)
             if not run.forgotten:
@@ -191,9 +223,74 @@ class ProcessManager:
                 self._running.pop((sid, pid), None)
             self._close(run)
 
+    def _oom_killed(self, run: Running, code: int | None) -> bool:
+        """Whether the kernel's OOM killer ended the process: it died by SIGKILL (137) and the
+        sandbox's OOM-kill count grew while it ran (read on the host: the tenant cannot fake
+        it)."""
+        if code not in (137, None) or run.oom_base is None:
+            return False
+        now = self.driver.oom_kills(run.sandbox_id)
+        return now is not None and now > run.oom_base
+
     def _store(self, run: Running, lines: list[Line]) -> None:
+        """Paddock's own notices: outside the budgets (short, one per process at most)."""
         if lines and not run.forgotten:
             self.plog.append(run.sandbox_id, run.process_id, lines)
+
+    def _store_budgeted(self, run: Running, lines: list[Line], size: int) -> bool:
+        """Store the process's own output against the sandbox's and the tenant's budgets.
+        False when a budget ran out: what fitted (whole lines) is kept, a marker says why."""
+        if not lines or run.forgotten:
+            return True
+        s = self.settings
+        budgets = Budgets(s.max_output_bytes, s.sandbox_output_bytes, s.tenant_output_bytes)
+        refused = self.plog.append_budgeted(
+            run.sandbox_id, run.process_id, run.tenant_id, lines, size, budgets
+        )
+        if refused is None:
+            return True
+        fitting = _fit(lines, refused.room)
+        if fitting:
+            self.plog.append_budgeted(
+                run.sandbox_id, run.process_id, run.tenant_id, fitting[0], fitting[1], budgets
+            )
+        if refused.budget == "tenant":
+            why = f"the tenant's kept output reached {s.tenant_output_bytes} bytes "
+            why += "(PADDOCK_TENANT_OUTPUT_BYTES)"
+        else:
+            why = f"the sandbox's kept output reached {s.sandbox_output_bytes} bytes "
+            why += "(PADDOCK_SANDBOX_OUTPUT_BYTES)"
+        self._truncated(run, None, why + "; delete finished processes to free it")
+        return False
+
+    def _truncated(self, run: Running, partial: dict[str, bytearray] | None, why: str) -> None:
+        if partial is not None:
+            for buf in partial.values():
+                buf.clear()  # a cut line would pass for a real one
+        self._store(
+            run,
+            [
+                Line(
+                    STDERR,
+                    f"[paddock] output truncated: {why}; the rest was discarded",
+                    time.time_ns(),
+                )
+            ],
+        )
+
+
+def _fit(lines: list[Line], room: int) -> tuple[list[Line], int] | None:
+    """The whole lines of ``lines`` that fit in ``room`` bytes, and their size."""
+    out: list[Line] = []
+    size = 0
+    for line in lines:
+        for part in line.text.split("\n"):
+            n = len(part.encode()) + 1
+            if size + n > room:
+                return (out, size) if out else None
+            out.append(Line(line.kind, part, line.ts_ns))
+            size += n
+    return (out, size) if out else None
 
 
 def _split(partial: bytearray, data: bytes, kind: str) -> list[Line]:

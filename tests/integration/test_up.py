@@ -1,9 +1,12 @@
 """`make up`'s runtime half (scripts/up.sh) for real: it starts every component, the README's
-two curls answer as the seed shows, login works with the secrets it generated, and Ctrl-C stops
-what it started and nothing else. (`make test` itself runs the install and image half.)"""
+two curls answer as the seed shows, login works with the secrets it generated, Flower asks for
+the login it generated, logs are private, and Ctrl-C stops what it started and nothing else.
+(`make test` itself runs the install and image half.)"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import re
 import secrets
@@ -20,13 +23,7 @@ import requests
 from tests.stack import ROOT, free_port, redis_argv
 
 
-def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path) -> None:
-    redis_port, port, flower = free_port(), free_port(), free_port()
-    rds = subprocess.Popen(
-        redis_argv(redis_port, tmp_path),
-        stdout=subprocess.DEVNULL,
-    )
-    instance = "up" + secrets.token_hex(3)
+def _up_env(tmp_path: Path, redis_port: int, port: int, flower: int, instance: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PADDOCK_")}
     env.update(
         {
@@ -39,6 +36,26 @@ def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path)
             "PADDOCK_RUN_DIR": str(tmp_path / "run"),
         }
     )
+    return env
+
+
+def _secrets(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
+
+
+def _private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path) -> None:
+    redis_port, port, flower = free_port(), free_port(), free_port()
+    rds = subprocess.Popen(
+        redis_argv(redis_port, tmp_path),
+        stdout=subprocess.DEVNULL,
+    )
+    instance = "up" + secrets.token_hex(3)
+    env = _up_env(tmp_path, redis_port, port, flower, instance)
     up = subprocess.Popen(
         ["bash", "scripts/up.sh"],
         cwd=ROOT,
@@ -69,10 +86,21 @@ def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path)
             timeout=60,
         ).json()
         assert [o["line"] for o in out["stdout"]] == ["22"] and out["finished"] is True
-        assert requests.get(f"http://127.0.0.1:{flower}/", timeout=10).status_code == 200
         # Generated secrets: private, and good enough for a login (dev log mailer).
         secrets_file = tmp_path / "data" / "secrets.env"
-        assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+        assert _private(secrets_file)
+        # Flower: no login, no page; the generated one opens it.
+        generated = _secrets(secrets_file)
+        login = (generated["PADDOCK_FLOWER_USER"], generated["PADDOCK_FLOWER_PASSWORD"])
+        assert len(login[1]) >= 24
+        flower_url = f"http://127.0.0.1:{flower}/"
+        assert requests.get(flower_url, timeout=10).status_code == 401
+        assert requests.get(flower_url, auth=(login[0], "wrong"), timeout=10).status_code == 401
+        assert requests.get(flower_url, auth=login, timeout=10).status_code == 200
+        # Logs are private.
+        logs = list((tmp_path / "data" / "log").glob("*.log"))
+        assert {p.name for p in logs} >= {"web.log", "control.log", "flower.log"}
+        assert all(_private(p) for p in logs), [(p.name, oct(p.stat().st_mode)) for p in logs]
         assert (
             requests.post(
                 url + "/v1/auth/login", json={"email": "up@example.com"}, timeout=10
@@ -95,6 +123,8 @@ def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path)
         os.killpg(up.pid, signal.SIGINT)
         output, _ = up.communicate(timeout=60)
         assert "up: stopped" in output
+        # The banner says where Flower's login is, never the password itself.
+        assert str(secrets_file) in output and login[1] not in output
         assert _processes_of(instance) == []
         assert rds.poll() is None  # not ours to stop
         assert redis.Redis(port=redis_port).ping()
@@ -107,6 +137,62 @@ def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path)
             all=True, filters={"label": f"paddock.instance={instance}"}
         ):
             c.remove(force=True)
+
+
+def test_up_adds_a_flower_login_to_an_older_secrets_file_and_hides_old_logs(
+    tmp_path: Path,
+) -> None:
+    """A checkout set up before Flower had a login: its secrets file gains one (the secrets it
+    had are kept: they encrypt stored data), and logs an older version left 0644 become 0600."""
+    redis_port, port, flower = free_port(), free_port(), free_port()
+    rds = subprocess.Popen(redis_argv(redis_port, tmp_path), stdout=subprocess.DEVNULL)
+    instance = "up" + secrets.token_hex(3)
+    data = tmp_path / "data"
+    (data / "log").mkdir(parents=True)
+    old_log = data / "log" / "worker-old.log"
+    old_log.write_text("from an older run\n")
+    old_log.chmod(0o644)
+    secrets_file = data / "secrets.env"
+    before = {
+        "PADDOCK_JWT_SECRET": secrets.token_hex(32),
+        "PADDOCK_SECRET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    }
+    secrets_file.write_text("".join(f"{k}={v}\n" for k, v in before.items()))
+    secrets_file.chmod(0o600)
+    up = subprocess.Popen(
+        ["bash", "scripts/up.sh"],
+        cwd=ROOT,
+        env=_up_env(tmp_path, redis_port, port, flower, instance),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        after: dict[str, str] = {}
+        deadline = time.monotonic() + 90
+        while "PADDOCK_FLOWER_PASSWORD" not in after and time.monotonic() < deadline:
+            assert up.poll() is None
+            time.sleep(0.2)
+            after = _secrets(secrets_file)
+        assert {k: after[k] for k in before} == before
+        assert after["PADDOCK_FLOWER_USER"] and len(after["PADDOCK_FLOWER_PASSWORD"]) >= 24
+        assert _private(secrets_file) and _private(old_log)
+        login = (after["PADDOCK_FLOWER_USER"], after["PADDOCK_FLOWER_PASSWORD"])
+        status = 0
+        while status != 200 and time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                status = requests.get(
+                    f"http://127.0.0.1:{flower}/", auth=login, timeout=5
+                ).status_code
+            time.sleep(0.3)
+        assert status == 200
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+        rds.terminate()
 
 
 def _processes_of(instance: str) -> list[int]:

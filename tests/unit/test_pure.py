@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 import fakeredis
+import orjson
 import pytest
 
 from shared import ids
-from shared.errors import ConfigError, PathNotFound, SessionNotFound, from_code
-from shared.output import STDERR, STDOUT, Line, ProcessLog
+from shared.errors import ConfigError, PathNotFound, QuotaExceeded, SessionNotFound, from_code
+from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
 from shared.settings import Settings
 from web.api.schemas import process_json
 from web.api.validation import flatten
@@ -94,14 +95,23 @@ def test_split_keeps_partial_lines_and_cuts_huge_ones() -> None:
 
 def test_process_log_round_trip_and_wire_shape() -> None:
     plog = ProcessLog(fakeredis.FakeRedis())
-    plog.register("s1", "p1", "echo")
+    plog.register("s1", "p1", "echo", "t1")
     plog.append("s1", "p1", [Line(STDOUT, "out", 1), Line(STDERR, "err", 2)])
     out = plog.read("s1", "p1")
     assert not out.finished
+    upto = plog.last_id("s1", "p1")
+    assert b"".join(process_json("p1", lambda: plog.entries("s1", "p1", upto))) == (
+        b'{"stdout":[{"type":"Stdout","line":"out","timestamp":1}],'
+        b'"stderr":[{"type":"Stderr","line":"err","timestamp":2}],'
+        b'"processID":"p1","finished":false}\n'
+    )
     plog.finish("s1", "p1", 3)
-    out = plog.wait("s1", "p1", timeout=1)
+    assert plog.wait_done("s1", "p1", timeout=1)
+    out = plog.read("s1", "p1")
     assert out.finished and out.exit_code == 3
-    assert process_json("p1", out) == {
+    upto = plog.last_id("s1", "p1")
+    answer = orjson.loads(b"".join(process_json("p1", lambda: plog.entries("s1", "p1", upto))))
+    assert answer == {
         "stdout": [{"type": "Stdout", "line": "out", "timestamp": 1}],
         "stderr": [{"type": "Stderr", "line": "err", "timestamp": 2}],
         "processID": "p1",
@@ -109,6 +119,58 @@ def test_process_log_round_trip_and_wire_shape() -> None:
     }
     plog.forget("s1", "p1")
     assert not plog.exists("s1", "p1")
+
+
+def test_streamed_answer_is_exact_for_many_entries_and_empty_output() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    plog.register("s", "p", "x", "t")
+    assert b"".join(process_json("p", lambda: plog.entries("s", "p", "0-0"))) == (
+        b'{"stdout":[],"stderr":[],"processID":"p","finished":false}\n'
+    )
+    expected = []
+    for i in range(50):  # more entries than one read takes, lines split across slices
+        chunk = [f"{i}-{j}" for j in range(100)]
+        plog.append("s", "p", [Line(STDOUT, "\n".join(chunk), i)])
+        expected += [{"type": "Stdout", "line": t, "timestamp": i} for t in chunk]
+    upto = plog.last_id("s", "p")
+    plog.append("s", "p", [Line(STDOUT, "after the snapshot", 99)])
+    answer = orjson.loads(b"".join(process_json("p", lambda: plog.entries("s", "p", upto))))
+    assert answer["stdout"] == expected and answer["stderr"] == [] and not answer["finished"]
+
+
+def test_output_budgets_refuse_whole_chunks_and_forget_gives_bytes_back() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    budgets = Budgets(process=1000, sandbox=10, tenant=15)
+    plog.register("s", "a", "x", "t")
+    plog.register("s2", "b", "x", "t")
+    assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "12345678", 1)], 9, budgets) is None
+    refused = plog.append_budgeted("s", "a", "t", [Line(STDOUT, "12", 2)], 3, budgets)
+    assert refused is not None and refused.room == 1 and refused.budget == "sandbox"
+    assert plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 1)], 5, budgets) is None
+    refused = plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 2)], 5, budgets)
+    assert refused is not None and refused.room == 1 and refused.budget == "tenant"
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 14
+    plog.forget("s", "a")
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 5
+    assert int(r.get("pdk:sbx:s:outbytes") or 0) == 0
+    # A forgotten process's late writes are dropped and cost nothing.
+    assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "late", 3)], 5, budgets) is None
+    assert not r.exists("pdk:out:s:a") and int(r.get("pdk:sbx:s:outbytes") or 0) == 0
+
+
+def test_process_quota_counts_running_processes_only() -> None:
+    plog = ProcessLog(fakeredis.FakeRedis())
+    plog.register("s", "p1", "x", "t", limit=2)
+    plog.register("s", "p2", "x", "t", limit=2)
+    with pytest.raises(QuotaExceeded, match="PADDOCK_SANDBOX_MAX_PROCESSES"):
+        plog.register("s", "p3", "x", "t", limit=2)
+    assert not plog.exists("s", "p3")
+    plog.finish("s", "p1", 0)
+    plog.register("s", "p3", "x", "t", limit=2)
+    plog.forget("s", "p2")
+    assert plog.running_count("s") == 1
 
 
 def test_validation_messages_are_flattened_to_spec_keys() -> None:

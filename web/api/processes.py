@@ -1,12 +1,19 @@
-"""E2B process routes: start (optionally waiting), poll, stop, stdin."""
+"""E2B process routes: start (optionally waiting), poll, stop, stdin.
+
+Output answers are streamed as they are read from Redis (`schemas.process_json`), so what a
+web worker holds never depends on how much a process printed. A waiting request holds one of
+its tenant's wait slots and no thread (the web server is evented).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
+from shared.store import Sandbox
 from web.api import validation
 from web.api.deps import sandbox, services
 from web.api.schemas import StartProcessBody, StdinBody, process_json
+from web.sandboxes import Sandboxes
 
 bp = Blueprint("processes", __name__)
 
@@ -17,8 +24,16 @@ def start_process(session_id: str) -> Response:
     body = validation.body(StartProcessBody(), "requestBody")
     sb = sandbox(session_id)
     sbx = services().sandboxes
-    process_id = sbx.start_process(sb, body["cmd"], body["envVars"], body["rootdir"])
-    return jsonify(process_json(process_id, sbx.output(sb, process_id, wait)))
+    slot = sbx.wait_slot(sb) if wait else None  # refused before anything starts
+    try:
+        process_id = sbx.start_process(sb, body["cmd"], body["envVars"], body["rootdir"])
+    except BaseException:
+        if slot is not None:
+            sbx.release_wait(sb, slot)
+        raise
+    if slot is not None:
+        sbx.wait_done(sb, process_id, slot)
+    return _answer(sbx, sb, process_id)
 
 
 @bp.get("/sessions/<session_id>/processes/<process_id>")
@@ -28,7 +43,9 @@ def get_process(session_id: str, process_id: str) -> Response | tuple[str, int]:
     sbx = services().sandboxes
     if not sbx.process_exists(sb, process_id):
         return "", 204
-    return jsonify(process_json(process_id, sbx.output(sb, process_id, wait)))
+    if wait:
+        sbx.wait_done(sb, process_id, sbx.wait_slot(sb))
+    return _answer(sbx, sb, process_id)
 
 
 @bp.delete("/sessions/<session_id>/processes/<process_id>")
@@ -38,10 +55,14 @@ def stop_process(session_id: str, process_id: str) -> Response | tuple[str, int]
     sbx = services().sandboxes
     if not sbx.process_exists(sb, process_id):
         return "", 204
-    out = sbx.stop_process(sb, process_id)
-    if results:
-        return jsonify(process_json(process_id, out))
-    return "", 204
+    sbx.stop_process(sb, process_id)
+    if not results:
+        sbx.forget_process(sb, process_id)  # nothing of the output is read
+        return "", 204
+    resp = _answer(sbx, sb, process_id)
+    # Forgotten once the answer is written (or the client went away), not before.
+    resp.call_on_close(lambda: sbx.forget_process(sb, process_id))
+    return resp
 
 
 @bp.post("/sessions/<session_id>/processes/<process_id>/stdin")
@@ -52,3 +73,8 @@ def write_stdin(session_id: str, process_id: str) -> tuple[str, int]:
     if sbx.process_exists(sb, process_id):
         sbx.write_stdin(sb, process_id, body["stdin"])
     return "", 204
+
+
+def _answer(sbx: Sandboxes, sb: Sandbox, process_id: str) -> Response:
+    snapshot = sbx.output(sb, process_id)
+    return Response(process_json(process_id, snapshot.entries), mimetype="application/json")

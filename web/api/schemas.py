@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from marshmallow import RAISE, Schema, fields, validate
 
-from shared.output import Line, Output
+from shared.output import END, STDERR, STDOUT, Entry
 
 
 class CreateSessionBody(Schema):
@@ -48,14 +50,40 @@ def session_json(sandbox_id: str, ports: list[dict[str, Any]]) -> dict[str, Any]
     return {"id": sandbox_id, "ports": ports}
 
 
-def _out(line: Line, kind: str) -> dict[str, Any]:
-    return {"type": kind, "line": line.text, "timestamp": line.ts_ns}
+_KINDS = ((STDOUT, "Stdout"), (STDERR, "Stderr"))
+_SLICE = 2048  # lines encoded at once: bounds the objects alive while a huge entry is written
+_FLUSH = 64 << 10  # bytes gathered before they are handed to the server
 
 
-def process_json(process_id: str, out: Output) -> dict[str, Any]:
-    return {
-        "stdout": [_out(x, "Stdout") for x in out.stdout],
-        "stderr": [_out(x, "Stderr") for x in out.stderr],
-        "processID": process_id,
-        "finished": out.finished,
-    }
+def process_json(process_id: str, entries: Callable[[], Iterator[Entry]]) -> Iterator[bytes]:
+    """The E2B process answer, ``{"stdout": [...], "stderr": [...], "processID", "finished"}``,
+    written as it is read: ``entries()`` is walked once per stream, and at no point is more
+    than one stream entry (at most 256 KiB of output) held, however much the process printed.
+    """
+    finished = False
+    buf = bytearray(b'{"stdout":[')
+    for i, (kind, label) in enumerate(_KINDS):
+        if i:
+            buf += b'],"stderr":['
+        first = True
+        for entry in entries():
+            if entry.kind == END:
+                finished = True
+                continue
+            if entry.kind != kind:
+                continue
+            for at in range(0, len(entry.lines), _SLICE):
+                objs = [
+                    {"type": label, "line": text, "timestamp": entry.ts_ns}
+                    for text in entry.lines[at : at + _SLICE]
+                ]
+                if not first:
+                    buf += b","
+                buf += orjson.dumps(objs)[1:-1]
+                first = False
+                if len(buf) >= _FLUSH:
+                    yield bytes(buf)
+                    buf.clear()
+    buf += b'],"processID":' + orjson.dumps(process_id)
+    buf += b',"finished":' + (b"true" if finished else b"false") + b"}\n"
+    yield bytes(buf)

@@ -134,13 +134,17 @@ class TaskRun:
         self.task_id = task_id
         self.ttl = ttl
         self.running_pid: str | None = None
+        # Whether the last command the task ran was killed for running out of memory.
+        self.oom_killed = False
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, kind: str, **fields: Any) -> None:
         self.ctx.sessions.emit(self.s.session_id, {"type": kind, "task_id": self.task_id, **fields})
 
     def exit(self, exit_code: int, stop_reason: str) -> None:
-        self.emit("exit", exit_code=exit_code, stop_reason=stop_reason)
+        self.emit(
+            "exit", exit_code=exit_code, stop_reason=stop_reason, oom_killed=self.oom_killed
+        )
         logger.info(
             "session %s task %s: %s (exit %d)",
             self.s.session_id,
@@ -221,7 +225,7 @@ class TaskRun:
         sid = self.s.sandbox_id
         pid = ids.process_id()
         procs, plog = self.ctx.processes, self.ctx.plog
-        procs.start(sid, pid, command, env, WORKDIR)
+        procs.start(sid, pid, command, env, WORKDIR, self.s.tenant_id)
         self.running_pid = pid
         captured: list[str] = []
         size = 0
@@ -246,6 +250,7 @@ class TaskRun:
                             size += len(data)
                 if out.finished:
                     code = out.exit_code if out.exit_code is not None else 1
+                    self.oom_killed = out.oom_killed
                     text = "".join(captured)
                     if size >= TOOL_OUTPUT_LIMIT:
                         text = text[:TOOL_OUTPUT_LIMIT] + "\n[output truncated]\n"

@@ -83,6 +83,7 @@ def build_spec() -> dict[str, Any]:
         s.SessionInfo,
         s.SessionList,
         s.EventPage,
+        s.TenantUsage,
         s.ErrorResponse,
     ):
         spec.components.schema(schema.__name__, schema=schema)
@@ -204,6 +205,18 @@ def build_spec() -> dict[str, Any]:
         },
     )
     spec.path(
+        "/v1/tenants/me/usage",
+        operations={
+            "get": _op(
+                "Usage against every quota, each with its limit and the setting that sets it "
+                "(over a quota, a request answers 429 rate_limit_error, code quota_exceeded, "
+                "with Retry-After)",
+                "TenantUsage",
+                errors=(401,),
+            )
+        },
+    )
+    spec.path(
         "/v1/templates",
         operations={
             "get": _op(
@@ -223,7 +236,7 @@ def build_spec() -> dict[str, Any]:
                 "SessionCreated",
                 201,
                 body="CreateSessionRequest",
-                errors=(400, 401, 404, 503),
+                errors=(400, 401, 404, 429, 503),
             ),
             "get": _op("The tenant's agent sessions", "SessionList", errors=(401,)),
         },
@@ -307,7 +320,8 @@ WS_DESCRIPTION = """Client frames: `{"type": "task", "prompt", "id"?}` (queued i
 
 Server frames stored in the session's history carry `seq` (+1 each): `task_started`, `stdout`,
 `stderr`, `message`, `tool_call`, `exit {exit_code, stop_reason: end_turn|cancelled|max_turns|
-error}`, `error {code, message}`, `secrets_updated {name, version}`. Connection frames carry no
+error, oom_killed}` (`oom_killed`: the last command the task ran was killed because the
+sandbox ran out of memory), `error {code, message}`, `secrets_updated {name, version}`. Connection frames carry no
 `seq`: `ready {session_id, last_seq}` (first), `pong`, and `error` about a bad client frame.
 
 Without `last_seq` only live events follow `ready`. Close codes: 4401 bad or expired token,

@@ -252,3 +252,64 @@ class EventPage(Schema):
     events = fields.List(fields.Dict())
     next_after = fields.Integer()
     has_more = fields.Boolean()
+
+
+class QuotaUsage(Schema):
+    used = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Current use; for a per-sandbox quota, that of the most used "
+            "of the tenant's sandboxes"
+        },
+    )
+    limit = fields.Integer(required=True, metadata={"description": "The quota"})
+    setting = fields.String(
+        required=True,
+        metadata={
+            "description": "The environment variable that sets the quota",
+            "example": "PADDOCK_TENANT_MAX_SANDBOXES",
+        },
+    )
+    per = fields.String(
+        required=True,
+        metadata={"enum": ["tenant", "sandbox"], "description": "What the quota applies to"},
+    )
+    by_sandbox = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "Per-sandbox quotas only: the use in each sandbox, by id"},
+    )
+
+
+class Quotas(Schema):
+    sandboxes = fields.Nested(
+        QuotaUsage, required=True, metadata={"description": "Sandboxes, from either API"}
+    )
+    agent_sessions = fields.Nested(
+        QuotaUsage, required=True, metadata={"description": "Live (not ended) agent sessions"}
+    )
+    kept_output_bytes = fields.Nested(
+        QuotaUsage,
+        required=True,
+        metadata={"description": "Process output kept for reading, all sandboxes together"},
+    )
+    concurrent_waits = fields.Nested(
+        QuotaUsage,
+        required=True,
+        metadata={"description": "Requests waiting on a process at once (wait=true)"},
+    )
+    websockets = fields.Nested(
+        QuotaUsage, required=True, metadata={"description": "Open session WebSockets"}
+    )
+    processes_per_sandbox = fields.Nested(
+        QuotaUsage, required=True, metadata={"description": "Running processes in one sandbox"}
+    )
+    kept_output_bytes_per_sandbox = fields.Nested(
+        QuotaUsage,
+        required=True,
+        metadata={"description": "Process output kept for reading in one sandbox"},
+    )
+
+
+class TenantUsage(Schema):
+    quotas = fields.Nested(Quotas, required=True)

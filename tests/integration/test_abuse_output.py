@@ -1,0 +1,241 @@
+"""Abuse: output amplification, output budgets, the process quota, OOM kills, wait slots.
+
+Each attack runs against the real stack with small budgets (so it is quick), and each test
+asserts the victim's side: web and Redis memory, another tenant's output and exec.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.session_helpers import new_tenant
+from tests.stack import Stack
+
+MiB = 1 << 20
+ENV = {
+    "PADDOCK_MAX_OUTPUT_BYTES": "4m",
+    "PADDOCK_SANDBOX_OUTPUT_BYTES": "6m",
+    "PADDOCK_TENANT_OUTPUT_BYTES": "10m",
+    "PADDOCK_SANDBOX_MAX_PROCESSES": "3",
+    "PADDOCK_TENANT_MAX_WAITS": "2",
+    "PADDOCK_SANDBOX_MEMORY": "96m",
+    "PADDOCK_SANDBOX_DISK": "0",  # TEMP
+}
+
+
+class Tenant:
+    def __init__(self, stack: Stack, name: str) -> None:
+        self.url = stack.url
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {new_tenant(stack, name)}"
+
+    def req(self, method: str, path: str, **kw: Any) -> requests.Response:
+        kw.setdefault("timeout", 120)
+        return self.http.request(method, self.url + path, **kw)
+
+    def sandbox(self) -> str:
+        r = self.req("POST", "/sessions", json={"envID": "Bash"})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
+
+    def start(self, sid: str, cmd: str, wait: bool = False) -> requests.Response:
+        return self.req(
+            "POST", f"/sessions/{sid}/processes?wait={str(wait).lower()}", json={"cmd": cmd}
+        )
+
+    def run(self, sid: str, cmd: str) -> dict[str, Any]:
+        r = self.start(sid, cmd, wait=True)
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        assert out["finished"] is True
+        return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("abuse-output"), env=ENV) as s:
+        yield s
+
+
+def web_rss(stack: Stack) -> int:
+    """Resident memory of the web server's processes (master and workers), in bytes."""
+    group = stack.procs["web"].pid
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group:  # pgrp
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # rss pages
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class Peak:
+    """Samples a number in the background; ``peak`` is the highest seen."""
+
+    def __init__(self, sample: Any) -> None:
+        self.sample = sample
+        self.peak = sample()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.peak = max(self.peak, self.sample())
+
+    def __enter__(self) -> Peak:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def stderr_text(out: dict[str, Any]) -> str:
+    return "\n".join(x["line"] for x in out["stderr"])
+
+
+def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
+    a = Tenant(stack, "amp")
+    sid = a.sandbox()
+    # ~3.9 MB of two-byte lines: 1.9 M line objects. Built whole, that cost ~150x its size.
+    out = a.run(sid, "yes | head -n 1900000")
+    pid = out["processID"]
+    assert len(out["stdout"]) == 1_900_000 and out["stdout"][-1]["line"] == "y"
+    before = web_rss(stack)
+    with Peak(lambda: web_rss(stack)) as peak:
+        for _ in range(3):
+            r = a.req("GET", f"/sessions/{sid}/processes/{pid}", stream=True)
+            got = sum(len(c) for c in r.iter_content(1 << 16))
+            assert r.status_code == 200 and got > 100 * MiB
+    assert peak.peak - before < 150 * MiB, (before, peak.peak)
+    # A chatty process stopped without results: the stop reads none of it.
+    r = a.start(sid, "timeout 20 yes")
+    chatty = r.json()["processID"]
+    time.sleep(2)
+    with Peak(lambda: web_rss(stack)) as peak:
+        t0 = time.monotonic()
+        r = a.req("DELETE", f"/sessions/{sid}/processes/{chatty}")
+        assert r.status_code == 204
+        assert time.monotonic() - t0 < 15
+    assert peak.peak - before < 150 * MiB
+    assert a.req("GET", f"/sessions/{sid}/processes/{chatty}").status_code == 204
+    a.req("DELETE", f"/sessions/{sid}/processes/{pid}")
+
+
+def test_output_budgets_truncate_with_a_named_marker_and_spare_other_tenants(
+    stack: Stack,
+) -> None:
+    a, b = Tenant(stack, "greedy"), Tenant(stack, "victim")
+    redis_before = int(stack.redis.info("memory")["used_memory"])
+    s1 = a.sandbox()
+    # Per process: 4 MiB kept, then the marker.
+    big = a.run(s1, "yes 0123456789 | head -c 8000000")
+    kept = sum(len(x["line"]) + 1 for x in big["stdout"])
+    assert 3.5 * MiB < kept <= 4 * MiB
+    assert "PADDOCK_MAX_OUTPUT_BYTES" in stderr_text(big)
+    assert big["stderr"][-1]["line"].startswith("[paddock] output truncated")
+    # Per sandbox: 6 MiB over all its processes.
+    second = a.run(s1, "yes 0123456789 | head -c 3000000")
+    assert "PADDOCK_SANDBOX_OUTPUT_BYTES" in stderr_text(second)
+    # Deleting a process gives its bytes back.
+    assert a.req("DELETE", f"/sessions/{s1}/processes/{big['processID']}").status_code == 204
+    third = a.run(s1, "yes 0123456789 | head -c 1000000")
+    assert stderr_text(third) == "" and len(third["stdout"]) == 1000000 // 11 + 1
+    # Per tenant: 10 MiB over all its sandboxes.
+    s2 = a.sandbox()
+    fourth = a.run(s2, "yes 0123456789 | head -c 3900000")
+    assert stderr_text(fourth) == ""
+    s3 = a.sandbox()
+    fifth = a.run(s3, "yes 0123456789 | head -c 3900000")
+    assert "PADDOCK_TENANT_OUTPUT_BYTES" in stderr_text(fifth)
+    # The victim's output is whole, and Redis holds about the greedy tenant's budget.
+    sv = b.sandbox()
+    victim = b.run(sv, "yes abc | head -n 200000")
+    assert len(victim["stdout"]) == 200000 and victim["stderr"] == []
+    used = int(stack.redis.info("memory")["used_memory"]) - redis_before
+    assert used < 40 * MiB, used
+    # Ending a sandbox gives its whole share back to the tenant.
+    tenant = stack_tenant(stack, s2)
+    held = int(stack.redis.get(f"pdk:tenant:{tenant}:outbytes") or 0)
+    assert held > 9 * MiB
+    assert a.req("DELETE", f"/v1/sandboxes/{s2}").status_code == 204
+    deadline = time.monotonic() + 30
+    while int(stack.redis.get(f"pdk:tenant:{tenant}:outbytes") or 0) > held - 3.5 * MiB:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_process_quota_is_per_sandbox_and_named(stack: Stack) -> None:
+    a = Tenant(stack, "forker")
+    sid, other = a.sandbox(), a.sandbox()
+    pids = [a.start(sid, "sleep 60").json()["processID"] for _ in range(3)]
+    r = a.start(sid, "echo one too many")
+    assert r.status_code == 429 and r.headers.get("Retry-After")
+    assert "PADDOCK_SANDBOX_MAX_PROCESSES" in r.json()["message"]
+    assert set(r.json()) == {"message"}
+    # Another sandbox of the same tenant is not affected; a stopped process frees its place.
+    assert a.run(other, "echo fine")["stdout"][0]["line"] == "fine"
+    assert a.req("DELETE", f"/sessions/{sid}/processes/{pids[0]}").status_code == 204
+    assert a.run(sid, "echo again")["stdout"][0]["line"] == "again"
+
+
+def test_wait_slots_refuse_before_starting_anything(stack: Stack) -> None:
+    a = Tenant(stack, "waiter")
+    sid = a.sandbox()
+    pid = a.start(sid, "sleep 30").json()["processID"]
+    waiting = [
+        threading.Thread(
+            target=lambda: a.req("GET", f"/sessions/{sid}/processes/{pid}?wait=true"),
+            daemon=True,
+        )
+        for _ in range(2)
+    ]
+    for t in waiting:
+        t.start()
+    key = f"pdk:sbx:{sid}:procs"
+    deadline = time.monotonic() + 20
+    while stack.redis.zcard(f"pdk:slots:waits:{stack_tenant(stack, sid)}") < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    before = stack.redis.scard(key)
+    r = a.start(sid, "touch /tmp/should-not-exist", wait=True)
+    assert r.status_code == 429 and "PADDOCK_TENANT_MAX_WAITS" in r.json()["message"]
+    assert r.headers.get("Retry-After")
+    assert stack.redis.scard(key) == before
+    r = a.req("GET", f"/sessions/{sid}/processes/{pid}?wait=true")
+    assert r.status_code == 429
+    # Polling without wait still works, and stopping the process ends the waits.
+    assert a.req("GET", f"/sessions/{sid}/processes/{pid}").status_code == 200
+    a.req("DELETE", f"/sessions/{sid}/processes/{pid}")
+    for t in waiting:
+        t.join(30)
+    ls = a.run(sid, "ls /tmp")
+    assert "should-not-exist" not in str(ls["stdout"])
+
+
+def stack_tenant(stack: Stack, sid: str) -> str:
+    return str(stack.redis.hget(f"pdk:sbx:{sid}", "tenant").decode())
+
+
+def test_an_oom_kill_is_reported(stack: Stack) -> None:
+    a = Tenant(stack, "hog")
+    sid = a.sandbox()
+    out = a.run(sid, "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived")
+    assert [x["line"] for x in out["stdout"]] == []
+    last = out["stderr"][-1]["line"]
+    assert "ran out of memory" in last and "PADDOCK_SANDBOX_MEMORY" in last
+    # A process that is simply killed is not called an OOM kill.
+    killed = a.run(sid, "kill -9 $$")
+    assert "memory" not in stderr_text(killed)
+    assert a.run(sid, "echo alive")["stdout"][0]["line"] == "alive"
