@@ -21,5 +21,5 @@ RUN pip install . \
 # Not root by default; the worker service runs as root only to reach the Docker socket.
 USER paddock
 EXPOSE 3000 5555
-CMD ["gunicorn", "--bind", "0.0.0.0:3000", "--worker-class", "gthread", "--workers", "2", \
-     "--threads", "64", "--timeout", "0", "web.app:create_app()"]
+# gevent workers (web/gunicorn_conf.py): a waiting long-poll or WebSocket costs no thread.
+CMD ["gunicorn", "-c", "python:web.gunicorn_conf", "--bind", "0.0.0.0:3000", "web.app:create_app()"]

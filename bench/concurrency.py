@@ -197,75 +197,86 @@ def bench_concurrency(
         "PADDOCK_LOG_LEVEL": "WARNING",  # thousands of requests: keep the log small
     }
     with Stack(workdir, hosts=("bench",), env=env) as stack:
-        accounts = Accounts(stack.redis, "unused")
-        _, key_a = accounts.create_api_key("usr_holder", "holder", 10)
-        _, key_b = accounts.create_api_key("usr_victim", "victim", 10)
-        a = _session(key_a)
-        b = _session(key_b)
-        sid_b = _create(stack, b, template)
-        log("concurrency: warming up")
-        measure(stack, b, sid_b, 20, 5)
-        log(f"concurrency: idle ({n_health} /health, {n_exec} exec)")
-        idle = measure(stack, b, sid_b, n_health, n_exec)
-        idle_rss = web_rss_mib(stack)
-        # The load: long-polls on `sleep` processes, WebSockets on shell-agent sessions.
-        sid_a = _create(stack, a, template)
-        pids = []
-        for _ in range(SLEEPERS):
-            r = a.post(
-                f"{stack.url}/sessions/{sid_a}/processes", json={"cmd": "sleep 3600"}, timeout=60
-            )
-            if r.status_code != 200:
-                raise BenchError(f"start sleep answered {r.status_code}: {r.text[:300]}")
-            pids.append(r.json()["processID"])
-        polls = tuple(
-            f"/sessions/{sid_a}/processes/{pids[i % len(pids)]}?wait=true" for i in range(waits)
-        )
-        sessions = []
-        for _ in range(SESSIONS if sockets else 0):
-            r = a.post(
-                f"{stack.url}/v1/sessions",
-                json={"agent": {"kind": "shell"}, "template": template},
-                timeout=180,
-            )
-            if r.status_code != 201:
-                raise BenchError(f"POST /v1/sessions answered {r.status_code}: {r.text[:300]}")
-            sessions.append(r.json())
-        urls = tuple(
-            (sessions[i % len(sessions)]["connect_url"], sessions[i % len(sessions)]["jwt"])
-            for i in range(sockets)
-        )
-        plan = HoldPlan("127.0.0.1", stack.port, key_a, polls, urls, open_timeout=180)
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        holder = ctx.Process(target=hold_main, args=(plan, child), daemon=True)
-        started = time.monotonic()
-        holder.start()
         try:
-            log(f"concurrency: opening {waits} long-polls and {sockets} WebSockets")
-            if not parent.poll(plan.open_timeout + 30):
-                raise BenchError("the holder did not report within its time")
-            _, opened = parent.recv()
-            opened_in = time.monotonic() - started
-            if opened.polls_sent < waits or opened.sockets_open < sockets or opened.errors:
-                raise BenchError(f"could not open the load: {opened}")
-            held = _server_holds(stack, "usr_holder", waits, sockets)
-            log(f"concurrency: open in {opened_in:.1f} s; server holds {held}; measuring")
-            loaded = measure(stack, b, sid_b, n_health, n_exec)
-            loaded_rss = web_rss_mib(stack)
-            clients = int(stack.redis.info("clients")["connected_clients"])
-            parent.send("stop")
-            if not parent.poll(60):
-                raise BenchError("the holder did not close within 60 s")
-            _, final = parent.recv()
-            if final.polls_answered or final.sockets_dropped:
-                raise BenchError(f"load connections ended while measured: {final}")
-        finally:
-            if holder.is_alive():
-                holder.terminate()
-            holder.join(10)
-        a.delete(f"{stack.url}/sessions/{sid_a}", timeout=120)  # ends the sleeps and the waits
-        b.delete(f"{stack.url}/sessions/{sid_b}", timeout=120)
+            return _run(stack, waits, sockets, n_health, n_exec, template)
+        except Exception:
+            for name in ("web", "redis"):
+                log(f"last lines of {name}.log:\n{stack.log(name)[-3000:]}")
+            raise
+
+
+def _run(
+    stack: Stack, waits: int, sockets: int, n_health: int, n_exec: int, template: str
+) -> tuple[list[LoadFigure], list[str]]:
+    accounts = Accounts(stack.redis, "unused")
+    _, key_a = accounts.create_api_key("usr_holder", "holder", 10)
+    _, key_b = accounts.create_api_key("usr_victim", "victim", 10)
+    a = _session(key_a)
+    b = _session(key_b)
+    sid_b = _create(stack, b, template)
+    log("concurrency: warming up")
+    measure(stack, b, sid_b, 20, 5)
+    log(f"concurrency: idle ({n_health} /health, {n_exec} exec)")
+    idle = measure(stack, b, sid_b, n_health, n_exec)
+    idle_rss = web_rss_mib(stack)
+    # The load: long-polls on `sleep` processes, WebSockets on shell-agent sessions.
+    sid_a = _create(stack, a, template)
+    pids = []
+    for _ in range(SLEEPERS):
+        r = a.post(
+            f"{stack.url}/sessions/{sid_a}/processes", json={"cmd": "sleep 3600"}, timeout=60
+        )
+        if r.status_code != 200:
+            raise BenchError(f"start sleep answered {r.status_code}: {r.text[:300]}")
+        pids.append(r.json()["processID"])
+    polls = tuple(
+        f"/sessions/{sid_a}/processes/{pids[i % len(pids)]}?wait=true" for i in range(waits)
+    )
+    sessions = []
+    for _ in range(SESSIONS if sockets else 0):
+        r = a.post(
+            f"{stack.url}/v1/sessions",
+            json={"agent": {"kind": "shell"}, "template": template},
+            timeout=180,
+        )
+        if r.status_code != 201:
+            raise BenchError(f"POST /v1/sessions answered {r.status_code}: {r.text[:300]}")
+        sessions.append(r.json())
+    urls = tuple(
+        (sessions[i % len(sessions)]["connect_url"], sessions[i % len(sessions)]["jwt"])
+        for i in range(sockets)
+    )
+    plan = HoldPlan("127.0.0.1", stack.port, key_a, polls, urls, open_timeout=180)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    holder = ctx.Process(target=hold_main, args=(plan, child), daemon=True)
+    started = time.monotonic()
+    holder.start()
+    try:
+        log(f"concurrency: opening {waits} long-polls and {sockets} WebSockets")
+        if not parent.poll(plan.open_timeout + 30):
+            raise BenchError("the holder did not report within its time")
+        _, opened = parent.recv()
+        opened_in = time.monotonic() - started
+        if opened.polls_sent < waits or opened.sockets_open < sockets or opened.errors:
+            raise BenchError(f"could not open the load: {opened}")
+        held = _server_holds(stack, "usr_holder", waits, sockets)
+        log(f"concurrency: open in {opened_in:.1f} s; server holds {held}; measuring")
+        loaded = measure(stack, b, sid_b, n_health, n_exec)
+        loaded_rss = web_rss_mib(stack)
+        clients = int(stack.redis.info("clients")["connected_clients"])
+        parent.send("stop")
+        if not parent.poll(60):
+            raise BenchError("the holder did not close within 60 s")
+        _, final = parent.recv()
+        if final.polls_answered or final.sockets_dropped:
+            raise BenchError(f"load connections ended while measured: {final}")
+    finally:
+        if holder.is_alive():
+            holder.terminate()
+        holder.join(10)
+    a.delete(f"{stack.url}/sessions/{sid_a}", timeout=120)  # ends the sleeps and the waits
+    b.delete(f"{stack.url}/sessions/{sid_b}", timeout=120)
     figures = [
         *_pair("/health", idle.health, loaded.health),
         *_pair("victim exec echo", idle.execs, loaded.execs),

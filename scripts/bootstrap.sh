@@ -81,7 +81,7 @@ fi
 # --- apt ---------------------------------------------------------------------------------------
 # dpkg-query is local and instant; apt-get update only runs when something is actually missing.
 missing=()
-for pkg in docker.io redis-server debootstrap; do
+for pkg in docker.io redis-server debootstrap e2fsprogs mount; do
     status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
     if [[ "$status" != "installed" ]]; then
         missing+=("$pkg")
@@ -98,7 +98,7 @@ if [[ "${#missing[@]}" -gt 0 ]]; then
     apt-get "${apt_quiet[@]}" install -y --no-install-recommends "${missing[@]}"
     say "apt: installed ${missing[*]}"
 else
-    say "apt: docker.io redis-server debootstrap already installed"
+    say "apt: docker.io redis-server debootstrap e2fsprogs mount already installed"
 fi
 
 # --- Python virtualenv -------------------------------------------------------------------------
@@ -217,12 +217,13 @@ else
     fi
     mkdir -p "$STATE/redis"
     private_log "$LOG_DIR/redis.log"
-    # Every waiting client (long-poll, WebSocket) holds a Redis connection: room for
-    # maxclients' default 10000 even where the soft open-file limit is 1024.
+    # Every waiting client (long-poll, WebSocket) holds a Redis connection, up to 4000 per web
+    # worker (web/gunicorn_conf.py): maxclients 20000, and the open files that takes even where
+    # the soft limit is 1024.
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     # AOF on, RDB snapshots off: the session store survives a restart without periodic fork+dump.
     nohup setsid redis-server --port "$redis_port" --bind 127.0.0.1 --appendonly yes \
-        --dir "$STATE/redis" --daemonize no --save '' \
+        --dir "$STATE/redis" --daemonize no --save '' --maxclients 20000 \
         --maxmemory "$PADDOCK_REDIS_MAXMEMORY" --maxmemory-policy noeviction \
         >>"$LOG_DIR/redis.log" 2>&1 </dev/null &
     redis_pid=$!

@@ -182,7 +182,8 @@ def sandbox_running(sandbox_id: str) -> str:
 
 
 def slots(kind: str, tenant_id: str) -> str:
-    """Sorted set: a tenant's held slots of one kind (waits, sockets), scored by expiry."""
+    """Sorted set: a tenant's held slots of one kind (waits, sockets, session-creates), scored
+    by expiry."""
     return f"{PREFIX}:slots:{kind}:{tenant_id}"
 
 

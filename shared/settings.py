@@ -70,8 +70,9 @@ class Settings:
     sandbox_memory: int = 1 << 30
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 512
-    sandbox_tmp_size: int = 512 << 20
-    # Cap on everything a sandbox can write (home, /workspace, /tmp, /var/tmp, /dev/shm).
+    # Cap on everything a sandbox can write (home, /workspace, /tmp, /var/tmp, /dev/shm): a
+    # loop-mounted ext4 image of this size (workers/storage.py). 0: no disk, those paths are a
+    # tmpfs counted in the sandbox's memory.
     sandbox_disk: int = 2 << 30
     # Where the per-sandbox writable storage lives on the host (default <data_dir>/storage).
     storage_dir: str = ""
@@ -155,7 +156,7 @@ def _parse(name: str, typ: Any, raw: str) -> Any:
     if typ in (bool, "bool"):
         return _bool(raw)
     if typ in (int, "int"):
-        if name.startswith(("sandbox_memory", "sandbox_tmp", "sandbox_disk", "max_")) or (
+        if name.startswith(("sandbox_memory", "sandbox_disk", "max_")) or (
             name.endswith("_bytes")
         ):
             return _size(raw)

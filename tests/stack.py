@@ -22,6 +22,9 @@ import docker
 import redis
 import requests
 
+from shared.settings import Settings
+from workers.storage import SandboxStorage
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -40,6 +43,9 @@ def redis_argv(port: int, workdir: Path) -> list[str]:
         "no",
         "--dir",
         str(workdir),
+        # Room for thousands of waiting clients' connections (the bench holds 2,000).
+        "--maxclients",
+        "20000",
         # As under `make up`: a memory cap, and state is never evicted.
         "--maxmemory",
         "2gb",
@@ -145,6 +151,9 @@ class Stack:
             all=True, filters={"label": f"paddock.instance={self.instance}"}
         ):
             c.remove(force=True)
+        # The sandboxes' storage is mounted on the host and outlives the worker (as it must
+        # across a restart): unmount and delete this stack's.
+        SandboxStorage(Settings.from_env(self.env)).release_instance()
 
     def __enter__(self) -> Stack:
         return self.start()

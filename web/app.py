@@ -16,6 +16,7 @@ from shared.errors import ConfigError
 from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
+from web import gunicorn_conf
 from web.agent_sessions import AgentSessions
 from web.api import filesystem, meta, processes, sessions, templates
 from web.api.deps import Services
@@ -68,6 +69,10 @@ def create_app(
         socket_timeout=max(settings.task_timeout, settings.create_timeout) + 30,
         socket_connect_timeout=5,
         health_check_interval=30,
+        # Every waiting request (long-poll, WebSocket pump) holds a connection while it blocks,
+        # and an evented worker holds thousands of them: redis-py's default cap (100) would
+        # fail the 101st with "Too many connections".
+        max_connections=gunicorn_conf.worker_connections + 200,
     )
     celery = celery or make_celery(settings)
     box = SecretBox(settings.secret_key)

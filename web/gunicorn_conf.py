@@ -18,8 +18,9 @@ workers = 2
 # worker stops accepting until one closes). The target is 1,000 long-polls plus 1,000 sockets
 # on a 2-core machine; accept() is not balanced evenly between workers, so each alone can hold
 # all of them with room to spare. Each holds one client socket and, while waiting, one Redis
-# connection: the runners raise the open-file limit (ulimit -n / RLIMIT_NOFILE) to match.
-worker_connections = 5000
+# connection: web/app.py sizes the Redis pool from this, the runners raise the open-file limit
+# (ulimit -n / RLIMIT_NOFILE) and Redis's maxclients (20000) to match.
+worker_connections = 4000
 # With gevent this is a heartbeat: a worker whose event loop is stuck this long is restarted
 # (a long request is not "stuck": it yields while it waits).
 timeout = 120

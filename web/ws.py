@@ -47,6 +47,12 @@ STALE_AFTER = 90.0  # a connection not seen for this long no longer counts towar
 # sockets frees their slots within it. Refreshed every SLOT_REFRESH while the socket is open.
 SLOT_TTL = STALE_AFTER
 SLOT_REFRESH = SLOT_TTL / 3
+# An idle connection wakes this rarely: the pump to see whether its session ended and to beat
+# (XREAD BLOCK returns at once when an event comes), the reader to see whether the pump closed
+# the socket (the pump also wakes it at once, see `close`). A thousand idle sockets then cost
+# a few hundred Redis calls a second, not thousands.
+PUMP_BLOCK_MS = 5000
+RECEIVE_WAKE = 30.0
 SLOTS_RETRY_AFTER = 5  # seconds; a slot frees when any of the tenant's sockets closes
 
 
@@ -145,6 +151,11 @@ class Connection:
         self.stop.set()
         with self.lock, contextlib.suppress(ConnectionClosed):
             self.ws.close(reason=code, message=reason)
+        # Wake `serve` out of its receive() now rather than at its next RECEIVE_WAKE
+        # (simple-websocket's reader sets this same event when the peer closes).
+        event = getattr(self.ws, "event", None)
+        if event is not None:
+            event.set()
 
     def error(self, code: str, message: str) -> None:
         self.send({"type": "error", "code": code, "message": message})
@@ -154,9 +165,13 @@ class Connection:
         sessions = self.svc.sessions
         try:
             while not self.stop.is_set():
-                for frame in sessions.events_after(self.session_id, after, 200, block_ms=1000):
+                for frame in sessions.events_after(
+                    self.session_id, after, 200, block_ms=PUMP_BLOCK_MS
+                ):
                     self.send(frame)
                     after = int(frame["seq"])
+                if self.stop.is_set():
+                    return  # the client left while we waited: no beat after close_socket
                 s = sessions.load(self.session_id)
                 if s is None or s.ended:
                     # Deliver what the end produced, then say goodbye.
@@ -183,7 +198,7 @@ class Connection:
         limit = self.svc.settings.ws_messages_per_10s
         while not self.stop.is_set():
             try:
-                raw = self.ws.receive(timeout=1.0)
+                raw = self.ws.receive(timeout=RECEIVE_WAKE)
             except ConnectionClosed:
                 break
             if raw is None:
@@ -265,16 +280,19 @@ def session_ws(ws: Any, session_id: str) -> None:
     ):
         ws.close(reason=CLOSE_TOO_MANY, message="too many connections to this session")
         return
+    pump = threading.Thread(target=conn.pump, args=(after,), daemon=True, name=f"ws-{session_id}")
     try:
         conn.send({"type": "ready", "session_id": session_id, "last_seq": current})
         if raw_last is not None and not valid:
             conn.error("invalid_last_seq", "last_seq must be a non-negative integer; ignored")
-        pump = threading.Thread(
-            target=conn.pump, args=(after,), daemon=True, name=f"ws-{session_id}"
-        )
         pump.start()
         conn.serve()
-        conn.stop.set()
-        pump.join(5)
     finally:
+        # Give back the session's and the tenant's counts as soon as the client is gone, not
+        # after the pump's current XREAD returns (up to PUMP_BLOCK_MS); the pump checks `stop`
+        # before it beats again.
+        conn.stop.set()
         svc.sessions.close_socket(session_id, conn.conn_id)
+        _release_socket_slot(None)
+    if pump.is_alive():
+        pump.join(PUMP_BLOCK_MS / 1000 + 5)

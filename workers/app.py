@@ -26,6 +26,8 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     """The worker of one sandbox host: consumes ``host.<id>`` only."""
     app = make_celery(settings)
     ctx = WorkerContext(settings)
+    # Before consuming anything: a host that cannot cap its sandboxes' disk must not start.
+    ctx.storage.check()
     register_host_tasks(app, ctx)
     stop = threading.Event()
 

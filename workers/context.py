@@ -17,6 +17,7 @@ from shared.settings import Settings
 from shared.store import Store
 from workers.driver import DockerDriver
 from workers.runner import ProcessManager
+from workers.storage import SandboxStorage
 
 
 @dataclass
@@ -60,8 +61,12 @@ class WorkerContext:
         return docker.DockerClient.from_env(timeout=60, max_pool_size=256)
 
     @cached_property
+    def storage(self) -> SandboxStorage:
+        return SandboxStorage(self.settings)
+
+    @cached_property
     def driver(self) -> DockerDriver:
-        return DockerDriver(self.docker, self.settings)
+        return DockerDriver(self.docker, self.settings, self.storage)
 
     @cached_property
     def processes(self) -> ProcessManager:

@@ -30,6 +30,7 @@ from shared.errors import (
 )
 from shared.settings import Settings
 from workers import docker_exec
+from workers.storage import ImageSeeds, SandboxStorage
 
 logger = logging.getLogger(__name__)
 
@@ -132,21 +133,27 @@ def hardening(s: Settings) -> dict[str, Any]:
         "memswap_limit": s.sandbox_memory,  # = memory: no swap on top
         "nano_cpus": int(s.sandbox_cpus * 1e9),
         "network_mode": "bridge" if s.sandbox_network == "internet" else "none",
-        # exec: compilers build into /tmp and run from there.
-        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={s.sandbox_tmp_size},mode=1777"},
+        # Nothing of the image is writable: a sandbox writes only to its own capped storage
+        # (workers/storage.py), which DockerDriver.create mounts on the writable paths.
+        "read_only": True,
         "ipc_mode": "private",
     }
-    if s.sandbox_disk:
-        options["storage_opt"] = {"size": str(s.sandbox_disk)}
     return options
 
 
 class DockerDriver:
     """Create, inspect and destroy sandboxes and act inside them."""
 
-    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        settings: Settings,
+        storage: SandboxStorage | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.storage = storage or SandboxStorage(settings)
+        self.seeds = ImageSeeds(client, self.storage.seed_dir)
         self._container_ids: dict[str, str] = {}
 
     def container_name(self, sandbox_id: str) -> str:
@@ -154,29 +161,51 @@ class DockerDriver:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, sandbox_id: str, tenant_id: str, image: str) -> None:
-        """Start the sandbox's container, hardened. Raises docker.errors.APIError on failure."""
+        """Make the sandbox's capped storage, seeded with the image's home and /workspace, and
+        start its container, hardened, with that storage on its writable paths.
+
+        Raises docker.errors.APIError, StorageError, NoCapacity (the host's disk is promised
+        to other sandboxes); on failure neither container nor storage is left.
+        """
         s = self.settings
-        self.client.containers.run(
-            image,
-            command=["sleep", "infinity"],
-            name=self.container_name(sandbox_id),
-            hostname="sandbox",
-            detach=True,
-            init=True,
-            user=SANDBOX_USER,
-            working_dir=SANDBOX_HOME,
-            labels={
-                LABEL_SANDBOX: sandbox_id,
-                LABEL_TENANT: tenant_id,
-                LABEL_HOST: s.host_id,
-                LABEL_INSTANCE: s.instance,
-            },
-            **hardening(s),
-        )
+        seeds = self.seeds.for_image(self.client.api.inspect_image(image)["Id"])
+        binds = self.storage.create(sandbox_id, seeds)
+        try:
+            self.client.containers.run(
+                image,
+                command=["sleep", "infinity"],
+                name=self.container_name(sandbox_id),
+                hostname="sandbox",
+                detach=True,
+                init=True,
+                user=SANDBOX_USER,
+                working_dir=SANDBOX_HOME,
+                labels={
+                    LABEL_SANDBOX: sandbox_id,
+                    LABEL_TENANT: tenant_id,
+                    LABEL_HOST: s.host_id,
+                    LABEL_INSTANCE: s.instance,
+                },
+                # Mounts, not binds: a missing source is an error rather than a new empty
+                # directory, so a sandbox never silently writes outside its storage.
+                mounts=[
+                    docker.types.Mount(target, source, type="bind")
+                    for target, source in binds.items()
+                ],
+                **hardening(s),
+            )
+        except BaseException:
+            logger.warning("sandbox %s: start failed, removing container and storage", sandbox_id)
+            try:
+                self.destroy(sandbox_id)
+            except Exception:  # the start's error is the one to report
+                logger.exception("sandbox %s: cleanup after a failed start failed", sandbox_id)
+            raise
         logger.info("sandbox %s: container started from %s", sandbox_id, image)
 
     def destroy(self, sandbox_id: str, container: str | None = None) -> None:
-        """Remove the sandbox's container (by name, or the given id) if it exists."""
+        """Remove the sandbox's container (by name, or the given id) and then its storage, if
+        they exist. Raises StorageError when the storage cannot be freed (retry later)."""
         try:
             self.client.api.remove_container(
                 container or self.container_name(sandbox_id), force=True
@@ -184,6 +213,7 @@ class DockerDriver:
             logger.info("sandbox %s: container removed", sandbox_id)
         except docker.errors.NotFound:
             logger.info("sandbox %s: container already gone", sandbox_id)
+        self.storage.release(sandbox_id)
 
     def list_sandboxes(self) -> dict[str, str]:
         """Sandbox id → container id of every container of this host and instance."""

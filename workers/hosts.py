@@ -8,6 +8,7 @@ import time
 
 from shared.output import STDERR, Line
 from workers.context import WorkerContext
+from workers.storage import StorageError
 from workers.templates import template_catalog
 
 logger = logging.getLogger(__name__)
@@ -44,25 +45,45 @@ def start_heartbeat(ctx: WorkerContext, stop: threading.Event) -> threading.Thre
 
 
 def reconcile(ctx: WorkerContext) -> None:
-    """At start: remove containers nobody knows, forget sandboxes whose container is gone, and
-    close the output of processes whose pump died with the previous worker."""
+    """At start: remove containers nobody knows and free their storage, free storage whose
+    container is gone, forget sandboxes whose container is gone, and close the output of
+    processes whose pump died with the previous worker."""
     host = ctx.settings.host_id
     containers = ctx.driver.list_sandboxes()
+    orphans: set[str] = set()
     for sandbox_id, container_id in containers.items():
         record = ctx.store.raw_sandbox(sandbox_id)
         if not record or record.get("host") != host or record.get("status") == "deleting":
             logger.warning("sandbox %s: orphan container on host %s, removing", sandbox_id, host)
-            ctx.driver.destroy(sandbox_id, container_id)
+            orphans.add(sandbox_id)
+            try:
+                ctx.driver.destroy(sandbox_id, container_id)
+            except StorageError:
+                logger.exception("sandbox %s: orphan storage not freed", sandbox_id)
+                continue  # keep the record: a later destroy retries
             if record.get("status") == "deleting":
                 ctx.store.purge_sandbox(sandbox_id)
+    # Storage without a live container: the previous worker died between making the storage
+    # and starting the container, or the container was removed behind Paddock's back.
+    for sandbox_id in ctx.storage.sandbox_ids():
+        if sandbox_id in containers and sandbox_id not in orphans:
+            continue
+        if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
+            continue
+        logger.warning("sandbox %s: storage without a container, freeing it", sandbox_id)
+        try:
+            ctx.storage.release(sandbox_id)
+        except StorageError:
+            logger.exception("sandbox %s: orphan storage not freed", sandbox_id)
+    try:
+        ctx.driver.seeds.prune()
+    except Exception:
+        logger.exception("host %s: pruning image seeds failed", host)
     for sandbox_id in ctx.store.host_sandbox_ids(host):
         if sandbox_id not in containers:
             record = ctx.store.raw_sandbox(sandbox_id)
-            if (
-                record.get("status") == "creating"
-                and time.time() - float(record.get("created_at", 0)) < ctx.settings.create_timeout
-            ):
-                continue  # another thread may be creating it right now
+            if _being_created(ctx, record):
+                continue
             logger.warning("sandbox %s: container gone, forgetting the sandbox", sandbox_id)
             ctx.store.purge_sandbox(sandbox_id)
             continue
@@ -84,3 +105,11 @@ def reconcile(ctx: WorkerContext) -> None:
                     ],
                 )
                 ctx.plog.finish(sandbox_id, process_id, None)
+
+
+def _being_created(ctx: WorkerContext, record: dict[str, str]) -> bool:
+    """Whether another thread may be creating this sandbox right now."""
+    return (
+        record.get("status") == "creating"
+        and time.time() - float(record.get("created_at", 0)) < ctx.settings.create_timeout
+    )

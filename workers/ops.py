@@ -19,7 +19,12 @@ logger = logging.getLogger(__name__)
 
 
 def create_sandbox(ctx: WorkerContext, sandbox_id: str, tenant_id: str, template: str) -> dict:
-    """Start the sandbox's container. Raises BadRequest for a template this host lacks."""
+    """Make the sandbox's storage and start its container.
+
+    Raises BadRequest for a template this host lacks, NoCapacity when the host's disk cannot
+    hold another sandbox's cap, SandboxError (StorageError included) when it cannot start; the
+    driver has then removed whatever it made.
+    """
     image = available_templates(ctx.docker, ctx.settings.image_prefix).get(template)
     if image is None:
         raise BadRequest(f"template {template!r} is not available on this host")
@@ -27,7 +32,6 @@ def create_sandbox(ctx: WorkerContext, sandbox_id: str, tenant_id: str, template
         ctx.driver.create(sandbox_id, tenant_id, image)
     except docker.errors.APIError as exc:
         logger.error("sandbox %s: create failed: %s", sandbox_id, exc)
-        ctx.driver.destroy(sandbox_id)
         raise SandboxError(f"could not start the sandbox: {exc.explanation or exc}") from exc
     record = ctx.store.raw_sandbox(sandbox_id)
     if not record or record.get("status") == "deleting":
@@ -40,7 +44,10 @@ def create_sandbox(ctx: WorkerContext, sandbox_id: str, tenant_id: str, template
 
 
 def destroy_sandbox(ctx: WorkerContext, sandbox_id: str) -> dict:
-    """Remove container, processes and state of a sandbox. Idempotent."""
+    """Remove container, storage, processes and state of a sandbox. Idempotent.
+
+    Raises StorageError when the storage cannot be freed: the record stays (``deleting``) and
+    the reaper sends the destroy again."""
     ctx.processes.forget_sandbox(sandbox_id)
     ctx.driver.destroy(sandbox_id)
     ctx.store.purge_sandbox(sandbox_id)

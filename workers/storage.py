@@ -9,8 +9,8 @@ and bind-mounted into the container by the driver:
   as it is written, and it never outgrows the cap, whatever the host's filesystem or Docker's
   storage driver. Before making one, the host checks that its free disk can still hold every
   image's unwritten rest plus this one, so sandboxes can never fill the host's disk.
-- ``PADDOCK_SANDBOX_DISK=0``: no disk at all; the same paths are one tmpfs whose pages count in
-  the sandbox's memory limit (``PADDOCK_SANDBOX_MEMORY``) and which is no larger than it.
+- ``PADDOCK_SANDBOX_DISK=0``: no disk at all; the same paths are one tmpfs of half the
+  sandbox's memory (``PADDOCK_SANDBOX_MEMORY``), whose pages count in that memory limit.
 
 The image's own content of ``/home/user`` and ``/workspace`` (dotfiles, directories a template
 made) is exported once per image id into a cache (:class:`ImageSeeds`) and unpacked into every
@@ -185,7 +185,7 @@ class SandboxStorage:
     def release_instance(self) -> None:
         """Release the storage of every host of this instance (a test stack's teardown)."""
         instance_dir = self.host_dir.parent
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for host in os.listdir(instance_dir):
                 for name in os.listdir(instance_dir / host):
                     self._release_path(instance_dir / host / name)
@@ -209,8 +209,8 @@ class SandboxStorage:
                 self._run(["mount", "-t", "ext4", "-o", _EXT4_MOUNT, str(image), str(mnt)], "mount")
             else:
                 # Pages of a tmpfs count in the memory cgroup of whoever writes them: the
-                # sandbox. The size makes a full one ENOSPC rather than an OOM kill.
-                opts = f"{_MOUNT_FLAGS},size={self.settings.sandbox_memory},mode=0755"
+                # sandbox. Half its memory, so that a full one is ENOSPC, not an OOM kill.
+                opts = f"{_MOUNT_FLAGS},size={self.settings.sandbox_memory // 2},mode=0755"
                 self._run(["mount", "-t", "tmpfs", "-o", opts, "paddock", str(mnt)], "mount")
             mounts = {}
             for target, sub, uid, mode in WRITABLE:
@@ -342,7 +342,10 @@ class ImageSeeds:
         if not (d / "complete").exists():
             with self._lock:
                 if not (d / "complete").exists():
-                    self._export(image_id, d)
+                    try:
+                        self._export(image_id, d)
+                    except OSError as exc:
+                        raise StorageError(f"could not export the image's home: {exc}") from exc
         return {sub: d / f"{sub}.tar" for _, sub in SEEDED if (d / f"{sub}.tar").exists()}
 
     def prune(self) -> None:

@@ -123,7 +123,7 @@ def test_sandbox_errors_are_clear_and_session_keeps_working(api: Api, sid: str) 
         json={"content": "x"},
     )
     assert r.status_code == 403
-    assert "Permission denied" in r.json()["message"]
+    assert "Read-only file system" in r.json()["message"]  # the image is read-only
 
     r = api.req("DELETE", f"/sessions/{sid}/filesystem", params={"path": "/home/user/nope"})
     assert r.status_code == 404

@@ -38,8 +38,17 @@ def test_sandbox_is_hardened(api: Api) -> None:
     assert hc["Memory"] == 1 << 30 and hc["MemorySwap"] == hc["Memory"]
     assert hc["NanoCpus"] == 1_000_000_000
     assert hc["NetworkMode"] == "none"
-    assert hc["ReadonlyRootfs"] is False
-    assert "size=" in hc["Tmpfs"]["/tmp"]
+    # Read-only image; the writable paths are the sandbox's own capped storage, no tmpfs.
+    assert hc["ReadonlyRootfs"] is True
+    assert not hc.get("Tmpfs") and not hc.get("StorageOpt")
+    assert sorted(m["Target"] for m in hc["Mounts"]) == [
+        "/dev/shm",
+        "/home/user",
+        "/tmp",
+        "/var/tmp",
+        "/workspace",
+    ]
+    assert all(m["Type"] == "bind" for m in hc["Mounts"])
     assert container.attrs["Config"]["User"] == "user"
     out = api.run(sid, "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status")
     assert stdout_lines(out) == ["1000", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"]

@@ -29,7 +29,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "PADDOCK_AUTH": "on",
         "PADDOCK_TENANT_MAX_SANDBOXES": str(MAX_SANDBOXES),
         "PADDOCK_TENANT_MAX_SESSIONS": str(MAX_SESSIONS),
-        "PADDOCK_SANDBOX_DISK": "0",  # TEMP
     }
     with Stack(tmp_path_factory.mktemp("quotas"), env=env) as st:
         yield st

@@ -320,9 +320,10 @@ WS_DESCRIPTION = """Client frames: `{"type": "task", "prompt", "id"?}` (queued i
 
 Server frames stored in the session's history carry `seq` (+1 each): `task_started`, `stdout`,
 `stderr`, `message`, `tool_call`, `exit {exit_code, stop_reason: end_turn|cancelled|max_turns|
-error, oom_killed}` (`oom_killed`: the last command the task ran was killed because the
-sandbox ran out of memory), `error {code, message}`, `secrets_updated {name, version}`. Connection frames carry no
-`seq`: `ready {session_id, last_seq}` (first), `pong`, and `error` about a bad client frame.
+error, oom_killed}` (`oom_killed`: the task's last command was killed because the sandbox
+ran out of memory), `error {code, message}`, `secrets_updated {name, version}`. Connection
+frames carry no `seq`: `ready {session_id, last_seq}` (first), `pong`, and `error` about a
+bad client frame.
 
 Without `last_seq` only live events follow `ready`. Close codes: 4401 bad or expired token,
 4403 token of another session, 4404 session ended or unknown, 4429 too many connections or
