@@ -20,7 +20,9 @@ import docker
 import redis
 import requests
 
+from shared.settings import Settings
 from tests.stack import ROOT, free_port, redis_argv
+from workers.storage import SandboxStorage
 
 
 def _up_env(tmp_path: Path, redis_port: int, port: int, flower: int, instance: str) -> dict:
@@ -137,6 +139,7 @@ def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path)
             all=True, filters={"label": f"paddock.instance={instance}"}
         ):
             c.remove(force=True)
+        SandboxStorage(Settings.from_env(env)).release_instance()  # mounted on the host
 
 
 def test_up_adds_a_flower_login_to_an_older_secrets_file_and_hides_old_logs(
