@@ -157,7 +157,14 @@ def run_latency(args: argparse.Namespace, client: Any, image: str, report: Repor
     flood = Flood(args.flood_mb * 1_000_000)
     with tempfile.TemporaryDirectory(prefix="paddock-bench-") as tmp:
         log("starting the stack (redis-server, host worker, control worker, gunicorn)")
-        stack = Stack(Path(tmp), hosts=("bench",))
+        # The flood measures throughput, not the output caps: room for every run's output.
+        budget = str(flood.stdout_bytes * (args.flood_runs + 1) + (64 << 20))
+        env = {
+            "PADDOCK_MAX_OUTPUT_BYTES": budget,
+            "PADDOCK_SANDBOX_OUTPUT_BYTES": budget,
+            "PADDOCK_TENANT_OUTPUT_BYTES": budget,
+        }
+        stack = Stack(Path(tmp), hosts=("bench",), env=env)
         raw = RawDocker(client, image, stack.instance)
         try:
             with stack:
@@ -182,7 +189,8 @@ def run_latency(args: argparse.Namespace, client: Any, image: str, report: Repor
         "create + first exec: that plus `true` (wait=true) vs that plus exec_run(['true'])",
         "delete: DELETE /sessions/{id} vs container.remove(force=True)",
         "exec: POST .../processes?wait=true {cmd: 'echo 22'} vs exec_run(bash -c 'echo 22')",
-        "stdout: whole JSON answer received (parsed and checked untimed) vs exec stream counted",
+        "stdout: whole JSON answer received (parsed and checked untimed) vs exec stream counted"
+        " (the bench stack's output caps are raised to fit the flood)",
     ]
 
 

@@ -275,10 +275,11 @@ class ProcessLog:
         sandbox_id: str,
         process_id: str,
         timeout: float,
-        tick: Callable[[], None] | None = None,
+        tick: Callable[[], bool] | None = None,
     ) -> bool:
         """Block until the process has ended (True) or ``timeout`` seconds pass or it is
-        forgotten (False), reading none of its output. ``tick`` runs every few seconds."""
+        forgotten (False), reading none of its output. ``tick`` runs every few seconds; when it
+        returns False the wait ends (False): nobody is waiting any more."""
         done = keys.process_done(sandbox_id, process_id)
         deadline = time.monotonic() + timeout
         while True:
@@ -286,8 +287,8 @@ class ProcessLog:
             block_ms = max(1, int(min(max(remaining, 0.001), 10.0) * 1000))
             if self.r.xread({done: "0-0"}, count=1, block=block_ms):
                 return True
-            if tick is not None:
-                tick()
+            if tick is not None and not tick():
+                return False
             if remaining <= 0 or not self.exists(sandbox_id, process_id):
                 return False
 
@@ -320,7 +321,7 @@ class ProcessLog:
         sandbox_id: str,
         process_id: str,
         timeout: float,
-        tick: Callable[[], None] | None = None,
+        tick: Callable[[], bool] | None = None,
     ) -> Output:
         """Everything written until the process ends, or until ``timeout`` seconds pass."""
         self.wait_done(sandbox_id, process_id, timeout, tick)

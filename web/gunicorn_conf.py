@@ -28,3 +28,7 @@ graceful_timeout = 10
 # gunicorn 24+ opens a control socket at one fixed path per user: several stacks on one machine
 # (tests, bench) would fight over it, and nothing here uses it.
 control_socket_disable = True
+# Idle keep-alive connections stay open this long (gunicorn's default is 2 s). An idle
+# connection costs a greenlet; closing it sooner makes a client that reuses it at that moment
+# see a reset (a race every HTTP client library meets with short server keep-alives).
+keepalive = 75

@@ -175,13 +175,20 @@ class Sandboxes:
     def release_wait(self, sb: Sandbox, slot: str) -> None:
         self.slots.release(WAITS, sb.tenant_id, slot)
 
-    def wait_done(self, sb: Sandbox, process_id: str, slot: str) -> None:
+    def wait_done(
+        self, sb: Sandbox, process_id: str, slot: str, still_there: Callable[[], bool]
+    ) -> None:
         """Block until the process ends (or the wait limit passes) holding ``slot``, which is
-        released at the end; the sandbox counts as active meanwhile. Reads no output."""
+        released at the end; the sandbox counts as active meanwhile. Reads no output. Stops
+        early once ``still_there()`` says the client went away (checked every few seconds),
+        so a dead client holds no slot and keeps no sandbox alive."""
 
-        def tick() -> None:
+        def tick() -> bool:
+            if not still_there():
+                return False
             self.store.touch(sb.sandbox_id)
             self.slots.refresh(WAITS, sb.tenant_id, slot, _SLOT_TTL)
+            return True
 
         try:
             self.plog.wait_done(sb.sandbox_id, process_id, self.settings.wait_timeout, tick)

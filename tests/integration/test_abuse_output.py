@@ -7,6 +7,7 @@ asserts the victim's side: web and Redis memory, another tenant's output and exe
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -104,20 +105,37 @@ def stderr_text(out: dict[str, Any]) -> str:
     return "\n".join(x["line"] for x in out["stderr"])
 
 
+def timed(fn: Any) -> float:
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
+
+
 def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
-    a = Tenant(stack, "amp")
-    sid = a.sandbox()
+    a, b = Tenant(stack, "amp"), Tenant(stack, "bystander")
+    sid, victim = a.sandbox(), b.sandbox()
     # ~3.9 MB of two-byte lines: 1.9 M line objects. Built whole, that cost ~150x its size.
     out = a.run(sid, "yes | head -n 1900000")
     pid = out["processID"]
     assert len(out["stdout"]) == 1_900_000 and out["stdout"][-1]["line"] == "y"
     before = web_rss(stack)
+
+    def read_back() -> None:
+        r = a.req("GET", f"/sessions/{sid}/processes/{pid}", stream=True)
+        got = sum(len(c) for c in r.iter_content(1 << 16))
+        assert r.status_code == 200 and got > 100 * MiB
+
+    readers = [threading.Thread(target=read_back, daemon=True) for _ in range(3)]
     with Peak(lambda: web_rss(stack)) as peak:
-        for _ in range(3):
-            r = a.req("GET", f"/sessions/{sid}/processes/{pid}", stream=True)
-            got = sum(len(c) for c in r.iter_content(1 << 16))
-            assert r.status_code == 200 and got > 100 * MiB
-    assert peak.peak - before < 150 * MiB, (before, peak.peak)
+        for t in readers:
+            t.start()
+        # Meanwhile the web answers others: health, and another tenant's exec.
+        health = [timed(lambda: a.req("GET", "/health").raise_for_status()) for _ in range(5)]
+        execs = [timed(lambda: b.run(victim, "echo hi")) for _ in range(3)]
+        for t in readers:
+            t.join(120)
+    assert peak.peak - before < 200 * MiB, (before, peak.peak)
+    assert max(health) < 2.0 and max(execs) < 5.0, (health, execs)
     # A chatty process stopped without results: the stop reads none of it.
     r = a.start(sid, "timeout 20 yes")
     chatty = r.json()["processID"]
@@ -221,6 +239,33 @@ def test_wait_slots_refuse_before_starting_anything(stack: Stack) -> None:
         t.join(30)
     ls = a.run(sid, "ls /tmp")
     assert "should-not-exist" not in str(ls["stdout"])
+
+
+def test_a_client_that_goes_away_stops_waiting(stack: Stack) -> None:
+    a = Tenant(stack, "leaver")
+    sid = a.sandbox()
+    pid = a.start(sid, "sleep 120").json()["processID"]
+    slots = f"pdk:slots:waits:{stack_tenant(stack, sid)}"
+    conns = []
+    for _ in range(2):
+        conn = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+        conn.sendall(
+            f"GET /sessions/{sid}/processes/{pid}?wait=true HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nAuthorization: {a.http.headers['Authorization']}\r\n\r\n".encode()
+        )
+        conns.append(conn)
+    deadline = time.monotonic() + 20
+    while stack.redis.zcard(slots) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for conn in conns:
+        conn.close()
+    # Noticed at the next check (every 10 s): the slots are free again for live clients.
+    deadline = time.monotonic() + 30
+    while stack.redis.zcard(slots) > 0:
+        assert time.monotonic() < deadline, "a departed client still holds its wait slot"
+        time.sleep(0.2)
+    a.req("DELETE", f"/sessions/{sid}/processes/{pid}")
 
 
 def stack_tenant(stack: Stack, sid: str) -> str:

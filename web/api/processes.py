@@ -7,7 +7,10 @@ its tenant's wait slots and no thread (the web server is evented).
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+import select
+import socket
+
+from flask import Blueprint, Response, request
 
 from shared.store import Sandbox
 from web.api import validation
@@ -32,7 +35,7 @@ def start_process(session_id: str) -> Response:
             sbx.release_wait(sb, slot)
         raise
     if slot is not None:
-        sbx.wait_done(sb, process_id, slot)
+        sbx.wait_done(sb, process_id, slot, _client_connected)
     return _answer(sbx, sb, process_id)
 
 
@@ -44,7 +47,7 @@ def get_process(session_id: str, process_id: str) -> Response | tuple[str, int]:
     if not sbx.process_exists(sb, process_id):
         return "", 204
     if wait:
-        sbx.wait_done(sb, process_id, sbx.wait_slot(sb))
+        sbx.wait_done(sb, process_id, sbx.wait_slot(sb), _client_connected)
     return _answer(sbx, sb, process_id)
 
 
@@ -73,6 +76,19 @@ def write_stdin(session_id: str, process_id: str) -> tuple[str, int]:
     if sbx.process_exists(sb, process_id):
         sbx.write_stdin(sb, process_id, body["stdin"])
     return "", 204
+
+
+def _client_connected() -> bool:
+    """False once the client has closed its connection (a readable socket with nothing to
+    read). Unknown servers (no socket in the environ) count as connected."""
+    conn = request.environ.get("gunicorn.socket")
+    if conn is None:
+        return True
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return not readable or conn.recv(1, socket.MSG_PEEK) != b""
+    except (OSError, ValueError):
+        return False
 
 
 def _answer(sbx: Sandboxes, sb: Sandbox, process_id: str) -> Response:
