@@ -15,6 +15,9 @@ COPY pyproject.toml ./
 COPY shared ./shared
 COPY web ./web
 COPY workers ./workers
+# e2fsprogs and mount: the host worker makes and mounts each sandbox's capped storage.
+RUN apt-get update && apt-get install -y --no-install-recommends e2fsprogs mount \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/paddock --create-home paddock
 

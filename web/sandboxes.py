@@ -218,7 +218,7 @@ class Sandboxes:
             self.r,
             sb.host_id,
             name,
-            {"sandbox_id": sb.sandbox_id, **kwargs},
+            {"sandbox_id": sb.sandbox_id, "tenant_id": sb.tenant_id, **kwargs},
             timeout or self.settings.task_timeout,
         )
         return reply["value"]

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from typing import Any
 
+import orjson
 from flask import Flask, current_app, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
@@ -214,8 +215,10 @@ class Connection:
 
     def handle(self, raw: str | bytes) -> None:
         try:
-            frame = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            # orjson: strict UTF-8, no lone surrogates (which could not be stored or sent on),
+            # bounded depth (no RecursionError); nothing below walks a frame recursively.
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             self.error("invalid_frame", "frames must be JSON text")
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):

@@ -142,10 +142,10 @@ def run(
                 err += data
             if time.monotonic() > deadline:
                 break
-        else:
+        left = deadline - time.monotonic()
+        if left > 0:  # the output ended (not the deadline): the command is done
             # Docker records the exit code just after the stream ends.
-            wait = max(1.0, deadline - time.monotonic())
-            code = exit_code(client, att.exec_id, wait=min(wait, 5.0))
+            code = exit_code(client, att.exec_id, wait=min(max(left, 1.0), 5.0))
             if code is not None:
                 return code, bytes(out), bytes(err)
         raise SandboxTimeout(f"command did not finish within {timeout:g}s")

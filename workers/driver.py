@@ -11,10 +11,12 @@ import ipaddress
 import logging
 import re
 import time
+from functools import cached_property
 from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from shared.errors import (
     FileTooLarge,
@@ -159,6 +161,17 @@ class DockerDriver:
     def container_name(self, sandbox_id: str) -> str:
         return f"paddock-{self.settings.instance}-{sandbox_id}"
 
+    @cached_property
+    def exec_client(self) -> docker.DockerClient:
+        """The client of every exec (file operations, process starts, kills): its API calls
+        give up after settings.fs_timeout (+ grace) instead of the engine client's minute. A
+        tenant can wedge its own container's execs (SIGSTOP the `runc init` of one), after
+        which the engine blocks every exec call on that container; a host thread must not wait
+        a minute for each. Built like the engine client (WorkerContext.docker): from the env.
+        """
+        timeout = self.settings.fs_timeout + _HOST_GRACE
+        return docker.DockerClient.from_env(timeout=timeout, max_pool_size=256)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, sandbox_id: str, tenant_id: str, image: str) -> None:
         """Make the sandbox's capped storage, seeded with the image's home and /workspace, and
@@ -279,7 +292,7 @@ class DockerDriver:
         full_env = {"HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LANG": "C.UTF-8", **env}
         try:
             return docker_exec.start(
-                self.client,
+                self.exec_client,
                 self.container_name(sandbox_id),
                 ["/bin/sh", "-c", _SPAWN, "paddock", cwd, cmd],
                 user=SANDBOX_USER,
@@ -287,6 +300,10 @@ class DockerDriver:
             )
         except docker.errors.NotFound as exc:
             raise SandboxGone() from exc
+        except requests.exceptions.Timeout:
+            limit = self.settings.fs_timeout + _HOST_GRACE
+            message = f"the sandbox did not start the process within {limit:g}s"
+            raise SandboxTimeout(message) from None
 
     def oom_kills(self, sandbox_id: str) -> int | None:
         """How many processes the kernel's OOM killer has ended in the sandbox so far, read
@@ -332,7 +349,7 @@ class DockerDriver:
         argv = ["timeout", "-s", "KILL", f"{limit:g}", *argv]
         try:
             return docker_exec.run(
-                self.client,
+                self.exec_client,
                 self.container_name(sandbox_id),
                 argv,
                 SANDBOX_USER,
@@ -340,7 +357,7 @@ class DockerDriver:
                 timeout=limit + _HOST_GRACE,
                 max_stdout=max_stdout,
             )
-        except SandboxTimeout:
+        except (SandboxTimeout, requests.exceptions.Timeout):
             raise SandboxTimeout(_timed_out(limit)) from None
         except docker.errors.NotFound as exc:
             raise SandboxGone() from exc

@@ -10,17 +10,21 @@ client timeout, exec deadline, Redis socket timeout).
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from celery import Celery, Task
 
-from shared import rpc, tasks
+from shared import keys, rpc, tasks
 from shared.errors import PaddockError
 from workers import ops
 from workers.agent import tasks as agent_tasks
 from workers.context import WorkerContext
+from workers.shares import ShareUsedUp, WorkerShares
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +43,101 @@ HOST_TASKS: dict[str, Callable[..., Any]] = {
 }
 
 
+# Never refused for a fair share, nor counted in one: they are how a tenant (or the reaper)
+# stops what runs, which must work most of all when the share is used up.
+_ALWAYS_RUN = frozenset({tasks.SANDBOX_DESTROY, tasks.PROCESS_KILL})
+# A drain that finds its tenant's share used up comes back after this many seconds.
+_DRAIN_RETRY = 2.0
+# A task over its share goes back to the queue for a moment, again and again (a Celery
+# countdown holds no pool thread), and is refused with a 429 once it has waited this long in
+# all. A burst of quick commands (a client starting ten processes at once) so gets through a
+# little later, while slow operations holding the share make the next one wait ~4.5 s, never
+# a thread. Creates, which clients rarely retry and the web waits long for, queue longer.
+SHARE_PATIENCE = 4.5
+SHARE_PATIENCE_BY_TASK = {tasks.SANDBOX_CREATE: 30.0}
+
+
 def register_host_tasks(app: Celery, ctx: WorkerContext) -> None:
+    s = ctx.settings
+    shares = WorkerShares(s.sandbox_worker_share, s.tenant_worker_share)
     for name, fn in HOST_TASKS.items():
-        _register(app, ctx, name, fn)
+        _register(app, ctx, shares, name, fn)
 
     # Not acks_late: a task lost with a dying worker is not replayed behind the client's back;
     # the queued prompts stay in Redis and the next message to the session starts a new drain.
     # Delivered twice, the second finds the session's runner lock held and returns.
+    # A drain holds a thread while the session's task runs, so it counts in the shares too;
+    # over them it is sent again a little later (the prompts wait in Redis meanwhile).
     @app.task(name=tasks.AGENT_DRAIN, acks_late=False, ignore_result=True)
     def agent_drain(session_id: str) -> None:
-        agent_tasks.drain(ctx, session_id)
+        session = ctx.sessions.load(session_id)
+        if session is None or session.ended:
+            return
+        try:
+            with shares.hold(session.sandbox_id, session.tenant_id):
+                agent_tasks.drain(ctx, session_id)
+        except ShareUsedUp:
+            logger.info("session %s: worker share in use, drain deferred", session_id)
+            app.send_task(
+                tasks.AGENT_DRAIN,
+                kwargs={"session_id": session_id},
+                queue=tasks.host_queue(s.host_id),
+                countdown=_DRAIN_RETRY,
+                expires=max(_DRAIN_RETRY + 1, session.expires_at - time.time()),
+            )
 
 
-def _register(app: Celery, ctx: WorkerContext, name: str, fn: Callable[..., Any]) -> None:
+def _register(
+    app: Celery, ctx: WorkerContext, shares: WorkerShares, name: str, fn: Callable[..., Any]
+) -> None:
+    # The web sends the sandbox's tenant with every command, for the tenant's share; only the
+    # functions that take it get it.
+    takes_tenant = "tenant_id" in inspect.signature(fn).parameters
+    always = name in _ALWAYS_RUN
+    patience = SHARE_PATIENCE_BY_TASK.get(name, SHARE_PATIENCE)
+
     @app.task(name=name, bind=True, acks_late=False, ignore_result=True)
     def host_task(self: Task, **kwargs: Any) -> None:
         task_id = self.request.id
         sandbox_id = kwargs.get("sandbox_id", "-")
-        ctx.store.log_task(sandbox_id, name, ctx.settings.host_id)
+        tenant_id = kwargs.get("tenant_id") if takes_tenant else kwargs.pop("tenant_id", None)
         try:
-            result = fn(ctx, **kwargs)
+            if always:
+                share: AbstractContextManager[None] = nullcontext()
+            else:
+                share = shares.hold(sandbox_id, tenant_id or _tenant_of(ctx, sandbox_id))
+            with share:
+                ctx.store.log_task(sandbox_id, name, ctx.settings.host_id)
+                result = fn(ctx, **kwargs)
+        except ShareUsedUp as exc:
+            delay = share_delay(self.request.retries, patience)
+            if delay is not None:
+                # Same task id and expiry: the web still waits for this one reply.
+                tries = self.request.retries
+                raise self.retry(countdown=delay, max_retries=tries + 1) from None
+            logger.warning("sandbox %s task %s %s: worker share used up", sandbox_id, name, task_id)
+            rpc.reply(ctx.redis, task_id, error=exc)
         except PaddockError as exc:
-            logger.warning("sandbox %s task %s %s: %s", sandbox_id, name, task_id, exc.message)
+            # The code only: a message can quote a path or a command's error text.
+            logger.warning("sandbox %s task %s %s: %s", sandbox_id, name, task_id, exc.code)
             rpc.reply(ctx.redis, task_id, error=exc)
         except Exception:
             logger.exception("sandbox %s task %s %s failed", sandbox_id, name, task_id)
             rpc.reply(ctx.redis, task_id, error=PaddockError())
         else:
             rpc.reply(ctx.redis, task_id, result={"value": result, "host": ctx.settings.host_id})
+
+
+def share_delay(tries: int, patience: float) -> float | None:
+    """Seconds until the next try of a task over its share that was put back ``tries`` times
+    already (0.05 s, doubling, at most 1 s), or None once it has waited ``patience`` seconds."""
+    waited = sum(min(0.05 * 2**i, 1.0) for i in range(tries))
+    if waited >= patience:
+        return None
+    return min(0.05 * 2**tries, 1.0)
+
+
+def _tenant_of(ctx: WorkerContext, sandbox_id: str) -> str:
+    """The sandbox's tenant from its record, for a message that did not carry it."""
+    raw = ctx.redis.hget(keys.sandbox(sandbox_id), "tenant")
+    return raw.decode() if isinstance(raw, bytes) else ""

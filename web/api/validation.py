@@ -3,9 +3,9 @@ failures as ``ValidationFailed`` with the spec's field keys (``body.envID``, ``p
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from flask import request
 from marshmallow import Schema, ValidationError
 
@@ -22,16 +22,50 @@ def body(schema: Schema, prefix: str = "", optional: bool = False) -> dict[str, 
     raw = request.get_data(cache=True)
     if optional and not raw.strip():
         raw = b"{}"
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed({where: "the body is not valid JSON"}) from None
+    data = parse_json(raw, where) if raw.strip() else None
     if not isinstance(data, dict):
         raise ValidationFailed({where: "the body must be a JSON object"})
     try:
         return dict(schema.load(data))
     except ValidationError as exc:
         raise ValidationFailed(flatten(exc.normalized_messages(), prefix)) from None
+
+
+# No request body of either API nests deeper than a few levels; a deeper one is refused before
+# anything walks it (recursive code, the standard library's json included, would overflow).
+MAX_DEPTH = 32
+
+
+def parse_json(raw: bytes | str, where: str) -> Any:
+    """Strict JSON: UTF-8 without lone surrogates (raw, or escaped as in ``"\\ud800"``), at
+    most ``MAX_DEPTH`` levels of arrays and objects. Raises ValidationFailed naming ``where``.
+    """
+    try:
+        # orjson refuses what Python's json lets through and later code cannot encode (lone
+        # surrogates), and has its own depth limit, so no RecursionError on any input.
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValidationFailed({where: "the body is not valid JSON (UTF-8)"}) from None
+    if too_deep(data, MAX_DEPTH):
+        raise ValidationFailed({where: f"the body nests more than {MAX_DEPTH} levels deep"})
+    return data
+
+
+def too_deep(data: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``data`` nest more than ``limit`` levels (iterative)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def flatten(messages: Any, prefix: str) -> dict[str, str]:

@@ -142,9 +142,7 @@ class TaskRun:
         self.ctx.sessions.emit(self.s.session_id, {"type": kind, "task_id": self.task_id, **fields})
 
     def exit(self, exit_code: int, stop_reason: str) -> None:
-        self.emit(
-            "exit", exit_code=exit_code, stop_reason=stop_reason, oom_killed=self.oom_killed
-        )
+        self.emit("exit", exit_code=exit_code, stop_reason=stop_reason, oom_killed=self.oom_killed)
         logger.info(
             "session %s task %s: %s (exit %d)",
             self.s.session_id,
@@ -169,6 +167,13 @@ class TaskRun:
         r = self.ctx.redis
         r.hset(keys.session(self.s.session_id), "current_task", self.task_id)
         self.emit("task_started")
+        # Its size only: a prompt (or a shell command) may hold anything the user typed.
+        logger.info(
+            "session %s task %s: started (%d bytes)",
+            self.s.session_id,
+            self.task_id,
+            len(prompt.encode("utf-8", "replace")),
+        )
         try:
             if self.s.agent.get("kind") == "shell":
                 code, _ = self.run_command(prompt)
