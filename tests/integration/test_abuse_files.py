@@ -394,6 +394,21 @@ def test_bad_json_in_e2b_bodies_is_422_and_changes_nothing(
     assert lines(out) == ["only-this"]
 
 
+def test_nul_in_a_command_env_or_rootdir_is_422_and_starts_nothing(
+    attacker: Http, bash_sid: str
+) -> None:
+    marker = f"/home/user/nul-{secrets.token_hex(4)}"
+    for body in (
+        {"cmd": f"touch {marker}\u0000x"},
+        {"cmd": f"touch {marker}", "envVars": {"A": "a\u0000b"}},
+        {"cmd": f"touch {marker}", "rootdir": "/tmp\u0000"},
+    ):
+        r = attacker.req("POST", f"/sessions/{bash_sid}/processes?wait=true", json=body)
+        assert r.status_code == 422, r.text
+        assert "NUL" in str(r.json()["details"])
+    assert lines(attacker.run(bash_sid, f"test -e {marker} && echo made || echo none")) == ["none"]
+
+
 @pytest.mark.parametrize("bad", [DEEP, SURROGATE])
 def test_bad_json_in_v1_bodies_is_400_and_changes_nothing(stack: Stack, bad: str) -> None:
     client = Client(stack, new_tenant(stack, f"v1json{secrets.token_hex(3)}"))

@@ -10,6 +10,10 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from shared.output import END, STDERR, STDOUT, Entry
 
+# A NUL cannot pass through exec's argv or environment: refused up front with a clear 422
+# instead of failing inside the engine.
+_NO_NUL = validate.Regexp(r"^[^\x00]*$", error="must not contain NUL characters")
+
 
 class CreateSessionBody(Schema):
     class Meta:
@@ -23,13 +27,13 @@ class StartProcessBody(Schema):
     class Meta:
         unknown = RAISE
 
-    cmd = fields.String(required=True, validate=validate.Length(min=1, max=1 << 20))
+    cmd = fields.String(required=True, validate=[validate.Length(min=1, max=1 << 20), _NO_NUL])
     envVars = fields.Dict(
         keys=fields.String(validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$")),
-        values=fields.String(),
+        values=fields.String(validate=_NO_NUL),
         load_default=dict,
     )
-    rootdir = fields.String(load_default="/", validate=validate.Length(min=1, max=4096))
+    rootdir = fields.String(load_default="/", validate=[validate.Length(min=1, max=4096), _NO_NUL])
 
 
 class WriteFileBody(Schema):
