@@ -190,3 +190,13 @@ def slots(kind: str, tenant_id: str) -> str:
 def process_done(sandbox_id: str, process_id: str) -> str:
     """Stream: one entry once the process has ended; waiters block on it (no output read)."""
     return f"{PREFIX}:done:{sandbox_id}:{process_id}"
+
+
+def session_output_bytes(session_id: str) -> str:
+    """Counter: bytes of command output an agent session has streamed into its history."""
+    return f"{PREFIX}:ses:{session_id}:outbytes"
+
+
+def tenant_stream_bytes(tenant_id: str, hour: int) -> str:
+    """Counter: bytes of agent-session output a tenant streamed in one hour (expires)."""
+    return f"{PREFIX}:tenant:{tenant_id}:streambytes:{hour}"

@@ -59,6 +59,25 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) + 1000)
 return {1, used + 1}
 """
 
+# Charge command output streamed into a session's history against the session's budget and the
+# tenant's (the sum of its last STREAM_WINDOW_HOURS hourly counters).
+# KEYS: session counter, tenant hour counters (this hour first); ARGV: size, session cap,
+# tenant cap, ttl. Returns false when charged, else the name of the full budget.
+_CHARGE = """
+local n = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') + n > tonumber(ARGV[2]) then return 'session' end
+local sum = 0
+for i = 2, #KEYS do sum = sum + tonumber(redis.call('GET', KEYS[i]) or '0') end
+if sum + n > tonumber(ARGV[3]) then return 'tenant' end
+redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('INCRBY', KEYS[2], n)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return false
+"""
+# Session lifetime (at most 2 h) + history after its end (1 h), rounded up to whole hours.
+STREAM_WINDOW_HOURS = 4
+
 ENDED_STATES = ("ended",)
 # The keys.slots kind that holds the places of sessions being created.
 CREATING = "session-creates"
@@ -95,6 +114,7 @@ class Sessions:
         self.r = r
         self._append = r.register_script(_APPEND)
         self._reserve = r.register_script(_RESERVE)
+        self._charge = r.register_script(_CHARGE)
 
     # -- the per-tenant quota ----------------------------------------------------------------
     def reserve(self, tenant_id: str, session_id: str, limit: int, hold: float) -> None:
@@ -205,6 +225,7 @@ class Sessions:
             keys.session(s.session_id),
             keys.session_events(s.session_id),
             keys.session_seq(s.session_id),
+            keys.session_output_bytes(s.session_id),
         ):
             pipe.expire(key, keep_for)
         pipe.execute()
@@ -225,6 +246,26 @@ class Sessions:
                 keys=[keys.session_events(session_id), keys.session_seq(session_id)], args=[body, 0]
             )
         )
+
+    def charge_output(
+        self, session_id: str, tenant_id: str, size: int, session_cap: int, tenant_cap: int
+    ) -> str | None:
+        """Count ``size`` bytes of command output about to enter the session's history.
+        Returns None when it fits, else the budget that is full ("session" or "tenant").
+
+        History outlives its session by HISTORY_AFTER_END, so a tenant's share is counted
+        per hour: every byte is gone within STREAM_WINDOW_HOURS of being written, and the sum
+        over that many hours bounds what the tenant's sessions hold in Redis at any moment.
+        """
+        hour = int(time.time() // 3600)
+        buckets = [
+            keys.tenant_stream_bytes(tenant_id, hour - i) for i in range(STREAM_WINDOW_HOURS)
+        ]
+        got = self._charge(
+            keys=[keys.session_output_bytes(session_id), *buckets],
+            args=[size, session_cap, tenant_cap, (STREAM_WINDOW_HOURS + 1) * 3600],
+        )
+        return text(got) if got else None
 
     def last_seq(self, session_id: str) -> int:
         return int(self.r.get(keys.session_seq(session_id)) or 0)

@@ -90,6 +90,7 @@ class Settings:
     wait_timeout: float = 3600.0
     # Quotas and fair shares (one tenant must never exhaust what the others need).
     sandbox_output_bytes: int = 64 << 20
+    session_output_bytes: int = 64 << 20
     tenant_output_bytes: int = 256 << 20
     tenant_max_sandboxes: int = 10
     tenant_max_sessions: int = 5

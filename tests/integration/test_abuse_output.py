@@ -6,6 +6,7 @@ asserts the victim's side: web and Redis memory, another tenant's output and exe
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.session_helpers import new_tenant
+from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
 from tests.stack import Stack
 
 MiB = 1 << 20
@@ -28,6 +29,7 @@ ENV = {
     "PADDOCK_SANDBOX_MAX_PROCESSES": "3",
     "PADDOCK_TENANT_MAX_WAITS": "2",
     "PADDOCK_SANDBOX_MEMORY": "96m",
+    "PADDOCK_SESSION_OUTPUT_BYTES": "1m",
 }
 
 
@@ -266,6 +268,29 @@ def test_a_client_that_goes_away_stops_waiting(stack: Stack) -> None:
         assert time.monotonic() < deadline, "a departed client still holds its wait slot"
         time.sleep(0.2)
     a.req("DELETE", f"/sessions/{sid}/processes/{pid}")
+
+
+def test_agent_session_history_has_an_output_budget(stack: Stack) -> None:
+    client = Client(stack, new_tenant(stack, "chatty-agent"))
+    session = client.session(template="Bash")
+    with ws_connect(session["connect_url"], session["jwt"]) as ws:
+        assert recv(ws)["type"] == "ready"
+        ws.send(json.dumps({"type": "task", "prompt": "yes 0123456789 | head -c 3000000"}))
+        frames = until(ws, "exit", timeout=120)
+        streamed = sum(len(f["data"]) for f in frames if f["type"] == "stdout")
+        assert 0.5 * MiB < streamed <= 1 * MiB
+        notes = [f["data"] for f in frames if f["type"] == "stderr"]
+        assert any("PADDOCK_SESSION_OUTPUT_BYTES" in n for n in notes), notes
+        assert frames[-1]["exit_code"] == 0 and frames[-1]["oom_killed"] is False
+        # The budget stays spent for the next task, which is told so; the session still works.
+        ws.send(json.dumps({"type": "task", "prompt": "yes abc | head -c 1200000; echo done"}))
+        frames = until(ws, "exit", timeout=60)
+        more = sum(len(f["data"]) for f in frames if f["type"] == "stdout")
+        assert streamed + more <= 1 * MiB
+        assert any("PADDOCK_SESSION_OUTPUT_BYTES" in f.get("data", "") for f in frames)
+        assert frames[-1]["exit_code"] == 0
+    events = client.req("GET", f"/v1/sessions/{session['chat_session_id']}/events").json()
+    assert len(json.dumps(events)) < 2 * MiB
 
 
 def stack_tenant(stack: Stack, sid: str) -> str:

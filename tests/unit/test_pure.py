@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import fakeredis
 import orjson
@@ -11,6 +12,7 @@ import pytest
 from shared import ids
 from shared.errors import ConfigError, PathNotFound, QuotaExceeded, SessionNotFound, from_code
 from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
+from shared.sessions import Sessions
 from shared.settings import Settings
 from web.api.schemas import process_json
 from web.api.validation import flatten
@@ -203,3 +205,20 @@ def test_lines_read_in_one_chunk_share_an_entry_and_round_trip() -> None:
     assert [x.text for x in out.stdout] == ["a", "", "b", "", "c"]
     assert [x.ts_ns for x in out.stdout] == [5, 5, 5, 5, 6]
     assert [x.text for x in out.stderr] == ["e"]
+
+
+def test_session_output_charge_counts_session_and_tenant_window() -> None:
+    r = fakeredis.FakeRedis()
+    sessions = Sessions(r)
+    assert sessions.charge_output("s1", "t", 60, session_cap=100, tenant_cap=150) is None
+    assert sessions.charge_output("s1", "t", 50, session_cap=100, tenant_cap=150) == "session"
+    assert sessions.charge_output("s2", "t", 95, session_cap=100, tenant_cap=150) == "tenant"
+    assert sessions.charge_output("s2", "t", 90, session_cap=100, tenant_cap=150) is None
+    assert sessions.charge_output("s3", "other", 100, session_cap=100, tenant_cap=150) is None
+    # Bytes of earlier hours still count while history may hold them.
+    hour = int(time.time() // 3600)
+    r.set(f"pdk:tenant:u:streambytes:{hour - 3}", 140)
+    assert sessions.charge_output("s4", "u", 20, session_cap=100, tenant_cap=150) == "tenant"
+    r.delete(f"pdk:tenant:u:streambytes:{hour - 3}")
+    r.set(f"pdk:tenant:u:streambytes:{hour - 4}", 140)  # older than any history: forgotten
+    assert sessions.charge_output("s4", "u", 20, session_cap=100, tenant_cap=150) is None

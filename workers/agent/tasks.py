@@ -136,10 +136,39 @@ class TaskRun:
         self.running_pid: str | None = None
         # Whether the last command the task ran was killed for running out of memory.
         self.oom_killed = False
+        # Set once the output budgets are full: later output frames are dropped.
+        self.output_cut = False
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, kind: str, **fields: Any) -> None:
         self.ctx.sessions.emit(self.s.session_id, {"type": kind, "task_id": self.task_id, **fields})
+
+    def emit_output(self, kind: str, data: str) -> None:
+        """A stdout/stderr frame, if the session's and the tenant's output budgets allow it;
+        past them one frame says why and later output stays out of the history (the agent
+        itself still sees its commands' output)."""
+        if self.output_cut:
+            return
+        s = self.ctx.settings
+        full = self.ctx.sessions.charge_output(
+            self.s.session_id,
+            self.s.tenant_id,
+            len(data.encode()),
+            s.session_output_bytes,
+            s.tenant_output_bytes,
+        )
+        if full is None:
+            self.emit(kind, data=data)
+            return
+        self.output_cut = True
+        setting = (
+            "PADDOCK_SESSION_OUTPUT_BYTES" if full == "session" else "PADDOCK_TENANT_OUTPUT_BYTES"
+        )
+        self.emit(
+            "stderr",
+            data=f"[paddock] output truncated: the {full}'s streamed output reached its budget "
+            f"({setting}); the rest of this task's output is not kept\n",
+        )
 
     def exit(self, exit_code: int, stop_reason: str) -> None:
         self.emit("exit", exit_code=exit_code, stop_reason=stop_reason, oom_killed=self.oom_killed)
@@ -249,7 +278,7 @@ class TaskRun:
                 for kind, lines in (("stdout", out.stdout), ("stderr", out.stderr)):
                     if lines:
                         data = "\n".join(x.text for x in lines) + "\n"
-                        self.emit(kind, data=data)
+                        self.emit_output(kind, data)
                         if size < TOOL_OUTPUT_LIMIT:
                             captured.append(data)
                             size += len(data)
