@@ -7,9 +7,12 @@ sandbox's own processes can do and no more.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import os
 import re
+import signal
 import time
 from functools import cached_property
 from typing import Any
@@ -67,6 +70,19 @@ _STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
 _KILLED = (124, 137)
 # Seconds the host waits past settings.fs_timeout before it gives up on the command itself.
 _HOST_GRACE = 2.0
+# Removing a container (`rm -f`) takes well under a second, unless the engine is stuck on it: a
+# tenant that SIGSTOPs the `runc init` of one of our execs blocks every engine call on its
+# container (exec, inspect, kill, rm) until that process runs again. The control client's calls
+# give up after this many seconds; the host then kills the container's processes itself.
+_CONTROL_TIMEOUT = 10.0
+_REMOVE_TRIES = 3
+# How long a removal the engine had begun may take to finish once the processes are dead.
+_GONE_WAIT = 5.0
+_KILL_ROUNDS = 10
+_CGROUP_ROOT = "/sys/fs/cgroup"
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
+# What an engine call raises when it times out (requests) or is refused (docker).
+_ENGINE_ERRORS = (requests.exceptions.RequestException, docker.errors.APIError)
 
 # Every script gets its path as $1 (never parsed as an option: `sh -c SCRIPT NAME ARGS...`) and
 # hands it to each tool after `--`. `find` and `dd` have no `--`, and `find` takes an operand
@@ -172,6 +188,12 @@ class DockerDriver:
         timeout = self.settings.fs_timeout + _HOST_GRACE
         return docker.DockerClient.from_env(timeout=timeout, max_pool_size=256)
 
+    @cached_property
+    def control_client(self) -> docker.DockerClient:
+        """The client of removals and of container look-ups made while a sandbox may be
+        wedged (destroy, oom_kills): its calls give up after _CONTROL_TIMEOUT seconds."""
+        return docker.DockerClient.from_env(timeout=_CONTROL_TIMEOUT, max_pool_size=64)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, sandbox_id: str, tenant_id: str, image: str) -> None:
         """Make the sandbox's capped storage, seeded with the image's home and /workspace, and
@@ -184,7 +206,7 @@ class DockerDriver:
         seeds = self.seeds.for_image(self.client.api.inspect_image(image)["Id"])
         binds = self.storage.create(sandbox_id, seeds)
         try:
-            self.client.containers.run(
+            container = self.client.containers.run(
                 image,
                 command=["sleep", "infinity"],
                 name=self.container_name(sandbox_id),
@@ -207,6 +229,7 @@ class DockerDriver:
                 ],
                 **hardening(s),
             )
+            self._remember_id(sandbox_id, str(container.id))
         except BaseException:
             logger.warning("sandbox %s: start failed, removing container and storage", sandbox_id)
             try:
@@ -218,15 +241,118 @@ class DockerDriver:
 
     def destroy(self, sandbox_id: str, container: str | None = None) -> None:
         """Remove the sandbox's container (by name, or the given id) and then its storage, if
-        they exist. Raises StorageError when the storage cannot be freed (retry later)."""
-        try:
-            self.client.api.remove_container(
-                container or self.container_name(sandbox_id), force=True
-            )
-            logger.info("sandbox %s: container removed", sandbox_id)
-        except docker.errors.NotFound:
-            logger.info("sandbox %s: container already gone", sandbox_id)
+        they exist, in bounded time whatever the sandbox's processes do: a wedged container
+        costs about _CONTROL_TIMEOUT seconds more than a normal one, and there are at most
+        _REMOVE_TRIES attempts, each bounded by the control client's timeouts.
+
+        Raises SandboxError when the container is still there after that (its storage is
+        then kept: the container may still use it), StorageError when the storage cannot be
+        freed; either way the caller keeps the record and the destroy is retried later.
+        """
+        self._remove_container(sandbox_id, container)
+        self._container_ids.pop(sandbox_id, None)
         self.storage.release(sandbox_id)
+
+    def _remove_container(self, sandbox_id: str, container: str | None) -> None:
+        """`rm -f` under _CONTROL_TIMEOUT; when the engine does not answer (a wedged exec holds
+        the container) or refuses, SIGKILL the container's processes from the host, which
+        lets the engine finish, and try again. Raises SandboxError after _REMOVE_TRIES."""
+        ref = container or self.container_name(sandbox_id)
+        for attempt in range(1, _REMOVE_TRIES + 1):
+            started = time.monotonic()
+            try:
+                self.control_client.api.remove_container(ref, force=True)
+                logger.info("sandbox %s: container removed", sandbox_id)
+                return
+            except docker.errors.NotFound:
+                logger.info("sandbox %s: container already gone", sandbox_id)
+                return
+            except _ENGINE_ERRORS as exc:
+                status = getattr(exc, "status_code", None)
+                logger.warning(
+                    "sandbox %s: container removal %d/%d failed after %.1f s (%s%s); killing "
+                    "its processes from the host",
+                    sandbox_id,
+                    attempt,
+                    _REMOVE_TRIES,
+                    time.monotonic() - started,
+                    type(exc).__name__,
+                    f" {status}" if status else "",
+                )
+            cid = container or self._container_id(sandbox_id)
+            if cid is None:  # not listed (the look-up itself does not block): gone
+                logger.info("sandbox %s: container gone", sandbox_id)
+                return
+            killed = kill_container_processes(cid)
+            if killed is None:
+                # Its cgroup is not visible here (the worker runs in a container of its own):
+                # the engine's kill, which works unless another call holds the container.
+                logger.warning(
+                    "sandbox %s: container %s has no cgroup visible on this host; asking the "
+                    "engine to kill it",
+                    sandbox_id,
+                    cid[:12],
+                )
+                with contextlib.suppress(*_ENGINE_ERRORS):
+                    self.control_client.api.kill(cid)
+            else:
+                logger.warning(
+                    "sandbox %s: killed %d processes of container %s", sandbox_id, killed, cid[:12]
+                )
+            # The engine goes on with the removal that timed out above once nothing holds
+            # the container any more; if it does not, the next attempt asks again.
+            if self._wait_gone(cid, _GONE_WAIT):
+                logger.info("sandbox %s: container removed", sandbox_id)
+                return
+        raise SandboxError(
+            f"the sandbox's container could not be removed after {_REMOVE_TRIES} attempts; "
+            "it will be removed on the next try"
+        )
+
+    def _container_id(self, sandbox_id: str) -> str | None:
+        """The sandbox's full container id: remembered since its create, or listed. A listing
+        never waits for a container's lock, unlike inspect, so a wedged sandbox cannot hold
+        it. None when no such container exists or the engine does not answer."""
+        cid = self._container_ids.get(sandbox_id)
+        if cid is not None:
+            return cid
+        try:
+            found = self.control_client.api.containers(
+                all=True,
+                filters={
+                    "label": [
+                        f"{LABEL_SANDBOX}={sandbox_id}",
+                        f"{LABEL_INSTANCE}={self.settings.instance}",
+                        f"{LABEL_HOST}={self.settings.host_id}",
+                    ]
+                },
+            )
+        except _ENGINE_ERRORS as exc:
+            logger.warning("sandbox %s: listing its container failed: %s", sandbox_id, exc)
+            return None
+        if not found:
+            return None
+        cid = str(found[0]["Id"])
+        self._remember_id(sandbox_id, cid)
+        return cid
+
+    def _remember_id(self, sandbox_id: str, cid: str) -> None:
+        if len(self._container_ids) > 4096:
+            self._container_ids.clear()  # ids of removed sandboxes; cheap to look up again
+        self._container_ids[sandbox_id] = cid
+
+    def _wait_gone(self, cid: str, timeout: float) -> bool:
+        """Whether the container is gone (not listed) within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if not self.control_client.api.containers(all=True, filters={"id": cid}):
+                    return True
+            except _ENGINE_ERRORS:
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
 
     def list_sandboxes(self) -> dict[str, str]:
         """Sandbox id → container id of every container of this host and instance."""
@@ -309,15 +435,10 @@ class DockerDriver:
         """How many processes the kernel's OOM killer has ended in the sandbox so far, read
         from its memory cgroup on the host (cgroup v1 or v2, cgroupfs or systemd driver);
         None when that cannot be read (e.g. the worker runs in a container)."""
-        cid = self._container_ids.get(sandbox_id)
+        # Not inspect: it waits for the container's lock, which a wedged exec holds.
+        cid = self._container_id(sandbox_id)
         if cid is None:
-            try:
-                cid = str(self.client.api.inspect_container(self.container_name(sandbox_id))["Id"])
-            except docker.errors.APIError:
-                return None
-            if len(self._container_ids) > 4096:
-                self._container_ids.clear()  # ids of removed sandboxes; cheap to look up again
-            self._container_ids[sandbox_id] = cid
+            return None
         for path in _oom_files(cid):
             try:
                 with open(path, encoding="ascii") as f:
@@ -396,6 +517,77 @@ def _timed_out(limit: float) -> str:
         f"the file operation did not finish within {limit:g}s inside the sandbox "
         "(PADDOCK_FS_TIMEOUT) and was stopped"
     )
+
+
+def _cgroup_dirs(container_id: str) -> list[str]:
+    """Where a container's cgroup may be on the host: cgroup v1 (its pids and memory
+    hierarchies) or v2, with the cgroupfs or the systemd driver."""
+    base = _CGROUP_ROOT
+    return [
+        f"{base}/pids/docker/{container_id}",
+        f"{base}/pids/system.slice/docker-{container_id}.scope",
+        f"{base}/memory/docker/{container_id}",
+        f"{base}/memory/system.slice/docker-{container_id}.scope",
+        f"{base}/docker/{container_id}",
+        f"{base}/system.slice/docker-{container_id}.scope",
+    ]
+
+
+def kill_container_processes(container_id: str) -> int | None:
+    """SIGKILL every process of a container from the host (the worker is root), without the
+    engine: a SIGKILL ends stopped processes too, and once the container's init is dead the
+    kernel kills the rest of its pid namespace. Returns how many processes were signalled
+    (cgroup v2's ``cgroup.kill`` counts as one), None when the container's cgroup is not
+    visible here (another cgroup layout, or the worker runs in a container)."""
+    if not _CONTAINER_ID.match(container_id):
+        return None
+    found = [d for d in _cgroup_dirs(container_id) if os.path.isdir(d)]
+    if not found:
+        return None
+    group = found[0]
+    if os.path.exists(f"{group}/cgroup.kill"):  # cgroup v2, Linux 5.14+: the kernel kills all
+        try:
+            with open(f"{group}/cgroup.kill", "w", encoding="ascii") as f:
+                f.write("1")
+            return 1
+        except OSError as exc:
+            logger.warning("container %s: cgroup.kill failed: %s", container_id[:12], exc)
+    killed: set[int] = set()
+    for _ in range(_KILL_ROUNDS):  # again for what forked meanwhile
+        pids = _cgroup_pids(group)
+        if not pids:
+            break
+        killed.update(pid for pid in pids if _kill(pid, container_id))
+        time.sleep(0.05)
+    return len(killed)
+
+
+def _cgroup_pids(group: str) -> list[int]:
+    """The processes of a cgroup and of the cgroups below it."""
+    pids: list[int] = []
+    for d, _dirs, _files in os.walk(group):
+        with contextlib.suppress(OSError, ValueError), open(f"{d}/cgroup.procs") as f:
+            pids.extend(int(line) for line in f if line.strip())
+    return pids
+
+
+def _kill(pid: int, container_id: str) -> bool:
+    """SIGKILL ``pid`` if it is still a process of the container. Through a pidfd: the pid
+    cannot name another process between the check and the signal (pids are reused)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False  # gone already
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            if container_id not in f.read():
+                return False  # another process now has this pid (or another pid namespace)
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _oom_files(container_id: str) -> list[str]:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from shared.errors import SandboxError
 from shared.output import STDERR, Line
 from workers.context import WorkerContext
 from workers.storage import StorageError
@@ -58,8 +59,8 @@ def reconcile(ctx: WorkerContext) -> None:
             orphans.add(sandbox_id)
             try:
                 ctx.driver.destroy(sandbox_id, container_id)
-            except StorageError:
-                logger.exception("sandbox %s: orphan storage not freed", sandbox_id)
+            except SandboxError:  # StorageError included: the worker starts all the same
+                logger.exception("sandbox %s: orphan not removed", sandbox_id)
                 continue  # keep the record: a later destroy retries
             if record.get("status") == "deleting":
                 ctx.store.purge_sandbox(sandbox_id)

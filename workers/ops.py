@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from typing import Any
 
 import docker.errors
@@ -44,13 +45,18 @@ def create_sandbox(ctx: WorkerContext, sandbox_id: str, tenant_id: str, template
 
 
 def destroy_sandbox(ctx: WorkerContext, sandbox_id: str) -> dict:
-    """Remove container, storage, processes and state of a sandbox. Idempotent.
+    """Remove container, storage, processes and state of a sandbox. Idempotent, and bounded in
+    time whatever the sandbox's processes do (a wedged container's processes are killed from
+    the host: DockerDriver.destroy).
 
-    Raises StorageError when the storage cannot be freed: the record stays (``deleting``) and
-    the reaper sends the destroy again."""
+    Raises SandboxError when the container could not be removed, StorageError when the
+    storage cannot be freed: the record stays (``deleting``) and the reaper sends the destroy
+    again."""
+    started = time.monotonic()
     ctx.processes.forget_sandbox(sandbox_id)
     ctx.driver.destroy(sandbox_id)
     ctx.store.purge_sandbox(sandbox_id)
+    logger.info("sandbox %s: destroyed in %.1f s", sandbox_id, time.monotonic() - started)
     return {}
 
 

@@ -184,7 +184,9 @@ class ProcessManager:
                 ]
                 if tail and not truncated:
                     self._store_budgeted(run, tail, sum(len(b) for b in partial.values()))
-                code = docker_exec.exit_code(self.client, run.attached.exec_id)
+                # The exec client gives up within the file-operation deadline: a tenant can
+                # wedge its own container's engine calls.
+                code = docker_exec.exit_code(self.driver.exec_client, run.attached.exec_id)
                 oom = self._oom_killed(run, code)
                 if oom:
                     self._store(
