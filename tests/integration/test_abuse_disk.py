@@ -23,6 +23,7 @@ from shared.errors import NoCapacity
 from shared.settings import Settings
 from shared.store import Store
 from tests.integration.conftest import Api, stderr_lines, stdout_lines
+from tests.integration.storage_helpers import host_traces, storage_of
 from tests.stack import Stack
 from workers.storage import SandboxStorage, StorageError
 
@@ -45,24 +46,6 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def api(st: Stack) -> Api:
     return Api(st)
-
-
-def storage_of(st: Stack, sid: str) -> Path:
-    return st.workdir / "storage" / st.instance / HOST / sid
-
-
-def host_traces(path: Path) -> list[str]:
-    """Mounts and loop devices on the host that still refer to ``path``."""
-    found = [
-        line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line
-    ]
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        try:
-            if str(path) in backing.read_text():
-                found.append(f"{backing.parent.parent.name}: {backing.read_text().strip()}")
-        except OSError:
-            continue  # detached meanwhile
-    return found
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60) -> bool:
@@ -119,7 +102,7 @@ def test_every_write_shares_one_cap_and_fails_with_enospc(st: Stack, api: Api) -
         done.set()
         watcher.join()
 
-    image = storage_of(st, attacker) / "disk.img"
+    image = storage_of(st, HOST, attacker) / "disk.img"
     stat = image.stat()
     assert stat.st_size == CAP
     assert stat.st_blocks * 512 <= CAP + (1 << 20)  # + the host's extent blocks
@@ -158,7 +141,7 @@ def test_the_image_is_read_only_and_storage_is_nosuid_nodev(api: Api) -> None:
 
 def test_deleting_a_sandbox_frees_its_storage(st: Stack, api: Api) -> None:
     sid = api.session("Bash")
-    path = storage_of(st, sid)
+    path = storage_of(st, HOST, sid)
     assert os.path.ismount(path / "mnt")
     api.run(sid, "head -c 20M /dev/zero > /workspace/data && sync /workspace/data")
     assert (path / "disk.img").stat().st_blocks * 512 >= 20 << 20
@@ -178,11 +161,11 @@ def test_worker_restart_frees_orphan_storage(st: Stack, api: Api) -> None:
     docker.from_env().containers.get(f"paddock-{st.instance}-{removed}").remove(force=True)
     st.start_host(HOST)
     for sid in (forgotten, removed):
-        path = storage_of(st, sid)
+        path = storage_of(st, HOST, sid)
         assert wait_until(lambda p=path: not p.exists() and not host_traces(p)), host_traces(path)
     assert not any(c.labels["paddock.sandbox"] == forgotten for c in st.containers())
     # The sandbox that is still known kept its storage and its files.
-    assert os.path.ismount(storage_of(st, keep) / "mnt")
+    assert os.path.ismount(storage_of(st, HOST, keep) / "mnt")
     assert stdout_lines(api.run(keep, "cat ~/marker")) == ["mine"]
     assert api.req("DELETE", f"/sessions/{keep}").status_code == 204
 

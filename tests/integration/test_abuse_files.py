@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.integration.conftest import Api
 from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
 from tests.stack import Stack
 
@@ -50,49 +51,6 @@ while True:
 """
 
 
-class Http:
-    """One tenant's E2B client (no key: the local tenant)."""
-
-    def __init__(self, stack: Stack, key: str | None = None) -> None:
-        self.url = stack.url
-        self.http = requests.Session()
-        if key:
-            self.http.headers["X-API-Key"] = key
-
-    def req(self, method: str, path: str, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", 120)
-        return self.http.request(method, self.url + path, **kw)
-
-    def sandbox(self, env: str = "Bash") -> str:
-        r = self.req("POST", "/sessions", json={"envID": env})
-        assert r.status_code == 200, r.text
-        return str(r.json()["id"])
-
-    def run(self, sid: str, cmd: str, **body: Any) -> dict[str, Any]:
-        r = self.req("POST", f"/sessions/{sid}/processes?wait=true", json={"cmd": cmd, **body})
-        assert r.status_code == 200, r.text
-        out: dict[str, Any] = r.json()
-        assert out["finished"] is True
-        return out
-
-    def read(self, sid: str, path: str) -> requests.Response:
-        return self.req("GET", f"/sessions/{sid}/filesystem/file", params={"path": path})
-
-    def write(self, sid: str, path: str, content: str) -> requests.Response:
-        return self.req(
-            "PUT",
-            f"/sessions/{sid}/filesystem/file",
-            params={"path": path},
-            json={"content": content},
-        )
-
-    def timed_echo(self, sid: str) -> float:
-        started = time.monotonic()
-        out = self.run(sid, "echo victim-ok")
-        assert [x["line"] for x in out["stdout"]] == ["victim-ok"]
-        return time.monotonic() - started
-
-
 def lines(out: dict[str, Any]) -> list[str]:
     return [x["line"] for x in out["stdout"]]
 
@@ -116,8 +74,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def attacker(stack: Stack) -> Http:
-    return Http(stack)
+def attacker(stack: Stack) -> Api:
+    return Api(stack)
 
 
 @pytest.fixture(scope="module")
@@ -126,28 +84,28 @@ def victim_key(stack: Stack) -> str:
 
 
 @pytest.fixture(scope="module")
-def victim(stack: Stack, victim_key: str) -> Http:
-    return Http(stack, victim_key)
+def victim(stack: Stack, victim_key: str) -> Api:
+    return Api(stack, victim_key)
 
 
 @pytest.fixture(scope="module")
-def victim_sid(victim: Http) -> str:
-    return victim.sandbox("Bash")
+def victim_sid(victim: Api) -> str:
+    return victim.session("Bash")
 
 
 @pytest.fixture(scope="module")
-def bash_sid(attacker: Http) -> str:
-    return attacker.sandbox("Bash")
+def bash_sid(attacker: Api) -> str:
+    return attacker.session("Bash")
 
 
 @pytest.fixture(scope="module")
-def py_sid(attacker: Http) -> str:
-    return attacker.sandbox("Python3")
+def py_sid(attacker: Api) -> str:
+    return attacker.session("Python3")
 
 
 # -- FIFOs, devices, sockets -------------------------------------------------------------------
 def test_fifo_reads_answer_at_once_and_other_tenants_are_served(
-    attacker: Http, bash_sid: str, victim: Http, victim_sid: str
+    attacker: Api, bash_sid: str, victim: Api, victim_sid: str
 ) -> None:
     attacker.run(bash_sid, "mkfifo /home/user/fifo")
     with ThreadPoolExecutor(9) as pool:
@@ -178,7 +136,7 @@ def test_fifo_reads_answer_at_once_and_other_tenants_are_served(
     ["/dev/zero", "/dev/urandom", "/dev/null", "/home/user/link-to-fifo", "/home/user/sock"],
 )
 def test_devices_sockets_and_links_to_them_are_not_read(
-    attacker: Http, py_sid: str, path: str
+    attacker: Api, py_sid: str, path: str
 ) -> None:
     attacker.run(
         py_sid,
@@ -191,7 +149,7 @@ def test_devices_sockets_and_links_to_them_are_not_read(
     assert r.json() == {"message": f"not a regular file (a FIFO, socket or device): {path}"}
 
 
-def test_a_link_to_a_regular_file_is_read(attacker: Http, bash_sid: str) -> None:
+def test_a_link_to_a_regular_file_is_read(attacker: Api, bash_sid: str) -> None:
     attacker.run(bash_sid, "cd /home/user && echo linked > target.txt && ln -sf target.txt l.txt")
     r = attacker.read(bash_sid, "/home/user/l.txt")
     assert r.status_code == 200 and r.json() == {"content": "linked\n"}
@@ -199,7 +157,7 @@ def test_a_link_to_a_regular_file_is_read(attacker: Http, bash_sid: str) -> None
 
 @pytest.mark.parametrize("path", ["/home/user/wfifo", "/home/user/link-to-wfifo", "/dev/null"])
 def test_writing_onto_a_fifo_or_device_is_refused_without_blocking(
-    attacker: Http, bash_sid: str, path: str
+    attacker: Api, bash_sid: str, path: str
 ) -> None:
     attacker.run(bash_sid, "cd /home/user && mkfifo wfifo; ln -sf wfifo link-to-wfifo")
     r, took = timed(attacker.write, bash_sid, path, "data")
@@ -212,7 +170,7 @@ def test_writing_onto_a_fifo_or_device_is_refused_without_blocking(
 
 
 # -- fair shares of the host's worker threads ---------------------------------------------------
-def _arm(attacker: Http, sid: str) -> str:
+def _arm(attacker: Api, sid: str) -> str:
     """An 8 MiB bait file plus the freezer, running; returns the freezer's process id."""
     attacker.run(sid, "head -c 8388608 /dev/zero | tr '\\0' x > /home/user/bait")
     assert attacker.write(sid, "/home/user/freezer.py", FREEZER).status_code == 204
@@ -233,10 +191,10 @@ def _arm(attacker: Http, sid: str) -> str:
 
 
 def test_a_sandbox_and_a_tenant_hold_only_their_share_of_worker_threads(
-    attacker: Http, victim: Http, victim_sid: str, bash_sid: str
+    attacker: Api, victim: Api, victim_sid: str, bash_sid: str
 ) -> None:
-    s1 = attacker.sandbox("Python3")
-    s2 = attacker.sandbox("Python3")
+    s1 = attacker.session("Python3")
+    s2 = attacker.session("Python3")
     freezers = {s1: _arm(attacker, s1), s2: _arm(attacker, s2)}
     sleeper = attacker.req("POST", f"/sessions/{s1}/processes", json={"cmd": "sleep 300"}).json()[
         "processID"
@@ -301,7 +259,7 @@ def test_a_sandbox_and_a_tenant_hold_only_their_share_of_worker_threads(
 
 
 # -- paths that start with a dash ----------------------------------------------------------------
-def test_dash_paths_are_paths_and_delete_nothing(attacker: Http, bash_sid: str) -> None:
+def test_dash_paths_are_paths_and_delete_nothing(attacker: Api, bash_sid: str) -> None:
     attacker.run(
         bash_sid,
         "mkdir -p /home/user/dash && cd /home/user/dash && touch keep1 keep2 && "
@@ -343,13 +301,13 @@ DEEP = "[" * 1000 + "]" * 1000
 SURROGATE = '"\\ud800"'  # JSON text: a lone surrogate, escaped
 
 
-def _post_raw(http: Http, method: str, path: str, body: str) -> requests.Response:
+def _post_raw(http: Api, method: str, path: str, body: str) -> requests.Response:
     return http.req(method, path, data=body.encode(), headers={"Content-Type": "application/json"})
 
 
 @pytest.mark.parametrize("bad", [DEEP, SURROGATE, '"x\\udfff"'])
 def test_bad_json_in_e2b_bodies_is_422_and_changes_nothing(
-    attacker: Http, bash_sid: str, stack: Stack, bad: str
+    attacker: Api, bash_sid: str, stack: Stack, bad: str
 ) -> None:
     before = len(stack.containers())
     r = _post_raw(attacker, "POST", "/sessions", f'{{"envID": {bad}}}')
@@ -395,7 +353,7 @@ def test_bad_json_in_e2b_bodies_is_422_and_changes_nothing(
 
 
 def test_nul_in_a_command_env_or_rootdir_is_422_and_starts_nothing(
-    attacker: Http, bash_sid: str
+    attacker: Api, bash_sid: str
 ) -> None:
     marker = f"/home/user/nul-{secrets.token_hex(4)}"
     for body in (
@@ -460,7 +418,7 @@ def test_websocket_frame_with_a_lone_surrogate_gets_an_error_and_the_socket_live
 
 # -- logs keep ids and sizes, never user content -------------------------------------------------
 def test_logs_hold_no_command_file_stdin_env_or_prompt_text(
-    stack: Stack, attacker: Http, bash_sid: str, victim_key: str
+    stack: Stack, attacker: Api, bash_sid: str, victim_key: str
 ) -> None:
     marker = "pdkmark" + secrets.token_hex(8)
     attacker.run(bash_sid, f"echo {marker}-cmd", envVars={"SECRET_X": f"{marker}-env"})

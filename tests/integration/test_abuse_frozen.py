@@ -15,14 +15,15 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 import requests
 
+from tests.integration.conftest import Api
 from tests.integration.session_helpers import new_tenant
+from tests.integration.storage_helpers import host_traces, storage_of
 from tests.stack import Stack
 from workers.driver import kill_container_processes
 
@@ -54,54 +55,10 @@ while True:
 """
 
 
-class Http:
-    """One tenant's E2B client (no key: the local tenant)."""
-
-    def __init__(self, stack: Stack, key: str | None = None) -> None:
-        self.url = stack.url
-        self.http = requests.Session()
-        if key:
-            self.http.headers["X-API-Key"] = key
-
-    def req(self, method: str, path: str, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", REQUEST_TIMEOUT)
-        return self.http.request(method, self.url + path, **kw)
-
-    def sandbox(self, env: str) -> str:
-        r = self.req("POST", "/sessions", json={"envID": env})
-        assert r.status_code == 200, r.text
-        return str(r.json()["id"])
-
-    def timed_echo(self, sid: str) -> float:
-        started = time.monotonic()
-        r = self.req("POST", f"/sessions/{sid}/processes?wait=true", json={"cmd": "echo ok"})
-        assert r.status_code == 200, r.text
-        assert [x["line"] for x in r.json()["stdout"]] == ["ok"]
-        return time.monotonic() - started
-
-
 def timed(fn: Any, *args: Any, **kw: Any) -> tuple[requests.Response, float]:
     started = time.monotonic()
     r = fn(*args, **kw)
     return r, time.monotonic() - started
-
-
-def storage_of(stack: Stack, sid: str) -> Path:
-    return stack.workdir / "storage" / stack.instance / HOST / sid
-
-
-def host_traces(path: Path) -> list[str]:
-    """Mounts and loop devices on the host that still refer to ``path``."""
-    found = [
-        line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line
-    ]
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        try:
-            if str(path) in backing.read_text():
-                found.append(f"{backing.parent.parent.name}: {backing.read_text().strip()}")
-        except OSError:
-            continue  # detached meanwhile
-    return found
 
 
 def redis_traces(stack: Stack, sid: str) -> list[str]:
@@ -135,21 +92,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def attacker(stack: Stack) -> Http:
-    return Http(stack)
+def attacker(stack: Stack) -> Api:
+    return Api(stack, timeout=REQUEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
-def victim(stack: Stack) -> Http:
-    return Http(stack, new_tenant(stack, "victim"))
+def victim(stack: Stack) -> Api:
+    return Api(stack, new_tenant(stack, "victim"), timeout=REQUEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
-def victim_sid(victim: Http) -> str:
-    return victim.sandbox("Bash")
+def victim_sid(victim: Api) -> str:
+    return victim.session("Bash")
 
 
-def arm(http: Http, sid: str) -> None:
+def arm(http: Api, sid: str) -> None:
     """Write and start the freezer; return once it watches."""
     r = http.req(
         "PUT",
@@ -174,7 +131,7 @@ def arm(http: Http, sid: str) -> None:
 
 
 def wedge(
-    http: Http, stack: Stack, sid: str, pool: ThreadPoolExecutor
+    http: Api, stack: Stack, sid: str, pool: ThreadPoolExecutor
 ) -> list[Future[tuple[requests.Response, float]]]:
     """Make Paddock exec into the armed sandbox (a file read) until the engine is stuck on its
     container: an inspect no longer answers. Returns the reads made."""
@@ -201,11 +158,11 @@ def wedge(
 
 
 def test_a_frozen_sandbox_is_deleted_in_bounded_time_and_leaves_nothing(
-    stack: Stack, attacker: Http, victim: Http, victim_sid: str
+    stack: Stack, attacker: Api, victim: Api, victim_sid: str
 ) -> None:
     assert victim.timed_echo(victim_sid) < PROMPT
-    sid = attacker.sandbox("Python3")
-    path = storage_of(stack, sid)
+    sid = attacker.session("Python3")
+    path = storage_of(stack, HOST, sid)
     assert os.path.ismount(path / "mnt")
     arm(attacker, sid)
     with ThreadPoolExecutor(4) as pool:
@@ -241,9 +198,9 @@ def test_a_frozen_sandbox_is_deleted_in_bounded_time_and_leaves_nothing(
 
 
 def test_a_restarted_worker_is_not_held_by_a_frozen_sandbox(
-    stack: Stack, attacker: Http, victim: Http, victim_sid: str
+    stack: Stack, attacker: Api, victim: Api, victim_sid: str
 ) -> None:
-    sid = attacker.sandbox("Python3")
+    sid = attacker.session("Python3")
     arm(attacker, sid)
     with ThreadPoolExecutor(2) as pool:
         for f in wedge(attacker, stack, sid, pool):
@@ -264,4 +221,4 @@ def test_a_restarted_worker_is_not_held_by_a_frozen_sandbox(
     assert r.status_code == 204, r.text
     assert took < DELETE_WITHIN, took
     assert sandbox_containers(stack, sid) == []
-    assert host_traces(storage_of(stack, sid)) == []
+    assert host_traces(storage_of(stack, HOST, sid)) == []

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from tests.integration.conftest import Api
 from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
 from tests.stack import Stack
 
@@ -31,34 +31,6 @@ ENV = {
     "PADDOCK_SANDBOX_MEMORY": "96m",
     "PADDOCK_SESSION_OUTPUT_BYTES": "1m",
 }
-
-
-class Tenant:
-    def __init__(self, stack: Stack, name: str) -> None:
-        self.url = stack.url
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {new_tenant(stack, name)}"
-
-    def req(self, method: str, path: str, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", 120)
-        return self.http.request(method, self.url + path, **kw)
-
-    def sandbox(self) -> str:
-        r = self.req("POST", "/sessions", json={"envID": "Bash"})
-        assert r.status_code == 200, r.text
-        return str(r.json()["id"])
-
-    def start(self, sid: str, cmd: str, wait: bool = False) -> requests.Response:
-        return self.req(
-            "POST", f"/sessions/{sid}/processes?wait={str(wait).lower()}", json={"cmd": cmd}
-        )
-
-    def run(self, sid: str, cmd: str) -> dict[str, Any]:
-        r = self.start(sid, cmd, wait=True)
-        assert r.status_code == 200, r.text
-        out: dict[str, Any] = r.json()
-        assert out["finished"] is True
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +86,8 @@ def timed(fn: Any) -> float:
 
 
 def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
-    a, b = Tenant(stack, "amp"), Tenant(stack, "bystander")
-    sid, victim = a.sandbox(), b.sandbox()
+    a, b = Api(stack, new_tenant(stack, "amp")), Api(stack, new_tenant(stack, "bystander"))
+    sid, victim = a.session(), b.session()
     # ~3.9 MB of two-byte lines: 1.9 M line objects. Built whole, that cost ~150x its size.
     out = a.run(sid, "yes | head -n 1900000")
     pid = out["processID"]
@@ -155,9 +127,9 @@ def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
 def test_output_budgets_truncate_with_a_named_marker_and_spare_other_tenants(
     stack: Stack,
 ) -> None:
-    a, b = Tenant(stack, "greedy"), Tenant(stack, "victim")
+    a, b = Api(stack, new_tenant(stack, "greedy")), Api(stack, new_tenant(stack, "victim"))
     redis_before = int(stack.redis.info("memory")["used_memory"])
-    s1 = a.sandbox()
+    s1 = a.session()
     # Per process: 4 MiB kept, then the marker.
     big = a.run(s1, "yes 0123456789 | head -c 8000000")
     kept = sum(len(x["line"]) + 1 for x in big["stdout"])
@@ -172,14 +144,14 @@ def test_output_budgets_truncate_with_a_named_marker_and_spare_other_tenants(
     third = a.run(s1, "yes 0123456789 | head -c 1000000")
     assert stderr_text(third) == "" and len(third["stdout"]) == 1000000 // 11 + 1
     # Per tenant: 10 MiB over all its sandboxes.
-    s2 = a.sandbox()
+    s2 = a.session()
     fourth = a.run(s2, "yes 0123456789 | head -c 3900000")
     assert stderr_text(fourth) == ""
-    s3 = a.sandbox()
+    s3 = a.session()
     fifth = a.run(s3, "yes 0123456789 | head -c 3900000")
     assert "PADDOCK_TENANT_OUTPUT_BYTES" in stderr_text(fifth)
     # The victim's output is whole, and Redis holds about the greedy tenant's budget.
-    sv = b.sandbox()
+    sv = b.session()
     victim = b.run(sv, "yes abc | head -n 200000")
     assert len(victim["stdout"]) == 200000 and victim["stderr"] == []
     used = int(stack.redis.info("memory")["used_memory"]) - redis_before
@@ -196,8 +168,8 @@ def test_output_budgets_truncate_with_a_named_marker_and_spare_other_tenants(
 
 
 def test_process_quota_is_per_sandbox_and_named(stack: Stack) -> None:
-    a = Tenant(stack, "forker")
-    sid, other = a.sandbox(), a.sandbox()
+    a = Api(stack, new_tenant(stack, "forker"))
+    sid, other = a.session(), a.session()
     pids = [a.start(sid, "sleep 60").json()["processID"] for _ in range(3)]
     r = a.start(sid, "echo one too many")
     assert r.status_code == 429 and r.headers.get("Retry-After")
@@ -210,8 +182,8 @@ def test_process_quota_is_per_sandbox_and_named(stack: Stack) -> None:
 
 
 def test_wait_slots_refuse_before_starting_anything(stack: Stack) -> None:
-    a = Tenant(stack, "waiter")
-    sid = a.sandbox()
+    a = Api(stack, new_tenant(stack, "waiter"))
+    sid = a.session()
     pid = a.start(sid, "sleep 30").json()["processID"]
     waiting = [
         threading.Thread(
@@ -244,8 +216,8 @@ def test_wait_slots_refuse_before_starting_anything(stack: Stack) -> None:
 
 
 def test_a_client_that_goes_away_stops_waiting(stack: Stack) -> None:
-    a = Tenant(stack, "leaver")
-    sid = a.sandbox()
+    a = Api(stack, new_tenant(stack, "leaver"))
+    sid = a.session()
     pid = a.start(sid, "sleep 120").json()["processID"]
     slots = f"pdk:slots:waits:{stack_tenant(stack, sid)}"
     conns = []
@@ -253,7 +225,7 @@ def test_a_client_that_goes_away_stops_waiting(stack: Stack) -> None:
         conn = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
         conn.sendall(
             f"GET /sessions/{sid}/processes/{pid}?wait=true HTTP/1.1\r\n"
-            f"Host: 127.0.0.1\r\nAuthorization: {a.http.headers['Authorization']}\r\n\r\n".encode()
+            f"Host: 127.0.0.1\r\nX-API-Key: {a.http.headers['X-API-Key']}\r\n\r\n".encode()
         )
         conns.append(conn)
     deadline = time.monotonic() + 20
@@ -298,8 +270,8 @@ def stack_tenant(stack: Stack, sid: str) -> str:
 
 
 def test_an_oom_kill_is_reported(stack: Stack) -> None:
-    a = Tenant(stack, "hog")
-    sid = a.sandbox()
+    a = Api(stack, new_tenant(stack, "hog"))
+    sid = a.session()
     out = a.run(sid, "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived")
     assert [x["line"] for x in out["stdout"]] == []
     last = out["stderr"][-1]["line"]
