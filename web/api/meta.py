@@ -35,6 +35,11 @@ _RESULTS = {"name": "results", "in": "query", "required": False, "schema": {"typ
 _ERRORS = {
     "404": {"description": "Session not found", **_json(_ref("Error"))},
     "422": {"description": "Validation Failed", **_json(_ref("ValidationError"))},
+    "429": {
+        "description": "A quota or fair share is used up; the message names it and its "
+        "setting. Retry after the Retry-After header's seconds",
+        **_json(_ref("Error")),
+    },
     "500": {"description": "Internal Server Error", **_json(_ref("Error"))},
 }
 _NO_CONTENT = {"204": {"description": "No content"}}
