@@ -187,7 +187,7 @@ def test_no_disk_keeps_storage_in_the_sandboxs_memory(tmp_path: Path) -> None:
     with Stack(tmp_path, hosts=(HOST,), env=env) as stack:
         api = Api(stack)
         sid = api.session("Bash")
-        path = storage_of(stack, sid)
+        path = storage_of(stack, HOST, sid)
         assert not (path / "disk.img").exists()
         out = api.run(sid, "echo ok > /workspace/f && cat /workspace/f; ls -A ~ | grep -c bashrc")
         assert stdout_lines(out) == ["ok", "1"]
