@@ -40,6 +40,10 @@ class Settings:
     port: int = 3000
     auth: bool = True
     proxy_hops: int = 0
+    # Host names this server answers for with keys off (comma-separated; localhost, 127.0.0.1,
+    # [::1] and PADDOCK_PUBLIC_URL's host always), and browser origins allowed to call the API.
+    allowed_hosts: str = ""
+    cors_origins: str = ""
     # Accounts and secrets
     jwt_secret: str = ""
     secret_key: str = ""

@@ -23,6 +23,7 @@ from web.api.deps import Services
 from web.api.v1 import api_keys, openapi, sandboxes, secrets, usage
 from web.api.v1 import auth as v1_auth
 from web.api.v1 import sessions as v1_sessions
+from web.browser import register_browser_guards
 from web.errors import register_error_handlers
 from web.jsonprovider import OrjsonProvider
 from web.sandboxes import Sandboxes
@@ -103,6 +104,7 @@ def create_app(
     app.extensions["paddock"] = svc
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+    register_browser_guards(app, settings)
     init_ws(app, svc)
     register_error_handlers(app)
     return app
