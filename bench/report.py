@@ -85,15 +85,8 @@ class Report:
     raw_samples: dict[str, list[float]] = field(default_factory=dict)
 
     def table(self) -> str:
-        head = f"{'figure':<34} {'paddock':>12} {'raw docker':>12} {'ratio':>8}"
-        rule = "-" * len(head)
-        lines = [head, rule]
-        for f in self.figures:
-            lines.append(
-                f"{f.name + ' (' + f.unit + ')':<34} {_num(f.paddock):>12} {_num(f.raw):>12} "
-                f"{f.ratio:>7.2f}x"
-            )
-        lines.append(rule)
+        rows = [(f.name, f.unit, f.paddock, f.raw, f.ratio) for f in self.figures]
+        lines = _table(("paddock", "raw docker"), rows)
         lines.append(
             "ratio = paddock / raw docker. Latencies (ms): lower is better, so a ratio above 1"
         )
@@ -104,16 +97,8 @@ class Report:
         return "\n".join(lines)
 
     def load_table(self) -> str:
-        head = f"{'figure':<34} {'idle':>12} {'loaded':>12} {'ratio':>8}"
-        rule = "-" * len(head)
-        lines = [head, rule]
-        for f in self.load:
-            lines.append(
-                f"{f.name + ' (' + f.unit + ')':<34} {_num(f.idle):>12} {_num(f.loaded):>12} "
-                f"{f.ratio:>7.2f}x"
-            )
-        lines.append(rule)
-        return "\n".join(lines)
+        rows = [(f.name, f.unit, f.idle, f.loaded, f.ratio) for f in self.load]
+        return "\n".join(_table(("idle", "loaded"), rows))
 
     def header(self) -> str:
         m = self.machine
@@ -163,3 +148,14 @@ def _num(value: float) -> str:
     if value >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}"
+
+
+def _table(columns: tuple[str, str], rows: list[tuple[str, str, float, float, float]]) -> list[str]:
+    """A figure table: name (unit), two values and their ratio, between rules."""
+    head = f"{'figure':<34} {columns[0]:>12} {columns[1]:>12} {'ratio':>8}"
+    rule = "-" * len(head)
+    lines = [head, rule]
+    for name, unit, a, b, ratio in rows:
+        lines.append(f"{name + ' (' + unit + ')':<34} {_num(a):>12} {_num(b):>12} {ratio:>7.2f}x")
+    lines.append(rule)
+    return lines

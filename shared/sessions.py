@@ -19,6 +19,7 @@ import redis
 from shared import keys
 from shared.errors import PaddockError, QuotaExceeded
 from shared.redisio import read_hash, read_set, text
+from shared.slots import NOW_MS_LUA
 from shared.store import QUOTA_RETRY_AFTER
 
 # seq = INCR; XADD with id "<seq>-0"; the frame is the given JSON object with "seq" first.
@@ -39,9 +40,9 @@ return seq
 # KEYS: the tenant's session ids, its sessions being created (a keys.slots set scored by expiry
 # in ms).  ARGV: session key prefix, limit (-1: count only), session id, hold ms.
 # -> {1 reserved | 0 not, sessions counted (the new one included)}
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_RESERVE = (
+    NOW_MS_LUA
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local used = redis.call('ZCARD', KEYS[2])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -58,6 +59,7 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) + 1000)
 return {1, used + 1}
 """
+)
 
 # Charge command output streamed into a session's history against the session's budget and the
 # tenant's (the sum of its last STREAM_WINDOW_HOURS hourly counters).

@@ -161,7 +161,7 @@ def _parse(name: str, typ: Any, raw: str) -> Any:
     if typ in (bool, "bool"):
         return _bool(raw)
     if typ in (int, "int"):
-        if name.startswith(("sandbox_memory", "sandbox_disk", "max_")) or (name.endswith("_bytes")):
+        if name.startswith(("sandbox_memory", "sandbox_disk", "max_")) or name.endswith("_bytes"):
             return _size(raw)
         return int(raw)
     if typ in (float, "float"):

@@ -24,7 +24,7 @@ SOCKETS = "sockets"
 
 # Every script reads the clock from Redis (TIME) instead of taking it from the caller: allowed
 # in scripts since Redis 5 (effects replication), and the one clock all web servers share.
-_NOW_MS = """
+NOW_MS_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
@@ -37,7 +37,7 @@ if last[2] then redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) +
 
 # KEYS[1] slots key; ARGV: limit, ttl_ms, token.  -> 1 acquired, 0 full
 _ACQUIRE = (
-    _NOW_MS
+    NOW_MS_LUA
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
@@ -50,7 +50,7 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 # KEYS[1] slots key; ARGV: ttl_ms, token.  Only a slot still held is extended (XX): one that
 # already expired, or was released, is not brought back past the limit.
 _REFRESH = (
-    _NOW_MS
+    NOW_MS_LUA
     + """
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
 """
@@ -59,7 +59,7 @@ redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
 )
 
 # KEYS[1] slots key.  -> live slots
-_COUNT = _NOW_MS + "return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')"
+_COUNT = NOW_MS_LUA + "return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')"
 
 
 class Slots:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -32,14 +32,6 @@ logger = logging.getLogger(__name__)
 # A waiting request refreshes its slot every few seconds; one whose web worker died stops
 # counting after this long.
 _SLOT_TTL = 60.0
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A process's output up to one moment, read lazily: ``entries()`` may be iterated more
-    than once (the E2B answer lists stdout, then stderr)."""
-
-    entries: Callable[[], Iterator[Entry]]
 
 
 class Sandboxes:
@@ -159,9 +151,12 @@ class Sandboxes:
     def process_exists(self, sb: Sandbox, process_id: str) -> bool:
         return self.plog.exists(sb.sandbox_id, process_id)
 
-    def wait_slot(self, sb: Sandbox) -> str:
-        """Take one of the tenant's concurrent-wait slots. Raises QuotaExceeded when the
-        tenant already has ``tenant_max_waits`` requests waiting."""
+    @contextmanager
+    def waiting(self, sb: Sandbox) -> Iterator[str]:
+        """Hold one of the tenant's concurrent-wait slots for the block.
+
+        Raises QuotaExceeded, before the block runs, when the tenant already has
+        ``tenant_max_waits`` requests waiting."""
         limit = self.settings.tenant_max_waits
         token = self.slots.acquire(WAITS, sb.tenant_id, limit, _SLOT_TTL)
         if token is None:
@@ -170,18 +165,18 @@ class Sandboxes:
                 "(PADDOCK_TENANT_MAX_WAITS); poll without wait, or retry later",
                 retry_after=2,
             )
-        return token
-
-    def release_wait(self, sb: Sandbox, slot: str) -> None:
-        self.slots.release(WAITS, sb.tenant_id, slot)
+        try:
+            yield token
+        finally:
+            self.slots.release(WAITS, sb.tenant_id, token)
 
     def wait_done(
         self, sb: Sandbox, process_id: str, slot: str, still_there: Callable[[], bool]
     ) -> None:
-        """Block until the process ends (or the wait limit passes) holding ``slot``, which is
-        released at the end; the sandbox counts as active meanwhile. Reads no output. Stops
-        early once ``still_there()`` says the client went away (checked every few seconds),
-        so a dead client holds no slot and keeps no sandbox alive."""
+        """Block until the process ends (or the wait limit passes), keeping ``slot`` (from
+        `waiting`) alive; the sandbox counts as active meanwhile. Reads no output. Stops early
+        once ``still_there()`` says the client went away (checked every few seconds), so a
+        dead client keeps no sandbox alive."""
 
         def tick() -> bool:
             if not still_there():
@@ -190,15 +185,13 @@ class Sandboxes:
             self.slots.refresh(WAITS, sb.tenant_id, slot, _SLOT_TTL)
             return True
 
-        try:
-            self.plog.wait_done(sb.sandbox_id, process_id, self.settings.wait_timeout, tick)
-        finally:
-            self.release_wait(sb, slot)
+        self.plog.wait_done(sb.sandbox_id, process_id, self.settings.wait_timeout, tick)
 
-    def output(self, sb: Sandbox, process_id: str) -> Snapshot:
-        """The process's output so far, to be read entry by entry (never all at once)."""
+    def output(self, sb: Sandbox, process_id: str) -> Callable[[], Iterator[Entry]]:
+        """The process's output so far, read entry by entry (never all at once); the function
+        may be called more than once (the E2B answer lists stdout, then stderr)."""
         upto = self.plog.last_id(sb.sandbox_id, process_id)
-        return Snapshot(lambda: self.plog.entries(sb.sandbox_id, process_id, upto))
+        return lambda: self.plog.entries(sb.sandbox_id, process_id, upto)
 
     def write_stdin(self, sb: Sandbox, process_id: str, data: str) -> None:
         self._call(sb, tasks.PROCESS_STDIN, {"process_id": process_id, "data": data})

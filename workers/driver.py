@@ -439,7 +439,13 @@ class DockerDriver:
         cid = self._container_id(sandbox_id)
         if cid is None:
             return None
-        for path in _oom_files(cid):
+        # cgroup v1 counts in memory.oom_control, v2 in memory.events; both say "oom_kill N".
+        candidates = [
+            f"{d}/{name}"
+            for d in _cgroup_dirs(cid)
+            for name in ("memory.oom_control", "memory.events")
+        ]
+        for path in candidates:
             try:
                 with open(path, encoding="ascii") as f:
                     for line in f:
@@ -588,16 +594,6 @@ def _kill(pid: int, container_id: str) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def _oom_files(container_id: str) -> list[str]:
-    base = "/sys/fs/cgroup"
-    return [
-        f"{base}/memory/docker/{container_id}/memory.oom_control",
-        f"{base}/memory/system.slice/docker-{container_id}.scope/memory.oom_control",
-        f"{base}/docker/{container_id}/memory.events",
-        f"{base}/system.slice/docker-{container_id}.scope/memory.events",
-    ]
 
 
 def parse_listening(proc_net: str) -> list[dict[str, Any]]:

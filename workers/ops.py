@@ -92,11 +92,10 @@ def start_process(
     cmd: str,
     env: dict[str, str],
     cwd: str,
-    tenant_id: str = "",
+    tenant_id: str,
 ) -> None:
     """Raises QuotaExceeded (the sandbox runs its most processes), SandboxGone."""
-    tenant = tenant_id or ctx.store.raw_sandbox(sandbox_id).get("tenant", "")
-    ctx.processes.start(sandbox_id, process_id, cmd, env, cwd, tenant)
+    ctx.processes.start(sandbox_id, process_id, cmd, env, cwd, tenant_id)
 
 
 def write_stdin(ctx: WorkerContext, sandbox_id: str, process_id: str, data: str) -> dict:

@@ -90,8 +90,8 @@ def register_host_tasks(app: Celery, ctx: WorkerContext) -> None:
 def _register(
     app: Celery, ctx: WorkerContext, shares: WorkerShares, name: str, fn: Callable[..., Any]
 ) -> None:
-    # The web sends the sandbox's tenant with every command, for the tenant's share; only the
-    # functions that take it get it.
+    # The web sends the sandbox's tenant with every command, for the tenant's share (looked up
+    # when missing); only the functions that take it get it.
     takes_tenant = "tenant_id" in inspect.signature(fn).parameters
     always = name in _ALWAYS_RUN
     patience = SHARE_PATIENCE_BY_TASK.get(name, SHARE_PATIENCE)
@@ -100,12 +100,16 @@ def _register(
     def host_task(self: Task, **kwargs: Any) -> None:
         task_id = self.request.id
         sandbox_id = kwargs.get("sandbox_id", "-")
-        tenant_id = kwargs.get("tenant_id") if takes_tenant else kwargs.pop("tenant_id", None)
+        tenant_id = kwargs.pop("tenant_id", None)
+        if not tenant_id and (takes_tenant or not always):
+            tenant_id = _tenant_of(ctx, sandbox_id)  # a message from an older web
+        if takes_tenant:
+            kwargs["tenant_id"] = tenant_id
         try:
             if always:
                 share: AbstractContextManager[None] = nullcontext()
             else:
-                share = shares.hold(sandbox_id, tenant_id or _tenant_of(ctx, sandbox_id))
+                share = shares.hold(sandbox_id, tenant_id or "")
             with share:
                 ctx.store.log_task(sandbox_id, name, ctx.settings.host_id)
                 result = fn(ctx, **kwargs)

@@ -27,14 +27,11 @@ def start_process(session_id: str) -> Response:
     body = validation.body(StartProcessBody(), "requestBody")
     sb = sandbox(session_id)
     sbx = services().sandboxes
-    slot = sbx.wait_slot(sb) if wait else None  # refused before anything starts
-    try:
+    if not wait:
         process_id = sbx.start_process(sb, body["cmd"], body["envVars"], body["rootdir"])
-    except BaseException:
-        if slot is not None:
-            sbx.release_wait(sb, slot)
-        raise
-    if slot is not None:
+        return _answer(sbx, sb, process_id)
+    with sbx.waiting(sb) as slot:  # refused before anything starts
+        process_id = sbx.start_process(sb, body["cmd"], body["envVars"], body["rootdir"])
         sbx.wait_done(sb, process_id, slot, _client_connected)
     return _answer(sbx, sb, process_id)
 
@@ -47,7 +44,8 @@ def get_process(session_id: str, process_id: str) -> Response | tuple[str, int]:
     if not sbx.process_exists(sb, process_id):
         return "", 204
     if wait:
-        sbx.wait_done(sb, process_id, sbx.wait_slot(sb), _client_connected)
+        with sbx.waiting(sb) as slot:
+            sbx.wait_done(sb, process_id, slot, _client_connected)
     return _answer(sbx, sb, process_id)
 
 
@@ -92,5 +90,6 @@ def _client_connected() -> bool:
 
 
 def _answer(sbx: Sandboxes, sb: Sandbox, process_id: str) -> Response:
-    snapshot = sbx.output(sb, process_id)
-    return Response(process_json(process_id, snapshot.entries), mimetype="application/json")
+    return Response(
+        process_json(process_id, sbx.output(sb, process_id)), mimetype="application/json"
+    )
