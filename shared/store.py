@@ -61,6 +61,21 @@ redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[3])
 return {'ok', best}
 """
 
+# Drop a sandbox's processes and give its kept output back to its tenant, in one step: a pump
+# still appending (its script checks that the process exists) is either counted before or
+# dropped after, so the tenant's counter never keeps bytes that are gone.
+# KEYS: process ids, running ids, sandbox counter, tenant counter.
+# ARGV: key prefixes of a process's hash, output stream, done stream.
+_DROP_PROCESSES = """
+for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('DEL', ARGV[1] .. pid, ARGV[2] .. pid, ARGV[3] .. pid)
+end
+local n = tonumber(redis.call('GET', KEYS[3]) or '0')
+if n ~= 0 then redis.call('DECRBY', KEYS[4], n) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return n
+"""
+
 _BEGIN_DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'deleting' then return 0 end
@@ -93,6 +108,7 @@ class Store:
         self.r = r
         self._place = r.register_script(_PLACE)
         self._begin_delete = r.register_script(_BEGIN_DELETE)
+        self._drop_processes = r.register_script(_DROP_PROCESSES)
 
     # -- hosts -------------------------------------------------------------------------------
     def heartbeat(
@@ -256,25 +272,26 @@ class Store:
     def purge_sandbox(self, sandbox_id: str) -> None:
         """Forget a sandbox and everything under it (processes, output, indexes)."""
         data = self._hgetall(keys.sandbox(sandbox_id))
-        pids = self._smembers(keys.sandbox_processes(sandbox_id))
-        kept = int(self.r.get(keys.sandbox_output_bytes(sandbox_id)) or 0)
+        tenant = data.get("tenant")
         pipe = self.r.pipeline()
-        for pid in pids:
-            pipe.delete(
-                keys.process(sandbox_id, pid),
-                keys.output(sandbox_id, pid),
-                keys.process_done(sandbox_id, pid),
-            )
-        if kept and data.get("tenant"):
-            # The sandbox's kept output no longer counts against its tenant's budget.
-            pipe.decrby(keys.tenant_output_bytes(data["tenant"]), kept)
-        pipe.delete(
-            keys.sandbox(sandbox_id),
-            keys.sandbox_processes(sandbox_id),
-            keys.sandbox_running(sandbox_id),
-            keys.sandbox_output_bytes(sandbox_id),
-            keys.task_log(sandbox_id),
+        self._drop_processes(
+            keys=[
+                keys.sandbox_processes(sandbox_id),
+                keys.sandbox_running(sandbox_id),
+                keys.sandbox_output_bytes(sandbox_id),
+                # (no record, no tenant to give back to: the sandbox's own counter, deleted)
+                keys.tenant_output_bytes(tenant)
+                if tenant
+                else keys.sandbox_output_bytes(sandbox_id),
+            ],
+            args=[
+                keys.process(sandbox_id, ""),
+                keys.output(sandbox_id, ""),
+                keys.process_done(sandbox_id, ""),
+            ],
+            client=pipe,
         )
+        pipe.delete(keys.sandbox(sandbox_id), keys.task_log(sandbox_id))
         pipe.zrem(keys.idle_index(), sandbox_id)
         pipe.zrem(keys.expiry_index(), sandbox_id)
         if data.get("tenant"):

@@ -14,6 +14,7 @@ from shared.errors import ConfigError, PathNotFound, QuotaExceeded, SessionNotFo
 from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
+from shared.store import Store
 from web.api.schemas import process_json
 from web.api.validation import flatten
 from workers.driver import parse_listening
@@ -222,3 +223,21 @@ def test_session_output_charge_counts_session_and_tenant_window() -> None:
     r.delete(f"pdk:tenant:u:streambytes:{hour - 3}")
     r.set(f"pdk:tenant:u:streambytes:{hour - 4}", 140)  # older than any history: forgotten
     assert sessions.charge_output("s4", "u", 20, session_cap=100, tenant_cap=150) is None
+
+
+def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() -> None:
+    r = fakeredis.FakeRedis()
+    plog, store = ProcessLog(r), Store(r)
+    budgets = Budgets(process=1000, sandbox=1000, tenant=1000)
+    r.hset("pdk:sbx:s1", mapping={"tenant": "t", "host": "h", "status": "running"})
+    for sid, pid, n in (("s1", "a", 100), ("s1", "b", 50), ("s2", "c", 30)):
+        plog.register(sid, pid, "x", "t")
+        assert plog.append_budgeted(sid, pid, "t", [Line(STDOUT, "x" * n, 1)], n, budgets) is None
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 180
+    store.purge_sandbox("s1")
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 30
+    assert not [k for k in r.scan_iter("pdk:*s1*")]
+    # A pump that was still writing for s1 finds its process gone: nothing stored or counted.
+    assert plog.append_budgeted("s1", "a", "t", [Line(STDOUT, "late", 2)], 5, budgets) is None
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 30
+    assert not [k for k in r.scan_iter("pdk:*s1*")]
