@@ -23,23 +23,36 @@ import redis
 from shared import keys
 from shared.errors import QuotaExceeded
 from shared.redisio import read_hash, read_set, text
+from shared.store import QUOTA_RETRY_AFTER
 
 STDOUT = "o"
 STDERR = "e"
 END = "x"
 
+# What a process's record costs in Redis besides its output (hash, end and done streams, set
+# members), counted against the output budgets with its command so that a tenant cannot pile
+# up finished processes without limit.
+RECORD_BYTES = 2048
 _BATCH = 256  # entries per read where the reader keeps everything (the agent's capped reads)
 _STREAM_BATCH = 8  # entries per read when streaming: at most 8 chunks of 256 KiB held at once
 
-# Register a process unless its sandbox already runs ``limit`` of them.
-# KEYS: running set, process hash, sandbox's process set
-# ARGV: process id, limit, cmd, tenant, now
+# Register a process unless its sandbox already runs ``limit`` of them, or its record would not
+# fit the sandbox's or the tenant's output budget: a record (its command included) is kept
+# until the process is deleted, like its output, so it is paid for like output.
+# KEYS: running set, process hash, sandbox's process set, sandbox counter, tenant counter
+# ARGV: process id, limit, cmd, tenant, now, record bytes, sandbox cap, tenant cap
+# -> 1 registered, 0 too many running, -1 sandbox budget full, -2 tenant budget full
 _REGISTER = """
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+local n = tonumber(ARGV[6])
+if tonumber(redis.call('GET', KEYS[4]) or '0') + n > tonumber(ARGV[7]) then return -1 end
+if tonumber(redis.call('GET', KEYS[5]) or '0') + n > tonumber(ARGV[8]) then return -2 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'cmd', ARGV[3], 'tenant', ARGV[4], 'status', 'starting',
-           'started_at', ARGV[5], 'bytes', 0)
+           'started_at', ARGV[5], 'bytes', n)
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('INCRBY', KEYS[4], n)
+redis.call('INCRBY', KEYS[5], n)
 return 1
 """
 
@@ -143,23 +156,57 @@ class ProcessLog:
 
     # -- records -----------------------------------------------------------------------------
     def register(
-        self, sandbox_id: str, process_id: str, cmd: str, tenant_id: str = "", limit: int = 0
+        self,
+        sandbox_id: str,
+        process_id: str,
+        cmd: str,
+        tenant_id: str = "",
+        limit: int = 0,
+        budgets: Budgets | None = None,
     ) -> None:
         """Record a new process of the sandbox. ``limit`` (0: none) caps the sandbox's running
-        processes. Raises QuotaExceeded when the sandbox already runs ``limit``."""
-        ok = self._register(
-            keys=[
-                keys.sandbox_running(sandbox_id),
-                keys.process(sandbox_id, process_id),
-                keys.sandbox_processes(sandbox_id),
-            ],
-            args=[process_id, limit or 2**31, cmd, tenant_id, time.time()],
+        processes; the record (RECORD_BYTES plus the command) counts against ``budgets``.
+
+        Raises QuotaExceeded when the sandbox already runs ``limit`` processes, or when the
+        sandbox's or the tenant's kept output leaves no room for the record."""
+        unlimited = 1 << 62
+        got = int(
+            self._register(
+                keys=[
+                    keys.sandbox_running(sandbox_id),
+                    keys.process(sandbox_id, process_id),
+                    keys.sandbox_processes(sandbox_id),
+                    keys.sandbox_output_bytes(sandbox_id),
+                    keys.tenant_output_bytes(tenant_id),
+                ],
+                args=[
+                    process_id,
+                    limit or unlimited,
+                    cmd,
+                    tenant_id,
+                    time.time(),
+                    RECORD_BYTES + len(cmd.encode()),
+                    budgets.sandbox if budgets else unlimited,
+                    budgets.tenant if budgets else unlimited,
+                ],
+            )
         )
-        if not ok:
+        if got == 0:
             raise QuotaExceeded(
                 f"process quota reached: {limit} running processes per sandbox "
                 "(PADDOCK_SANDBOX_MAX_PROCESSES); wait for one to end or stop one",
                 retry_after=1,
+            )
+        if got < 0:
+            which, setting = (
+                ("sandbox", "PADDOCK_SANDBOX_OUTPUT_BYTES")
+                if got == -1
+                else ("tenant", "PADDOCK_TENANT_OUTPUT_BYTES")
+            )
+            raise QuotaExceeded(
+                f"output quota reached: the {which}'s kept processes and output fill its budget "
+                f"({setting}); delete finished processes (DELETE .../processes/ID) first",
+                retry_after=QUOTA_RETRY_AFTER,
             )
 
     def set_fields(self, sandbox_id: str, process_id: str, **values: str | int | float) -> None:

@@ -77,6 +77,11 @@ redis.call('INCRBY', KEYS[2], n)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return false
 """
+# Queue a task unless ARGV[2] already wait. KEYS: the queue; ARGV: task JSON, limit.
+_ENQUEUE = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
 # Session lifetime (at most 2 h) + history after its end (1 h), rounded up to whole hours.
 STREAM_WINDOW_HOURS = 4
 
@@ -117,6 +122,7 @@ class Sessions:
         self._append = r.register_script(_APPEND)
         self._reserve = r.register_script(_RESERVE)
         self._charge = r.register_script(_CHARGE)
+        self._enqueue = r.register_script(_ENQUEUE)
 
     # -- the per-tenant quota ----------------------------------------------------------------
     def reserve(self, tenant_id: str, session_id: str, limit: int, hold: float) -> None:
@@ -293,10 +299,11 @@ class Sessions:
         return json.loads(raw) if raw else None
 
     # -- tasks -------------------------------------------------------------------------------
-    def enqueue_task(self, session_id: str, task_id: str, prompt: str) -> None:
-        self.r.rpush(
-            keys.session_tasks(session_id), json.dumps({"task_id": task_id, "prompt": prompt})
-        )
+    def enqueue_task(self, session_id: str, task_id: str, prompt: str, limit: int) -> bool:
+        """Queue a task behind the session's others; False (nothing queued) when ``limit``
+        tasks already wait: prompts are up to 64 KiB each and wait in Redis."""
+        body = json.dumps({"task_id": task_id, "prompt": prompt})
+        return bool(self._enqueue(keys=[keys.session_tasks(session_id)], args=[body, limit]))
 
     def next_task(self, session_id: str) -> dict[str, str] | None:
         raw = self.r.lpop(keys.session_tasks(session_id))

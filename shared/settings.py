@@ -95,11 +95,13 @@ class Settings:
     # Quotas and fair shares (one tenant must never exhaust what the others need).
     sandbox_output_bytes: int = 64 << 20
     session_output_bytes: int = 64 << 20
+    session_max_queued_tasks: int = 100
     tenant_output_bytes: int = 256 << 20
     tenant_max_sandboxes: int = 10
     tenant_max_sessions: int = 5
     sandbox_max_processes: int = 32
     tenant_max_waits: int = 100
+    tenant_max_streams: int = 32
     tenant_max_sockets: int = 100
     sandbox_worker_share: int = 2
     # Host worker threads one tenant's tasks may hold at once on a host; 0: half of

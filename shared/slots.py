@@ -21,6 +21,7 @@ from shared import keys
 
 WAITS = "waits"
 SOCKETS = "sockets"
+STREAMS = "streams"  # process answers being written
 
 # Every script reads the clock from Redis (TIME) instead of taking it from the caller: allowed
 # in scripts since Redis 5 (effects replication), and the one clock all web servers share.

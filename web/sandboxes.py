@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +25,7 @@ from shared.lifecycle import HISTORY_AFTER_END
 from shared.output import Entry, ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
-from shared.slots import WAITS, Slots
+from shared.slots import STREAMS, WAITS, Slots
 from shared.store import Sandbox, Store
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,37 @@ class Sandboxes:
             return True
 
         self.plog.wait_done(sb.sandbox_id, process_id, self.settings.wait_timeout, tick)
+
+    def streaming(
+        self, sb: Sandbox, answer: Iterator[bytes]
+    ) -> tuple[Iterator[bytes], Callable[[], None]]:
+        """Hold one of the tenant's stream slots while ``answer`` (an output answer's chunks)
+        is written. Returns the chunks to write, which keep the slot alive and let other
+        requests run between chunks (encoding a big answer is CPU work that would otherwise
+        hold an evented worker's loop), and the function that releases the slot (call it
+        when the response closes, written or not).
+
+        Raises QuotaExceeded when the tenant already has ``tenant_max_streams`` answers
+        being written."""
+        limit = self.settings.tenant_max_streams
+        token = self.slots.acquire(STREAMS, sb.tenant_id, limit, _SLOT_TTL)
+        if token is None:
+            raise QuotaExceeded(
+                f"stream quota reached: {limit} process answers being written at once per "
+                "tenant (PADDOCK_TENANT_MAX_STREAMS); retry when one has been read",
+                retry_after=1,
+            )
+
+        def chunks() -> Iterator[bytes]:
+            refreshed = time.monotonic()
+            for chunk in answer:
+                yield chunk
+                time.sleep(0)  # under gevent: other greenlets run between chunks
+                if time.monotonic() - refreshed > _SLOT_TTL / 3:
+                    self.slots.refresh(STREAMS, sb.tenant_id, token, _SLOT_TTL)
+                    refreshed = time.monotonic()
+
+        return chunks(), lambda: self.slots.release(STREAMS, sb.tenant_id, token)
 
     def output(self, sb: Sandbox, process_id: str) -> Callable[[], Iterator[Entry]]:
         """The process's output so far, read entry by entry (never all at once); the function

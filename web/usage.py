@@ -11,7 +11,7 @@ import redis
 from shared import keys
 from shared.sessions import Sessions
 from shared.settings import Settings
-from shared.slots import SOCKETS, WAITS, Slots
+from shared.slots import SOCKETS, STREAMS, WAITS, Slots
 from shared.store import Store
 
 
@@ -61,6 +61,9 @@ def tenant_usage(r: redis.Redis, settings: Settings, tenant_id: str) -> dict[str
             ),
             "concurrent_waits": _tenant_quota(
                 slots.count(WAITS, tenant_id), s.tenant_max_waits, "tenant_max_waits"
+            ),
+            "concurrent_streams": _tenant_quota(
+                slots.count(STREAMS, tenant_id), s.tenant_max_streams, "tenant_max_streams"
             ),
             "websockets": _tenant_quota(
                 slots.count(SOCKETS, tenant_id), s.tenant_max_sockets, "tenant_max_sockets"

@@ -253,7 +253,14 @@ class Connection:
         if s is None or s.ended:
             self.close(CLOSE_ENDED, "session ended")
             return
-        self.svc.sessions.enqueue_task(self.session_id, task_id, prompt)
+        queued = self.svc.settings.session_max_queued_tasks
+        if not self.svc.sessions.enqueue_task(self.session_id, task_id, prompt, queued):
+            self.error(
+                "queue_full",
+                f"{queued} tasks already wait in this session (PADDOCK_SESSION_MAX_QUEUED_TASKS);"
+                " send this one when one has run",
+            )
+            return
         self.svc.agent_sessions.run_next(s)
 
 

@@ -407,9 +407,15 @@ class DockerDriver:
         self._script(sandbox_id, _REMOVE, path)
 
     def ports(self, sandbox_id: str) -> list[dict[str, Any]]:
-        """The sandbox's listening TCP sockets, from its own /proc/net/tcp{,6}."""
-        _code, out, _ = self._run(sandbox_id, ["cat", "/proc/net/tcp", "/proc/net/tcp6"])
-        return parse_listening(out.decode("ascii", "replace"))
+        """The sandbox's listening TCP sockets, from its own /proc/net/tcp{,6}. A sandbox can
+        open sockets by the hundred thousand: what is read is capped (max_file_bytes), so a
+        huge table yields the sockets listed first."""
+        _code, out, _ = self._run(
+            sandbox_id,
+            ["cat", "/proc/net/tcp", "/proc/net/tcp6"],
+            max_stdout=self.settings.max_file_bytes,
+        )
+        return parse_listening(out[: self.settings.max_file_bytes].decode("ascii", "replace"))
 
     # -- processes ---------------------------------------------------------------------------
     def spawn(

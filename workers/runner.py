@@ -54,6 +54,9 @@ class ProcessManager:
         self.settings = settings
         self._running: dict[tuple[str, str], Running] = {}
         self._lock = threading.Lock()
+        self.budgets = Budgets(
+            settings.max_output_bytes, settings.sandbox_output_bytes, settings.tenant_output_bytes
+        )
 
     def start(
         self,
@@ -67,7 +70,12 @@ class ProcessManager:
         """Start ``cmd`` and return once it runs. Raises QuotaExceeded when the sandbox already
         runs its most processes, SandboxGone if the sandbox is gone."""
         self.plog.register(
-            sandbox_id, process_id, cmd, tenant_id, self.settings.sandbox_max_processes
+            sandbox_id,
+            process_id,
+            cmd,
+            tenant_id,
+            self.settings.sandbox_max_processes,
+            self.budgets,
         )
         try:
             oom_base = self.driver.oom_kills(sandbox_id)
@@ -245,7 +253,7 @@ class ProcessManager:
         if not lines or run.forgotten:
             return True
         s = self.settings
-        budgets = Budgets(s.max_output_bytes, s.sandbox_output_bytes, s.tenant_output_bytes)
+        budgets = self.budgets
         refused = self.plog.append_budgeted(
             run.sandbox_id, run.process_id, run.tenant_id, lines, size, budgets
         )

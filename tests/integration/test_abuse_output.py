@@ -30,6 +30,9 @@ ENV = {
     "PADDOCK_TENANT_MAX_WAITS": "2",
     "PADDOCK_SANDBOX_MEMORY": "96m",
     "PADDOCK_SESSION_OUTPUT_BYTES": "1m",
+    "PADDOCK_TENANT_MAX_STREAMS": "3",
+    "PADDOCK_SESSION_MAX_QUEUED_TASKS": "2",
+    "PADDOCK_MAX_FILE_BYTES": "64k",
 }
 
 
@@ -263,6 +266,101 @@ def test_agent_session_history_has_an_output_budget(stack: Stack) -> None:
         assert frames[-1]["exit_code"] == 0
     events = client.req("GET", f"/v1/sessions/{session['chat_session_id']}/events").json()
     assert len(json.dumps(events)) < 2 * MiB
+
+
+def test_finished_processes_cannot_pile_up_without_limit(stack: Stack) -> None:
+    a = Api(stack, new_tenant(stack, "hoarder"))
+    sid = a.session()
+    cmd = ": " + "x" * 500_000  # a process record keeps its command
+    started = []
+    for _ in range(40):
+        r = a.start(sid, cmd, wait=True)
+        if r.status_code == 429:
+            break
+        assert r.status_code == 200, r.text
+        started.append(r.json()["processID"])
+    else:
+        raise AssertionError("40 kept processes of 0.5 MB each fit a 6 MiB sandbox budget")
+    assert 8 <= len(started) <= 12, len(started)
+    assert "PADDOCK_SANDBOX_OUTPUT_BYTES" in r.json()["message"] and r.headers["Retry-After"]
+    assert a.req("GET", f"/sessions/{sid}/processes/{started[0]}").status_code == 200
+    # Deleting a finished process makes room for the next.
+    assert a.req("DELETE", f"/sessions/{sid}/processes/{started[0]}").status_code == 204
+    assert a.start(sid, cmd, wait=True).status_code == 200
+
+
+def test_output_answers_in_flight_are_capped_per_tenant(stack: Stack) -> None:
+    a, b = Api(stack, new_tenant(stack, "streamer")), Api(stack, new_tenant(stack, "reader"))
+    sid = a.session()
+    pid = a.run(sid, "yes | head -n 1900000")["processID"]
+    held = []
+    for _ in range(3):  # read one chunk of each ~120 MB answer, then stall
+        r = a.req("GET", f"/sessions/{sid}/processes/{pid}", stream=True)
+        assert r.status_code == 200
+        r.raw.read(1)
+        held.append(r)
+    r = a.req("GET", f"/sessions/{sid}/processes/{pid}")
+    assert r.status_code == 429 and "PADDOCK_TENANT_MAX_STREAMS" in r.json()["message"]
+    assert r.headers["Retry-After"]
+    # Another tenant reads at once; health answers while the stalled answers stay open.
+    sv = b.session()
+    assert b.run(sv, "echo mine")["stdout"][0]["line"] == "mine"
+    assert a.req("GET", "/health").status_code == 200
+    for r in held:
+        r.close()
+    deadline = time.monotonic() + 30
+    while True:  # the server notices the closed connections at its next write
+        r = a.req("GET", f"/sessions/{sid}/processes/{pid}", stream=True)
+        if r.status_code == 200:
+            r.close()
+            break
+        assert time.monotonic() < deadline, "closed answers still hold their slots"
+        time.sleep(0.5)
+
+
+def test_an_agent_session_queues_a_bounded_number_of_tasks(stack: Stack) -> None:
+    client = Client(stack, new_tenant(stack, "queuer"))
+    session = client.session(template="Bash")
+    with ws_connect(session["connect_url"], session["jwt"]) as ws:
+        assert recv(ws)["type"] == "ready"
+        ws.send(json.dumps({"type": "task", "prompt": "sleep 30", "id": "busy"}))
+        until(ws, "task_started", timeout=60)
+        for i in range(3):
+            ws.send(json.dumps({"type": "task", "prompt": "x" * 60_000, "id": f"q{i}"}))
+        frame = recv(ws, timeout=30)
+        while frame["type"] != "error":
+            frame = recv(ws, timeout=30)
+        assert frame["code"] == "queue_full"
+        assert "PADDOCK_SESSION_MAX_QUEUED_TASKS" in frame["message"]
+        queue = f"pdk:ses:{session['chat_session_id']}:tasks"
+        assert stack.redis.llen(queue) == 2
+    client.req("DELETE", f"/v1/sessions/{session['chat_session_id']}")
+
+
+def test_a_sandbox_with_a_huge_socket_table_costs_a_capped_read(stack: Stack) -> None:
+    a = Api(stack, new_tenant(stack, "listener"))
+    sid = a.session("Python3")
+    script = (
+        "import socket, time\n"
+        "socks = []\n"
+        "for i in range(3000):\n"
+        "    s = socket.socket(); s.bind(('127.0.0.1', 20000 + i)); s.listen(); socks.append(s)\n"
+        "open('/tmp/ready', 'w').close()\n"
+        "time.sleep(120)\n"
+    )
+    assert a.write(sid, "/home/user/listen.py", script).status_code == 204
+    pid = a.start(sid, "python3 /home/user/listen.py").json()["processID"]
+    deadline = time.monotonic() + 60
+    while a.run(sid, "test -e /tmp/ready && echo y || echo n")["stdout"][0]["line"] != "y":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    r = a.req("GET", f"/sessions/{sid}")
+    assert r.status_code == 200, r.text
+    ports = r.json()["ports"]
+    # 3,000 listeners are ~450 KB of /proc/net/tcp: only what fits PADDOCK_MAX_FILE_BYTES
+    # (64 KiB here) is read, and listed.
+    assert 100 < len(ports) < 3000, len(ports)
+    a.req("DELETE", f"/sessions/{sid}/processes/{pid}")
 
 
 def stack_tenant(stack: Stack, sid: str) -> str:

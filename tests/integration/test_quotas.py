@@ -215,6 +215,7 @@ def test_usage_needs_an_api_key_and_shows_every_quota(stack: Stack) -> None:
         "agent_sessions",
         "kept_output_bytes",
         "concurrent_waits",
+        "concurrent_streams",
         "websockets",
         "processes_per_sandbox",
         "kept_output_bytes_per_sandbox",

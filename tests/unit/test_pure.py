@@ -11,7 +11,7 @@ import pytest
 
 from shared import ids
 from shared.errors import ConfigError, PathNotFound, QuotaExceeded, SessionNotFound, from_code
-from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
+from shared.output import RECORD_BYTES, STDERR, STDOUT, Budgets, Line, ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
@@ -145,22 +145,44 @@ def test_streamed_answer_is_exact_for_many_entries_and_empty_output() -> None:
 def test_output_budgets_refuse_whole_chunks_and_forget_gives_bytes_back() -> None:
     r = fakeredis.FakeRedis()
     plog = ProcessLog(r)
-    budgets = Budgets(process=1000, sandbox=10, tenant=15)
-    plog.register("s", "a", "x", "t")
-    plog.register("s2", "b", "x", "t")
+    rec = RECORD_BYTES + 1  # a record of command "x"
+    budgets = Budgets(process=1000, sandbox=rec + 10, tenant=2 * rec + 15)
+    plog.register("s", "a", "x", "t", budgets=budgets)
+    plog.register("s2", "b", "x", "t", budgets=budgets)
     assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "12345678", 1)], 9, budgets) is None
     refused = plog.append_budgeted("s", "a", "t", [Line(STDOUT, "12", 2)], 3, budgets)
     assert refused is not None and refused.room == 1 and refused.budget == "sandbox"
     assert plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 1)], 5, budgets) is None
     refused = plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 2)], 5, budgets)
     assert refused is not None and refused.room == 1 and refused.budget == "tenant"
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 14
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 2 * rec + 14
     plog.forget("s", "a")
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 5
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == rec + 5
     assert int(r.get("pdk:sbx:s:outbytes") or 0) == 0
     # A forgotten process's late writes are dropped and cost nothing.
     assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "late", 3)], 5, budgets) is None
     assert not r.exists("pdk:out:s:a") and int(r.get("pdk:sbx:s:outbytes") or 0) == 0
+
+
+def test_process_records_are_paid_for_so_finished_ones_cannot_pile_up() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    cmd = ": " + "x" * 3000
+    rec = RECORD_BYTES + len(cmd)
+    budgets = Budgets(process=1000, sandbox=3 * rec, tenant=5 * rec)
+    for pid in ("p1", "p2", "p3"):
+        plog.register("s", pid, cmd, "t", budgets=budgets)
+        plog.finish("s", pid, 0)  # ended: no longer running, but still kept
+    with pytest.raises(QuotaExceeded, match="PADDOCK_SANDBOX_OUTPUT_BYTES"):
+        plog.register("s", "p4", cmd, "t", budgets=budgets)
+    assert not plog.exists("s", "p4") and plog.process_ids("s") == ["p1", "p2", "p3"]
+    plog.register("s2", "q1", cmd, "t", budgets=budgets)
+    plog.register("s2", "q2", cmd, "t", budgets=budgets)
+    with pytest.raises(QuotaExceeded, match="PADDOCK_TENANT_OUTPUT_BYTES"):
+        plog.register("s3", "z", cmd, "t", budgets=budgets)
+    plog.register("s3", "z", cmd, "other-tenant", budgets=budgets)  # others are untouched
+    plog.forget("s", "p1")  # deleting a finished process makes room again
+    plog.register("s", "p4", cmd, "t", budgets=budgets)
 
 
 def test_process_quota_counts_running_processes_only() -> None:
@@ -228,16 +250,17 @@ def test_session_output_charge_counts_session_and_tenant_window() -> None:
 def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() -> None:
     r = fakeredis.FakeRedis()
     plog, store = ProcessLog(r), Store(r)
-    budgets = Budgets(process=1000, sandbox=1000, tenant=1000)
+    budgets = Budgets(process=1000, sandbox=10000, tenant=10000)
+    rec = RECORD_BYTES + 1
     r.hset("pdk:sbx:s1", mapping={"tenant": "t", "host": "h", "status": "running"})
     for sid, pid, n in (("s1", "a", 100), ("s1", "b", 50), ("s2", "c", 30)):
-        plog.register(sid, pid, "x", "t")
+        plog.register(sid, pid, "x", "t")  # no budgets: the records themselves cost here too
         assert plog.append_budgeted(sid, pid, "t", [Line(STDOUT, "x" * n, 1)], n, budgets) is None
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 180
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 3 * rec + 180
     store.purge_sandbox("s1")
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 30
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == rec + 30
     assert not [k for k in r.scan_iter("pdk:*s1*")]
     # A pump that was still writing for s1 finds its process gone: nothing stored or counted.
     assert plog.append_budgeted("s1", "a", "t", [Line(STDOUT, "late", 2)], 5, budgets) is None
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 30
+    assert int(r.get("pdk:tenant:t:outbytes") or 0) == rec + 30
     assert not [k for k in r.scan_iter("pdk:*s1*")]

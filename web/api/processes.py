@@ -90,6 +90,10 @@ def _client_connected() -> bool:
 
 
 def _answer(sbx: Sandboxes, sb: Sandbox, process_id: str) -> Response:
-    return Response(
-        process_json(process_id, sbx.output(sb, process_id)), mimetype="application/json"
-    )
+    """The process's output, streamed, holding one of the tenant's stream slots until the
+    response is closed. Raises QuotaExceeded (the tenant's answers in flight)."""
+    entries = sbx.output(sb, process_id)
+    chunks, release = sbx.streaming(sb, process_json(process_id, entries))
+    resp = Response(chunks, mimetype="application/json")
+    resp.call_on_close(release)
+    return resp

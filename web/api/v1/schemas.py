@@ -291,12 +291,19 @@ class Quotas(Schema):
     kept_output_bytes = fields.Nested(
         QuotaUsage,
         required=True,
-        metadata={"description": "Process output kept for reading, all sandboxes together"},
+        metadata={
+            "description": "Processes and their output kept for reading, all sandboxes together"
+        },
     )
     concurrent_waits = fields.Nested(
         QuotaUsage,
         required=True,
         metadata={"description": "Requests waiting on a process at once (wait=true)"},
+    )
+    concurrent_streams = fields.Nested(
+        QuotaUsage,
+        required=True,
+        metadata={"description": "Process answers (output) being written at once"},
     )
     websockets = fields.Nested(
         QuotaUsage, required=True, metadata={"description": "Open session WebSockets"}
@@ -307,7 +314,7 @@ class Quotas(Schema):
     kept_output_bytes_per_sandbox = fields.Nested(
         QuotaUsage,
         required=True,
-        metadata={"description": "Process output kept for reading in one sandbox"},
+        metadata={"description": "Processes and their output kept for reading in one sandbox"},
     )
 
 
