@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import threading
 import time
@@ -54,6 +55,20 @@ def web_rss(stack: Stack) -> int:
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+def web_worker_fds(stack: Stack) -> list[int]:
+    """Open descriptors of each web worker (the gunicorn master's children)."""
+    master = stack.procs["web"].pid
+    counts = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == master:  # ppid
+                counts.append(len(os.listdir(stat.parent / "fd")))
+        except (OSError, IndexError, ValueError):
+            continue
+    return counts or [0]
 
 
 class Peak:
@@ -361,6 +376,54 @@ def test_a_sandbox_with_a_huge_socket_table_costs_a_capped_read(stack: Stack) ->
     # (64 KiB here) is read, and listed.
     assert 100 < len(ports) < 3000, len(ports)
     a.req("DELETE", f"/sessions/{sid}/processes/{pid}")
+
+
+def _raw_long_poll(stack: Stack, key: str, sid: str, pid: str) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", stack.port), timeout=60)
+    conn.sendall(
+        f"GET /sessions/{sid}/processes/{pid}?wait=true HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n".encode()
+    )
+    return conn
+
+
+def test_long_polls_on_descriptors_past_1023_wait_and_notice_departures(stack: Stack) -> None:
+    """An evented web worker holding a thousand clients hands out descriptors past 1023, where
+    select() fails: a wait must neither end early there nor miss its client leaving."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    idle = []
+    try:
+        # Connections that never send a request, until every web worker holds over 1,100
+        # descriptors: the next ones it accepts get numbers past 1023.
+        while min(web_worker_fds(stack)) <= 1100:
+            assert len(idle) < 6000, web_worker_fds(stack)
+            for _ in range(200):
+                idle.append(socket.create_connection(("127.0.0.1", stack.port), timeout=10))
+            time.sleep(0.2)
+        a = Api(stack, new_tenant(stack, "high-fd"))
+        key = a.http.headers["X-API-Key"]
+        sid = a.session()
+        pid = a.start(sid, "sleep 14").json()["processID"]
+        stays = _raw_long_poll(stack, key, sid, pid)
+        leaves = _raw_long_poll(stack, key, sid, pid)
+        slots = f"pdk:slots:waits:{stack_tenant(stack, sid)}"
+        deadline = time.monotonic() + 20
+        while stack.redis.zcard(slots) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        leaves.close()
+        answer = b""
+        while chunk := stays.recv(1 << 16):  # past a 10 s check, then the process's end
+            answer += chunk
+        stays.close()
+        assert b" 200 OK" in answer.split(b"\r\n", 1)[0]
+        assert b'"finished":true' in answer, answer[-200:]
+        assert stack.redis.zcard(slots) == 0
+    finally:
+        for conn in idle:
+            conn.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def stack_tenant(stack: Stack, sid: str) -> str:

@@ -7,7 +7,8 @@ its tenant's wait slots and no thread (the web server is evented).
 
 from __future__ import annotations
 
-import select
+import _socket
+import os
 import socket
 
 from flask import Blueprint, Response, request
@@ -77,14 +78,25 @@ def write_stdin(session_id: str, process_id: str) -> tuple[str, int]:
 
 
 def _client_connected() -> bool:
-    """False once the client has closed its connection (a readable socket with nothing to
-    read). Unknown servers (no socket in the environ) count as connected."""
+    """False once the client has closed its connection (nothing left to read, end of file).
+    Unknown servers (no socket in the environ) count as connected.
+
+    A peek that never blocks, on a C-level socket: select() fails on descriptors past 1023,
+    which an evented worker holding thousands of clients hands out, and gevent's own recv
+    would wait for data instead of answering at once."""
     conn = request.environ.get("gunicorn.socket")
     if conn is None:
         return True
     try:
-        readable, _, _ = select.select([conn], [], [], 0)
-        return not readable or conn.recv(1, socket.MSG_PEEK) != b""
+        # A C-level socket over a duplicate of the descriptor (the server's object may be
+        # gevent's wrapper); closing the duplicate leaves the connection alone.
+        raw = _socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        finally:
+            raw.close()
+    except BlockingIOError:
+        return True  # nothing to read: still there, waiting for its answer
     except (OSError, ValueError):
         return False
 
