@@ -49,8 +49,7 @@ flower:                         ## only Flower, behind the login `make up` put i
 	user=$$(sed -n 's/^PADDOCK_FLOWER_USER=//p' "$$secrets" 2>/dev/null); \
 	pass=$$(sed -n 's/^PADDOCK_FLOWER_PASSWORD=//p' "$$secrets" 2>/dev/null); \
 	if [[ -z "$$pass" ]]; then echo "flower: no login in $$secrets; run make up once" >&2; exit 1; fi; \
-	FLOWER_BASIC_AUTH="$$user:$$pass" $(VENV)/bin/celery \
-		--broker=$${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0} flower --port=5555 --address=127.0.0.1
+	FLOWER_BASIC_AUTH="$$user:$$pass" $(PY) -m shared.broker flower --port=5555 --address=127.0.0.1
 
 rotate-secrets:                 ## re-encrypt secret bundles with the first PADDOCK_SECRET_KEY
 	$(PY) -m shared.rotate_secrets

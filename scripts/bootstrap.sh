@@ -180,40 +180,38 @@ else
 fi
 
 # --- Redis -------------------------------------------------------------------------------------
-redis_ok() {
-    [[ "$(timeout 3 redis-cli -u "$REDIS_URL" ping 2>/dev/null || true)" == "PONG" ]]
+# Through shared.redisconn, which reads PADDOCK_REDIS_URL as every component does (password, ACL
+# user, rediss:// with its CA): `redis-cli -u` would put the password in `ps`. Messages show the
+# URL with the password masked.
+REDIS_PY=.venv/bin/python
+[[ -x "$REDIS_PY" ]] || REDIS_PY="$PYTHON"
+redisconn() {
+    PADDOCK_REDIS_URL="$REDIS_URL" timeout 15 "$REDIS_PY" -m shared.redisconn "$@"
 }
+redis_ok() {
+    redisconn ping >/dev/null 2>&1
+}
+REDIS_SHOWN="$(redisconn redacted 2>/dev/null || echo '$PADDOCK_REDIS_URL')"
 
 forget_stale_pid redis redis-server
 if redis_ok; then
     # A Redis that was running already (ours from an earlier run, or the operator's) without a
     # memory cap gets one; a cap someone set is left alone.
-    if [[ "$(timeout 3 redis-cli -u "$REDIS_URL" config get maxmemory 2>/dev/null | tail -n 1)" == "0" ]]; then
-        timeout 3 redis-cli -u "$REDIS_URL" config set maxmemory "$PADDOCK_REDIS_MAXMEMORY" >/dev/null \
-            && timeout 3 redis-cli -u "$REDIS_URL" config set maxmemory-policy noeviction >/dev/null \
-            && say "redis: maxmemory set to $PADDOCK_REDIS_MAXMEMORY (noeviction)"
+    capped="$(redisconn maxmemory "$PADDOCK_REDIS_MAXMEMORY" 2>/dev/null || true)"
+    if [[ -n "$capped" ]]; then
+        say "redis: $capped"
     fi
     if [[ -f "$RUN_DIR/redis.pid" ]]; then
-        say "redis: running at $REDIS_URL (started by us, pid $(cat "$RUN_DIR/redis.pid"))"
+        say "redis: running at $REDIS_SHOWN (started by us, pid $(cat "$RUN_DIR/redis.pid"))"
     else
-        say "redis: running at $REDIS_URL"
+        say "redis: running at $REDIS_SHOWN"
     fi
 else
-    # redis://[user[:password]@]host[:port][/db]
-    hostport="${REDIS_URL#*://}"
-    hostport="${hostport##*@}"
-    hostport="${hostport%%/*}"
-    redis_host="${hostport%%:*}"
-    redis_port=6379
-    if [[ "$hostport" == *:* ]]; then
-        redis_port="${hostport##*:}"
-    fi
-    case "$redis_host" in
-        127.0.0.1|localhost) ;;
-        *) die "redis at $REDIS_URL does not answer and is not local, so it cannot be started here" ;;
-    esac
-    if [[ ! "$redis_port" =~ ^[0-9]+$ ]]; then
-        die "cannot parse a port from PADDOCK_REDIS_URL=$REDIS_URL"
+    why="$(redisconn ping 2>&1 >/dev/null || true)"
+    # port, bind and the URL's password (requirepass, or its ACL user with `default` off), fed
+    # on stdin so the password is in no file and no argv. Refused for a remote or TLS URL.
+    if ! redis_conf="$(redisconn server-config 2>&1)"; then
+        die "redis does not answer (${why:-no reply}); $redis_conf"
     fi
     mkdir -p "$STATE/redis"
     private_log "$LOG_DIR/redis.log"
@@ -222,10 +220,10 @@ else
     # the soft limit is 1024.
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     # AOF on, RDB snapshots off: the session store survives a restart without periodic fork+dump.
-    nohup setsid redis-server --port "$redis_port" --bind 127.0.0.1 --appendonly yes \
+    nohup setsid redis-server --appendonly yes \
         --dir "$STATE/redis" --daemonize no --save '' --maxclients 20000 \
-        --maxmemory "$PADDOCK_REDIS_MAXMEMORY" --maxmemory-policy noeviction \
-        >>"$LOG_DIR/redis.log" 2>&1 </dev/null &
+        --maxmemory "$PADDOCK_REDIS_MAXMEMORY" --maxmemory-policy noeviction - \
+        >>"$LOG_DIR/redis.log" 2>&1 <<<"$redis_conf" &
     redis_pid=$!
     for _ in $(seq 1 40); do
         if redis_ok || ! kill -0 "$redis_pid" 2>/dev/null; then
@@ -234,10 +232,10 @@ else
         sleep 0.5
     done
     if ! redis_ok; then
-        echo "bootstrap: redis did not come up; last lines of $LOG_DIR/redis.log:" >&2
+        echo "bootstrap: redis did not come up (${why:-no reply before}); last lines of $LOG_DIR/redis.log:" >&2
         tail -n 30 "$LOG_DIR/redis.log" >&2 || true
         exit 1
     fi
     echo "$redis_pid" >"$RUN_DIR/redis.pid"
-    say "redis: running at $REDIS_URL (started by us, pid $redis_pid)"
+    say "redis: running at $REDIS_SHOWN (started by us, pid $redis_pid)"
 fi

@@ -63,6 +63,10 @@ export PADDOCK_AUTH="${PADDOCK_AUTH:-off}"
 if [[ "$PADDOCK_AUTH" == "off" ]]; then BIND="127.0.0.1"; else BIND="${PADDOCK_BIND:-0.0.0.0}"; fi
 export PADDOCK_REDIS_URL="${PADDOCK_REDIS_URL:-redis://127.0.0.1:6379/0}"
 export PADDOCK_HOST_ID="${PADDOCK_HOST_ID:-$(hostname)}"
+# Sandboxes trust what this host trusts (a network that inspects TLS has its CA there).
+if [[ -z "${PADDOCK_SANDBOX_CA_BUNDLE:-}" && -r /etc/ssl/certs/ca-certificates.crt ]]; then
+    export PADDOCK_SANDBOX_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+fi
 
 pids=()
 start() {  # start NAME CMD...: run in the background, log to .paddock/log/NAME.log (0600)
@@ -105,10 +109,10 @@ trap stop_all EXIT
 
 start worker-"$PADDOCK_HOST_ID" "$BIN/python" -m workers host
 start control "$BIN/python" -m workers control
-# The login goes in Flower's environment (FLOWER_BASIC_AUTH), not its argv, which `ps` shows.
+# The login goes in Flower's environment (FLOWER_BASIC_AUTH), not its argv, which `ps` shows;
+# so does the Redis URL: shared.broker is `celery` with Paddock's app (password, TLS options).
 FLOWER_BASIC_AUTH="${PADDOCK_FLOWER_USER:-paddock}:$PADDOCK_FLOWER_PASSWORD" \
-    start flower "$BIN/celery" --broker="$PADDOCK_REDIS_URL" flower --port="$FLOWER_PORT" \
-    --address=127.0.0.1
+    start flower "$BIN/python" -m shared.broker flower --port="$FLOWER_PORT" --address=127.0.0.1
 # gevent workers (web/gunicorn_conf.py): a waiting client costs a greenlet, not a thread.
 start web "$BIN/gunicorn" -c python:web.gunicorn_conf --bind "$BIND:$PORT" 'web.app:create_app()'
 
@@ -117,9 +121,12 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 for _ in $(seq 1 100); do
-    [[ "$("$BIN/python" - <<PY 2>/dev/null
-import redis; r = redis.Redis.from_url("$PADDOCK_REDIS_URL")
-print(r.exists("pdk:host:$PADDOCK_HOST_ID"))
+    [[ "$("$BIN/python" - <<'PY' 2>/dev/null
+import os
+from shared import keys
+from shared.redisconn import redis_client
+r = redis_client(os.environ["PADDOCK_REDIS_URL"], socket_timeout=5)
+print(r.exists(keys.host(os.environ["PADDOCK_HOST_ID"])))
 PY
 )" == "1" ]] && break
     sleep 0.2

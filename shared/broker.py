@@ -1,15 +1,24 @@
-"""The Celery application both sides share: the web sends tasks by name, workers define them."""
+"""The Celery application both sides share: the web sends tasks by name, workers define them.
+
+``python -m shared.broker ARGS`` is the ``celery`` command with this app, so it reaches Redis
+with PADDOCK_REDIS_URL's password, ACL user and TLS options, e.g. ``flower --port=5555`` or
+``inspect ping``. The URL stays in the environment, out of ``ps``."""
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 
+from shared.redisconn import parse_redis_url
 from shared.settings import Settings
 from shared.tasks import CONTROL_QUEUE
 
 
 def make_celery(settings: Settings, name: str = "paddock") -> Celery:
-    app = Celery(name, broker=settings.redis_url)
+    """Raises ConfigError when PADDOCK_REDIS_URL does not parse."""
+    target = parse_redis_url(settings.redis_url)
+    app = Celery(name, broker=target.broker_url())
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -23,8 +32,15 @@ def make_celery(settings: Settings, name: str = "paddock") -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600},
         broker_connection_timeout=5,
+        # rediss://: kombu alone would skip certificate checks when the URL names none; these
+        # are our parser's options, verifying unless the URL says ssl_cert_reqs=none.
+        broker_use_ssl=target.ssl_options() or None,
         worker_hijack_root_logger=False,
         enable_utc=True,
         timezone="UTC",
     )
     return app
+
+
+if __name__ == "__main__":
+    sys.exit(make_celery(Settings.from_env()).start(sys.argv[1:]) or 0)

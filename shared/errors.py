@@ -76,6 +76,15 @@ class NoCapacity(PaddockError):
     message = "No sandbox host is available"
 
 
+class EgressUnavailable(PaddockError):
+    """The host cannot enforce the egress policy (its firewall rules are missing or failed),
+    so it gives no sandbox the internet; mode ``none`` still works."""
+
+    status = 503
+    code = "egress_unavailable"
+    message = "This host cannot give sandboxes the internet"
+
+
 class WorkerTimeout(PaddockError):
     status = 504
     code = "worker_timeout"

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from shared.egress import parse_cidrs
 from shared.errors import ConfigError
+from shared.redisconn import redact_url
 
 SANDBOX_NETWORKS = ("none", "internet")
 
@@ -70,7 +72,17 @@ class Settings:
     # Sandboxes
     idle_timeout: int = 600
     sandbox_max_lifetime: int = 86400
-    sandbox_network: str = "none"
+    # internet (through the host's egress policy, workers/egress.py) or none: the mode of a
+    # sandbox whose create does not say.
+    sandbox_network: str = "internet"
+    # Egress policy (shared/egress.py): CIDRs no sandbox may reach (on top of the built-in
+    # ones), private CIDRs a sandbox's allow_out may open, DNS servers for sandboxes (default:
+    # the host's), and a CA bundle (PEM) sandboxes trust instead of their image's, for networks
+    # that inspect TLS (mounted read-only over /etc/ssl/certs/ca-certificates.crt).
+    egress_deny: str = ""
+    egress_private_allowed: str = ""
+    sandbox_dns: str = ""
+    sandbox_ca_bundle: str = ""
     sandbox_memory: int = 1 << 30
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 512
@@ -120,6 +132,9 @@ class Settings:
             + (
                 "'***'"
                 if f.name in hidden and getattr(self, f.name)
+                # The Redis URL's host and options help a reader; its password is masked.
+                else repr(redact_url(self.redis_url))
+                if f.name == "redis_url"
                 else repr(getattr(self, f.name))
             )
             for f in fields(self)
@@ -136,6 +151,8 @@ class Settings:
             raise ConfigError(
                 f"PADDOCK_SANDBOX_NETWORK must be one of {', '.join(SANDBOX_NETWORKS)}"
             )
+        for name in ("egress_deny", "egress_private_allowed", "sandbox_dns"):
+            parse_cidrs(getattr(self, name), f"PADDOCK_{name.upper()}")
         for name in ("idle_timeout", "host_capacity", "sandbox_pids", "sandbox_memory"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PADDOCK_{name.upper()} must be positive")

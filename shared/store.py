@@ -14,7 +14,8 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.errors import NoCapacity, QuotaExceeded, SessionNotFound
+from shared.egress import NO_NETWORK, NetworkPolicy
+from shared.errors import EgressUnavailable, NoCapacity, QuotaExceeded, SessionNotFound
 from shared.redisio import read_hash, read_set, text
 
 # Seconds a client is told to wait after a sandbox or session quota refusal: a slot frees when
@@ -39,23 +40,31 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 if used >= tonumber(ARGV[5]) then return {'quota', used} end
-local best, best_free = nil, 0
+local best, best_free, no_egress = nil, 0, nil
 for i, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local hkey = ARGV[1] .. host
   if redis.call('EXISTS', hkey) == 1 then
     local cap = tonumber(redis.call('HGET', hkey, 'capacity') or '0')
     local tpls = redis.call('HGET', hkey, 'templates') or ''
+    local egress = redis.call('HGET', hkey, 'egress') or 'ok'
     if string.find(tpls, ',' .. ARGV[2] .. ',', 1, true) then
-      local free = cap - redis.call('SCARD', hkey .. ':sandboxes')
-      if free > best_free then best, best_free = host, free end
+      if ARGV[10] == '1' and egress ~= 'ok' then
+        no_egress = host .. ': ' .. egress  -- it would refuse a sandbox with internet
+      else
+        local free = cap - redis.call('SCARD', hkey .. ':sandboxes')
+        if free > best_free then best, best_free = host, free end
+      end
     end
   end
 end
-if not best then return {'full'} end
+if not best then
+  if no_egress then return {'egress', no_egress} end
+  return {'full'}
+end
 redis.call('SADD', ARGV[1] .. best .. ':sandboxes', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'tenant', ARGV[4], 'host', best, 'template', ARGV[2],
-           'status', 'creating', 'created_at', ARGV[6])
+           'status', 'creating', 'created_at', ARGV[6], 'network', ARGV[9])
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
 redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[3])
 return {'ok', best}
@@ -89,6 +98,7 @@ class Host:
     host_id: str
     capacity: int
     templates: tuple[str, ...]
+    egress: str = "ok"  # or why the host gives sandboxes no internet
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,8 @@ class Sandbox:
     template: str
     status: str
     created_at: float
+    # Its network as created (records from before the egress policy had none: no network).
+    network: NetworkPolicy = NO_NETWORK
 
 
 class Store:
@@ -118,10 +130,12 @@ class Store:
         templates: list[str],
         ttl: float,
         catalog: list[dict[str, Any]] | None = None,
+        egress: str = "ok",
     ) -> None:
         """Announce a live host for ``ttl`` seconds: its capacity, its template names (what
-        placement matches on) and, optionally, its template catalog (one JSON object per
-        template: name, image, hash, size_bytes, built_at, versions)."""
+        placement matches on), optionally its template catalog (one JSON object per
+        template: name, image, hash, size_bytes, built_at, versions), and whether it can give
+        sandboxes the internet (``ok``, or why not)."""
         pipe = self.r.pipeline()
         pipe.sadd(keys.hosts(), host_id)
         pipe.hset(
@@ -130,6 +144,7 @@ class Store:
                 "capacity": capacity,
                 "templates": "," + ",".join(templates) + ",",
                 "catalog": json.dumps(catalog or []),
+                "egress": egress,
                 "updated": time.time(),
             },
         )
@@ -150,6 +165,7 @@ class Store:
                     host_id=hid,
                     capacity=int(data.get("capacity", 0)),
                     templates=tuple(t for t in data.get("templates", "").split(",") if t),
+                    egress=data.get("egress", "ok"),
                 )
             )
         return out
@@ -190,14 +206,18 @@ class Store:
         template: str,
         max_sandboxes: int,
         max_lifetime: float,
+        network: NetworkPolicy | None = None,
     ) -> Sandbox:
-        """Record a new sandbox (status ``creating``) on the freest live host that has
-        ``template``, holding a slot of that host and one of the tenant's ``max_sandboxes``.
+        """Record a new sandbox (status ``creating``) with its ``network`` on the freest live
+        host that has ``template`` (and, for internet, its egress rules in place), holding a
+        slot of that host and one of the tenant's ``max_sandboxes``.
 
         Raises QuotaExceeded when the tenant already has ``max_sandboxes`` sandboxes (ending
-        ones included: they still occupy their host), NoCapacity when no live host can take
+        ones included: they still occupy their host), EgressUnavailable when the only hosts
+        that could take it cannot give it the internet, NoCapacity when no live host can take
         it. Nothing is written when it raises.
         """
+        network = network or NO_NETWORK
         now = time.time()
         got = self._place(
             keys=[
@@ -216,6 +236,8 @@ class Store:
                 now,
                 max_lifetime,
                 keys.sandbox(""),
+                json.dumps(network.to_json(), separators=(",", ":")),
+                "1" if network.internet else "0",
             ],
         )
         outcome = text(got[0])
@@ -225,9 +247,14 @@ class Store:
                 "(PADDOCK_TENANT_MAX_SANDBOXES); delete one first",
                 retry_after=QUOTA_RETRY_AFTER,
             )
+        if outcome == "egress":
+            raise EgressUnavailable(
+                f"no live host can give a sandbox the internet now ({text(got[1])}); create it "
+                "with network mode none, or see the host worker's log"
+            )
         if outcome != "ok":
             raise NoCapacity("No sandbox host is available with free capacity")
-        return Sandbox(sandbox_id, tenant_id, text(got[1]), template, "creating", now)
+        return Sandbox(sandbox_id, tenant_id, text(got[1]), template, "creating", now, network)
 
     # -- sandboxes ---------------------------------------------------------------------------
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None:
@@ -248,6 +275,7 @@ class Store:
             template=data["template"],
             status=data["status"],
             created_at=float(data["created_at"]),
+            network=_network(data.get("network")),
         )
 
     def raw_sandbox(self, sandbox_id: str) -> dict[str, str]:
@@ -346,3 +374,10 @@ class Store:
 
     def _zrange(self, key: str, max_score: float) -> list[str]:
         return [text(x) for x in self.r.zrangebyscore(key, "-inf", max_score)]
+
+
+def _network(raw: str | None) -> NetworkPolicy:
+    try:
+        return NetworkPolicy.from_json(json.loads(raw) if raw else None)
+    except ValueError:
+        return NO_NETWORK

@@ -14,6 +14,7 @@ the answer is ``text("done")``. Each reply is rendered in the vendor's own forma
 finish reason, usage, content blocks or ``tool_calls``), so the SDKs parse it as they would the
 real thing. Requests that the real API would refuse for their shape (a tool call left unanswered, an
 empty text block) get the vendor's 400, which catches adapter bugs early.
+`redirect` answers a 3xx with a Location, and `connections` counts what reached the server.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Reply:
     delay: float = 0.0
     then: Reply | None = None
     raw: str | None = None  # sent as the body as it is (text/html), e.g. a wrong base_url's page
+    location: str | None = None  # a Location header, with a 3xx status
 
 
 Script = Reply | Callable[[Body], Reply]
@@ -110,6 +112,8 @@ def tool_results(body: Body) -> list[str]:
 @dataclass
 class FakeLLM:
     script: Iterable[Script] = ()
+    host: str = "127.0.0.1"  # any loopback address, e.g. 127.0.0.2 as an "internal" service
+    _connections: int = field(init=False, default=0)
     _queue: list[Script] = field(init=False)
     _requests: list[Request] = field(init=False, default_factory=list)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -155,6 +159,11 @@ class FakeLLM:
         return Reply(status=status, raw=text)
 
     @staticmethod
+    def redirect(location: str, status: int = 307) -> Reply:
+        """A redirect to ``location``, with a small HTML body that names it, as servers send."""
+        return Reply(status=status, raw=f'<a href="{location}">Moved</a>', location=location)
+
+    @staticmethod
     def slow(seconds: float, then: Reply | None = None) -> Reply:
         """Wait ``seconds`` before answering ``then`` (a text "slow" by default)."""
         return Reply(delay=seconds, then=then or Reply(text="slow"))
@@ -175,13 +184,18 @@ class FakeLLM:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' pools expect
 
+            def setup(self) -> None:
+                with fake._lock:
+                    fake._connections += 1
+                super().setup()
+
             def do_POST(self) -> None:
                 fake._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet test output
 
-        server = self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = self._server = ThreadingHTTPServer((self.host, 0), Handler)
         server.daemon_threads = True
         # A short poll interval because stop() waits for one, in every test.
         poll = {"poll_interval": 0.02}
@@ -204,7 +218,7 @@ class FakeLLM:
     @property
     def url(self) -> str:
         assert self._server is not None, "FakeLLM is not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self.host}:{self._server.server_address[1]}"
 
     @property
     def anthropic_base_url(self) -> str:
@@ -221,6 +235,12 @@ class FakeLLM:
     def requests(self) -> list[Request]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far, whatever was (or was not) sent on them."""
+        with self._lock:
+            return self._connections
 
     # -- serving -----------------------------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
@@ -243,7 +263,10 @@ class FakeLLM:
                 return
             reply = reply.then or Reply(text="slow")
         if reply.raw is not None:
-            self._send(h, reply.status, reply.raw, {"content-type": "text/html"})
+            headers = {"content-type": "text/html"}
+            if reply.location is not None:
+                headers["location"] = reply.location
+            self._send(h, reply.status, reply.raw, headers)
             return
         status, headers, payload = _render(vendor, reply, body, sent_key(request) or "")
         self._send(h, status, payload, headers)

@@ -15,26 +15,37 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
-import redis
 import requests
 
+from shared.redisconn import redis_client
 from shared.settings import Settings
+from workers.egress import Egress
 from workers.storage import SandboxStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-def redis_argv(port: int, workdir: Path) -> list[str]:
-    """A throwaway redis-server on loopback: no persistence, data dir in ``workdir``."""
+def redis_argv(
+    port: int, workdir: Path, conf: Path | None = None, tls_dir: Path | None = None
+) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence, data dir in ``workdir``. ``conf``:
+    a config file read first (passwords, ACL users); ``tls_dir``: TLS only, on ``port``, with
+    its ca.pem, cert.pem and key.pem."""
+    listen = ["--port", str(port)]
+    if tls_dir:
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
+        for option, name in (("cert", "cert.pem"), ("key", "key.pem"), ("ca-cert", "ca.pem")):
+            listen += [f"--tls-{option}-file", str(tls_dir / name)]
     return [
         shutil.which("redis-server") or "redis-server",
-        "--port",
-        str(port),
+        *([str(conf)] if conf else []),
+        *listen,
         "--bind",
         "127.0.0.1",
         "--save",
@@ -52,6 +63,33 @@ def redis_argv(port: int, workdir: Path) -> list[str]:
         "--maxmemory-policy",
         "noeviction",
     ]
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """The private Redis of a stack that tests Redis across machines: ``conf`` holds
+    redis.conf lines (requirepass, ACL users; written to a 0600 file, not argv), ``userinfo``
+    what the components' URL carries before "@" (percent-encoded), ``tls_dir`` the TLS files
+    (then the URL is rediss:// with that CA)."""
+
+    conf: str = ""
+    userinfo: str = ""
+    tls_dir: Path | None = None
+
+    def url(self, port: int) -> str:
+        auth = f"{self.userinfo}@" if self.userinfo else ""
+        if self.tls_dir:
+            return f"rediss://{auth}127.0.0.1:{port}/0?ssl_ca_certs={self.tls_dir / 'ca.pem'}"
+        return f"redis://{auth}127.0.0.1:{port}/0"
+
+    def argv(self, port: int, workdir: Path) -> list[str]:
+        conf = None
+        if self.conf:
+            conf = workdir / "redis-auth.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.conf)
+        return redis_argv(port, workdir, conf, self.tls_dir)
 
 
 OPEN_FILES = 65536
@@ -76,17 +114,23 @@ def free_port() -> int:
 
 class Stack:
     def __init__(
-        self, workdir: Path, hosts: tuple[str, ...] = ("host-a",), env: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        hosts: tuple[str, ...] = ("host-a",),
+        env: dict[str, str] | None = None,
+        redis_options: RedisOptions | None = None,
     ) -> None:
         self.workdir = workdir
         self.hosts = hosts
         self.instance = "t" + secrets.token_hex(4)
         self.redis_port = free_port()
+        self.redis_options = redis_options or RedisOptions()
+        self.redis_url = self.redis_options.url(self.redis_port)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PADDOCK_")},
-            "PADDOCK_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "PADDOCK_REDIS_URL": self.redis_url,
             "PADDOCK_INSTANCE": self.instance,
             "PADDOCK_DATA_DIR": str(workdir),
             "PADDOCK_HEARTBEAT_INTERVAL": "1",
@@ -99,13 +143,13 @@ class Stack:
             **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.redis = redis.Redis(port=self.redis_port, socket_timeout=30)
+        self.redis = redis_client(self.redis_url, socket_timeout=30)
         self.http = requests.Session()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._spawn("redis", redis_argv(self.redis_port, self.workdir))
+        self._spawn("redis", self.redis_options.argv(self.redis_port, self.workdir))
         self._wait(lambda: self.redis.ping(), "redis")
         for host in self.hosts:
             self.start_host(host)
@@ -154,6 +198,10 @@ class Stack:
         # The sandboxes' storage is mounted on the host and outlives the worker (as it must
         # across a restart): unmount and delete this stack's.
         SandboxStorage(Settings.from_env(self.env)).release_instance()
+        # Each host worker removed its egress rules and network at stop unless sandboxes were
+        # still behind them (they were, if a test left some): now there are none.
+        for host in self.hosts:
+            Egress(client, Settings.from_env({**self.env, "PADDOCK_HOST_ID": host})).teardown()
 
     def __enter__(self) -> Stack:
         return self.start()

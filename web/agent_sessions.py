@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from shared import crypto, rpc, tasks
+from shared.egress import NetworkPolicy
 from shared.errors import BadRequest, ValidationFailed
 from shared.lifecycle import end_session
 from shared.netpolicy import check_base_url
@@ -55,6 +56,7 @@ class AgentSessions:
         sandbox is made), and whatever creating the sandbox raises (NoCapacity, the sandbox
         quota...). Nothing is left behind.
         """
+        network = self.sandboxes.network(body.get("network"), "network")
         agent = {k: v for k, v in body["agent"].items() if v is not None}
         if agent["kind"] == "deictic" and body["llm"] is None:
             raise ValidationFailed(
@@ -75,7 +77,7 @@ class AgentSessions:
             hold=self.settings.create_timeout * 2,
         )
         try:
-            s = self._start(tenant_id, session_id, body, agent, llm, ttl)
+            s = self._start(tenant_id, session_id, body, agent, llm, ttl, network)
         finally:
             self.sessions.release(tenant_id, session_id)
         token = tokens.issue(
@@ -98,10 +100,11 @@ class AgentSessions:
         agent: dict[str, Any],
         llm: dict[str, Any],
         ttl: int,
+        network: NetworkPolicy,
     ) -> ChatSession:
         """The sandbox, then the session record bound to it; the sandbox is removed again if
         the record cannot be written."""
-        sb = self.sandboxes.create(tenant_id, body["template"], field="template")
+        sb = self.sandboxes.create(tenant_id, body["template"], field="template", network=network)
         now = time.time()
         s = ChatSession(
             session_id=session_id,

@@ -13,6 +13,7 @@ from shared.accounts import Accounts
 from shared.broker import make_celery
 from shared.crypto import SecretBox
 from shared.errors import ConfigError
+from shared.redisconn import redis_client as make_redis_client
 from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
@@ -64,7 +65,7 @@ def create_app(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    r = redis_client or redis.Redis.from_url(
+    r = redis_client or make_redis_client(
         settings.redis_url,
         # Longer than our longest blocking call (BLPOP while a sandbox is created).
         socket_timeout=max(settings.task_timeout, settings.create_timeout) + 30,

@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 
 from shared import ids, rpc, tasks
+from shared.egress import NetworkPolicy, parse_cidrs, parse_network
 from shared.errors import (
     NoCapacity,
     PaddockError,
@@ -46,13 +47,34 @@ class Sandboxes:
         self.sessions = Sessions(r)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def create(self, tenant_id: str, template: str, field: str = "body.envID") -> Sandbox:
-        """Place and start a sandbox.
+    def network(self, raw: object, where: str) -> NetworkPolicy:
+        """A request's ``network`` object as a policy (absent: the operator's default mode).
+        Raises ValidationFailed naming the field under ``where``."""
+        return parse_network(
+            raw,
+            default_mode=self.settings.sandbox_network,
+            private_allowed=parse_cidrs(
+                self.settings.egress_private_allowed, "PADDOCK_EGRESS_PRIVATE_ALLOWED"
+            ),
+            where=where,
+        )
+
+    def create(
+        self,
+        tenant_id: str,
+        template: str,
+        field: str = "body.envID",
+        network: NetworkPolicy | None = None,
+    ) -> Sandbox:
+        """Place and start a sandbox with ``network`` (validated: parse_network; default: the
+        operator's mode, no lists).
 
         Raises NoCapacity (no live host / all full), ValidationFailed (unknown template),
-        QuotaExceeded (the tenant has ``tenant_max_sandboxes``), WorkerTimeout or the host's
-        error; nothing is left behind on failure (the quota slot included).
+        QuotaExceeded (the tenant has ``tenant_max_sandboxes``), EgressUnavailable (internet
+        asked, no host can give it), WorkerTimeout or the host's error; nothing is left
+        behind on failure (the quota slot included).
         """
+        network = network or NetworkPolicy(mode=self.settings.sandbox_network)
         if not self.store.alive_hosts():
             raise NoCapacity("No sandbox host is alive; start a worker (make up)")
         if template not in self.store.known_templates():
@@ -64,12 +86,13 @@ class Sandboxes:
             template,
             self.settings.tenant_max_sandboxes,
             self.settings.sandbox_max_lifetime,
+            network,
         )
         try:
             self._call(
                 sb,
                 tasks.SANDBOX_CREATE,
-                {"tenant_id": tenant_id, "template": template},
+                {"tenant_id": tenant_id, "template": template, "network": network.to_json()},
                 timeout=self.settings.create_timeout,
             )
         except PaddockError as exc:

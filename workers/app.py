@@ -28,6 +28,9 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     ctx = WorkerContext(settings)
     # Before consuming anything: a host that cannot cap its sandboxes' disk must not start.
     ctx.storage.check()
+    # Also before: a sandbox with internet starts only behind its host's egress rules (a
+    # failure here refuses those, with the reason in the log and in /health).
+    ctx.egress.start()
     register_host_tasks(app, ctx)
     stop = threading.Event()
 
@@ -55,7 +58,10 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     @worker_shutdown.connect(weak=False)
     def on_shutdown(**_: Any) -> None:
         stop.set()
-        ctx.store.host_down(settings.host_id)
+        try:
+            ctx.store.host_down(settings.host_id)
+        finally:  # Redis being down must not leave the host's rules and network behind
+            ctx.egress.teardown()
 
     return app, ctx
 

@@ -11,11 +11,13 @@ import redis
 
 from shared.crypto import SecretBox
 from shared.output import ProcessLog
+from shared.redisconn import redis_client
 from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
 from workers.driver import DockerDriver
+from workers.egress import Egress
 from workers.runner import ProcessManager
 from workers.storage import SandboxStorage
 
@@ -28,7 +30,7 @@ class WorkerContext:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
+        return redis_client(
             self.settings.redis_url,
             socket_timeout=30,
             socket_connect_timeout=5,
@@ -65,8 +67,12 @@ class WorkerContext:
         return SandboxStorage(self.settings)
 
     @cached_property
+    def egress(self) -> Egress:
+        return Egress(self.docker, self.settings)
+
+    @cached_property
     def driver(self) -> DockerDriver:
-        return DockerDriver(self.docker, self.settings, self.storage)
+        return DockerDriver(self.docker, self.settings, self.storage, self.egress)
 
     @cached_property
     def processes(self) -> ProcessManager:

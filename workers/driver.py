@@ -21,6 +21,7 @@ import docker
 import docker.errors
 import requests
 
+from shared.egress import NetworkPolicy
 from shared.errors import (
     FileTooLarge,
     IsADirectory,
@@ -35,6 +36,7 @@ from shared.errors import (
 )
 from shared.settings import Settings
 from workers import docker_exec
+from workers.egress import LABEL_NETWORK, Egress, policy_label
 from workers.storage import ImageSeeds, SandboxStorage
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ LABEL_SANDBOX = "paddock.sandbox"
 LABEL_TENANT = "paddock.tenant"
 LABEL_HOST = "paddock.host"
 LABEL_INSTANCE = "paddock.instance"
+# Where sandboxes find their CA bundle (Debian's path), replaced when PADDOCK_SANDBOX_CA_BUNDLE.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # Exit codes our small scripts use to say what went wrong (out of the range the shell and
 # coreutils use themselves); stderr carries the message.
@@ -150,7 +154,6 @@ def hardening(s: Settings) -> dict[str, Any]:
         "mem_limit": s.sandbox_memory,
         "memswap_limit": s.sandbox_memory,  # = memory: no swap on top
         "nano_cpus": int(s.sandbox_cpus * 1e9),
-        "network_mode": "bridge" if s.sandbox_network == "internet" else "none",
         # Nothing of the image is writable: a sandbox writes only to its own capped storage
         # (workers/storage.py), which DockerDriver.create mounts on the writable paths.
         "read_only": True,
@@ -167,10 +170,12 @@ class DockerDriver:
         client: docker.DockerClient,
         settings: Settings,
         storage: SandboxStorage | None = None,
+        egress: Egress | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.storage = storage or SandboxStorage(settings)
+        self.egress = egress or Egress(client, settings)
         self.seeds = ImageSeeds(client, self.storage.seed_dir)
         self._container_ids: dict[str, str] = {}
 
@@ -195,14 +200,22 @@ class DockerDriver:
         return docker.DockerClient.from_env(timeout=_CONTROL_TIMEOUT, max_pool_size=64)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def create(self, sandbox_id: str, tenant_id: str, image: str) -> None:
+    def create(
+        self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy | None = None
+    ) -> None:
         """Make the sandbox's capped storage, seeded with the image's home and /workspace, and
-        start its container, hardened, with that storage on its writable paths.
+        start its container, hardened, with that storage on its writable paths and, with
+        ``internet``, on the host's confined network under its own egress rules (installed
+        before anything of the tenant's runs: the container runs only `sleep` until then).
 
         Raises docker.errors.APIError, StorageError, NoCapacity (the host's disk is promised
-        to other sandboxes); on failure neither container nor storage is left.
+        to other sandboxes), EgressUnavailable (internet asked, the host's rules are not in
+        place); on failure neither container, storage nor rules are left.
         """
         s = self.settings
+        network = network or NetworkPolicy(mode="none")
+        if network.internet:
+            self.egress.require()
         seeds = self.seeds.for_image(self.client.api.inspect_image(image)["Id"])
         binds = self.storage.create(sandbox_id, seeds)
         try:
@@ -220,16 +233,23 @@ class DockerDriver:
                     LABEL_TENANT: tenant_id,
                     LABEL_HOST: s.host_id,
                     LABEL_INSTANCE: s.instance,
+                    LABEL_NETWORK: policy_label(network),
                 },
                 # Mounts, not binds: a missing source is an error rather than a new empty
                 # directory, so a sandbox never silently writes outside its storage.
                 mounts=[
                     docker.types.Mount(target, source, type="bind")
                     for target, source in binds.items()
-                ],
+                ]
+                + self._ca_mounts(),
+                environment=self._ca_env(),
+                **self._network_options(network),
                 **hardening(s),
             )
             self._remember_id(sandbox_id, str(container.id))
+            if network.internet:
+                ip = self.egress.container_ip(str(container.id))
+                self.egress.attach(sandbox_id, ip, network)
         except BaseException:
             logger.warning("sandbox %s: start failed, removing container and storage", sandbox_id)
             try:
@@ -238,6 +258,37 @@ class DockerDriver:
                 logger.exception("sandbox %s: cleanup after a failed start failed", sandbox_id)
             raise
         logger.info("sandbox %s: container started from %s", sandbox_id, image)
+
+    def _network_options(self, network: NetworkPolicy) -> dict[str, Any]:
+        if not network.internet:
+            return {"network_mode": "none"}
+        options: dict[str, Any] = {
+            "network": self.egress.network,
+            # No IPv6 inside: the policy is IPv4 (the host drops the bridge's IPv6 as well).
+            "sysctls": {
+                "net.ipv6.conf.all.disable_ipv6": "1",
+                "net.ipv6.conf.default.disable_ipv6": "1",
+            },
+        }
+        if self.settings.sandbox_dns:
+            options["dns"] = self.egress.dns
+        return options
+
+    def _ca_mounts(self) -> list[docker.types.Mount]:
+        bundle = self.settings.sandbox_ca_bundle
+        if not bundle:
+            return []
+        return [docker.types.Mount(CA_BUNDLE, bundle, type="bind", read_only=True)]
+
+    def _ca_env(self) -> dict[str, str]:
+        # Node.js and some Python clients keep their own CA lists unless told.
+        if not self.settings.sandbox_ca_bundle:
+            return {}
+        return {
+            "NODE_EXTRA_CA_CERTS": CA_BUNDLE,
+            "REQUESTS_CA_BUNDLE": CA_BUNDLE,
+            "SSL_CERT_FILE": CA_BUNDLE,
+        }
 
     def destroy(self, sandbox_id: str, container: str | None = None) -> None:
         """Remove the sandbox's container (by name, or the given id) and then its storage, if
@@ -251,6 +302,7 @@ class DockerDriver:
         """
         self._remove_container(sandbox_id, container)
         self._container_ids.pop(sandbox_id, None)
+        self.egress.detach(sandbox_id)
         self.storage.release(sandbox_id)
 
     def _remove_container(self, sandbox_id: str, container: str | None) -> None:

@@ -20,12 +20,14 @@ def heartbeat_once(ctx: WorkerContext) -> None:
     size, build date, language versions), all from one image listing of the engine."""
     s = ctx.settings
     catalog = template_catalog(ctx.docker, s.image_prefix)
+    egress_error = ctx.egress.check()
     ctx.store.heartbeat(
         s.host_id,
         s.host_capacity,
         [t.name for t in catalog],
         ttl=s.heartbeat_interval * 3,
         catalog=[t.to_json() for t in catalog],
+        egress=egress_error or "ok",
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import docker.errors
 
+from shared.egress import NetworkPolicy
 from shared.errors import BadRequest, SandboxError
 from workers.context import WorkerContext
 from workers.images import available_templates
@@ -19,18 +20,26 @@ from workers.images import available_templates
 logger = logging.getLogger(__name__)
 
 
-def create_sandbox(ctx: WorkerContext, sandbox_id: str, tenant_id: str, template: str) -> dict:
-    """Make the sandbox's storage and start its container.
+def create_sandbox(
+    ctx: WorkerContext,
+    sandbox_id: str,
+    tenant_id: str,
+    template: str,
+    network: dict[str, Any] | None = None,
+) -> dict:
+    """Make the sandbox's storage and start its container, with its network policy (the web
+    validated it; a message without one, from an older web, means no network).
 
     Raises BadRequest for a template this host lacks, NoCapacity when the host's disk cannot
-    hold another sandbox's cap, SandboxError (StorageError included) when it cannot start; the
-    driver has then removed whatever it made.
+    hold another sandbox's cap, EgressUnavailable when internet is asked and this host's rules
+    are not in place, SandboxError (StorageError included) when it cannot start; the driver
+    has then removed whatever it made.
     """
     image = available_templates(ctx.docker, ctx.settings.image_prefix).get(template)
     if image is None:
         raise BadRequest(f"template {template!r} is not available on this host")
     try:
-        ctx.driver.create(sandbox_id, tenant_id, image)
+        ctx.driver.create(sandbox_id, tenant_id, image, NetworkPolicy.from_json(network))
     except docker.errors.APIError as exc:
         logger.error("sandbox %s: create failed: %s", sandbox_id, exc)
         raise SandboxError(f"could not start the sandbox: {exc.explanation or exc}") from exc

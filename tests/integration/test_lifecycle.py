@@ -37,7 +37,10 @@ def test_sandbox_is_hardened(api: Api) -> None:
     assert hc["PidsLimit"] == 512
     assert hc["Memory"] == 1 << 30 and hc["MemorySwap"] == hc["Memory"]
     assert hc["NanoCpus"] == 1_000_000_000
-    assert hc["NetworkMode"] == "none"
+    # The internet by default, on the host's confined network (tests/integration/test_egress.py
+    # shows what it reaches), with IPv6 off.
+    assert hc["NetworkMode"] == f"paddock-{api.stack.instance}-host-a"
+    assert hc["Sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "1"
     # Read-only image; the writable paths are the sandbox's own capped storage, no tmpfs.
     assert hc["ReadonlyRootfs"] is True
     assert not hc.get("Tmpfs") and not hc.get("StorageOpt")
@@ -52,9 +55,8 @@ def test_sandbox_is_hardened(api: Api) -> None:
     assert container.attrs["Config"]["User"] == "user"
     out = api.run(sid, "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status")
     assert stdout_lines(out) == ["1000", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"]
-    # No network interface but loopback.
-    out = api.run(sid, "ls /sys/class/net")
-    assert stdout_lines(out) == ["lo"]
+    out = api.run(sid, "cat /proc/sys/net/ipv6/conf/all/disable_ipv6")
+    assert stdout_lines(out) == ["1"]
     api.req("DELETE", f"/sessions/{sid}")
 
 
@@ -63,7 +65,7 @@ def test_limits_are_configurable(tmp_path: Path) -> None:
         "PADDOCK_SANDBOX_MEMORY": "256m",
         "PADDOCK_SANDBOX_CPUS": "0.5",
         "PADDOCK_SANDBOX_PIDS": "64",
-        "PADDOCK_SANDBOX_NETWORK": "internet",
+        "PADDOCK_SANDBOX_NETWORK": "none",
     }
     with Stack(tmp_path, env=env) as st:
         api = Api(st)
@@ -73,7 +75,7 @@ def test_limits_are_configurable(tmp_path: Path) -> None:
         assert hc["Memory"] == 256 << 20 and hc["MemorySwap"] == 256 << 20
         assert hc["NanoCpus"] == 500_000_000
         assert hc["PidsLimit"] == 64
-        assert hc["NetworkMode"] == "bridge"
+        assert hc["NetworkMode"] == "none"
         # The kernel enforces them on the sandbox's cgroup (v1 or v2 layout).
         out = api.run(
             sid,

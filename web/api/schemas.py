@@ -21,6 +21,10 @@ class CreateSessionBody(Schema):
 
     envID = fields.String(required=True, validate=validate.Length(min=1, max=128))
     apiKey = fields.String(load_default=None)
+    # Paddock's extension (the 2023 clients never send it): the sandbox's network,
+    # {"mode": "internet"|"none", "allow_out": [CIDR...], "deny_out": [CIDR...]}; checked by
+    # shared.egress.parse_network.
+    network = fields.Raw(load_default=None)
 
 
 class StartProcessBody(Schema):

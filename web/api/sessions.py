@@ -15,7 +15,9 @@ bp = Blueprint("sessions", __name__)
 def create_session() -> Response:
     data = validation.body(CreateSessionBody(), "body")
     tenant_id = tenant(body_key=data.get("apiKey"))
-    sb = services().sandboxes.create(tenant_id, data["envID"])
+    svc = services().sandboxes
+    network = svc.network(data.get("network"), "body.network")
+    sb = svc.create(tenant_id, data["envID"], network=network)
     return jsonify(session_json(sb.sandbox_id, []))
 
 

@@ -17,6 +17,7 @@ from workers.agent.conversation import (
     tool_call,
     turn_stop,
 )
+from workers.agent.http import llm_http_client
 
 # Explicit default: with base_url=None the SDK would read ANTHROPIC_BASE_URL from the worker's
 # environment and send tenants' keys wherever that points.
@@ -29,7 +30,7 @@ class AnthropicConversation(Conversation):
     def _start(self) -> None:
         pass  # the system prompt is a request parameter, not a message
 
-    def _request(self, api_key: str, base_url: str | None) -> Turn:
+    def _request(self, api_key: str, base_url: str | None, allowed_hosts: str | None) -> Turn:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
@@ -42,12 +43,16 @@ class AnthropicConversation(Conversation):
                 {"name": t.name, "description": t.description, "input_schema": t.input_schema}
                 for t in self.tools
             ]
-        with anthropic.Anthropic(
-            api_key=api_key,
-            base_url=base_url or ANTHROPIC_DEFAULT_URL,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        ) as client:
+        with (
+            llm_http_client(self.timeout, allowed_hosts) as http,
+            anthropic.Anthropic(
+                api_key=api_key,
+                base_url=base_url or ANTHROPIC_DEFAULT_URL,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+                http_client=http,
+            ) as client,
+        ):
             reply = client.messages.create(**kwargs)
         # The SDK does not validate replies: a wrong base_url can give a web page or other JSON.
         if not isinstance(reply, Message) or not isinstance(reply.content, list):

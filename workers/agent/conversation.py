@@ -81,16 +81,23 @@ class Conversation(ABC):
         self._start()
         self.add_prompt(prompt)
 
-    def step(self, *, api_key: str, base_url: str | None = None) -> Turn:
+    def step(
+        self, *, api_key: str, base_url: str | None = None, allowed_hosts: str | None = None
+    ) -> Turn:
         """Send the history in one LLM request and append the assistant's reply to it.
 
         A new SDK client is made for every call because the key may have been rotated since the
-        last one. ``base_url=None`` is the vendor's public endpoint.
+        last one. ``base_url=None`` is the vendor's public endpoint. Redirects are never
+        followed; the client connects only to addresses that pass `shared.netpolicy`'s rule
+        with ``allowed_hosts`` (PADDOCK_LLM_ALLOWED_HOSTS), or anywhere if it is ``None`` (for
+        a caller whose base_url is trusted; the agent loop always passes it).
 
         Raises:
             LlmError: ``llm_auth_failed`` (401/403 or no key), ``llm_rate_limited`` (429),
                 ``llm_bad_request`` (other 4xx, e.g. an unknown model), ``llm_unavailable`` (5xx,
-                connection refused or reset, an unusable reply), ``llm_timeout``.
+                connection refused or reset, an unusable reply), ``llm_timeout``,
+                ``llm_redirect_refused`` (a 3xx), ``llm_base_url_not_allowed`` (the host
+                resolved to an address the policy refuses).
             ValueError: the tool calls of the previous turn have not been answered.
         """
         if self._pending:
@@ -99,7 +106,7 @@ class Conversation(ABC):
             raise LlmError("llm_auth_failed", f"no {self.vendor} API key was given")
         error: LlmError | None = None
         try:
-            turn = self._request(api_key, base_url)
+            turn = self._request(api_key, base_url, allowed_hosts)
         except SDK_ERRORS as exc:
             error = llm_error(self.vendor, exc, api_key, self.timeout)
         if error is not None:
@@ -178,7 +185,8 @@ class Conversation(ABC):
         """Put what precedes the first prompt into the history."""
 
     @abstractmethod
-    def _request(self, api_key: str, base_url: str | None) -> Turn: ...
+    def _request(self, api_key: str, base_url: str | None, allowed_hosts: str | None) -> Turn:
+        """One request through `workers.agent.http.llm_http_client`."""
 
     @abstractmethod
     def _append_results(self, results: list[ToolResult]) -> None: ...

@@ -9,6 +9,8 @@ import re
 import anthropic
 import openai
 
+from workers.agent.http import AddressRefused
+
 _MAX_MESSAGE = 300
 # Both vendors' keys start with "sk-"; vendors echo them masked or partly ("sk-proj-abc***xyz").
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
@@ -39,9 +41,18 @@ class LlmError(Exception):
 
 
 def llm_error(vendor: str, exc: Exception, api_key: str, timeout: float) -> LlmError:
-    """Turn any SDK exception into an LlmError whose message cannot carry the key."""
+    """Turn any SDK exception into an LlmError whose message cannot carry the key, nor what a
+    redirect pointed at."""
     if isinstance(exc, anthropic.APITimeoutError | openai.APITimeoutError):
         return LlmError("llm_timeout", f"{vendor} did not answer within {timeout:g} s")
+    refused = _address_refused(exc)
+    if refused is not None:
+        # Names the host the tenant gave, never the address it resolved to.
+        text = (
+            f"the {vendor} endpoint {refused.host} resolves to a loopback, private or link-local"
+            " address; an operator can allow it with PADDOCK_LLM_ALLOWED_HOSTS"
+        )
+        return LlmError("llm_base_url_not_allowed", _scrub(text, api_key))
     if isinstance(exc, anthropic.APIConnectionError | openai.APIConnectionError):
         cause = exc.__cause__ or exc
         where = exc.request.url.copy_with(query=None)
@@ -51,6 +62,13 @@ def llm_error(vendor: str, exc: Exception, api_key: str, timeout: float) -> LlmE
         text = f"{vendor} sent an unusable reply: {exc}"
         return LlmError("llm_unavailable", _scrub(text, api_key))
     status = exc.status_code
+    if 300 <= status < 400:
+        # Neither the Location (the internal address a tenant may be probing) nor the body.
+        text = (
+            f"the {vendor} endpoint answered with a redirect (HTTP {status}), which is not"
+            " followed; set base_url to the API's own address"
+        )
+        return LlmError("llm_redirect_refused", text, status=status)
     detail = _scrub(_vendor_message(exc.body) or exc.response.reason_phrase, api_key)
     if status in (401, 403):
         code, what = "llm_auth_failed", "refused the API key"
@@ -69,6 +87,19 @@ def llm_error(vendor: str, exc: Exception, api_key: str, timeout: float) -> LlmE
     return LlmError(
         code, f"{vendor} {what} (HTTP {status}): {detail}", status=status, retry_after=retry_after
     )
+
+
+def _address_refused(exc: BaseException) -> AddressRefused | None:
+    # The SDKs wrap what the transport raised (AddressRefused -> httpx2.ConnectError ->
+    # APIConnectionError), each with the one before as __cause__.
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, AddressRefused):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
 
 
 def _vendor_message(body: object) -> str:

@@ -24,6 +24,7 @@ from workers.agent.conversation import (
     tool_call,
     turn_stop,
 )
+from workers.agent.http import llm_http_client
 
 # Explicit default: with base_url=None the SDK would read OPENAI_BASE_URL from the worker's
 # environment and send tenants' keys wherever that points.
@@ -37,7 +38,7 @@ class OpenAIConversation(Conversation):
         if self.system:
             self.messages.append({"role": "system", "content": self.system})
 
-    def _request(self, api_key: str, base_url: str | None) -> Turn:
+    def _request(self, api_key: str, base_url: str | None, allowed_hosts: str | None) -> Turn:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": self.messages,
@@ -56,12 +57,16 @@ class OpenAIConversation(Conversation):
                 }
                 for t in self.tools
             ]
-        with openai.OpenAI(
-            api_key=api_key,
-            base_url=base_url or OPENAI_DEFAULT_URL,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        ) as client:
+        with (
+            llm_http_client(self.timeout, allowed_hosts) as http,
+            openai.OpenAI(
+                api_key=api_key,
+                base_url=base_url or OPENAI_DEFAULT_URL,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+                http_client=http,
+            ) as client,
+        ):
             completion = client.chat.completions.create(**kwargs)
         # The SDK does not validate replies: a wrong base_url can give a web page or other JSON.
         choices = completion.choices if isinstance(completion, ChatCompletion) else None

@@ -336,9 +336,10 @@ class TaskRun:
             if not key:
                 raise LlmError("llm_key_missing", "No LLM_API_KEY in the session's secret bundles")
             base_url = llm.get("base_url") or values.get("LLM_BASE_URL") or None
+            allowed = self.ctx.settings.llm_allowed_hosts
             if base_url:
-                check_base_url(base_url, self.ctx.settings.llm_allowed_hosts)
-            turn = conv.step(api_key=key, base_url=base_url)
+                check_base_url(base_url, allowed)  # the clear error; the client checks again
+            turn = conv.step(api_key=key, base_url=base_url, allowed_hosts=allowed)
             for text in turn.texts:
                 if text.strip():
                     self.emit("message", text=text)

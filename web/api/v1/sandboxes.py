@@ -24,6 +24,7 @@ def _json(sb: Sandbox) -> dict:
         "last_active_at": iso(last),
         "expires_at": iso(expires),
         "metadata": {},
+        "network": sb.network.to_json(),
     }
 
 

@@ -137,6 +137,12 @@ class SecretList(Schema):
     secrets = fields.List(fields.Nested(SecretInfo))
 
 
+class NetworkInfo(Schema):
+    mode = fields.String(metadata={"enum": ["internet", "none"]})
+    allow_out = fields.List(fields.String())
+    deny_out = fields.List(fields.String())
+
+
 class SandboxInfo(Schema):
     sandbox_id = fields.String()
     template = fields.String()
@@ -146,6 +152,7 @@ class SandboxInfo(Schema):
     last_active_at = fields.String(metadata={"format": "date-time"})
     expires_at = fields.String(metadata={"format": "date-time"})
     metadata = fields.Dict()
+    network = fields.Nested(NetworkInfo)
 
 
 class SandboxList(Schema):
@@ -198,6 +205,36 @@ class LlmSpec(Strict):
     base_url = fields.Url(load_default=None, require_tld=False, schemes={"http", "https"})
 
 
+class NetworkSpec(Strict):
+    mode = fields.String(
+        validate=validate.OneOf(["internet", "none"]),
+        metadata={
+            "description": "internet: outbound internet through the host's egress policy "
+            "(never private ranges, the host or other sandboxes); none: no network. Default: "
+            "PADDOCK_SANDBOX_NETWORK"
+        },
+    )
+    allow_out = fields.List(
+        fields.String(),
+        validate=validate.Length(max=64),
+        metadata={
+            "description": "IPv4 CIDRs this sandbox may reach even if deny_out covers them "
+            "(allowing wins); private ranges only where the operator permits "
+            "(PADDOCK_EGRESS_PRIVATE_ALLOWED)",
+            "example": ["203.0.113.0/24"],
+        },
+    )
+    deny_out = fields.List(
+        fields.String(),
+        validate=validate.Length(max=64),
+        metadata={
+            "description": "IPv4 CIDRs this sandbox may not reach; 0.0.0.0/0 with allow_out "
+            "makes an allow-list",
+            "example": ["0.0.0.0/0"],
+        },
+    )
+
+
 class CreateSessionRequest(Strict):
     agent = fields.Nested(AgentSpec, required=True)
     template = fields.String(load_default="standard", validate=validate.Length(min=1, max=128))
@@ -216,6 +253,7 @@ class CreateSessionRequest(Strict):
     )
     user_id = fields.String(load_default="", validate=validate.Length(max=128))
     ttl_seconds = fields.Integer(load_default=None, validate=validate.Range(min=60, max=7200))
+    network = fields.Nested(NetworkSpec, load_default=None)
 
 
 class SessionCreated(Schema):
