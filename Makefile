@@ -5,10 +5,25 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: up test lint bench images bootstrap worker control web flower unit integration clean \
-	rotate-secrets
+	rotate-secrets install-service
 
 up: bootstrap images            ## install what is missing, build images, run everything
 	@bash scripts/up.sh
+
+# systemd instead of `make up`: the units in deploy/systemd/ (paths filled in for this checkout)
+# into /etc/systemd/system, enabled and started as paddock.target. Settings (PADDOCK_AUTH,
+# PADDOCK_REDIS_URL, PADDOCK_PORT, ...) go in /etc/paddock/paddock.env.
+SYSTEMD_DIR ?= /etc/systemd/system
+install-service: bootstrap images   ## run Paddock as systemd services (paddock.target)
+	@command -v systemctl >/dev/null || { echo "install-service: no systemctl here" >&2; exit 1; }
+	@bash scripts/up.sh --secrets-only
+	@for unit in deploy/systemd/*; do \
+		sed 's|@ROOT@|$(CURDIR)|g' "$$unit" >"$(SYSTEMD_DIR)/$$(basename "$$unit")" || exit 1; \
+		echo "install-service: $(SYSTEMD_DIR)/$$(basename "$$unit")"; \
+	done
+	systemctl daemon-reload
+	systemctl enable --now paddock.target
+	@echo "install-service: running; systemctl status 'paddock-*'; journalctl -u paddock-web -f"
 
 test: bootstrap images lint     ## the whole test suite against real Redis and Docker
 	$(PY) -m pytest -ra -p no:cacheprovider tests

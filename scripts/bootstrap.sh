@@ -125,15 +125,29 @@ docker_ok() {
     timeout 5 docker info >/dev/null 2>&1
 }
 
-# Scans /proc rather than using pgrep, which a minimal machine may not have (procps).
+# The engine behind the default socket is the one whose pid is in its pid file: dockerd writes it
+# first thing and removes it last, so this also sees one that is starting or stopping (and not a
+# second engine with a pid file of its own). /proc, not pgrep: a minimal machine may lack procps.
+DOCKERD_PIDFILE=/var/run/docker.pid
 dockerd_alive() {
-    local comm
-    for comm in /proc/[0-9]*/comm; do
-        if [[ "$(cat "$comm" 2>/dev/null || true)" == "dockerd" ]]; then
-            return 0
-        fi
-    done
-    return 1
+    local pid
+    pid="$(cat "$DOCKERD_PIDFILE" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ && "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == "dockerd" ]]
+}
+
+# live-restore keeps containers running while the engine restarts, so a dockerd restart does not
+# kill every sandbox. Given as a flag, unless the engine's config file sets it (dockerd refuses
+# an option given both ways; the operator's value wins).
+DOCKERD_CONFIG=/etc/docker/daemon.json
+dockerd_args=()
+if ! grep -qs '"live-restore"' "$DOCKERD_CONFIG"; then
+    dockerd_args+=(--live-restore)
+fi
+live_restore_note() {  # an engine someone else started keeps its settings; say what it lacks
+    if [[ "$(timeout 5 docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" == "false" ]]; then
+        say "docker: live-restore is off: sandboxes die when the engine restarts" \
+            "(a dockerd bootstrap starts has it; else set \"live-restore\": true in $DOCKERD_CONFIG)"
+    fi
 }
 
 forget_stale_pid dockerd dockerd
@@ -143,26 +157,30 @@ if docker_ok; then
     else
         say "docker: running"
     fi
+    live_restore_note
 else
-    # A pid file left by a dockerd that died makes a new dockerd refuse to start; only remove it
-    # when no dockerd is alive, so a slow-starting engine is never clobbered.
-    if [[ -f /var/run/docker.pid ]] && ! dockerd_alive; then
-        rm -f /var/run/docker.pid
-    fi
-    if dockerd_alive; then
-        say "docker: dockerd is alive but not answering yet, waiting"
-        started_pid=""
-    else
-        private_log "$LOG_DIR/dockerd.log"
-        nohup setsid dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
-        started_pid=$!
-    fi
-    for _ in $(seq 1 60); do
+    # A dockerd that is alive but does not answer is starting or stopping, and from outside the
+    # two look alike: wait until it answers (a starting one) or exits (a stopping one, which can
+    # take a while: it stops containers first), and start ours only once none is left. The pid
+    # file a dead dockerd leaves behind makes a new one refuse to start: removed only then.
+    started_pid=""
+    waited=0
+    deadline=$((SECONDS + 90))
+    while [[ $SECONDS -lt $deadline ]]; do
         if docker_ok; then
             break
         fi
-        if [[ -n "$started_pid" ]] && ! kill -0 "$started_pid" 2>/dev/null; then
-            break
+        if [[ -n "$started_pid" ]]; then
+            kill -0 "$started_pid" 2>/dev/null || break
+        elif ! dockerd_alive; then
+            rm -f "$DOCKERD_PIDFILE"
+            private_log "$LOG_DIR/dockerd.log"
+            nohup setsid dockerd "${dockerd_args[@]}" >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+            started_pid=$!
+            continue
+        elif [[ "$waited" -eq 0 ]]; then
+            say "docker: a dockerd is alive but not answering (starting or stopping), waiting"
+            waited=1
         fi
         sleep 1
     done
@@ -176,6 +194,7 @@ else
         say "docker: running (started by us, pid $started_pid)"
     else
         say "docker: running"
+        live_restore_note
     fi
 fi
 

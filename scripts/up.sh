@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Run the whole stack in the foreground (called by `make up` after bootstrap and images).
-# Ctrl-C stops everything this script started — and the Docker engine and Redis only if
-# bootstrap started them (their pid files in .paddock/run) — and nothing else.
+# Run the whole stack in the foreground (called by `make up` after bootstrap and images), under
+# supervisord: a component that dies is restarted, and nothing else is touched.
+# Ctrl-C (or SIGTERM) stops everything this script started — and the Docker engine and Redis
+# only if bootstrap started them (their pid files in .paddock/run) — and nothing else.
+# `scripts/up.sh --secrets-only` makes the secrets file and exits (for the systemd units).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -45,6 +47,11 @@ PY
     )
 fi
 chmod 600 "$SECRETS"
+# `make install-service` only needs the secrets file the systemd units read.
+if [[ "${1:-}" == "--secrets-only" ]]; then
+    echo "up: secrets in $SECRETS"
+    exit 0
+fi
 while read -r line; do
     key=${line%%=*}
     # (not `IFS== read key value`: read drops a trailing "=", and Fernet keys end with one)
@@ -68,17 +75,107 @@ if [[ -z "${PADDOCK_SANDBOX_CA_BUNDLE:-}" && -r /etc/ssl/certs/ca-certificates.c
     export PADDOCK_SANDBOX_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 fi
 
-pids=()
-start() {  # start NAME CMD...: run in the background, log to .paddock/log/NAME.log (0600)
+# --- the supervisor ------------------------------------------------------------------------------
+# supervisord (from the venv) runs the components: one that dies is logged and started again,
+# at once and then with a growing back-off (1 s, 2 s, 3 s, ...) while it keeps failing within
+# STARTSECS; Redis and dockerd are not its programs, so nothing a component does stops them.
+# Its files live in a private dir: the config, its pid, its control socket and Flower's login.
+SUP="$DATA/supervisor"
+mkdir -p "$SUP"
+chmod 700 "$SUP"
+CONF="$SUP/supervisord.conf"
+SOCK="$SUP/supervisor.sock"
+USER_UMASK="$(umask)"
+
+ini() {  # a value for the config: supervisord expands %(...)s, so a literal % is doubled
+    local v=$1
+    printf '%s' "${v//%/%%}"
+}
+cmd() {  # a command line for the config: each word quoted for supervisord's shlex split
+    local out="" w
+    for w in "$@"; do out+="$(ini "$(printf '%q' "$w")") "; done
+    printf '%s' "${out% }"
+}
+program() {  # program NAME CMD...: a supervised component logging to .paddock/log/NAME.log
     local name=$1; shift
     (umask 077 && : >>"$LOG/$name.log")
     chmod 600 "$LOG/$name.log"
-    # Each in its own process group (setsid), so stopping it reaches its children too
-    # (gunicorn's workers, Celery's pool); the trap below does the stopping.
-    setsid "$@" >>"$LOG/$name.log" 2>&1 &
-    pids+=($!)
-    echo "up: $name started (pid $!, log $LOG/$name.log)"
+    cat <<INI
+
+[program:$name]
+command=$(cmd "$@")
+directory=$(ini "$ROOT")
+umask=$USER_UMASK
+autostart=true
+autorestart=true
+startsecs=5
+startretries=100
+stopsignal=TERM
+stopwaitsecs=15
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile=$(ini "$LOG/$name.log")
+stdout_logfile_maxbytes=100MB
+stdout_logfile_backups=3
+INI
 }
+
+# Flower's login reaches Flower alone, through its environment (FLOWER_BASIC_AUTH), never an
+# argv that `ps` shows: a private file its launcher reads (the secrets file is no more private).
+FLOWER_AUTH="$SUP/flower.auth"
+(umask 077 && printf '%s:%s\n' "${PADDOCK_FLOWER_USER:-paddock}" "$PADDOCK_FLOWER_PASSWORD" \
+    >"$FLOWER_AUTH")
+WORKER="worker-$PADDOCK_HOST_ID"
+NAMES=("$WORKER" control flower web)
+(umask 077 && : >"$CONF")
+chmod 600 "$CONF"
+(
+    umask 077
+    # The socket path must fit a sockaddr_un (108 bytes); a deeper data dir goes without
+    # `supervisorctl`, which is a convenience.
+    if [[ ${#SOCK} -lt 100 ]]; then
+        printf '[unix_http_server]\nfile=%s\nchmod=0700\n\n' "$(ini "$SOCK")"
+        printf '[supervisorctl]\nserverurl=unix://%s\n\n' "$(ini "$SOCK")"
+        printf '[rpcinterface:supervisor]\n'
+        printf 'supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n'
+    fi
+    cat <<INI
+[supervisord]
+nodaemon=true
+logfile=$(ini "$LOG/supervisord.log")
+logfile_maxbytes=50MB
+logfile_backups=3
+pidfile=$(ini "$SUP/supervisord.pid")
+childlogdir=$(ini "$LOG")
+directory=$(ini "$ROOT")
+minfds=$(ulimit -n)
+INI
+    program "$WORKER" "$BIN/python" -m workers host
+    program control "$BIN/python" -m workers control
+    # shared.broker is `celery` with Paddock's app (Redis password, TLS options from the env).
+    program flower /bin/bash -c \
+        'IFS= read -r FLOWER_BASIC_AUTH <"$0" && export FLOWER_BASIC_AUTH && exec "$@"' \
+        "$FLOWER_AUTH" "$BIN/python" -m shared.broker flower --port="$FLOWER_PORT" \
+        --address=127.0.0.1
+    # gevent workers (web/gunicorn_conf.py): a waiting client costs a greenlet, not a thread.
+    program web "$BIN/gunicorn" -c python:web.gunicorn_conf --bind "$BIND:$PORT" \
+        'web.app:create_app()'
+    # A component killed from outside leaves its children (the control worker's `celery beat`):
+    # this listener kills the rest of its process group before it runs twice.
+    (umask 077 && : >>"$LOG/reap-group.log")
+    cat <<INI
+
+[eventlistener:reap-group]
+command=$(cmd /bin/bash "$ROOT/deploy/supervisor/reap-group.sh")
+events=PROCESS_STATE_EXITED
+autorestart=true
+stdout_logfile=NONE
+stderr_logfile=$(ini "$LOG/reap-group.log")
+stderr_logfile_maxbytes=10MB
+stderr_logfile_backups=1
+INI
+) >"$CONF"
 
 stopping=0
 stop_all() {
@@ -86,11 +183,14 @@ stop_all() {
     stopping=1
     echo
     echo "up: stopping..."
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 1 150); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    # supervisord stops each component's whole process group (TERM, then KILL after 15 s).
+    if kill -0 "$sup" 2>/dev/null; then
+        kill -TERM "$sup" 2>/dev/null || true
+        for _ in $(seq 1 700); do kill -0 "$sup" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$sup" 2>/dev/null || true
+    fi
+    wait "$sup" 2>/dev/null || true
+    rm -f "$FLOWER_AUTH"
     for svc in redis dockerd; do
         if [[ -f "$RUN/$svc.pid" ]]; then
             pid=$(cat "$RUN/$svc.pid")
@@ -104,17 +204,18 @@ stop_all() {
     done
     echo "up: stopped"
 }
+
+# Made with umask 077, so supervisord's own files (log, pid, socket, rotated logs) are private;
+# each component gets the user's umask back (umask= above: sandbox files stay usable by uid 1000).
+umask 077
+"$BIN/supervisord" -c "$CONF" </dev/null &
+sup=$!
+umask "$USER_UMASK"
 trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
-
-start worker-"$PADDOCK_HOST_ID" "$BIN/python" -m workers host
-start control "$BIN/python" -m workers control
-# The login goes in Flower's environment (FLOWER_BASIC_AUTH), not its argv, which `ps` shows;
-# so does the Redis URL: shared.broker is `celery` with Paddock's app (password, TLS options).
-FLOWER_BASIC_AUTH="${PADDOCK_FLOWER_USER:-paddock}:$PADDOCK_FLOWER_PASSWORD" \
-    start flower "$BIN/python" -m shared.broker flower --port="$FLOWER_PORT" --address=127.0.0.1
-# gevent workers (web/gunicorn_conf.py): a waiting client costs a greenlet, not a thread.
-start web "$BIN/gunicorn" -c python:web.gunicorn_conf --bind "$BIND:$PORT" 'web.app:create_app()'
+for name in "${NAMES[@]}"; do
+    echo "up: $name under supervisord (log $LOG/$name.log)"
+done
 
 for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
@@ -144,14 +245,11 @@ Try it:
   curl -s -X POST 'http://localhost:$PORT/sessions/<id>/processes?wait=true' \\
        -H 'Content-Type: application/json' -d '{"cmd": "echo 22", "rootdir": "/"}'
 
+Components restart when they die (supervisord; log $LOG/supervisord.log$( [[ ${#SOCK} -lt 100 ]] && printf '%s' "; $BIN/supervisorctl -c $CONF status" )).
 Logs in $LOG/. Press Ctrl-C to stop.
 MSG
 
-# Stop everything as soon as any component stops (Ctrl-C reaches them too, so after a Ctrl-C
-# this names the first one that finished shutting down).
-declare -A names=()
-i=0
-for n in "worker-$PADDOCK_HOST_ID" control flower web; do names[${pids[$i]}]=$n; i=$((i + 1)); done
-exited=""
-wait -n -p exited "${pids[@]}" || true
-echo "up: ${names[$exited]:-a component} stopped (log: $LOG/${names[$exited]:-}.log)"
+# supervisord runs until Ctrl-C/SIGTERM (the traps above); should it die itself, the EXIT trap
+# still stops what bootstrap started.
+wait "$sup" || true
+echo "up: supervisord exited (log: $LOG/supervisord.log)"

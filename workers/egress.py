@@ -218,7 +218,7 @@ class Egress:
                 del self._attached[other]
             self._attached[sandbox_id] = Attached(ip, policy)
             try:
-                self._apply(gone=replaced, full=False)
+                self._apply(gone=replaced, full=False, rewrite=[sandbox_id])
             except FirewallError as exc:
                 del self._attached[sandbox_id]
                 self._fail(f"could not install a sandbox's rules: {exc}")
@@ -280,11 +280,14 @@ class Egress:
     def _chain(self, sandbox_id: str) -> str:
         return self.prefix + "S" + hashlib.sha1(sandbox_id.encode()).hexdigest()[:12]
 
-    def ruleset(self) -> str:
-        """Our chains, whole, in iptables-restore's format (applied with --noflush: a chain
-        declared here is emptied and refilled; nobody else's rules are touched)."""
+    def ruleset(self, rewrite: Iterable[str] | None = None) -> str:
+        """Our chains in iptables-restore's format (applied with --noflush: a chain declared
+        here is emptied and refilled; nobody else's rules are touched). The shared chains
+        always; of the sandboxes' own chains those of ``rewrite`` (None: all) — the others
+        are left as they are, so a create costs the same with 1 or 32 sandboxes."""
         assert self.subnet is not None
-        chains = [self.fwd, self.inp] + [self._chain(s) for s in sorted(self._attached)]
+        redo = sorted(self._attached if rewrite is None else set(rewrite) & set(self._attached))
+        chains = [self.fwd, self.inp] + [self._chain(s) for s in redo]
         lines = ["*filter"] + [f":{c} - [0:0]" for c in chains]
         f = f"-A {self.fwd}"
         # ACCEPT, not RETURN: Docker's isolation between its networks would drop the rest of
@@ -300,6 +303,8 @@ class Egress:
         for sandbox_id, a in sorted(self._attached.items()):
             chain = self._chain(sandbox_id)
             lines.append(f"{f} -s {a.ip}/32 -j {chain}")
+            if sandbox_id not in redo:
+                continue
             if not a.policy.internet:  # an unreadable policy (from_json): nothing at all
                 lines.append(f"-A {chain} {' '.join(_REJECT)}")
                 continue
@@ -318,13 +323,16 @@ class Egress:
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
-    def _apply(self, gone: Iterable[str] = (), full: bool = True) -> None:
-        """Rewrite our chains; ``full`` also (re)hooks them into the system's chains and
-        drops every stale sandbox chain, else only the chains of the ``gone`` sandboxes."""
-        _run(["iptables-restore", "--noflush"], self.ruleset())
+    def _apply(
+        self, gone: Iterable[str] = (), full: bool = True, rewrite: Iterable[str] = ()
+    ) -> None:
+        """Rewrite our chains: ``full``, all of them, (re)hooked into the system's chains,
+        and every stale sandbox chain dropped; else the shared ones and the ``rewrite``
+        sandboxes' own, and the ``gone`` sandboxes' chains dropped."""
+        _run(["iptables-restore", "--noflush"], self.ruleset(None if full else rewrite))
         if full:
             for tool, parent, rule in self._hooks():
-                if not _ok([tool, "-w", "5", "-C", parent, *rule]):
+                if tool == "iptables" and not _ok([tool, "-w", "5", "-C", parent, *rule]):
                     _run([tool, "-w", "5", "-I", parent, "1", *rule])
             self._ipv6_closed()
             keep = {self._chain(s) for s in self._attached}

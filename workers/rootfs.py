@@ -176,10 +176,12 @@ def _import(client: docker.DockerClient, rootfs: Path, repo: str, h: str) -> Any
     Raises ImageBuildError when tar or the import fails.
     """
     changes = [*BASE_CHANGES, f"LABEL {HASH_LABEL}={h}"]
+    # debootstrap or configure.sh can leave /proc (or /sys, /dev/pts) mounted in the root: tar
+    # would read the host's live files (and fail on them), so detach them first.
+    _unmount_under(rootfs)
     with tempfile.TemporaryFile() as tar_err:
-        # --numeric-owner: the rootfs's /etc/passwd, not the host's, gives uids their names.
         tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
+            tar_command(rootfs),
             stdout=subprocess.PIPE,
             stderr=tar_err,
             stdin=subprocess.DEVNULL,
@@ -219,6 +221,30 @@ def _import(client: docker.DockerClient, rootfs: Path, repo: str, h: str) -> Any
     return image
 
 
+# Filled by the engine in every container (procfs, sysfs, a tmpfs /dev): the image keeps the
+# empty directories and none of what a build left in them.
+RUNTIME_DIRS = ("proc", "sys", "dev")
+
+
+def tar_command(rootfs: Path) -> list[str]:
+    """``tar`` writing ``rootfs`` to stdout, without the contents of :data:`RUNTIME_DIRS` and
+    without anything on another file system (a mount that survived :func:`_unmount_under`)."""
+    # --numeric-owner: the rootfs's /etc/passwd, not the host's, gives uids their names.
+    # --anchored: "./proc/*" is the top-level /proc only, never e.g. ./usr/lib/x/proc.
+    excludes = [f"--exclude=./{d}/*" for d in RUNTIME_DIRS]
+    return [
+        "tar",
+        "--numeric-owner",
+        "--one-file-system",
+        "--anchored",
+        *excludes,
+        "-C",
+        str(rootfs),
+        "-c",
+        ".",
+    ]
+
+
 def _import_error(reply: Any) -> str | None:
     """The error of an import reply (a stream of JSON objects as text), if it has one."""
     for line in str(reply or "").splitlines():
@@ -238,6 +264,18 @@ def _remove_tree(path: Path) -> None:
     those mounts would be disastrous, hence the unmount and ``--one-file-system``.
     """
     resolved = str(path.resolve())
+    _unmount_under(path)
+    result = subprocess.run(
+        ["rm", "-rf", "--one-file-system", resolved], check=False, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        logger.warning("could not remove %s: %s", resolved, result.stderr.strip())
+
+
+def _unmount_under(path: Path) -> None:
+    """Lazily unmount every mount at or below ``path``, deepest first (best effort: what stays
+    mounted is skipped by ``tar --one-file-system`` and ``rm --one-file-system``)."""
+    resolved = str(path.resolve())
     mounts: list[str] = []
     try:
         with open("/proc/self/mounts") as f:
@@ -248,9 +286,6 @@ def _remove_tree(path: Path) -> None:
     except OSError:
         pass
     for point in sorted(mounts, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    result = subprocess.run(
-        ["rm", "-rf", "--one-file-system", resolved], check=False, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        logger.warning("could not remove %s: %s", resolved, result.stderr.strip())
+        result = subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+        if result.returncode != 0:
+            logger.warning("could not unmount %s: %s", point, result.stderr.decode().strip())

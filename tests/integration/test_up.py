@@ -1,6 +1,8 @@
 """`make up`'s runtime half (scripts/up.sh) for real: it starts every component, the README's
 two curls answer as the seed shows, login works with the secrets it generated, Flower asks for
-the login it generated, logs are private, and Ctrl-C stops what it started and nothing else.
+the login it generated, logs are private, a component killed with -9 is restarted by the
+supervisor without touching Redis or dockerd, and Ctrl-C / SIGTERM stop what it started and
+nothing else.
 (`make test` itself runs the install and image half.)"""
 
 from __future__ import annotations
@@ -50,12 +52,20 @@ def _private(path: Path) -> bool:
     return stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path) -> None:
+def test_up_runs_the_stack_restarts_a_dead_worker_and_ctrl_c_stops_only_what_it_started(
+    tmp_path: Path,
+) -> None:
     redis_port, port, flower = free_port(), free_port(), free_port()
     rds = subprocess.Popen(
         redis_argv(redis_port, tmp_path),
         stdout=subprocess.DEVNULL,
     )
+    # A Redis "bootstrap started" (its pid file in the run dir): Ctrl-C stops it, a dead
+    # component does not. The stack's own Redis above is someone else's: never stopped.
+    (tmp_path / "boot").mkdir()
+    booted = subprocess.Popen(redis_argv(free_port(), tmp_path / "boot"), stdout=subprocess.DEVNULL)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "redis.pid").write_text(f"{booted.pid}\n")
     instance = "up" + secrets.token_hex(3)
     env = _up_env(tmp_path, redis_port, port, flower, instance)
     up = subprocess.Popen(
@@ -121,10 +131,42 @@ def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path)
             url + "/v1/auth/verify-otp", json={"email": "up@example.com", "code": code}, timeout=10
         )
         assert r.status_code == 200
+        # kill -9 of the host worker: the supervisor starts a new one, which heartbeats again;
+        # Redis, dockerd and the other components keep their pids.
+        dockerd = _dockerd_pid()
+        others = {
+            p: _cmdline(p) for p in _processes_of(instance) if "workers host" not in _cmdline(p)
+        }
+        (old,) = [p for p in _processes_of(instance) if "-m workers host" in _cmdline(p)]
+        r = redis.Redis(port=redis_port)
+        os.kill(old, signal.SIGKILL)
+        r.delete(f"pdk:host:uphost-{instance}")  # only the new worker can bring it back
+        new: list[int] = []
+        while time.monotonic() < deadline + 60:
+            new = [p for p in _processes_of(instance) if "-m workers host" in _cmdline(p)]
+            if new and new != [old] and r.exists(f"pdk:host:uphost-{instance}"):
+                break
+            time.sleep(0.3)
+        assert new and old not in new and r.exists(f"pdk:host:uphost-{instance}")
+        assert up.poll() is None and rds.poll() is None and booted.poll() is None
+        assert _dockerd_pid() == dockerd
+        assert {p: _cmdline(p) for p in others} == others  # none of them was restarted
+        out = requests.post(
+            f"{url}/sessions/{sid}/processes?wait=true",
+            json={"cmd": "echo back", "rootdir": "/"},
+            timeout=60,
+        ).json()
+        assert [o["line"] for o in out["stdout"]] == ["back"]
         # Ctrl-C (SIGINT to the foreground process group).
         os.killpg(up.pid, signal.SIGINT)
-        output, _ = up.communicate(timeout=60)
+        output, _ = up.communicate(timeout=90)
         assert "up: stopped" in output
+        # The death and the restart are in the supervisor's log (printed and kept).
+        assert f"exited: worker-uphost-{instance} (terminated by SIGKILL" in output
+        supervisord_log = (tmp_path / "data" / "log" / "supervisord.log").read_text()
+        assert f"spawned: 'worker-uphost-{instance}'" in supervisord_log
+        assert booted.wait(30) == 0  # bootstrap's Redis: stopped
+        assert _dockerd_pid() == dockerd
         # The banner says where Flower's login is, never the password itself.
         assert str(secrets_file) in output and login[1] not in output
         assert _processes_of(instance) == []
@@ -134,6 +176,7 @@ def test_up_runs_the_stack_and_ctrl_c_stops_only_what_it_started(tmp_path: Path)
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
         rds.terminate()
+        booted.kill()
         client = docker.from_env()
         for c in client.containers.list(
             all=True, filters={"label": f"paddock.instance={instance}"}
@@ -189,11 +232,12 @@ def test_up_adds_a_flower_login_to_an_older_secrets_file_and_hides_old_logs(
                 ).status_code
             time.sleep(0.3)
         assert status == 200
+        # SIGTERM (a service manager, `kill`) stops it like Ctrl-C does.
+        os.killpg(up.pid, signal.SIGTERM)
+        assert up.wait(90) == 0
+        assert _processes_of(instance) == []
     finally:
-        os.killpg(up.pid, signal.SIGINT)
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
+        if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
         rds.terminate()
 
@@ -212,3 +256,15 @@ def _processes_of(instance: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _dockerd_pid() -> int:
+    """The engine's pid (the one behind the default socket; a test must not change it)."""
+    return int(Path("/var/run/docker.pid").read_text())
