@@ -51,7 +51,7 @@ bootstrap:
 worker:                         ## only this host's worker (PADDOCK_HOST_ID)
 	$(PY) -m workers host
 
-control:                        ## only the control worker with beat
+control:                        ## only the control worker (scheduler thread inside)
 	$(PY) -m workers control
 
 web:                            ## only the web API (gevent workers: web/gunicorn_conf.py)

@@ -161,7 +161,7 @@ INI
     # gevent workers (web/gunicorn_conf.py): a waiting client costs a greenlet, not a thread.
     program web "$BIN/gunicorn" -c python:web.gunicorn_conf --bind "$BIND:$PORT" \
         'web.app:create_app()'
-    # A component killed from outside leaves its children (the control worker's `celery beat`):
+    # A component killed from outside leaves its children (gunicorn's workers, say):
     # this listener kills the rest of its process group before it runs twice.
     (umask 077 && : >>"$LOG/reap-group.log")
     cat <<INI

@@ -85,6 +85,15 @@ class EgressUnavailable(PaddockError):
     message = "This host cannot give sandboxes the internet"
 
 
+class EngineUnavailable(PaddockError):
+    """The host's container engine does not answer (dockerd stopped or restarting): retry
+    shortly."""
+
+    status = 503
+    code = "engine_unavailable"
+    message = "The sandbox host's container engine is not answering; retry shortly"
+
+
 class WorkerTimeout(PaddockError):
     status = 504
     code = "worker_timeout"
@@ -147,6 +156,15 @@ class SandboxGone(SandboxError):
     status = 404
     code = "session_not_found"
     message = "Session not found"
+
+
+class SandboxPaused(SandboxError):
+    """The sandbox's container is paused (frozen, e.g. `docker pause` by an operator): nothing
+    runs in it until it is unpaused. Not lost: it keeps its state."""
+
+    status = 409
+    code = "sandbox_paused"
+    message = "The sandbox is paused; nothing can run in it until it is unpaused"
 
 
 _BY_CODE: dict[str, type[PaddockError]] = {}

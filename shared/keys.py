@@ -200,3 +200,15 @@ def session_output_bytes(session_id: str) -> str:
 def tenant_stream_bytes(tenant_id: str, hour: int) -> str:
     """Counter: bytes of agent-session output a tenant streamed in one hour (expires)."""
     return f"{PREFIX}:tenant:{tenant_id}:streambytes:{hour}"
+
+
+def tick(name: str, slot: int) -> str:
+    """String (expires): which control worker claimed tick ``slot`` of periodic task ``name``
+    (SET NX: one claim per tick across every control worker)."""
+    return f"{PREFIX}:tick:{name}:{slot}"
+
+
+def ticks() -> str:
+    """Hash: per periodic task, how many ticks ran (``<name>``) and when the last did
+    (``<name>:at``)."""
+    return f"{PREFIX}:ticks"

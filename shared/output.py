@@ -22,6 +22,7 @@ import redis
 
 from shared import keys
 from shared.errors import QuotaExceeded
+from shared.redisconn import REDIS_DOWN
 from shared.redisio import read_hash, read_set, text
 from shared.store import QUOTA_RETRY_AFTER
 
@@ -58,11 +59,17 @@ return 1
 
 # Append one chunk if the sandbox's and the tenant's budgets have room for all of it.
 # KEYS: output stream, process hash, sandbox counter, tenant counter
-# ARGV: bytes, sandbox cap, tenant cap, then (kind, text, ts) per entry
-# Returns {1, room left} when stored (or dropped because the process was forgotten meanwhile),
+# ARGV: bytes, sandbox cap, tenant cap, seq, then (kind, text, ts) per entry
+# Returns {1, room left} when stored (or dropped because the process was forgotten meanwhile,
+# or already stored: a write carries the writer's next seq (0: none), and one whose seq is not
+# past the last stored one was stored before its reply was lost, so a retry never doubles it),
 # {0, room, which budget} when it does not fit (nothing stored).
 _APPEND = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return {1, 0} end
+local seq = tonumber(ARGV[4])
+if seq > 0 then
+  if tonumber(redis.call('HGET', KEYS[2], 'wseq') or '0') >= seq then return {1, 0} end
+end
 local n = tonumber(ARGV[1])
 local sroom = tonumber(ARGV[2]) - tonumber(redis.call('GET', KEYS[3]) or '0')
 local troom = tonumber(ARGV[3]) - tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -75,10 +82,38 @@ end
 redis.call('INCRBY', KEYS[3], n)
 redis.call('INCRBY', KEYS[4], n)
 redis.call('HINCRBY', KEYS[2], 'bytes', n)
-for i = 4, #ARGV, 3 do
+if seq > 0 then redis.call('HSET', KEYS[2], 'wseq', seq) end
+for i = 5, #ARGV, 3 do
   redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'l', ARGV[i + 1], 't', ARGV[i + 2])
 end
 return {1, room - n}
+"""
+
+# Paddock's own notice on a process, outside the budgets, once per seq (see _APPEND).
+# KEYS: output stream, process hash; ARGV: seq, then (kind, text, ts) per entry
+_NOTICE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[2], 'wseq') or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'wseq', ARGV[1])
+for i = 2, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'l', ARGV[i + 1], 't', ARGV[i + 2])
+end
+return 1
+"""
+
+# Mark a process ended, once: the end entry, its record, the running set and the done stream
+# that waiters block on. A retry after a lost reply, or a process already forgotten, changes
+# nothing. KEYS: output stream, process hash, running set, done stream
+# ARGV: process id, exit code ("" unknown), oom ("1" or ""), now
+_FINISH = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('HGET', KEYS[2], 'status') == 'exited' then return 0 end
+redis.call('XADD', KEYS[1], '*', 'k', 'x', 'c', ARGV[2], 'm', ARGV[3])
+redis.call('HSET', KEYS[2], 'status', 'exited', 'exit_code', ARGV[2], 'ended_at', ARGV[4],
+           'oom', ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'c', ARGV[2])
+return 1
 """
 
 # Forget one process and give its bytes back to the sandbox's and the tenant's budgets.
@@ -153,6 +188,8 @@ class ProcessLog:
         self._register = r.register_script(_REGISTER)
         self._append = r.register_script(_APPEND)
         self._forget = r.register_script(_FORGET)
+        self._notice = r.register_script(_NOTICE)
+        self._finish = r.register_script(_FINISH)
 
     # -- records -----------------------------------------------------------------------------
     def register(
@@ -253,6 +290,18 @@ class ProcessLog:
         if len(pipe):
             pipe.execute()
 
+    def notice(self, sandbox_id: str, process_id: str, lines: Iterable[Line], seq: int) -> None:
+        """Store Paddock's own notice outside the budgets, once for ``seq`` (> 0): safe to
+        send again after a lost reply (see append_budgeted)."""
+        args: list[Any] = [seq]
+        for kind, ts, joined in _entries(lines):
+            args += [kind, joined, ts]
+        if len(args) > 1:
+            self._notice(
+                keys=[keys.output(sandbox_id, process_id), keys.process(sandbox_id, process_id)],
+                args=args,
+            )
+
     def append_budgeted(
         self,
         sandbox_id: str,
@@ -261,13 +310,18 @@ class ProcessLog:
         lines: Iterable[Line],
         size: int,
         budgets: Budgets,
+        seq: int = 0,
     ) -> Refused | None:
         """Store lines worth ``size`` bytes if the sandbox's and the tenant's budgets both have
-        room for all of them; otherwise store nothing and say how much would fit."""
-        args: list[Any] = [size, budgets.sandbox, budgets.tenant]
+        room for all of them; otherwise store nothing and say how much would fit.
+
+        ``seq`` (> 0, growing with each write of the process) makes the write safe to send
+        again when its reply was lost (Redis restarted): a seq already stored is not stored
+        twice."""
+        args: list[Any] = [size, budgets.sandbox, budgets.tenant, seq]
         for kind, ts, joined in _entries(lines):
             args += [kind, joined, ts]
-        if len(args) == 3:
+        if len(args) == 4:
             return None
         got = self._append(
             keys=[
@@ -285,17 +339,19 @@ class ProcessLog:
     def finish(
         self, sandbox_id: str, process_id: str, exit_code: int | None, oom_killed: bool = False
     ) -> None:
+        """Mark the process ended with its end entry; a no-op when it already ended or was
+        forgotten, so it is safe to send again after a lost reply."""
         code = "" if exit_code is None else str(exit_code)
         oom = "1" if oom_killed else ""
-        pipe = self.r.pipeline()
-        pipe.xadd(keys.output(sandbox_id, process_id), {"k": END, "c": code, "m": oom})
-        pipe.hset(
-            keys.process(sandbox_id, process_id),
-            mapping={"status": "exited", "exit_code": code, "ended_at": time.time(), "oom": oom},
+        self._finish(
+            keys=[
+                keys.output(sandbox_id, process_id),
+                keys.process(sandbox_id, process_id),
+                keys.sandbox_running(sandbox_id),
+                keys.process_done(sandbox_id, process_id),
+            ],
+            args=[process_id, code, oom, time.time()],
         )
-        pipe.srem(keys.sandbox_running(sandbox_id), process_id)
-        pipe.xadd(keys.process_done(sandbox_id, process_id), {"c": code})
-        pipe.execute()
 
     # -- reading output, streamed ------------------------------------------------------------
     def last_id(self, sandbox_id: str, process_id: str) -> str:
@@ -326,18 +382,27 @@ class ProcessLog:
     ) -> bool:
         """Block until the process has ended (True) or ``timeout`` seconds pass or it is
         forgotten (False), reading none of its output. ``tick`` runs every few seconds; when it
-        returns False the wait ends (False): nobody is waiting any more."""
+        returns False the wait ends (False): nobody is waiting any more.
+
+        Redis going away does not end the wait early nor make it outlast ``timeout``: it waits
+        for Redis within the same deadline (the process's end is written once Redis is back).
+        """
         done = keys.process_done(sandbox_id, process_id)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             block_ms = max(1, int(min(max(remaining, 0.001), 10.0) * 1000))
-            if self.r.xread({done: "0-0"}, count=1, block=block_ms):
-                return True
-            if tick is not None and not tick():
-                return False
-            if remaining <= 0 or not self.exists(sandbox_id, process_id):
-                return False
+            try:
+                if self.r.xread({done: "0-0"}, count=1, block=block_ms):
+                    return True
+                if tick is not None and not tick():
+                    return False
+                if remaining <= 0 or not self.exists(sandbox_id, process_id):
+                    return False
+            except REDIS_DOWN:
+                if deadline - time.monotonic() <= 0:
+                    return False
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
     # -- reading output, whole (bounded by the per-process cap) ------------------------------
     def read(self, sandbox_id: str, process_id: str) -> Output:

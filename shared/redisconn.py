@@ -24,12 +24,14 @@ import os
 import re
 import ssl
 import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from shared.errors import ConfigError
@@ -37,6 +39,16 @@ from shared.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 6379
+# What a Redis restart looks like to a client: refused or dropped connections, and BUSY LOADING
+# while it reads its AOF back (BusyLoadingError is a ConnectionError). A TimeoutError is not
+# in it: a command that outlived its socket timeout may have run, and a hung server is no blip.
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError,)
+# Every client rides out a short blip by itself: a failed command is sent again after 0.1,
+# 0.2, 0.4, 0.8 then every 1 s, 10 times (about 6.5 s in all), on a new connection.
+CLIENT_RETRIES = 10
+CLIENT_BACKOFF = (0.05, 1.0)  # base, cap (seconds)
+
+T = TypeVar("T")
 CERT_REQS = {
     "required": ssl.CERT_REQUIRED,
     "optional": ssl.CERT_OPTIONAL,
@@ -210,9 +222,70 @@ def redis_client(
         socket_connect_timeout=socket_connect_timeout,
         health_check_interval=health_check_interval,
         max_connections=max_connections,
+        # A restart of Redis (seconds) fails no command: see CLIENT_RETRIES. A command whose
+        # effect may have happened before the connection dropped can thus run twice: the
+        # writers whose effect must happen once (output appends, end markers, agent events,
+        # the task queue's pop) carry a token their Lua script checks.
+        retry=Retry(
+            ExponentialBackoff(base=CLIENT_BACKOFF[0], cap=CLIENT_BACKOFF[1]),
+            CLIENT_RETRIES,
+            supported_errors=REDIS_DOWN,
+        ),
         ssl=target.tls,
         **target.ssl_options(),
     )
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a writer that must not lose its write waits for Redis to come back: delays
+    grow from ``base`` to ``cap`` seconds, and after ``give_up_after`` seconds it stops."""
+
+    base: float = 0.1
+    cap: float = 2.0
+    give_up_after: float = 180.0
+
+    def delays(self) -> Iterator[float]:
+        """The waits between attempts (endless; the caller minds ``give_up_after``)."""
+        delay = self.base
+        while True:
+            yield delay
+            delay = min(self.cap, delay * 2)
+
+
+# The host worker's writers: a Redis restart (or a failover) of up to three minutes.
+WRITER_BACKOFF = Backoff()
+
+
+def persist(
+    write: Callable[[], T],
+    what: str,
+    backoff: Backoff = WRITER_BACKOFF,
+    *,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``write()``, attempted again with ``backoff`` while Redis is down (REDIS_DOWN), so a
+    restart of Redis loses no end marker or event. ``write`` must be safe to repeat (an
+    idempotent command, or a script that checks a token). ``what`` names it in the log.
+
+    Raises the last REDIS_DOWN error once ``backoff.give_up_after`` seconds have passed, and
+    any other error at once.
+    """
+    deadline = clock() + backoff.give_up_after
+    failures = 0
+    for delay in backoff.delays():
+        try:
+            return write()
+        except REDIS_DOWN as exc:
+            failures += 1
+            if clock() + delay > deadline:
+                logger.error("redis: gave up on %s after %d attempts: %s", what, failures, exc)
+                raise
+            if failures == 1:
+                logger.warning("redis: %s failed (%s); retrying until Redis is back", what, exc)
+            sleep(delay)
+    raise AssertionError("unreachable")  # delays() never ends
 
 
 def _config_arg(value: str) -> str:

@@ -23,13 +23,22 @@ from shared.slots import NOW_MS_LUA
 from shared.store import QUOTA_RETRY_AFTER
 
 # seq = INCR; XADD with id "<seq>-0"; the frame is the given JSON object with "seq" first.
+# KEYS: events, seq counter, session hash; ARGV: frame, ttl, token ("" none). A frame with the
+# token of the last one appended was appended already (its reply was lost when Redis went
+# away): its seq is returned, nothing is appended twice.
 _APPEND = """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'emit_token') == ARGV[3] then
+  return tonumber(redis.call('HGET', KEYS[3], 'emit_seq'))
+end
 local seq = redis.call('INCR', KEYS[2])
 local frame = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
 redis.call('XADD', KEYS[1], seq .. '-0', 'e', frame)
 if tonumber(ARGV[2]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[3], 'emit_token', ARGV[3], 'emit_seq', seq)
 end
 return seq
 """
@@ -82,6 +91,24 @@ _ENQUEUE = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
+# Take the next queued task, once per token: a retry after a lost reply (Redis went away)
+# gets the same task instead of losing it and taking the one behind. The task is kept on the
+# session until the taker confirms (``_TAKEN``). KEYS: queue, session hash; ARGV: token
+_POP = """
+if redis.call('HGET', KEYS[2], 'pop_token') == ARGV[1] then
+  return redis.call('HGET', KEYS[2], 'pop_task')
+end
+local t = redis.call('LPOP', KEYS[1])
+if t and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'pop_token', ARGV[1], 'pop_task', t)
+end
+return t
+"""
+# Release the runner lock only if ``owner`` still holds it. KEYS: lock; ARGV: owner
+_DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 # Session lifetime (at most 2 h) + history after its end (1 h), rounded up to whole hours.
 STREAM_WINDOW_HOURS = 4
 
@@ -123,6 +150,8 @@ class Sessions:
         self._reserve = r.register_script(_RESERVE)
         self._charge = r.register_script(_CHARGE)
         self._enqueue = r.register_script(_ENQUEUE)
+        self._pop = r.register_script(_POP)
+        self._drop = r.register_script(_DROP)
 
     # -- the per-tenant quota ----------------------------------------------------------------
     def reserve(self, tenant_id: str, session_id: str, limit: int, hold: float) -> None:
@@ -246,12 +275,18 @@ class Sessions:
         return sorted(text(x) for x in self.r.smembers(keys.secret_users(tenant_id, bundle)))
 
     # -- events ------------------------------------------------------------------------------
-    def emit(self, session_id: str, frame: dict[str, Any]) -> int:
-        """Append one server frame; returns its seq."""
+    def emit(self, session_id: str, frame: dict[str, Any], token: str = "") -> int:
+        """Append one server frame; returns its seq. With a ``token`` (unique per frame) the
+        call is safe to repeat after a lost reply: the frame is appended once."""
         body = json.dumps(frame, separators=(",", ":"))
         return int(
             self._append(
-                keys=[keys.session_events(session_id), keys.session_seq(session_id)], args=[body, 0]
+                keys=[
+                    keys.session_events(session_id),
+                    keys.session_seq(session_id),
+                    keys.session(session_id),
+                ],
+                args=[body, 0, token],
             )
         )
 
@@ -305,9 +340,17 @@ class Sessions:
         body = json.dumps({"task_id": task_id, "prompt": prompt})
         return bool(self._enqueue(keys=[keys.session_tasks(session_id)], args=[body, limit]))
 
-    def next_task(self, session_id: str) -> dict[str, str] | None:
-        raw = self.r.lpop(keys.session_tasks(session_id))
+    def next_task(self, session_id: str, token: str) -> dict[str, str] | None:
+        """Take the oldest queued task. Safe to repeat with the same ``token`` (unique per
+        take) after a lost reply: the same task comes back. Call `taken` once it is held."""
+        raw = self._pop(
+            keys=[keys.session_tasks(session_id), keys.session(session_id)], args=[token]
+        )
         return json.loads(raw) if raw else None
+
+    def taken(self, session_id: str) -> None:
+        """The task `next_task` gave is held by its runner: its copy on the session goes."""
+        self.r.hdel(keys.session(session_id), "pop_task")
 
     def pending_tasks(self, session_id: str) -> int:
         return int(self.r.llen(keys.session_tasks(session_id)))
@@ -326,8 +369,13 @@ class Sessions:
     def renew_runner(self, session_id: str, ttl: int) -> None:
         self.r.expire(keys.session_runner(session_id), ttl)
 
-    def drop_runner(self, session_id: str) -> None:
-        self.r.delete(keys.session_runner(session_id))
+    def drop_runner(self, session_id: str, owner: str | None = None) -> None:
+        """Release the runner lock: ``owner``'s only (a lock that expired and was taken over
+        stays with its new holder), or whoever holds it when None (a worker starting)."""
+        if owner is None:
+            self.r.delete(keys.session_runner(session_id))
+        else:
+            self._drop(keys=[keys.session_runner(session_id)], args=[owner])
 
     # -- sockets -----------------------------------------------------------------------------
     def open_socket(self, session_id: str, conn_id: str, limit: int, stale_after: float) -> bool:

@@ -99,6 +99,12 @@ class Settings:
     heartbeat_interval: float = 5.0
     worker_concurrency: int = 8
     reaper_interval: float = 10.0
+    # Dead sandboxes (workers/hosts.py check_engine): each host compares its records with one
+    # container listing of its engine this often; a sandbox whose container stopped is `lost`,
+    # its slots are freed at once and its record stays this long (GET /v1/sandboxes/{id}
+    # says `lost`) before the reaper purges it.
+    reconcile_interval: float = 10.0
+    lost_keep: float = 120.0
     # Requests and processes
     max_body_bytes: int = 16 << 20
     max_file_bytes: int = 16 << 20

@@ -85,10 +85,33 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return n
 """
 
+# Also due at once in the expiry index: whoever began the delete may never see it done (the
+# host or its engine is down), and the reaper sends the destroy again until it is (with
+# back-off, workers/control.py).
+# KEYS: the sandbox, expiry index.  ARGV: now, sandbox id.
 _BEGIN_DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'deleting' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'deleting', 'deleting_at', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# A running sandbox whose container stopped behind Paddock's back becomes `lost`, in one step:
+# it leaves its host's and its tenant's sets (the capacity and quota slots, counted there, are
+# free at once) and the idle index, and is due in the expiry index after ``keep`` seconds (the
+# reaper then purges the record; until then GET /v1/sandboxes/{id} says `lost`). A sandbox
+# being deleted, or already lost, is left alone.
+# KEYS: the sandbox, host's sandboxes, tenant's sandboxes, idle index, expiry index.
+# ARGV: now, keep, reason, sandbox id.  -> 1 when marked
+_MARK_LOST = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s ~= 'running' and s ~= 'creating' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'lost', 'lost_at', ARGV[1], 'lost_reason', ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[4])
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('ZADD', KEYS[5], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
 return 1
 """
 
@@ -121,6 +144,7 @@ class Store:
         self._place = r.register_script(_PLACE)
         self._begin_delete = r.register_script(_BEGIN_DELETE)
         self._drop_processes = r.register_script(_DROP_PROCESSES)
+        self._mark_lost = r.register_script(_MARK_LOST)
 
     # -- hosts -------------------------------------------------------------------------------
     def heartbeat(
@@ -260,13 +284,21 @@ class Store:
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None:
         self.r.hset(keys.sandbox(sandbox_id), "status", status)
 
-    def get_sandbox(self, tenant_id: str, sandbox_id: str, include_ending: bool = False) -> Sandbox:
-        """The tenant's sandbox. Raises SessionNotFound when absent, another's, or (unless
-        ``include_ending``) being deleted."""
+    def get_sandbox(
+        self,
+        tenant_id: str,
+        sandbox_id: str,
+        include_ending: bool = False,
+        include_lost: bool = False,
+    ) -> Sandbox:
+        """The tenant's sandbox. Raises SessionNotFound when absent, another's, (unless
+        ``include_ending``) being deleted, or (unless ``include_lost``) lost."""
         data = self._hgetall(keys.sandbox(sandbox_id))
         if not data or data.get("tenant") != tenant_id:
             raise SessionNotFound()
         if data.get("status") == "deleting" and not include_ending:
+            raise SessionNotFound()
+        if data.get("status") == "lost" and not include_lost:
             raise SessionNotFound()
         return Sandbox(
             sandbox_id=sandbox_id,
@@ -294,8 +326,35 @@ class Store:
         self.r.zadd(keys.idle_index(), {sandbox_id: time.time()}, xx=True)
 
     def begin_delete(self, sandbox_id: str) -> bool:
-        """Mark a sandbox as ending so no new request reaches it. False if absent or ending."""
-        return bool(self._begin_delete(keys=[keys.sandbox(sandbox_id)], args=[time.time()]))
+        """Mark a sandbox as ending so no new request reaches it (and due for the reaper, which
+        sends the destroy again if it is not done). False if absent or ending."""
+        return bool(
+            self._begin_delete(
+                keys=[keys.sandbox(sandbox_id), keys.expiry_index()],
+                args=[time.time(), sandbox_id],
+            )
+        )
+
+    def mark_lost(self, sandbox_id: str, reason: str, keep: float) -> bool:
+        """Mark a running (or creating) sandbox ``lost``: its container stopped behind
+        Paddock's back. Frees its host's capacity slot and its tenant's quota slot at once;
+        the record stays ``keep`` seconds (then the reaper purges it). False when it is
+        absent, being deleted or already lost."""
+        data = self._hgetall(keys.sandbox(sandbox_id))
+        if not data:
+            return False
+        return bool(
+            self._mark_lost(
+                keys=[
+                    keys.sandbox(sandbox_id),
+                    keys.host_sandboxes(data.get("host", "")),
+                    keys.tenant_sandboxes(data.get("tenant", "")),
+                    keys.idle_index(),
+                    keys.expiry_index(),
+                ],
+                args=[time.time(), keep, reason, sandbox_id],
+            )
+        )
 
     def purge_sandbox(self, sandbox_id: str) -> None:
         """Forget a sandbox and everything under it (processes, output, indexes)."""

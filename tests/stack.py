@@ -75,6 +75,8 @@ class RedisOptions:
     conf: str = ""
     userinfo: str = ""
     tls_dir: Path | None = None
+    # Persistence as an operator's Redis has it (AOF, fsync per write): what a restart keeps.
+    aof: bool = False
 
     def url(self, port: int) -> str:
         auth = f"{self.userinfo}@" if self.userinfo else ""
@@ -89,7 +91,10 @@ class RedisOptions:
             fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(self.conf)
-        return redis_argv(port, workdir, conf, self.tls_dir)
+        argv = redis_argv(port, workdir, conf, self.tls_dir)
+        if self.aof:  # later arguments win over redis_argv's "no persistence"
+            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        return argv
 
 
 OPEN_FILES = 65536
@@ -185,6 +190,15 @@ class Stack:
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
+
+    def restart_redis(self, down_seconds: float = 1.0, sig: int = signal.SIGTERM) -> None:
+        """Stop the private redis-server with ``sig``, and after ``down_seconds`` start it
+        again on the same port with the same argv; returns once it answers. It keeps its data
+        only with RedisOptions(aof=True)."""
+        self.stop_process("redis", sig)
+        time.sleep(down_seconds)
+        self._spawn("redis", self.redis_options.argv(self.redis_port, self.workdir))
+        self._wait(lambda: self.redis.ping(), "redis")
 
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "redis"] + ["redis"]:

@@ -111,9 +111,10 @@ class Sandboxes:
         )
         return sb
 
-    def get(self, tenant_id: str, sandbox_id: str) -> Sandbox:
-        """The tenant's sandbox; resets its idle timer. Raises SessionNotFound."""
-        sb = self.store.get_sandbox(tenant_id, sandbox_id)
+    def get(self, tenant_id: str, sandbox_id: str, include_lost: bool = False) -> Sandbox:
+        """The tenant's sandbox; resets its idle timer. Raises SessionNotFound (a lost one
+        too, unless ``include_lost``: /v1 shows it as ``lost`` for a while)."""
+        sb = self.store.get_sandbox(tenant_id, sandbox_id, include_lost=include_lost)
         self.store.touch(sandbox_id)
         return sb
 
@@ -130,10 +131,16 @@ class Sandboxes:
             self.sessions.end(session, keep_for=HISTORY_AFTER_END)
         try:
             self._call(sb, tasks.SANDBOX_DESTROY, {})
-        except WorkerTimeout:
-            # The reaper sends the destroy again until the host does it.
+        except PaddockError as exc:
+            # The host did not answer, or could not finish (its engine is down: the container
+            # or the storage could not be removed). The record stays ``deleting``, which no
+            # request reaches, and the reaper sends the destroy again until the host does it:
+            # the delete is accepted, not failed.
             logger.warning(
-                "sandbox %s: destroy not confirmed by host %s", sb.sandbox_id, sb.host_id
+                "sandbox %s: destroy not done by host %s (%s); the reaper retries",
+                sb.sandbox_id,
+                sb.host_id,
+                exc.code,
             )
 
     def _abandon(self, sb: Sandbox) -> None:

@@ -1,5 +1,6 @@
-"""``python -m workers host`` runs this machine's host worker; ``... control`` the control
-worker with beat. Settings are read here, once, from the environment."""
+"""``python -m workers host`` runs this machine's host worker; ``... control`` a control
+worker (any number of them: the periodic tasks run once per tick across all, see
+workers/control.py Scheduler). Settings are read here, once, from the environment."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ def main() -> None:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
     )
-    data_dir = settings.data_dir
     common = [
         "--pool",
         "threads",
@@ -46,17 +46,16 @@ def main() -> None:
         )
     else:
         control = create_control_app(settings)
-        os.makedirs(data_dir, exist_ok=True)
+        # No -B: Celery beat would be a child process that outlives a killed worker and a
+        # second scheduler beside another control worker's. The pid tells apart several
+        # control workers of one machine.
         control.worker_main(
             [
                 "worker",
                 "-Q",
                 CONTROL_QUEUE,
                 "-n",
-                "control@%h",
-                "-B",
-                "-s",
-                os.path.join(data_dir, f"beat-{settings.instance}"),
+                f"control-{os.getpid()}@%h",
                 "-c",
                 "2",
                 *common,

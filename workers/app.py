@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import smtplib
+import socket
 import threading
 from typing import Any
 
@@ -46,6 +48,7 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
                 expires=settings.session_max_ttl,
             )
         hosts.start_heartbeat(ctx, stop)
+        hosts.start_reconcile(ctx, stop)  # dead sandboxes are noticed, not only at start
         logger.info(
             "host %s: ready, consuming %s", settings.host_id, tasks.host_queue(settings.host_id)
         )
@@ -67,15 +70,18 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
 
 
 def create_control_app(settings: Settings) -> Celery:
-    """The control worker: the ``control`` queue and the periodic reaper (run with beat)."""
+    """The control worker: the ``control`` queue and the periodic reaper. Periodic tasks are
+    sent by a scheduler thread in every control worker, one tick claimed in Redis by exactly
+    one of them (control.Scheduler): no Celery beat, no child process, no schedule file."""
     app = make_celery(settings)
     ctx = WorkerContext(settings)
     box = SecretBox(settings.secret_key)
 
     # Not acks_late and delivered-twice safe: a reap only reads the indexes and sends destroys,
-    # which are idempotent; beat sends a fresh one every interval anyway.
+    # which are idempotent; the scheduler sends a fresh one every interval anyway.
     @app.task(name=tasks.REAP, ignore_result=True, expires=settings.reaper_interval)
     def reap() -> int:
+        control.record_tick(ctx.redis, tasks.REAP)
         ended = control.expire_sessions(app, ctx.redis, settings)
         return len(control.reap(app, ctx.redis, settings)) + len(ended)
 
@@ -92,11 +98,20 @@ def create_control_app(settings: Settings) -> Celery:
     def send_login_code(email: str, sealed_code: str) -> None:
         mailer.send_login_code(settings, email, box.open_text(sealed_code))
 
-    app.conf.beat_schedule = {
-        "reap-idle-sandboxes": {
-            "task": tasks.REAP,
-            "schedule": settings.reaper_interval,
-            "options": {"queue": tasks.CONTROL_QUEUE, "expires": settings.reaper_interval},
-        }
-    }
+    scheduler = control.Scheduler(
+        app,
+        ctx.redis,
+        [control.Periodic(tasks.REAP, settings.reaper_interval)],
+        owner=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+    @worker_ready.connect(weak=False)
+    def on_control_ready(**_: Any) -> None:
+        scheduler.start()
+        logger.info("control: scheduler started (%s)", scheduler.owner)
+
+    @worker_shutdown.connect(weak=False)
+    def on_control_shutdown(**_: Any) -> None:
+        scheduler.stop.set()
+
     return app

@@ -1,9 +1,13 @@
-"""Work that belongs to no host: reaping idle and expired sandboxes."""
+"""Work that belongs to no host: reaping idle, expired, lost and undeleted sandboxes, and the
+one scheduler of periodic tasks across every control worker."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from celery import Celery
@@ -13,15 +17,29 @@ from shared.lifecycle import end_session
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
+from shared.tasks import CONTROL_QUEUE
 
 logger = logging.getLogger(__name__)
 
+# The longest wait between two destroys of a sandbox whose delete does not get done.
+_MAX_RETRY_DELAY = 600.0
+
+
+def destroy_retry_delay(tries: int, settings: Settings) -> float:
+    """Seconds after the destroy number ``tries`` (0: the first one, by whoever began the
+    delete) before the reaper sends the next: twice the task timeout (the last one has had
+    time to finish or fail), doubling, at most _MAX_RETRY_DELAY."""
+    return min(settings.task_timeout * 2 ** (tries + 1), _MAX_RETRY_DELAY)
+
 
 def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
-    """Send a destroy to the owner of every idle or expired sandbox; returns their ids.
+    """Send a destroy to the owner of every idle or expired sandbox, and again (with back-off)
+    to the owner of every sandbox whose delete is not done yet (its host or engine was down:
+    a delete is retried until done); purge lost sandboxes whose record has been shown long
+    enough (their host cleaned up when it found them lost). Returns the ids it acted on.
 
     A sandbox whose host is dead is forgotten here; its container, if the host comes back,
-    is removed by that host's reconcile at start.
+    is removed by that host's reconcile.
     """
     store = Store(r)
     now = time.time()
@@ -34,13 +52,30 @@ def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
             logger.info("sandbox %s: reaped (host %s not alive)", sandbox_id, host)
             store.purge_sandbox(sandbox_id)
             continue
-        # One destroy per attempt: sent again only if the last one has had time to finish.
-        retry = now - float(record.get("deleting_at") or 0) > settings.task_timeout * 2
+        if record.get("status") == "lost":
+            logger.info("sandbox %s: lost on host %s, record purged", sandbox_id, host)
+            store.purge_sandbox(sandbox_id)
+            continue
         if not store.begin_delete(sandbox_id):
-            if not retry:
+            # Being deleted already: one destroy per attempt, sent again only once the last
+            # one has had time to finish, later and later.
+            tries = int(record.get("delete_tries") or 0)
+            since = now - float(record.get("deleting_at") or 0)
+            if since < destroy_retry_delay(tries, settings):
                 continue
-            r.hset(keys.sandbox(sandbox_id), "deleting_at", now)
-        logger.info("sandbox %s: idle or expired, destroying on host %s", sandbox_id, host)
+            pipe = r.pipeline()
+            pipe.hset(keys.sandbox(sandbox_id), "deleting_at", now)
+            pipe.hincrby(keys.sandbox(sandbox_id), "delete_tries", 1)
+            pipe.execute()
+            logger.warning(
+                "sandbox %s: delete not done after %.0f s, destroy %d sent again to host %s",
+                sandbox_id,
+                since,
+                tries + 1,
+                host,
+            )
+        else:
+            logger.info("sandbox %s: idle or expired, destroying on host %s", sandbox_id, host)
         rpc.send(
             app,
             tasks.host_queue(host),
@@ -63,3 +98,81 @@ def expire_sessions(app: Celery, r: redis.Redis, settings: Settings) -> list[str
             continue
         end_session(app, sessions, store, s, settings.task_timeout * 10)
     return due
+
+
+def record_tick(r: redis.Redis, name: str) -> None:
+    """Count one run of periodic task ``name`` and its time (keys.ticks(): what an operator, a
+    test or a metric reads to see that exactly one scheduler runs)."""
+    pipe = r.pipeline()
+    pipe.hincrby(keys.ticks(), name, 1)
+    pipe.hset(keys.ticks(), f"{name}:at", time.time())
+    pipe.execute()
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """A task sent to the control queue every ``interval`` seconds."""
+
+    name: str
+    interval: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def claim_tick(r: redis.Redis, name: str, interval: float, now: float, owner: str) -> int | None:
+    """Claim tick number ``now // interval`` of ``name`` for ``owner``: SET NX, so across any
+    number of control workers exactly one claims each tick (clocks a little apart compute the
+    same number, and each number is claimed once). Returns the tick, or None when another
+    worker has it."""
+    tick = int(now // interval)
+    # Kept two intervals: long enough that no late worker can claim the same tick again.
+    ttl_ms = max(1000, int(interval * 2000))
+    if r.set(keys.tick(name, tick), owner, nx=True, px=ttl_ms):
+        return tick
+    return None
+
+
+class Scheduler:
+    """The periodic tasks of the control workers, without Celery beat: each control worker
+    runs one of these threads, and at every tick boundary they race for the tick in Redis
+    (claim_tick); the winner sends the task to the control queue, which one worker runs.
+    Nothing here is a separate process, so a killed control worker leaves nothing running,
+    and a worker that dies is simply not among the racers of the next tick."""
+
+    def __init__(self, app: Celery, r: redis.Redis, periodic: list[Periodic], owner: str) -> None:
+        self.app = app
+        self.r = r
+        self.periodic = periodic
+        self.owner = owner
+        self.stop = threading.Event()
+
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        t.start()
+        return t
+
+    def tick_once(self, now: float) -> list[str]:
+        """Claim and send every task whose tick ``now`` falls in; returns the names sent."""
+        sent = []
+        for p in self.periodic:
+            tick = claim_tick(self.r, p.name, p.interval, now, self.owner)
+            if tick is None:
+                continue
+            self.app.send_task(
+                p.name,
+                queue=CONTROL_QUEUE,
+                expires=p.interval,  # a tick not run within its interval is superseded
+                **p.options,
+            )
+            sent.append(p.name)
+        return sent
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.tick_once(time.time())
+            except Exception:  # Redis or the broker away for a moment: the next tick tries
+                logger.exception("scheduler %s: tick failed", self.owner)
+            # Just past the next boundary of any task's ticks.
+            now = time.time()
+            wait = min(p.interval - now % p.interval for p in self.periodic) + 0.01
+            self.stop.wait(wait)

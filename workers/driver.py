@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +24,7 @@ import requests
 
 from shared.egress import NetworkPolicy
 from shared.errors import (
+    EngineUnavailable,
     FileTooLarge,
     IsADirectory,
     NotADirectory,
@@ -32,6 +34,7 @@ from shared.errors import (
     PermissionDenied,
     SandboxError,
     SandboxGone,
+    SandboxPaused,
     SandboxTimeout,
 )
 from shared.settings import Settings
@@ -87,6 +90,10 @@ _CGROUP_ROOT = "/sys/fs/cgroup"
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 # What an engine call raises when it times out (requests) or is refused (docker).
 _ENGINE_ERRORS = (requests.exceptions.RequestException, docker.errors.APIError)
+ENGINE_ERRORS = _ENGINE_ERRORS
+# Container states (the engine's listing) in which a sandbox is alive: a paused container is
+# frozen, not dead (it runs on when unpaused), so it is not lost.
+ALIVE_STATES = frozenset({"running", "paused", "restarting"})
 
 # Every script gets its path as $1 (never parsed as an option: `sh -c SCRIPT NAME ARGS...`) and
 # hands it to each tool after `--`. `find` and `dd` have no `--`, and `find` takes an operand
@@ -178,6 +185,9 @@ class DockerDriver:
         self.egress = egress or Egress(client, settings)
         self.seeds = ImageSeeds(client, self.storage.seed_dir)
         self._container_ids: dict[str, str] = {}
+        # Called with the sandbox id when the engine says its container is gone or not
+        # running (workers/hosts.py wakes its reconcile, which marks the sandbox lost).
+        self.on_gone: Callable[[str], None] | None = None
 
     def container_name(self, sandbox_id: str) -> str:
         return f"paddock-{self.settings.instance}-{sandbox_id}"
@@ -408,7 +418,16 @@ class DockerDriver:
 
     def list_sandboxes(self) -> dict[str, str]:
         """Sandbox id → container id of every container of this host and instance."""
-        found = self.client.api.containers(
+        return {sid: cid for sid, (cid, _state) in self.container_states().items()}
+
+    def container_states(self) -> dict[str, tuple[str, str]]:
+        """Sandbox id → (container id, state: running, exited, paused...) of every container
+        of this host and instance, from one listing (never an inspect: a listing does not wait
+        for a wedged container's lock), under the control client's timeout.
+
+        Raises requests.exceptions.RequestException or docker.errors.APIError when the engine
+        does not answer."""
+        found = self.control_client.api.containers(
             all=True,
             filters={
                 "label": [
@@ -417,7 +436,25 @@ class DockerDriver:
                 ]
             },
         )
-        return {c["Labels"][LABEL_SANDBOX]: c["Id"] for c in found if LABEL_SANDBOX in c["Labels"]}
+        return {
+            c["Labels"][LABEL_SANDBOX]: (str(c["Id"]), str(c.get("State") or ""))
+            for c in found
+            if LABEL_SANDBOX in (c.get("Labels") or {})
+        }
+
+    def _gone(self, sandbox_id: str, exc: Exception) -> SandboxGone:
+        """The error of an operation on a sandbox whose container is gone or not running
+        (Docker's 404, or 409 "is not running"), after telling on_gone."""
+        logger.warning("sandbox %s: the engine says its container is gone: %s", sandbox_id, exc)
+        if self.on_gone is not None:
+            try:
+                self.on_gone(sandbox_id)
+            except Exception:  # the caller's answer (SandboxGone) matters more
+                logger.exception("sandbox %s: on_gone failed", sandbox_id)
+        return SandboxGone(
+            "the sandbox's container is no longer running (stopped outside Paddock or lost "
+            "with its engine)"
+        )
 
     # -- filesystem --------------------------------------------------------------------------
     # Each operation runs under settings.fs_timeout, inside the sandbox (`timeout -s KILL`, so
@@ -473,6 +510,8 @@ class DockerDriver:
     def spawn(
         self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str
     ) -> docker_exec.Attached:
+        """Start ``cmd`` attached (the runner pumps its output). Raises SandboxTimeout,
+        SandboxGone (container gone or not running), SandboxPaused, EngineUnavailable."""
         full_env = {"HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LANG": "C.UTF-8", **env}
         try:
             return docker_exec.start(
@@ -482,12 +521,14 @@ class DockerDriver:
                 user=SANDBOX_USER,
                 env=full_env,
             )
-        except docker.errors.NotFound as exc:
-            raise SandboxGone() from exc
         except requests.exceptions.Timeout:
             limit = self.settings.fs_timeout + _HOST_GRACE
             message = f"the sandbox did not start the process within {limit:g}s"
             raise SandboxTimeout(message) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable() from exc
+        except docker.errors.APIError as exc:
+            raise self._engine_error(sandbox_id, exc) from exc
 
     def oom_kills(self, sandbox_id: str) -> int | None:
         """How many processes the kernel's OOM killer has ended in the sandbox so far, read
@@ -527,7 +568,8 @@ class DockerDriver:
         max_stdout: int | None = None,
     ) -> tuple[int, bytes, bytes]:
         """Run a short command in the sandbox under settings.fs_timeout. Raises
-        SandboxTimeout, SandboxGone."""
+        SandboxTimeout, SandboxGone (container gone or not running), SandboxPaused,
+        EngineUnavailable (the engine does not answer)."""
         limit = self.settings.fs_timeout
         # The host's deadline is a little longer, so that normally the sandbox's own `timeout`
         # ends the command and leaves an exit code; the host's only fires when it cannot.
@@ -544,12 +586,23 @@ class DockerDriver:
             )
         except (SandboxTimeout, requests.exceptions.Timeout):
             raise SandboxTimeout(_timed_out(limit)) from None
-        except docker.errors.NotFound as exc:
-            raise SandboxGone() from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable() from exc
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # container is not running
-                raise SandboxGone() from exc
-            raise
+            raise self._engine_error(sandbox_id, exc) from exc
+
+    def _engine_error(self, sandbox_id: str, exc: docker.errors.APIError) -> Exception:
+        """The error to raise for the engine's refusal of an exec on the sandbox: 404 (no such
+        container) and 409 "is not running" are SandboxGone (and the lost path starts); 409
+        "is paused" is SandboxPaused; anything else is the engine's own error."""
+        text = str(exc.explanation or exc).lower()
+        if exc.status_code == 404:
+            return self._gone(sandbox_id, exc)
+        if exc.status_code == 409 and "paused" in text:
+            return SandboxPaused()
+        if exc.status_code == 409:  # "container ... is not running" (or restarting)
+            return self._gone(sandbox_id, exc)
+        return exc
 
     def _script(
         self,

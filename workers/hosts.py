@@ -1,14 +1,17 @@
-"""A host's life: announce capacity (heartbeat), and make Redis and Docker agree at start."""
+"""A host's life: announce capacity (heartbeat), and make Redis and Docker agree, at start and
+then periodically (a sandbox whose container stopped behind Paddock's back becomes ``lost``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 from shared.errors import SandboxError
 from shared.output import STDERR, Line
 from workers.context import WorkerContext
+from workers.driver import ALIVE_STATES, ENGINE_ERRORS
 from workers.storage import StorageError
 from workers.templates import template_catalog
 
@@ -33,13 +36,26 @@ def heartbeat_once(ctx: WorkerContext) -> None:
 
 def start_heartbeat(ctx: WorkerContext, stop: threading.Event) -> threading.Thread:
     def loop() -> None:
+        # Never dies: a failed beat (Redis away) is logged once per outage and the next one
+        # comes at the usual interval, so the host is announced again as soon as Redis is back.
+        failing = False
         while not stop.is_set():
             try:
                 heartbeat_once(ctx)
+                if failing:
+                    logger.info("host %s: heartbeat back", ctx.settings.host_id)
+                failing = False
             except Exception:
-                logger.exception("host %s: heartbeat failed", ctx.settings.host_id)
+                if not failing:
+                    logger.exception("host %s: heartbeat failed", ctx.settings.host_id)
+                failing = True
             stop.wait(ctx.settings.heartbeat_interval)
-        ctx.store.host_down(ctx.settings.host_id)
+        try:
+            ctx.store.host_down(ctx.settings.host_id)
+        except Exception:
+            logger.exception(
+                "host %s: not marked down (its heartbeat expires)", ctx.settings.host_id
+            )
         logger.info("host %s: heartbeat stopped", ctx.settings.host_id)
 
     t = threading.Thread(target=loop, name="heartbeat", daemon=True)
@@ -52,11 +68,12 @@ def reconcile(ctx: WorkerContext) -> None:
     container is gone, forget sandboxes whose container is gone, and close the output of
     processes whose pump died with the previous worker."""
     host = ctx.settings.host_id
-    containers = ctx.driver.list_sandboxes()
+    states = ctx.driver.container_states()
+    containers = {sid: cid for sid, (cid, _state) in states.items()}
     orphans: set[str] = set()
     for sandbox_id, container_id in containers.items():
         record = ctx.store.raw_sandbox(sandbox_id)
-        if not record or record.get("host") != host or record.get("status") == "deleting":
+        if not record or record.get("host") != host or record.get("status") in ("deleting", "lost"):
             logger.warning("sandbox %s: orphan container on host %s, removing", sandbox_id, host)
             orphans.add(sandbox_id)
             try:
@@ -83,12 +100,12 @@ def reconcile(ctx: WorkerContext) -> None:
     except Exception:
         logger.exception("host %s: pruning image seeds failed", host)
     for sandbox_id in ctx.store.host_sandbox_ids(host):
-        if sandbox_id not in containers:
+        found = states.get(sandbox_id)
+        if found is None or found[1] not in ALIVE_STATES:
             record = ctx.store.raw_sandbox(sandbox_id)
-            if _being_created(ctx, record):
+            if _being_created(ctx, record) or record.get("status") == "deleting":
                 continue
-            logger.warning("sandbox %s: container gone, forgetting the sandbox", sandbox_id)
-            ctx.store.purge_sandbox(sandbox_id)
+            lose(ctx, sandbox_id, _why_lost(found), found[0] if found else None)
             continue
         for process_id in ctx.plog.process_ids(sandbox_id):
             info = ctx.plog.info(sandbox_id, process_id)
@@ -116,3 +133,136 @@ def _being_created(ctx: WorkerContext, record: dict[str, str]) -> bool:
         record.get("status") == "creating"
         and time.time() - float(record.get("created_at", 0)) < ctx.settings.create_timeout
     )
+
+
+# -- dead sandboxes: the periodic reconcile ---------------------------------------------------
+# At most this often, however many operations find containers gone (each wakes the check).
+_MIN_CHECK_GAP = 1.0
+
+
+@dataclass
+class Findings:
+    """What one pass of check_engine found and did (logged; the metrics read it)."""
+
+    lost: list[str] = field(default_factory=list)
+    containers_removed: list[str] = field(default_factory=list)
+    storage_freed: list[str] = field(default_factory=list)
+    engine_down: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.lost or self.containers_removed or self.storage_freed)
+
+
+def check_engine(ctx: WorkerContext) -> Findings:
+    """Compare this host's records with one container listing of its engine (no inspect per
+    sandbox): a running sandbox whose container is gone or stopped (exited, dead, being
+    removed) is lost (`lose`); a container with no record here, or whose sandbox is lost, is
+    removed; storage whose sandbox has no container and no live record is freed. Sandboxes
+    being created or deleted are left to whoever does that. Nothing is judged while the engine
+    does not answer (``engine_down``): a delete meanwhile is retried by the reaper."""
+    host = ctx.settings.host_id
+    found = Findings()
+    try:
+        states = ctx.driver.container_states()
+    except ENGINE_ERRORS as exc:
+        logger.warning("host %s: reconcile skipped, the engine does not answer: %s", host, exc)
+        found.engine_down = True
+        return found
+    for sandbox_id in ctx.store.host_sandbox_ids(host):
+        seen = states.get(sandbox_id)
+        if seen is not None and seen[1] in ALIVE_STATES:
+            continue
+        record = ctx.store.raw_sandbox(sandbox_id)
+        if record.get("status") not in ("running", "creating") or _being_created(ctx, record):
+            continue
+        if lose(ctx, sandbox_id, _why_lost(seen), seen[0] if seen else None):
+            found.lost.append(sandbox_id)
+    for sandbox_id, (container_id, _state) in states.items():
+        if sandbox_id in found.lost:
+            continue
+        record = ctx.store.raw_sandbox(sandbox_id)
+        # No record: its sandbox was purged (e.g. its host was taken for dead meanwhile); a
+        # lost one: its cleanup failed before. Being created or deleted: not ours to judge.
+        if record and record.get("host") == host and record.get("status") != "lost":
+            continue
+        logger.warning("sandbox %s: leftover container on host %s, removing", sandbox_id, host)
+        try:
+            ctx.driver.destroy(sandbox_id, container_id)
+            found.containers_removed.append(sandbox_id)
+        except SandboxError:  # StorageError included: the next pass tries again
+            logger.exception("sandbox %s: leftover container not removed", sandbox_id)
+    for sandbox_id in ctx.storage.sandbox_ids():
+        if sandbox_id in states or sandbox_id in found.lost:
+            continue
+        record = ctx.store.raw_sandbox(sandbox_id)
+        if record and record.get("status") != "lost":
+            continue  # being created (the container comes next) or deleted (the destroy frees)
+        logger.warning("sandbox %s: storage without a container or record, freeing", sandbox_id)
+        try:
+            ctx.storage.release(sandbox_id)
+            found.storage_freed.append(sandbox_id)
+        except StorageError:
+            logger.exception("sandbox %s: leftover storage not freed", sandbox_id)
+    if found:
+        logger.warning(
+            "host %s: reconcile: %d sandbox(es) lost %s, %d leftover container(s) removed, "
+            "%d storage freed",
+            host,
+            len(found.lost),
+            found.lost,
+            len(found.containers_removed),
+            len(found.storage_freed),
+        )
+    return found
+
+
+def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | None) -> bool:
+    """The sandbox's container stopped behind Paddock's back: mark it ``lost`` (its host
+    capacity slot and its tenant's quota slot are free at once; /v1 shows ``lost`` for
+    settings.lost_keep seconds, the E2B API answers 404), end its processes with a line on
+    stderr saying why, and remove its container and storage. A cleanup that fails is done by
+    a later pass (the container is then a leftover). False when the sandbox was not running
+    (deleted, lost already, or gone)."""
+    if not ctx.store.mark_lost(sandbox_id, reason, ctx.settings.lost_keep):
+        return False
+    logger.warning("sandbox %s: lost (%s); slots freed, cleaning up", sandbox_id, reason)
+    ctx.processes.forget_sandbox(sandbox_id)
+    message = f"[paddock] the sandbox was lost ({reason}); the process ended with it"
+    for process_id in ctx.plog.process_ids(sandbox_id):
+        if ctx.plog.info(sandbox_id, process_id).get("status") in ("starting", "running"):
+            ctx.plog.append(sandbox_id, process_id, [Line(STDERR, message, time.time_ns())])
+            ctx.plog.finish(sandbox_id, process_id, None)
+    try:
+        ctx.driver.destroy(sandbox_id, container_id)
+    except SandboxError:  # StorageError included
+        logger.exception("sandbox %s: cleanup of the lost sandbox failed; retried", sandbox_id)
+    return True
+
+
+def _why_lost(seen: tuple[str, str] | None) -> str:
+    if seen is None:
+        return "its container is gone"
+    return f"its container is {seen[1] or 'not running'}"
+
+
+def start_reconcile(ctx: WorkerContext, stop: threading.Event) -> threading.Thread:
+    """Run check_engine every settings.reconcile_interval seconds, and soon after any
+    operation finds a container gone (the driver's on_gone)."""
+    wake = threading.Event()
+    ctx.driver.on_gone = lambda _sandbox_id: wake.set()
+
+    def loop() -> None:
+        while not stop.is_set():
+            wake.wait(ctx.settings.reconcile_interval)
+            wake.clear()
+            if stop.is_set():
+                break
+            try:
+                check_engine(ctx)
+            except Exception:  # Redis away for a moment: the next pass tries again
+                logger.exception("host %s: reconcile failed", ctx.settings.host_id)
+            stop.wait(_MIN_CHECK_GAP)
+
+    t = threading.Thread(target=loop, name="reconcile", daemon=True)
+    t.start()
+    return t

@@ -2,19 +2,29 @@
 
 A pump is a plain thread, not a Celery slot: a process that runs for hours costs one mostly
 idle thread blocked on its exec socket, and no worker slot or web thread.
+
+A pump survives Redis going away: what it reads meanwhile waits in a bounded buffer (the
+process keeps running; past the buffer it waits on its pipe), is written once Redis is back,
+each write carrying a seq so a write whose reply was lost is not stored twice, and the end
+marker follows. Only after WRITER_BACKOFF.give_up_after seconds without Redis does it drop
+the output, and say so in the log.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import docker
 
 from shared.errors import SandboxGone
 from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
+from shared.redisconn import REDIS_DOWN, WRITER_BACKOFF, persist
 from shared.settings import Settings
 from workers import docker_exec
 from workers.driver import DockerDriver
@@ -22,6 +32,68 @@ from workers.driver import DockerDriver
 logger = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 20  # a "line" longer than this is cut into several lines
+# Output read while Redis is down, held for it per process; past this the pump stops reading
+# (the process waits on its pipe) until Redis is back.
+MAX_PENDING = 4 << 20
+# While output waits for Redis, the pump wakes this often to try again although the process
+# is quiet (otherwise it sleeps on the exec socket).
+_PENDING_POLL = 1.0
+_IDLE_POLL = 30.0
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write of a pump, kept until Redis took it. ``seq`` (and seq + 1, seq + 2 for the
+    writes a refusal adds) makes a retried write land once."""
+
+    seq: int
+    lines: list[Line]
+    size: int
+    budgeted: bool  # the process's output; else Paddock's notice (outside the budgets)
+    unless_cut: bool = False  # a notice that a budget refusal, already noted, makes moot
+
+
+@dataclass
+class Pending:
+    """The writes a pump has not stored yet, in order, with their size and when to try
+    again (back-off while Redis is down)."""
+
+    writes: deque[Write] = field(default_factory=deque)
+    size: int = 0
+    next_seq: int = 4
+    retry_at: float = 0.0
+    delays: Iterator[float] = field(default_factory=WRITER_BACKOFF.delays)
+    down_since: float | None = None
+
+    def add(self, lines: list[Line], size: int, budgeted: bool, unless_cut: bool = False) -> None:
+        self.writes.append(Write(self.next_seq, lines, size, budgeted, unless_cut))
+        self.next_seq += 4
+        self.size += size
+
+    @property
+    def full(self) -> bool:
+        return self.size > MAX_PENDING
+
+    def done(self) -> None:
+        """The oldest write is stored: Redis answers again."""
+        self.size -= self.writes.popleft().size
+        self.retry_at = 0.0
+        self.delays = WRITER_BACKOFF.delays()
+
+    def failed(self, now: float) -> float:
+        """A write failed because Redis is down: wait before the next try. Returns how long
+        Redis has been down."""
+        if self.down_since is None:
+            self.down_since = now
+        self.retry_at = now + next(self.delays)
+        return now - self.down_since
+
+    def drop(self) -> int:
+        """Give up on every write; returns the bytes dropped."""
+        dropped = self.size
+        self.writes.clear()
+        self.size = 0
+        return dropped
 
 
 @dataclass
@@ -36,6 +108,8 @@ class Running:
     done: threading.Event = field(default_factory=threading.Event)
     forgotten: bool = False
     stdin_lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: Pending = field(default_factory=Pending)
+    cut: bool = False  # a budget refused output: the rest is discarded (a marker says so)
 
 
 class ProcessManager:
@@ -150,8 +224,14 @@ class ProcessManager:
         stored = 0
         truncated = False
         first_err = bytearray()
+
+        def stop() -> bool:
+            # The exec socket was quiet for a while: a chance to store what waits for Redis.
+            self._flush(run)
+            return run.forgotten
+
         try:
-            for stream, data in docker_exec.frames(run.attached.sock, stop=lambda: run.forgotten):
+            for stream, data in docker_exec.frames(run.attached.sock, stop=stop):
                 if run.pgid is None and stream == docker_exec.STDERR_STREAM:
                     # The first stderr line is our spawn script's pid report, not user output.
                     first_err += data
@@ -163,26 +243,26 @@ class ProcessManager:
                     if not data:
                         continue
                 kind = STDOUT if stream == docker_exec.STDOUT_STREAM else STDERR
+                if run.cut and not truncated:
+                    truncated = True
+                    for buf in partial.values():
+                        buf.clear()
                 if truncated:
                     continue  # keep draining so the process never blocks on a full pipe
                 if stored + len(data) > limit:
                     # Keep what fits, up to the last whole line, then say so once.
                     room = data[: max(0, limit - stored)]
                     keep = room[: room.rfind(b"\n") + 1]
-                    if self._store_budgeted(run, _split(partial[kind], keep, kind), len(keep)):
-                        self._truncated(
-                            run,
-                            partial,
-                            f"this process printed more than {limit} bytes "
-                            "(PADDOCK_MAX_OUTPUT_BYTES)",
-                        )
+                    self._store_budgeted(run, _split(partial[kind], keep, kind), len(keep))
+                    self._truncated(
+                        run,
+                        partial,
+                        f"this process printed more than {limit} bytes (PADDOCK_MAX_OUTPUT_BYTES)",
+                    )
                     truncated = True
                     continue
                 stored += len(data)
-                if not self._store_budgeted(run, _split(partial[kind], data, kind), len(data)):
-                    truncated = True
-                    for buf in partial.values():
-                        buf.clear()
+                self._store_budgeted(run, _split(partial[kind], data, kind), len(data))
             if not run.forgotten:
                 now = time.time_ns()
                 tail = [
@@ -209,7 +289,7 @@ class ProcessManager:
                             )
                         ],
                     )
-                self.plog.finish(sid, pid, code, oom_killed=oom)
+                self._end(run, code, oom)
                 logger.info(
                     "sandbox %s process %s: exited with %s%s (%d bytes of output)",
                     sid,
@@ -221,17 +301,35 @@ class ProcessManager:
         except Exception:
             logger.exception("sandbox %s process %s: output pump failed", sid, pid)
             if not run.forgotten:
-                self._store(
-                    run,
-                    [Line(STDERR, "[paddock] lost the process's output stream", time.time_ns())],
-                )
-                self.plog.finish(sid, pid, None)
+                try:
+                    self._store(
+                        run,
+                        [
+                            Line(
+                                STDERR, "[paddock] lost the process's output stream", time.time_ns()
+                            )
+                        ],
+                    )
+                    self._end(run, None, False)
+                except Exception:
+                    logger.exception("sandbox %s process %s: not marked ended", sid, pid)
         finally:
             run.pgid_known.set()
             run.done.set()
             with self._lock:
                 self._running.pop((sid, pid), None)
             self._close(run)
+
+    def _end(self, run: Running, code: int | None, oom: bool) -> None:
+        """Store what still waits, then the end marker, waiting for Redis if it is down (up to
+        WRITER_BACKOFF.give_up_after). Raises REDIS_DOWN errors past that."""
+        self._flush(run, wait=True)
+        if not run.forgotten:
+            sid, pid = run.sandbox_id, run.process_id
+            persist(
+                lambda: self.plog.finish(sid, pid, code, oom_killed=oom),
+                f"end of process {pid}",
+            )
 
     def _oom_killed(self, run: Running, code: int | None) -> bool:
         """Whether the kernel's OOM killer ended the process: it died by SIGKILL (137) and the
@@ -242,51 +340,113 @@ class ProcessManager:
         now = self.driver.oom_kills(run.sandbox_id)
         return now is not None and now > run.oom_base
 
-    def _store(self, run: Running, lines: list[Line]) -> None:
+    def _store(self, run: Running, lines: list[Line], unless_cut: bool = False) -> None:
         """Paddock's own notices: outside the budgets (short, one per process at most)."""
         if lines and not run.forgotten:
-            self.plog.append(run.sandbox_id, run.process_id, lines)
+            run.pending.add(lines, 0, budgeted=False, unless_cut=unless_cut)
+            self._flush(run)
 
-    def _store_budgeted(self, run: Running, lines: list[Line], size: int) -> bool:
-        """Store the process's own output against the sandbox's and the tenant's budgets.
-        False when a budget ran out: what fitted (whole lines) is kept, a marker says why."""
-        if not lines or run.forgotten:
-            return True
-        s = self.settings
+    def _store_budgeted(self, run: Running, lines: list[Line], size: int) -> None:
+        """Store the process's own output against the sandbox's and the tenant's budgets,
+        now or once Redis is back. When a budget runs out, what fits (whole lines) is kept,
+        a marker says why, ``run.cut`` is set and later output is discarded."""
+        if not lines or run.forgotten or run.cut:
+            return
+        run.pending.add(lines, size, budgeted=True)
+        self._flush(run)
+
+    def _flush(self, run: Running, wait: bool = False) -> None:
+        """Store the pending writes, oldest first. Redis being down leaves them pending (to be
+        tried again after a back-off) unless ``wait`` or the buffer is full: then this waits
+        for Redis, up to WRITER_BACKOFF.give_up_after, and drops them after that (logged)."""
+        pending = run.pending
+        while pending.writes and not run.forgotten:
+            write = pending.writes[0]
+            blocking = wait or pending.full
+            if not blocking and time.monotonic() < pending.retry_at:
+                return
+            try:
+                if blocking:
+                    persist(
+                        functools.partial(self._write, run, write),
+                        f"output of process {run.process_id}",
+                    )
+                else:
+                    self._write(run, write)
+            except REDIS_DOWN as exc:
+                if blocking:
+                    dropped = pending.drop()
+                    logger.error(
+                        "sandbox %s process %s: Redis stayed down, %d bytes of output lost",
+                        run.sandbox_id,
+                        run.process_id,
+                        dropped,
+                    )
+                    return
+                down = pending.failed(time.monotonic())
+                run.attached.sock.settimeout(_PENDING_POLL)
+                logger.warning(
+                    "sandbox %s process %s: Redis down for %.1fs (%s); %d bytes wait for it",
+                    run.sandbox_id,
+                    run.process_id,
+                    down,
+                    exc,
+                    pending.size,
+                )
+                return
+            if pending.down_since is not None:
+                logger.info(
+                    "sandbox %s process %s: Redis is back, storing what waited",
+                    run.sandbox_id,
+                    run.process_id,
+                )
+                pending.down_since = None
+                run.attached.sock.settimeout(_IDLE_POLL)
+            pending.done()
+
+    def _write(self, run: Running, write: Write) -> None:
+        """One pending write, safe to repeat (its seq). Raises REDIS_DOWN errors."""
+        sid, pid = run.sandbox_id, run.process_id
+        if not write.budgeted:
+            if not (write.unless_cut and run.cut):
+                self.plog.notice(sid, pid, write.lines, write.seq)
+            return
+        if run.cut:
+            return
         budgets = self.budgets
         refused = self.plog.append_budgeted(
-            run.sandbox_id, run.process_id, run.tenant_id, lines, size, budgets
+            sid, pid, run.tenant_id, write.lines, write.size, budgets, seq=write.seq
         )
         if refused is None:
-            return True
-        fitting = _fit(lines, refused.room)
+            return
+        fitting = _fit(write.lines, refused.room)
         if fitting:
             self.plog.append_budgeted(
-                run.sandbox_id, run.process_id, run.tenant_id, fitting[0], fitting[1], budgets
+                sid, pid, run.tenant_id, fitting[0], fitting[1], budgets, seq=write.seq + 1
             )
+        s = self.settings
         if refused.budget == "tenant":
             why = f"the tenant's kept output reached {s.tenant_output_bytes} bytes "
             why += "(PADDOCK_TENANT_OUTPUT_BYTES)"
         else:
             why = f"the sandbox's kept output reached {s.sandbox_output_bytes} bytes "
             why += "(PADDOCK_SANDBOX_OUTPUT_BYTES)"
-        self._truncated(run, None, why + "; delete finished processes to free it")
-        return False
+        why += "; delete finished processes to free it"
+        self.plog.notice(sid, pid, [_truncation(why)], write.seq + 2)
+        run.cut = True
 
     def _truncated(self, run: Running, partial: dict[str, bytearray] | None, why: str) -> None:
         if partial is not None:
             for buf in partial.values():
                 buf.clear()  # a cut line would pass for a real one
-        self._store(
-            run,
-            [
-                Line(
-                    STDERR,
-                    f"[paddock] output truncated: {why}; the rest was discarded",
-                    time.time_ns(),
-                )
-            ],
-        )
+        # Moot when a budget already cut the output (its own marker says so).
+        self._store(run, [_truncation(why)], unless_cut=True)
+
+
+def _truncation(why: str) -> Line:
+    return Line(
+        STDERR, f"[paddock] output truncated: {why}; the rest was discarded", time.time_ns()
+    )
 
 
 def _fit(lines: list[Line], room: int) -> tuple[list[Line], int] | None:

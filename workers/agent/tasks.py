@@ -5,6 +5,8 @@ Outside the sandbox: the LLM key is read here, at each call, and never passed in
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import posixpath
 import time
@@ -15,6 +17,7 @@ from typing import Any
 from shared import ids, keys
 from shared.errors import PaddockError, SandboxError
 from shared.netpolicy import check_base_url
+from shared.redisconn import REDIS_DOWN, persist
 from shared.secrets import BundleNotFound
 from shared.sessions import ChatSession
 from workers.agent.llm import Conversation, LlmError, ToolCall, ToolSpec, new_conversation
@@ -68,29 +71,43 @@ class WorkerStopping(Exception):
 def drain(ctx: WorkerContext, session_id: str) -> None:
     """Run the session's queued tasks until none is left. Only one drain per session runs at a
     time (a lock in Redis); a drain that finds it held returns at once, and the holder picks
-    up the new task."""
+    up the new task.
+
+    Redis going away does not end it: each step waits for Redis (persist), and the lock is
+    released once Redis is back. Only when Redis stays away past the writers' back-off does it
+    stop (logged); the lock then expires by itself."""
     sessions = ctx.sessions
     ttl = int(ctx.settings.llm_timeout * 2 + 60)
     owner = uuid.uuid4().hex
-    if not sessions.take_runner(session_id, owner, ttl):
-        return
+    what = f"agent runner of session {session_id}"
+    try:
+        if not persist(lambda: sessions.take_runner(session_id, owner, ttl), what):
+            return
+    except REDIS_DOWN:
+        return  # logged by persist; nothing was taken that the TTL would not free
     try:
         while True:
-            session = sessions.load(session_id)
+            session = persist(lambda: sessions.load(session_id), what)
             if session is None or session.ended or ctx.stopping.is_set():
                 return
-            task = sessions.next_task(session_id)
+            token = uuid.uuid4().hex
+            task = persist(functools.partial(sessions.next_task, session_id, token), what)
             if task is None:
-                sessions.drop_runner(session_id)
+                persist(lambda: sessions.drop_runner(session_id, owner), what)
                 # A task pushed between our last look and the release would wait forever.
-                if sessions.pending_tasks(session_id) and sessions.take_runner(
-                    session_id, owner, ttl
+                if persist(lambda: sessions.pending_tasks(session_id), what) and persist(
+                    lambda: sessions.take_runner(session_id, owner, ttl), what
                 ):
                     continue
                 return
+            persist(lambda: sessions.taken(session_id), what)
             TaskRun(ctx, session, task["task_id"], ttl).run(task["prompt"])
+    except REDIS_DOWN:
+        logger.error("session %s: Redis stayed down, its queued tasks wait", session_id)
     finally:
-        sessions.drop_runner(session_id)
+        # Past the back-off (logged by persist) the lock's TTL frees it.
+        with contextlib.suppress(*REDIS_DOWN):
+            persist(lambda: sessions.drop_runner(session_id, owner), what)
 
 
 def recover(ctx: WorkerContext) -> list[str]:
@@ -141,7 +158,11 @@ class TaskRun:
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, kind: str, **fields: Any) -> None:
-        self.ctx.sessions.emit(self.s.session_id, {"type": kind, "task_id": self.task_id, **fields})
+        """Append an event, waiting for Redis if it is away (its token keeps a retry from
+        appending it twice). Raises REDIS_DOWN errors once the writers' back-off gives up."""
+        frame = {"type": kind, "task_id": self.task_id, **fields}
+        sid, token = self.s.session_id, uuid.uuid4().hex
+        persist(lambda: self.ctx.sessions.emit(sid, frame, token), f"event of session {sid}")
 
     def emit_output(self, kind: str, data: str) -> None:
         """A stdout/stderr frame, if the session's and the tenant's output budgets allow it;
@@ -194,7 +215,8 @@ class TaskRun:
     # -- running -----------------------------------------------------------------------------
     def run(self, prompt: str) -> None:
         r = self.ctx.redis
-        r.hset(keys.session(self.s.session_id), "current_task", self.task_id)
+        sid = self.s.session_id
+        persist(lambda: r.hset(keys.session(sid), "current_task", self.task_id), sid)
         self.emit("task_started")
         # Its size only: a prompt (or a shell command) may hold anything the user typed.
         logger.info(
@@ -230,9 +252,13 @@ class TaskRun:
             self.emit("error", code="internal_error", message="The task failed unexpectedly")
             self.exit(1, "error")
         finally:
-            r.hdel(keys.session(self.s.session_id), "current_task")
-            if r.get(keys.session_cancel(self.s.session_id)) == self.task_id.encode():
-                r.delete(keys.session_cancel(self.s.session_id))
+            persist(lambda: self._clear_task(), f"end of task {self.task_id}")
+
+    def _clear_task(self) -> None:
+        r, sid = self.ctx.redis, self.s.session_id
+        r.hdel(keys.session(sid), "current_task")
+        if r.get(keys.session_cancel(sid)) == self.task_id.encode():
+            r.delete(keys.session_cancel(sid))
 
     def kill_running(self) -> None:
         """Stop the command the task was running (the worker is going away)."""

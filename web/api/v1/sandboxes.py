@@ -10,7 +10,9 @@ from web.api.v1.common import iso
 
 bp = Blueprint("v1_sandboxes", __name__)
 
-_STATES = {"creating": "creating", "running": "running", "deleting": "stopping"}
+# A lost sandbox (its container stopped behind Paddock's back: workers/hosts.py) shows as
+# `lost` until the reaper purges its record (PADDOCK_LOST_KEEP); it holds no slot meanwhile.
+_STATES = {"creating": "creating", "running": "running", "deleting": "stopping", "lost": "lost"}
 
 
 def _json(sb: Sandbox) -> dict:
@@ -37,12 +39,12 @@ def list_sandboxes() -> Response:
 @bp.get("/v1/sandboxes/<sandbox_id>")
 def get_sandbox(sandbox_id: str) -> Response:
     tenant_id = api_tenant()
-    return jsonify(_json(services().sandboxes.get(tenant_id, sandbox_id)))
+    return jsonify(_json(services().sandboxes.get(tenant_id, sandbox_id, include_lost=True)))
 
 
 @bp.delete("/v1/sandboxes/<sandbox_id>")
 def delete_sandbox(sandbox_id: str) -> tuple[str, int]:
     tenant_id = api_tenant()
     svc = services().sandboxes
-    svc.delete(svc.get(tenant_id, sandbox_id))
+    svc.delete(svc.get(tenant_id, sandbox_id, include_lost=True))
     return "", 204

@@ -146,7 +146,8 @@ class NetworkInfo(Schema):
 class SandboxInfo(Schema):
     sandbox_id = fields.String()
     template = fields.String()
-    state = fields.String(metadata={"enum": ["creating", "running", "stopping", "ended", "lost"]})
+    # `lost`: its container stopped behind Paddock's back (shown until PADDOCK_LOST_KEEP).
+    state = fields.String(metadata={"enum": ["creating", "running", "stopping", "lost"]})
     host = fields.String()
     created_at = fields.String(metadata={"format": "date-time"})
     last_active_at = fields.String(metadata={"format": "date-time"})
