@@ -237,6 +237,7 @@ def test_e2b_routes_take_the_key_three_ways(v1: V1) -> None:
         "last_active_at",
         "expires_at",
         "metadata",
+        "network",
     }
     assert sb["state"] == "running" and sb["template"] == "Bash"
     for sid in ids:

@@ -24,6 +24,7 @@ import requests
 
 from shared.settings import Settings
 from tests.stack import ROOT, free_port, redis_argv
+from workers.egress import Egress
 from workers.storage import SandboxStorage
 
 
@@ -182,7 +183,9 @@ def test_up_runs_the_stack_restarts_a_dead_worker_and_ctrl_c_stops_only_what_it_
             all=True, filters={"label": f"paddock.instance={instance}"}
         ):
             c.remove(force=True)
-        SandboxStorage(Settings.from_env(env)).release_instance()  # mounted on the host
+        settings = Settings.from_env(env)
+        SandboxStorage(settings).release_instance()  # mounted on the host
+        Egress(client, settings).teardown()  # kept by the worker if sandboxes outlived it
 
 
 def test_up_adds_a_flower_login_to_an_older_secrets_file_and_hides_old_logs(
@@ -240,6 +243,8 @@ def test_up_adds_a_flower_login_to_an_older_secrets_file_and_hides_old_logs(
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
         rds.terminate()
+        env = _up_env(tmp_path, redis_port, port, flower, instance)
+        Egress(docker.from_env(), Settings.from_env(env)).teardown()
 
 
 def _processes_of(instance: str) -> list[int]:
