@@ -707,6 +707,11 @@ def _kill(pid: int, container_id: str) -> bool:
         os.close(fd)
 
 
+# The embedded DNS of a user-defined Docker network (a sandbox with internet) listens on this
+# address inside the container's network namespace, on a random port.
+DOCKER_DNS = "127.0.0.11"
+
+
 def parse_listening(proc_net: str) -> list[dict[str, Any]]:
     """Parse /proc/net/tcp and tcp6 text into E2B port records (LISTEN sockets only)."""
     seen: set[tuple[str, int]] = set()
@@ -720,6 +725,8 @@ def parse_listening(proc_net: str) -> list[dict[str, Any]]:
             ip, port = _hex_ip(hex_ip), int(hex_port, 16)
         except ValueError:
             continue
+        if ip == DOCKER_DNS:
+            continue  # Docker's resolver, listening in the sandbox's namespace: not the tenant's
         if (ip, port) not in seen:
             seen.add((ip, port))
             ports.append({"State": "LISTEN", "Ip": ip, "Port": port})
