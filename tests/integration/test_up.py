@@ -184,8 +184,10 @@ def test_up_runs_the_stack_restarts_a_dead_worker_and_ctrl_c_stops_only_what_it_
         ):
             c.remove(force=True)
         settings = Settings.from_env(env)
-        SandboxStorage(settings).release_instance()  # mounted on the host
-        Egress(client, settings).teardown()  # kept by the worker if sandboxes outlived it
+        try:
+            SandboxStorage(settings).release_instance()  # mounted on the host
+        finally:
+            Egress(client, settings).teardown()  # kept by the worker if sandboxes outlived it
 
 
 def test_up_adds_a_flower_login_to_an_older_secrets_file_and_hides_old_logs(
