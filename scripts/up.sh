@@ -96,10 +96,13 @@ cmd() {  # a command line for the config: each word quoted for supervisord's shl
     for w in "$@"; do out+="$(ini "$(printf '%q' "$w")") "; done
     printf '%s' "${out% }"
 }
+private_log() {  # private_log FILE: create it 0600 before a process appends to it
+    (umask 077 && : >>"$1")
+    chmod 600 "$1"
+}
 program() {  # program NAME CMD...: a supervised component logging to .paddock/log/NAME.log
     local name=$1; shift
-    (umask 077 && : >>"$LOG/$name.log")
-    chmod 600 "$LOG/$name.log"
+    private_log "$LOG/$name.log"
     cat <<INI
 
 [program:$name]
@@ -131,7 +134,6 @@ NAMES=("$WORKER" control flower web)
 (umask 077 && : >"$CONF")
 chmod 600 "$CONF"
 (
-    umask 077
     # The socket path must fit a sockaddr_un (108 bytes); a deeper data dir goes without
     # `supervisorctl`, which is a convenience.
     if [[ ${#SOCK} -lt 100 ]]; then
@@ -163,7 +165,7 @@ INI
         'web.app:create_app()'
     # A component killed from outside leaves its children (gunicorn's workers, say):
     # this listener kills the rest of its process group before it runs twice.
-    (umask 077 && : >>"$LOG/reap-group.log")
+    private_log "$LOG/reap-group.log"
     cat <<INI
 
 [eventlistener:reap-group]

@@ -97,6 +97,16 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
+# The reaper sends a sandbox's destroy again (workers/control.py): one more try, timed from now.
+# Nothing when the delete got done meanwhile (its record purged: an HSET would leave a bare
+# hash behind that no index reaches).
+# KEYS: the sandbox.  ARGV: now.  -> the tries so far, or nil
+_RETRY_DELETE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'deleting' then return false end
+redis.call('HSET', KEYS[1], 'deleting_at', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'delete_tries', 1)
+"""
+
 # A running sandbox whose container stopped behind Paddock's back becomes `lost`, in one step:
 # it leaves its host's and its tenant's sets (the capacity and quota slots, counted there, are
 # free at once) and the idle index, and is due in the expiry index after ``keep`` seconds (the
@@ -145,6 +155,7 @@ class Store:
         self._begin_delete = r.register_script(_BEGIN_DELETE)
         self._drop_processes = r.register_script(_DROP_PROCESSES)
         self._mark_lost = r.register_script(_MARK_LOST)
+        self._retry_delete = r.register_script(_RETRY_DELETE)
 
     # -- hosts -------------------------------------------------------------------------------
     def heartbeat(
@@ -334,6 +345,11 @@ class Store:
                 args=[time.time(), sandbox_id],
             )
         )
+
+    def retry_delete(self, sandbox_id: str) -> bool:
+        """Count one more destroy of a sandbox being deleted, timed from now (``delete_tries``,
+        ``deleting_at``). False when it is not being deleted (any more)."""
+        return self._retry_delete(keys=[keys.sandbox(sandbox_id)], args=[time.time()]) is not None
 
     def mark_lost(self, sandbox_id: str, reason: str, keep: float) -> bool:
         """Mark a running (or creating) sandbox ``lost``: its container stopped behind

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 # A waiting request refreshes its slot every few seconds; one whose web worker died stops
 # counting after this long.
 _SLOT_TTL = 60.0
+_PROBLEMS_TTL = 1.0
 
 
 class Sandboxes:
@@ -45,6 +46,30 @@ class Sandboxes:
         self.plog = ProcessLog(r)
         self.slots = Slots(r)
         self.sessions = Sessions(r)
+        self.private_allowed = parse_cidrs(
+            settings.egress_private_allowed, "PADDOCK_EGRESS_PRIVATE_ALLOWED"
+        )
+        self._problems: tuple[float, list[dict[str, str]]] = (0.0, [])
+
+    # -- health ------------------------------------------------------------------------------
+    def problems(self) -> list[dict[str, str]]:
+        """What /health reports besides ``OK``: live hosts that cannot do all they should
+        (no egress rules: no internet for sandboxes), or an unreachable state store. Read at
+        most once per _PROBLEMS_TTL per process: /health needs no key, and how often it is
+        asked must not decide how often every host's record is read."""
+        at, cached = self._problems
+        if time.monotonic() - at < _PROBLEMS_TTL:
+            return cached
+        problems: list[dict[str, str]] = []
+        try:
+            for host in self.store.alive_hosts():
+                if host.egress != "ok":
+                    problem = f"sandboxes get no internet: {host.egress}"
+                    problems.append({"host": host.host_id, "problem": problem})
+        except redis.RedisError as exc:
+            problems.append({"host": "", "problem": f"the state store is unreachable: {exc}"})
+        self._problems = (time.monotonic(), problems)
+        return problems
 
     # -- lifecycle ---------------------------------------------------------------------------
     def network(self, raw: object, where: str) -> NetworkPolicy:
@@ -53,9 +78,7 @@ class Sandboxes:
         return parse_network(
             raw,
             default_mode=self.settings.sandbox_network,
-            private_allowed=parse_cidrs(
-                self.settings.egress_private_allowed, "PADDOCK_EGRESS_PRIVATE_ALLOWED"
-            ),
+            private_allowed=self.private_allowed,
             where=where,
         )
 
@@ -182,6 +205,13 @@ class Sandboxes:
     def process_exists(self, sb: Sandbox, process_id: str) -> bool:
         return self.plog.exists(sb.sandbox_id, process_id)
 
+    def _take(self, kind: str, tenant_id: str, limit: int, refusal: str, retry_after: int) -> str:
+        """One of the tenant's ``limit`` slots of ``kind``. Raises QuotaExceeded (``refusal``)."""
+        token = self.slots.acquire(kind, tenant_id, limit, _SLOT_TTL)
+        if token is None:
+            raise QuotaExceeded(refusal, retry_after=retry_after)
+        return token
+
     @contextmanager
     def waiting(self, sb: Sandbox) -> Iterator[str]:
         """Hold one of the tenant's concurrent-wait slots for the block.
@@ -189,13 +219,14 @@ class Sandboxes:
         Raises QuotaExceeded, before the block runs, when the tenant already has
         ``tenant_max_waits`` requests waiting."""
         limit = self.settings.tenant_max_waits
-        token = self.slots.acquire(WAITS, sb.tenant_id, limit, _SLOT_TTL)
-        if token is None:
-            raise QuotaExceeded(
-                f"wait quota reached: {limit} concurrent wait=true requests per tenant "
-                "(PADDOCK_TENANT_MAX_WAITS); poll without wait, or retry later",
-                retry_after=2,
-            )
+        token = self._take(
+            WAITS,
+            sb.tenant_id,
+            limit,
+            f"wait quota reached: {limit} concurrent wait=true requests per tenant "
+            "(PADDOCK_TENANT_MAX_WAITS); poll without wait, or retry later",
+            retry_after=2,
+        )
         try:
             yield token
         finally:
@@ -230,13 +261,14 @@ class Sandboxes:
         Raises QuotaExceeded when the tenant already has ``tenant_max_streams`` answers
         being written."""
         limit = self.settings.tenant_max_streams
-        token = self.slots.acquire(STREAMS, sb.tenant_id, limit, _SLOT_TTL)
-        if token is None:
-            raise QuotaExceeded(
-                f"stream quota reached: {limit} process answers being written at once per "
-                "tenant (PADDOCK_TENANT_MAX_STREAMS); retry when one has been read",
-                retry_after=1,
-            )
+        token = self._take(
+            STREAMS,
+            sb.tenant_id,
+            limit,
+            f"stream quota reached: {limit} process answers being written at once per "
+            "tenant (PADDOCK_TENANT_MAX_STREAMS); retry when one has been read",
+            retry_after=1,
+        )
 
         def chunks() -> Iterator[bytes]:
             refreshed = time.monotonic()

@@ -28,17 +28,25 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     """The worker of one sandbox host: consumes ``host.<id>`` only."""
     app = make_celery(settings)
     ctx = WorkerContext(settings)
-    # Before consuming anything: a host that cannot cap its sandboxes' disk must not start.
+    # Before consuming anything: a host whose engine does not answer, or that cannot cap its
+    # sandboxes' disk, must not start (the process exits; its supervisor restarts it with
+    # back-off, rather than leaving a worker up that never announces itself).
+    ctx.docker.ping()
     ctx.storage.check()
     # Also before: a sandbox with internet starts only behind its host's egress rules (a
     # failure here refuses those, with the reason in the log and in /health).
-    ctx.egress.start()
+    ctx.driver.start_network()
     register_host_tasks(app, ctx)
     stop = threading.Event()
 
     @worker_ready.connect(weak=False)
     def on_ready(**_: Any) -> None:
-        hosts.reconcile(ctx)
+        if hosts.check_engine(ctx, at_start=True).engine_down:
+            # The engine answered a moment ago (create_host_app) and not now: exit, and let
+            # the supervisor restart the worker (raising here would only be logged by Celery,
+            # leaving a worker up that never announces itself).
+            logger.critical("host %s: the engine stopped answering at start", settings.host_id)
+            os._exit(3)
         for session_id in agent_tasks.recover(ctx):
             rpc.send(
                 app,

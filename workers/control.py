@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis
 from celery import Celery
@@ -36,7 +35,11 @@ def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
     """Send a destroy to the owner of every idle or expired sandbox, and again (with back-off)
     to the owner of every sandbox whose delete is not done yet (its host or engine was down:
     a delete is retried until done); purge lost sandboxes whose record has been shown long
-    enough (their host cleaned up when it found them lost). Returns the ids it acted on.
+    enough (their host cleaned up when it found them lost). Returns the ids found due.
+
+    A delete that never gets done is retried every _MAX_RETRY_DELAY seconds for as long as
+    its record is ``deleting``, and keeps its host and quota slot meanwhile: its container
+    and storage may still be there (the engine down, a wedged removal).
 
     A sandbox whose host is dead is forgotten here; its container, if the host comes back,
     is removed by that host's reconcile.
@@ -63,10 +66,8 @@ def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
             since = now - float(record.get("deleting_at") or 0)
             if since < destroy_retry_delay(tries, settings):
                 continue
-            pipe = r.pipeline()
-            pipe.hset(keys.sandbox(sandbox_id), "deleting_at", now)
-            pipe.hincrby(keys.sandbox(sandbox_id), "delete_tries", 1)
-            pipe.execute()
+            if not store.retry_delete(sandbox_id):
+                continue  # done meanwhile
             logger.warning(
                 "sandbox %s: delete not done after %.0f s, destroy %d sent again to host %s",
                 sandbox_id,
@@ -115,7 +116,6 @@ class Periodic:
 
     name: str
     interval: float
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def claim_tick(r: redis.Redis, name: str, interval: float, now: float, owner: str) -> int | None:
@@ -161,7 +161,6 @@ class Scheduler:
                 p.name,
                 queue=CONTROL_QUEUE,
                 expires=p.interval,  # a tick not run within its interval is superseded
-                **p.options,
             )
             sent.append(p.name)
         return sent

@@ -39,7 +39,7 @@ from shared.errors import (
 )
 from shared.settings import Settings
 from workers import docker_exec
-from workers.egress import LABEL_NETWORK, Egress, policy_label
+from workers.egress import LABEL_NETWORK, Egress, attached_from, policy_label
 from workers.storage import ImageSeeds, SandboxStorage
 
 logger = logging.getLogger(__name__)
@@ -379,16 +379,7 @@ class DockerDriver:
         if cid is not None:
             return cid
         try:
-            found = self.control_client.api.containers(
-                all=True,
-                filters={
-                    "label": [
-                        f"{LABEL_SANDBOX}={sandbox_id}",
-                        f"{LABEL_INSTANCE}={self.settings.instance}",
-                        f"{LABEL_HOST}={self.settings.host_id}",
-                    ]
-                },
-            )
+            found = self._listing(sandbox_id=sandbox_id)
         except _ENGINE_ERRORS as exc:
             logger.warning("sandbox %s: listing its container failed: %s", sandbox_id, exc)
             return None
@@ -427,20 +418,39 @@ class DockerDriver:
 
         Raises requests.exceptions.RequestException or docker.errors.APIError when the engine
         does not answer."""
-        found = self.control_client.api.containers(
-            all=True,
-            filters={
-                "label": [
-                    f"{LABEL_INSTANCE}={self.settings.instance}",
-                    f"{LABEL_HOST}={self.settings.host_id}",
-                ]
-            },
-        )
         return {
             c["Labels"][LABEL_SANDBOX]: (str(c["Id"]), str(c.get("State") or ""))
-            for c in found
+            for c in self._listing()
             if LABEL_SANDBOX in (c.get("Labels") or {})
         }
+
+    def start_network(self) -> None:
+        """At worker start: the egress rules, with the own rules of the sandboxes already
+        running here (they outlive a worker restart). Never raises: a failure refuses internet
+        sandboxes, with the reason in the log and in /health (Egress.error)."""
+        try:
+            running = self._listing(all_states=False)
+        except _ENGINE_ERRORS as exc:
+            self.egress.setup_failed(f"could not list the sandboxes: {exc}")
+            return
+        self.egress.setup(attached_from(running, self.egress.network))
+
+    def _listing(
+        self, sandbox_id: str | None = None, all_states: bool = True
+    ) -> list[dict[str, Any]]:
+        """This host's and instance's containers (or one sandbox's), from one listing (never an
+        inspect: a listing does not wait for a wedged container's lock), under the control
+        client's timeout. Raises what the engine client raises."""
+        labels = [
+            f"{LABEL_INSTANCE}={self.settings.instance}",
+            f"{LABEL_HOST}={self.settings.host_id}",
+        ]
+        if sandbox_id is not None:
+            labels.append(f"{LABEL_SANDBOX}={sandbox_id}")
+        found: list[dict[str, Any]] = self.control_client.api.containers(
+            all=all_states, filters={"label": labels}
+        )
+        return found
 
     def _gone(self, sandbox_id: str, exc: Exception) -> SandboxGone:
         """The error of an operation on a sandbox whose container is gone or not running

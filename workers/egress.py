@@ -183,23 +183,6 @@ class Egress:
             self.error = "stopped"
             logger.info("egress: rules and network %s removed", self.network)
 
-    def start(self) -> None:
-        """At worker start: set up for the sandboxes already running on this host (they
-        outlive a worker restart), found with their addresses and policies in the engine."""
-        try:
-            listed = self.client.api.containers(
-                filters={
-                    "label": [
-                        f"paddock.instance={self.settings.instance}",
-                        f"paddock.host={self.settings.host_id}",
-                    ]
-                }
-            )
-        except docker.errors.DockerException as exc:
-            self._fail(f"could not list the sandboxes: {exc}")
-            return
-        self.setup(attached_from(listed, self.network))
-
     # -- sandboxes ---------------------------------------------------------------------------
     def require(self) -> None:
         """Raises EgressUnavailable when the rules are not in place."""
@@ -241,6 +224,11 @@ class Egress:
         return str(ip)
 
     # -- internals ---------------------------------------------------------------------------
+    def setup_failed(self, reason: str) -> None:
+        """The rules could not be set up (the caller could not even list the sandboxes)."""
+        with self._lock:
+            self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         self.error = reason
         logger.error("egress: %s; sandboxes with internet are refused until this is fixed", reason)

@@ -63,79 +63,7 @@ def start_heartbeat(ctx: WorkerContext, stop: threading.Event) -> threading.Thre
     return t
 
 
-def reconcile(ctx: WorkerContext) -> None:
-    """At start: remove containers nobody knows and free their storage, free storage whose
-    container is gone, forget sandboxes whose container is gone, and close the output of
-    processes whose pump died with the previous worker."""
-    host = ctx.settings.host_id
-    states = ctx.driver.container_states()
-    containers = {sid: cid for sid, (cid, _state) in states.items()}
-    orphans: set[str] = set()
-    for sandbox_id, container_id in containers.items():
-        record = ctx.store.raw_sandbox(sandbox_id)
-        if not record or record.get("host") != host or record.get("status") in ("deleting", "lost"):
-            logger.warning("sandbox %s: orphan container on host %s, removing", sandbox_id, host)
-            orphans.add(sandbox_id)
-            try:
-                ctx.driver.destroy(sandbox_id, container_id)
-            except SandboxError:  # StorageError included: the worker starts all the same
-                logger.exception("sandbox %s: orphan not removed", sandbox_id)
-                continue  # keep the record: a later destroy retries
-            if record.get("status") == "deleting":
-                ctx.store.purge_sandbox(sandbox_id)
-    # Storage without a live container: the previous worker died between making the storage
-    # and starting the container, or the container was removed behind Paddock's back.
-    for sandbox_id in ctx.storage.sandbox_ids():
-        if sandbox_id in containers and sandbox_id not in orphans:
-            continue
-        if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
-            continue
-        logger.warning("sandbox %s: storage without a container, freeing it", sandbox_id)
-        try:
-            ctx.storage.release(sandbox_id)
-        except StorageError:
-            logger.exception("sandbox %s: orphan storage not freed", sandbox_id)
-    try:
-        ctx.driver.seeds.prune()
-    except Exception:
-        logger.exception("host %s: pruning image seeds failed", host)
-    for sandbox_id in ctx.store.host_sandbox_ids(host):
-        found = states.get(sandbox_id)
-        if found is None or found[1] not in ALIVE_STATES:
-            record = ctx.store.raw_sandbox(sandbox_id)
-            if _being_created(ctx, record) or record.get("status") == "deleting":
-                continue
-            lose(ctx, sandbox_id, _why_lost(found), found[0] if found else None)
-            continue
-        for process_id in ctx.plog.process_ids(sandbox_id):
-            info = ctx.plog.info(sandbox_id, process_id)
-            if info.get("status") in ("starting", "running"):
-                logger.warning(
-                    "sandbox %s process %s: lost with the previous worker", sandbox_id, process_id
-                )
-                ctx.plog.append(
-                    sandbox_id,
-                    process_id,
-                    [
-                        Line(
-                            STDERR,
-                            "[paddock] the process's output was lost: its host worker restarted",
-                            time.time_ns(),
-                        )
-                    ],
-                )
-                ctx.plog.finish(sandbox_id, process_id, None)
-
-
-def _being_created(ctx: WorkerContext, record: dict[str, str]) -> bool:
-    """Whether another thread may be creating this sandbox right now."""
-    return (
-        record.get("status") == "creating"
-        and time.time() - float(record.get("created_at", 0)) < ctx.settings.create_timeout
-    )
-
-
-# -- dead sandboxes: the periodic reconcile ---------------------------------------------------
+# -- Redis and Docker agree: at start, then periodically ------------------------------------
 # At most this often, however many operations find containers gone (each wakes the check).
 _MIN_CHECK_GAP = 1.0
 
@@ -153,13 +81,17 @@ class Findings:
         return bool(self.lost or self.containers_removed or self.storage_freed)
 
 
-def check_engine(ctx: WorkerContext) -> Findings:
+def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
     """Compare this host's records with one container listing of its engine (no inspect per
     sandbox): a running sandbox whose container is gone or stopped (exited, dead, being
     removed) is lost (`lose`); a container with no record here, or whose sandbox is lost, is
     removed; storage whose sandbox has no container and no live record is freed. Sandboxes
     being created or deleted are left to whoever does that. Nothing is judged while the engine
-    does not answer (``engine_down``): a delete meanwhile is retried by the reaper."""
+    does not answer (``engine_down``): a delete meanwhile is retried by the reaper.
+
+    ``at_start`` (the worker's first pass, before it serves): nobody is deleting anything
+    then, so sandboxes being deleted are finished here too; the output of processes whose
+    pump died with the previous worker is closed, and unused image seeds are pruned."""
     host = ctx.settings.host_id
     found = Findings()
     try:
@@ -171,31 +103,42 @@ def check_engine(ctx: WorkerContext) -> Findings:
     for sandbox_id in ctx.store.host_sandbox_ids(host):
         seen = states.get(sandbox_id)
         if seen is not None and seen[1] in ALIVE_STATES:
+            if at_start:
+                _end_processes(
+                    ctx, sandbox_id, "the process's output was lost: its host worker restarted"
+                )
             continue
-        record = ctx.store.raw_sandbox(sandbox_id)
-        if record.get("status") not in ("running", "creating") or _being_created(ctx, record):
+        if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
             continue
+        # (mark_lost leaves a sandbox being deleted alone)
         if lose(ctx, sandbox_id, _why_lost(seen), seen[0] if seen else None):
             found.lost.append(sandbox_id)
+    # Which records no longer need their container and storage.
+    ended = ("lost", "deleting") if at_start else ("lost",)
     for sandbox_id, (container_id, _state) in states.items():
         if sandbox_id in found.lost:
             continue
         record = ctx.store.raw_sandbox(sandbox_id)
         # No record: its sandbox was purged (e.g. its host was taken for dead meanwhile); a
         # lost one: its cleanup failed before. Being created or deleted: not ours to judge.
-        if record and record.get("host") == host and record.get("status") != "lost":
+        if record and record.get("host") == host and record.get("status") not in ended:
             continue
         logger.warning("sandbox %s: leftover container on host %s, removing", sandbox_id, host)
         try:
             ctx.driver.destroy(sandbox_id, container_id)
-            found.containers_removed.append(sandbox_id)
         except SandboxError:  # StorageError included: the next pass tries again
             logger.exception("sandbox %s: leftover container not removed", sandbox_id)
+            continue
+        found.containers_removed.append(sandbox_id)
+        if record.get("status") == "deleting":
+            ctx.store.purge_sandbox(sandbox_id)
+    # Storage without a container: the previous worker died between making the storage and
+    # starting the container, or the container was removed behind Paddock's back.
     for sandbox_id in ctx.storage.sandbox_ids():
         if sandbox_id in states or sandbox_id in found.lost:
-            continue
+            continue  # its destroy frees it (or the next pass)
         record = ctx.store.raw_sandbox(sandbox_id)
-        if record and record.get("status") != "lost":
+        if record and record.get("status") not in ended:
             continue  # being created (the container comes next) or deleted (the destroy frees)
         logger.warning("sandbox %s: storage without a container or record, freeing", sandbox_id)
         try:
@@ -203,6 +146,11 @@ def check_engine(ctx: WorkerContext) -> Findings:
             found.storage_freed.append(sandbox_id)
         except StorageError:
             logger.exception("sandbox %s: leftover storage not freed", sandbox_id)
+    if at_start:
+        try:
+            ctx.driver.seeds.prune()
+        except Exception:
+            logger.exception("host %s: pruning image seeds failed", host)
     if found:
         logger.warning(
             "host %s: reconcile: %d sandbox(es) lost %s, %d leftover container(s) removed, "
@@ -216,6 +164,14 @@ def check_engine(ctx: WorkerContext) -> Findings:
     return found
 
 
+def _being_created(ctx: WorkerContext, record: dict[str, str]) -> bool:
+    """Whether another thread may be creating this sandbox right now."""
+    return (
+        record.get("status") == "creating"
+        and time.time() - float(record.get("created_at", 0)) < ctx.settings.create_timeout
+    )
+
+
 def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | None) -> bool:
     """The sandbox's container stopped behind Paddock's back: mark it ``lost`` (its host
     capacity slot and its tenant's quota slot are free at once; /v1 shows ``lost`` for
@@ -227,16 +183,23 @@ def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | N
         return False
     logger.warning("sandbox %s: lost (%s); slots freed, cleaning up", sandbox_id, reason)
     ctx.processes.forget_sandbox(sandbox_id)
-    message = f"[paddock] the sandbox was lost ({reason}); the process ended with it"
-    for process_id in ctx.plog.process_ids(sandbox_id):
-        if ctx.plog.info(sandbox_id, process_id).get("status") in ("starting", "running"):
-            ctx.plog.append(sandbox_id, process_id, [Line(STDERR, message, time.time_ns())])
-            ctx.plog.finish(sandbox_id, process_id, None)
+    _end_processes(ctx, sandbox_id, f"the sandbox was lost ({reason}); the process ended with it")
     try:
         ctx.driver.destroy(sandbox_id, container_id)
     except SandboxError:  # StorageError included
         logger.exception("sandbox %s: cleanup of the lost sandbox failed; retried", sandbox_id)
     return True
+
+
+def _end_processes(ctx: WorkerContext, sandbox_id: str, why: str) -> None:
+    """Finish the output of the sandbox's processes still shown running, with ``why`` on
+    stderr (no exit code: nobody saw it)."""
+    for process_id in ctx.plog.process_ids(sandbox_id):
+        if ctx.plog.info(sandbox_id, process_id).get("status") in ("starting", "running"):
+            logger.warning("sandbox %s process %s: %s", sandbox_id, process_id, why)
+            line = Line(STDERR, f"[paddock] {why}", time.time_ns())
+            ctx.plog.append(sandbox_id, process_id, [line])
+            ctx.plog.finish(sandbox_id, process_id, None)
 
 
 def _why_lost(seen: tuple[str, str] | None) -> str:

@@ -2,8 +2,8 @@
 # supervisord event listener (scripts/up.sh): when a component dies, kill what is left of its
 # process group. supervisord starts each program in a group of its own (pgid = its pid) but only
 # signals that group when *it* stops the program; a component killed from outside would leave
-# its children running beside the restarted one (the control worker's `celery beat` child: two
-# schedulers). The group of a dead pid cannot be reused while a member lives, so this is safe.
+# its children running beside the restarted one (gunicorn's workers still holding the port).
+# The group of a dead pid cannot be reused while a member lives, so this is safe.
 # Protocol: http://supervisord.org/events.html — stdout is the protocol, messages go to stderr.
 set -u
 while true; do

@@ -5,6 +5,7 @@ across schedulers."""
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -114,6 +115,15 @@ def test_a_delete_not_done_is_sent_again_with_back_off(
     assert control.destroy_retry_delay(30, settings) == 600
 
 
+def test_a_retry_never_brings_back_a_purged_record(r: fakeredis.FakeRedis, store: Store) -> None:
+    _placed(store, "sb1")
+    assert store.begin_delete("sb1")
+    assert store.retry_delete("sb1")
+    store.purge_sandbox("sb1")  # the destroy got done meanwhile
+    assert not store.retry_delete("sb1")
+    assert not r.exists(keys.sandbox("sb1")), "no bare hash left that no index reaches"
+
+
 # -- the host's check ---------------------------------------------------------------------------
 class FakeStorage:
     def __init__(self, ids: list[str]) -> None:
@@ -134,8 +144,11 @@ class FakeDriver:
         self.storage = storage
         self.destroyed: list[str] = []
         self.on_gone: Any = None
+        self.seeds = SimpleNamespace(prune=lambda: None)
+        self.listings = 0
 
     def container_states(self) -> dict[str, tuple[str, str]]:
+        self.listings += 1
         if self.states is None:
             raise requests.exceptions.ConnectionError("engine down")
         return dict(self.states)
@@ -200,6 +213,50 @@ def test_check_engine_judges_nothing_while_the_engine_is_down(
     found = hosts.check_engine(_ctx(r, driver, storage))
     assert found.engine_down and not found
     assert store.raw_sandbox("run")["status"] == "running"
+
+
+def test_the_start_pass_also_finishes_deletes_and_closes_dead_pumps(
+    r: fakeredis.FakeRedis, store: Store
+) -> None:
+    for sid in ("run", "del"):
+        _placed(store, sid)
+    assert store.begin_delete("del")  # its destroy died with the previous worker
+    plog = ProcessLog(r)
+    plog.register("run", "p1", "sleep 100", "t1")
+    plog.set_fields("run", "p1", status="running")
+    storage = FakeStorage(["run", "del"])
+    driver = FakeDriver({"run": ("c1", "running"), "del": ("c2", "running")}, storage)
+    ctx = _ctx(r, driver, storage)
+    assert not hosts.check_engine(ctx), "later passes leave a delete to whoever does it"
+    assert plog.info("run", "p1")["status"] == "running"
+    found = hosts.check_engine(ctx, at_start=True)
+    assert found.containers_removed == ["del"] and not store.raw_sandbox("del")
+    assert plog.info("run", "p1")["status"] != "running"
+    assert store.raw_sandbox("run")["status"] == "running"
+
+
+def test_a_storm_of_gone_containers_runs_one_pass_at_a_time(
+    r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant making operations fail by the thousand (each wakes the check) gets at most
+    one pass per _MIN_CHECK_GAP: the wake-ups coalesce into one pending pass."""
+    monkeypatch.setattr(hosts, "_MIN_CHECK_GAP", 0.05)
+    storage = FakeStorage([])
+    driver = FakeDriver({}, storage)
+    ctx = _ctx(r, driver, storage)
+    stop = threading.Event()
+    t = hosts.start_reconcile(ctx, stop)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 0.5:
+            for _ in range(1000):
+                driver.on_gone("sb")
+            time.sleep(0.001)
+    finally:
+        stop.set()
+        t.join(5)
+    elapsed = time.monotonic() - started
+    assert 1 <= driver.listings <= elapsed / 0.05 + 2, driver.listings
 
 
 # -- Docker's refusals --------------------------------------------------------------------------

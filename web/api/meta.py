@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from flask import Blueprint, Response, jsonify, request
 
 from web.api.deps import services
@@ -17,15 +16,7 @@ def health() -> tuple[str | Response, int, dict[str, str]]:
     """200 while this web process serves (what a load balancer needs), with, after the first
     line ``OK``, one line per live host that cannot do all it should (a host whose egress
     rules are missing gives no sandbox the internet). JSON when asked with Accept."""
-    problems: list[dict[str, str]] = []
-    try:
-        for host in services().sandboxes.store.alive_hosts():
-            if host.egress != "ok":
-                problems.append(
-                    {"host": host.host_id, "problem": f"sandboxes get no internet: {host.egress}"}
-                )
-    except redis.RedisError as exc:
-        problems.append({"host": "", "problem": f"the state store is unreachable: {exc}"})
+    problems = services().sandboxes.problems()
     if request.accept_mimetypes.best == "application/json":
         body = {"status": "degraded" if problems else "ok", "problems": problems}
         return jsonify(body), 200, {}

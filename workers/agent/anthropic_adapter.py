@@ -17,7 +17,6 @@ from workers.agent.conversation import (
     tool_call,
     turn_stop,
 )
-from workers.agent.http import llm_http_client
 
 # Explicit default: with base_url=None the SDK would read ANTHROPIC_BASE_URL from the worker's
 # environment and send tenants' keys wherever that points.
@@ -43,16 +42,9 @@ class AnthropicConversation(Conversation):
                 {"name": t.name, "description": t.description, "input_schema": t.input_schema}
                 for t in self.tools
             ]
-        with (
-            llm_http_client(self.timeout, allowed_hosts) as http,
-            anthropic.Anthropic(
-                api_key=api_key,
-                base_url=base_url or ANTHROPIC_DEFAULT_URL,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-                http_client=http,
-            ) as client,
-        ):
+        with self._client(
+            anthropic.Anthropic, api_key, base_url or ANTHROPIC_DEFAULT_URL, allowed_hosts
+        ) as client:
             reply = client.messages.create(**kwargs)
         # The SDK does not validate replies: a wrong base_url can give a web page or other JSON.
         if not isinstance(reply, Message) or not isinstance(reply.content, list):

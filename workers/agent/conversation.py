@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
+from workers.agent.http import llm_http_client
 from workers.agent.llm_errors import SDK_ERRORS, LlmError, llm_error
+
+_Sdk = TypeVar("_Sdk")
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +190,26 @@ class Conversation(ABC):
 
     @abstractmethod
     def _request(self, api_key: str, base_url: str | None, allowed_hosts: str | None) -> Turn:
-        """One request through `workers.agent.http.llm_http_client`."""
+        """One request, with a client from `_client`."""
+
+    @contextmanager
+    def _client(
+        self,
+        sdk: Callable[..., _Sdk],
+        api_key: str,
+        base_url: str,
+        allowed_hosts: str | None,
+    ) -> Iterator[_Sdk]:
+        """The vendor's SDK client (``anthropic.Anthropic``, ``openai.OpenAI``) sending through
+        `llm_http_client`, whose connections close when the block ends."""
+        with llm_http_client(self.timeout, allowed_hosts) as http:
+            yield sdk(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+                http_client=http,
+            )
 
     @abstractmethod
     def _append_results(self, results: list[ToolResult]) -> None: ...

@@ -24,7 +24,6 @@ from workers.agent.conversation import (
     tool_call,
     turn_stop,
 )
-from workers.agent.http import llm_http_client
 
 # Explicit default: with base_url=None the SDK would read OPENAI_BASE_URL from the worker's
 # environment and send tenants' keys wherever that points.
@@ -57,16 +56,9 @@ class OpenAIConversation(Conversation):
                 }
                 for t in self.tools
             ]
-        with (
-            llm_http_client(self.timeout, allowed_hosts) as http,
-            openai.OpenAI(
-                api_key=api_key,
-                base_url=base_url or OPENAI_DEFAULT_URL,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-                http_client=http,
-            ) as client,
-        ):
+        with self._client(
+            openai.OpenAI, api_key, base_url or OPENAI_DEFAULT_URL, allowed_hosts
+        ) as client:
             completion = client.chat.completions.create(**kwargs)
         # The SDK does not validate replies: a wrong base_url can give a web page or other JSON.
         choices = completion.choices if isinstance(completion, ChatCompletion) else None
