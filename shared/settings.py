@@ -80,6 +80,9 @@ class Settings:
     # the host's), and a CA bundle (PEM) sandboxes trust instead of their image's, for networks
     # that inspect TLS (mounted read-only over /etc/ssl/certs/ca-certificates.crt).
     egress_deny: str = ""
+    # Connections (conntrack flows) one sandbox may have open at once: the host's conntrack
+    # table is shared by every sandbox and the host itself (262,144 entries by default).
+    sandbox_max_flows: int = 2048
     egress_private_allowed: str = ""
     sandbox_dns: str = ""
     sandbox_ca_bundle: str = ""
@@ -159,7 +162,13 @@ class Settings:
             )
         for name in ("egress_deny", "egress_private_allowed", "sandbox_dns"):
             parse_cidrs(getattr(self, name), f"PADDOCK_{name.upper()}")
-        for name in ("idle_timeout", "host_capacity", "sandbox_pids", "sandbox_memory"):
+        for name in (
+            "idle_timeout",
+            "host_capacity",
+            "sandbox_pids",
+            "sandbox_memory",
+            "sandbox_max_flows",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PADDOCK_{name.upper()} must be positive")
 

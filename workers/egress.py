@@ -281,6 +281,13 @@ class Egress:
         # ACCEPT, not RETURN: Docker's isolation between its networks would drop the rest of
         # a flow the policy let start (to a service in a container on a range the operator opened).
         lines.append(f"{f} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        # Each sandbox's share of the host's conntrack table (which, full, drops every new
+        # connection of the host): past it, new flows are refused until some close.
+        lines.append(
+            f"{f} -m conntrack --ctstate NEW -m connlimit --connlimit-above "
+            f"{self.settings.sandbox_max_flows} --connlimit-mask 32 --connlimit-saddr "
+            + " ".join(_REJECT)
+        )
         lines.append(f"{f} -o pdk+ {' '.join(_REJECT)}")  # any Paddock sandbox, ICC or not
         for server in self.dns:
             for proto in ("udp", "tcp"):

@@ -34,6 +34,31 @@ from tests.stack import Stack
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 PROBE_PORT = 8000
+HOLD_PORT = 9000
+MAX_FLOWS = 64
+_HOLDER = f"""
+import socket, threading
+def serve(c):
+    while c.recv(64):
+        pass
+    c.close()
+s = socket.socket()
+s.bind(("0.0.0.0", {HOLD_PORT}))
+s.listen(4096)
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"""
+# Opens N connections at once and holds them; prints how many were refused, and by what.
+_HOLD = """python3 -c '
+import socket, sys
+held, refused = [], []
+for _ in range(int(sys.argv[3])):
+    try:
+        held.append(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5))
+    except OSError as e:
+        refused.append(e.errno)
+print(len(held), len(refused), sorted(set(refused)))
+' {host} {port} {n}"""
 
 # Connects to HOST:PORT from inside a sandbox; prints "open <first bytes>" or "blocked <errno>".
 _PROBE = """python3 -c '
@@ -118,7 +143,10 @@ def private_net() -> Iterator[dict[str, str]]:
     try:
         listener.reload()
         ip = listener.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
+        # A second listener that keeps every connection open until its client closes it.
+        listener.exec_run(["python3", "-c", _HOLDER], detach=True, user="1000")
         _wait_open(ip, PROBE_PORT)
+        _wait_open(ip, HOLD_PORT)
         yield {"subnet": subnet, "ip": ip, "gateway": f"10.213.{third}.1", "name": net.name}
     finally:
         listener.remove(force=True)
@@ -139,7 +167,10 @@ def _wait_open(ip: str, port: int) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, private_net: dict[str, str]) -> Iterator[Stack]:
-    env = {"PADDOCK_EGRESS_PRIVATE_ALLOWED": private_net["subnet"]}
+    env = {
+        "PADDOCK_EGRESS_PRIVATE_ALLOWED": private_net["subnet"],
+        "PADDOCK_SANDBOX_MAX_FLOWS": str(MAX_FLOWS),
+    }
     if os.path.exists(HOST_CA):
         # This machine's network inspects TLS: sandboxes trust what the host trusts.
         env["PADDOCK_SANDBOX_CA_BUNDLE"] = HOST_CA
@@ -281,6 +312,23 @@ def test_other_sandboxes_are_unreachable(api: Api, stack: Stack, default_sid: st
         api.req("DELETE", f"/sessions/{sid}")
 
 
+def test_a_sandbox_holds_at_most_its_share_of_connections(
+    api: Api, private_net: dict[str, str]
+) -> None:
+    """The host's conntrack table is shared: one sandbox opening connections without end
+    must not fill it. Past PADDOCK_SANDBOX_MAX_FLOWS it is refused; closing frees its share."""
+    sid = create(api, {"allow_out": [private_net["subnet"]]})
+    hold = _HOLD.format(host=private_net["ip"], port=HOLD_PORT, n=MAX_FLOWS + 40)
+    held, refused, errnos = stdout_lines(api.run(sid, hold))[0].split(" ", 2)
+    assert int(held) == MAX_FLOWS and int(refused) == 40
+    assert errnos == f"[{errno.EHOSTUNREACH}]"
+    # All closed (the process ended): once the peer has closed too, a new batch gets its
+    # whole share again.
+    again = _HOLD.format(host=private_net["ip"], port=HOLD_PORT, n=MAX_FLOWS)
+    _until(lambda: stdout_lines(api.run(sid, again)) == [f"{MAX_FLOWS} 0 []"], "flows freed")
+    api.req("DELETE", f"/sessions/{sid}")
+
+
 def test_none_has_no_network(api: Api, host_listener: dict[str, Any]) -> None:
     sid = create(api, {"mode": "none"})
     assert stdout_lines(api.run(sid, "ls /sys/class/net")) == ["lo"]
@@ -386,6 +434,11 @@ def test_a_host_without_rules_refuses_internet_and_says_why(tmp_path: Path) -> N
     env = {"PATH": f"{fake}:{os.environ['PATH']}"}
     with Stack(tmp_path / "st", env=env) as st:
         api = Api(st)
+        # /health reads the hosts at most once a second per web process.
+        _until(
+            lambda: "host-a:" in requests.get(st.url + "/health", timeout=10).text,
+            "/health to name the host",
+        )
         health = requests.get(st.url + "/health", timeout=10)
         assert health.status_code == 200
         assert health.text.startswith("OK\nhost-a: sandboxes get no internet:")
