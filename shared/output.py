@@ -57,7 +57,8 @@ redis.call('INCRBY', KEYS[5], n)
 return 1
 """
 
-# Append one chunk if the sandbox's and the tenant's budgets have room for all of it.
+# Append one chunk if the sandbox's and the tenant's budgets have room for all of it; a chunk
+# of 0 bytes (Paddock's own notice) is outside the budgets and always stored.
 # KEYS: output stream, process hash, sandbox counter, tenant counter
 # ARGV: bytes, sandbox cap, tenant cap, seq, then (kind, text, ts) per entry
 # Returns {1, room left} when stored (or dropped because the process was forgotten meanwhile,
@@ -71,34 +72,27 @@ if seq > 0 then
   if tonumber(redis.call('HGET', KEYS[2], 'wseq') or '0') >= seq then return {1, 0} end
 end
 local n = tonumber(ARGV[1])
-local sroom = tonumber(ARGV[2]) - tonumber(redis.call('GET', KEYS[3]) or '0')
-local troom = tonumber(ARGV[3]) - tonumber(redis.call('GET', KEYS[4]) or '0')
-local room, which = sroom, 'sandbox'
-if troom < sroom then room, which = troom, 'tenant' end
-if n > room then
-  if room < 0 then room = 0 end
-  return {0, room, which}
+local room = 0
+if n > 0 then
+  local sroom = tonumber(ARGV[2]) - tonumber(redis.call('GET', KEYS[3]) or '0')
+  local troom = tonumber(ARGV[3]) - tonumber(redis.call('GET', KEYS[4]) or '0')
+  local which = 'sandbox'
+  room = sroom
+  if troom < sroom then room, which = troom, 'tenant' end
+  if n > room then
+    if room < 0 then room = 0 end
+    return {0, room, which}
+  end
+  redis.call('INCRBY', KEYS[3], n)
+  redis.call('INCRBY', KEYS[4], n)
+  redis.call('HINCRBY', KEYS[2], 'bytes', n)
+  room = room - n
 end
-redis.call('INCRBY', KEYS[3], n)
-redis.call('INCRBY', KEYS[4], n)
-redis.call('HINCRBY', KEYS[2], 'bytes', n)
 if seq > 0 then redis.call('HSET', KEYS[2], 'wseq', seq) end
 for i = 5, #ARGV, 3 do
   redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'l', ARGV[i + 1], 't', ARGV[i + 2])
 end
-return {1, room - n}
-"""
-
-# Paddock's own notice on a process, outside the budgets, once per seq (see _APPEND).
-# KEYS: output stream, process hash; ARGV: seq, then (kind, text, ts) per entry
-_NOTICE = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-if tonumber(redis.call('HGET', KEYS[2], 'wseq') or '0') >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], 'wseq', ARGV[1])
-for i = 2, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'l', ARGV[i + 1], 't', ARGV[i + 2])
-end
-return 1
+return {1, room}
 """
 
 # Mark a process ended, once: the end entry, its record, the running set and the done stream
@@ -151,6 +145,9 @@ class Budgets:
     tenant: int
 
 
+_NO_BUDGETS = Budgets(0, 0, 0)  # a notice's: 0 bytes are not checked against any
+
+
 @dataclass(frozen=True)
 class Refused:
     """A write the sandbox's or tenant's budget had no room for: ``room`` bytes would fit."""
@@ -188,7 +185,6 @@ class ProcessLog:
         self._register = r.register_script(_REGISTER)
         self._append = r.register_script(_APPEND)
         self._forget = r.register_script(_FORGET)
-        self._notice = r.register_script(_NOTICE)
         self._finish = r.register_script(_FINISH)
 
     # -- records -----------------------------------------------------------------------------
@@ -290,17 +286,12 @@ class ProcessLog:
         if len(pipe):
             pipe.execute()
 
-    def notice(self, sandbox_id: str, process_id: str, lines: Iterable[Line], seq: int) -> None:
+    def notice(
+        self, sandbox_id: str, process_id: str, tenant_id: str, lines: Iterable[Line], seq: int
+    ) -> None:
         """Store Paddock's own notice outside the budgets, once for ``seq`` (> 0): safe to
         send again after a lost reply (see append_budgeted)."""
-        args: list[Any] = [seq]
-        for kind, ts, joined in _entries(lines):
-            args += [kind, joined, ts]
-        if len(args) > 1:
-            self._notice(
-                keys=[keys.output(sandbox_id, process_id), keys.process(sandbox_id, process_id)],
-                args=args,
-            )
+        self.append_budgeted(sandbox_id, process_id, tenant_id, lines, 0, _NO_BUDGETS, seq)
 
     def append_budgeted(
         self,
@@ -400,9 +391,10 @@ class ProcessLog:
                 if remaining <= 0 or not self.exists(sandbox_id, process_id):
                     return False
             except REDIS_DOWN:
-                if deadline - time.monotonic() <= 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     return False
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                time.sleep(min(1.0, left))
 
     # -- reading output, whole (bounded by the per-process cap) ------------------------------
     def read(self, sandbox_id: str, process_id: str) -> Output:

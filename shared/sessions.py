@@ -364,7 +364,10 @@ class Sessions:
         return text(current)
 
     def take_runner(self, session_id: str, owner: str, ttl: int) -> bool:
-        return bool(self.r.set(keys.session_runner(session_id), owner, nx=True, ex=ttl))
+        """Take the runner lock; True also when ``owner`` holds it already (a retry whose first
+        reply was lost must not find its own lock held by someone else)."""
+        key = keys.session_runner(session_id)
+        return bool(self.r.set(key, owner, nx=True, ex=ttl)) or self.r.get(key) == owner.encode()
 
     def renew_runner(self, session_id: str, ttl: int) -> None:
         self.r.expire(keys.session_runner(session_id), ttl)

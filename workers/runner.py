@@ -3,11 +3,11 @@
 A pump is a plain thread, not a Celery slot: a process that runs for hours costs one mostly
 idle thread blocked on its exec socket, and no worker slot or web thread.
 
-A pump survives Redis going away: what it reads meanwhile waits in a bounded buffer (the
-process keeps running; past the buffer it waits on its pipe), is written once Redis is back,
-each write carrying a seq so a write whose reply was lost is not stored twice, and the end
-marker follows. Only after WRITER_BACKOFF.give_up_after seconds without Redis does it drop
-the output, and say so in the log.
+A pump survives Redis going away: what it reads meanwhile waits in a buffer bounded per
+process and across the worker (the process keeps running; past either cap it waits on its
+pipe), is written once Redis is back, each write carrying a seq so a write whose reply was lost
+is not stored twice, and the end marker follows. Only after WRITER_BACKOFF.give_up_after
+seconds without Redis does it drop the output, and say so in the log.
 """
 
 from __future__ import annotations
@@ -35,10 +35,38 @@ MAX_LINE = 1 << 20  # a "line" longer than this is cut into several lines
 # Output read while Redis is down, held for it per process; past this the pump stops reading
 # (the process waits on its pipe) until Redis is back.
 MAX_PENDING = 4 << 20
+# The same across every pump of this worker: without it a tenant's (or all tenants') 32 x 32
+# processes could pin 4 GiB of the host during an outage. A pump whose write finds no room
+# stops reading until that write is stored, as one past MAX_PENDING does.
+HOST_MAX_PENDING = 64 << 20
+# What a kept write costs in memory besides its bytes (its objects), counted against both caps:
+# a process printing a byte at a time must not keep millions of writes within 4 MiB.
+WRITE_OVERHEAD = 1 << 10
 # While output waits for Redis, the pump wakes this often to try again although the process
 # is quiet (otherwise it sleeps on the exec socket).
 _PENDING_POLL = 1.0
 _IDLE_POLL = 30.0
+
+
+class HostPending:
+    """The bytes all pumps of the worker hold for Redis, at most ``cap``: room is taken for
+    each write kept and given back once it is stored or dropped. Thread-safe."""
+
+    def __init__(self, cap: int = HOST_MAX_PENDING) -> None:
+        self.cap = cap
+        self.size = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.size + n > self.cap:
+                return False
+            self.size += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.size -= n
 
 
 @dataclass(frozen=True)
@@ -51,6 +79,7 @@ class Write:
     size: int
     budgeted: bool  # the process's output; else Paddock's notice (outside the budgets)
     unless_cut: bool = False  # a notice that a budget refusal, already noted, makes moot
+    held: bool = True  # its bytes count in the HostPending (False: it had no room)
 
 
 @dataclass
@@ -58,25 +87,35 @@ class Pending:
     """The writes a pump has not stored yet, in order, with their size and when to try
     again (back-off while Redis is down)."""
 
+    host: HostPending = field(default_factory=HostPending)
     writes: deque[Write] = field(default_factory=deque)
     size: int = 0
+    unheld: int = 0  # writes the host had no room for
     next_seq: int = 4
     retry_at: float = 0.0
     delays: Iterator[float] = field(default_factory=WRITER_BACKOFF.delays)
     down_since: float | None = None
 
     def add(self, lines: list[Line], size: int, budgeted: bool, unless_cut: bool = False) -> None:
-        self.writes.append(Write(self.next_seq, lines, size, budgeted, unless_cut))
+        held = self.host.take(size + WRITE_OVERHEAD)
+        self.writes.append(Write(self.next_seq, lines, size, budgeted, unless_cut, held))
         self.next_seq += 4
         self.size += size
+        if not held:
+            self.unheld += 1
 
     @property
     def full(self) -> bool:
-        return self.size > MAX_PENDING
+        """Past its own cap or the host's: the pump stores before it reads on."""
+        return (
+            self.size > MAX_PENDING
+            or len(self.writes) > MAX_PENDING // WRITE_OVERHEAD
+            or self.unheld > 0
+        )
 
     def done(self) -> None:
         """The oldest write is stored: Redis answers again."""
-        self.size -= self.writes.popleft().size
+        self._release(self.writes.popleft())
         self.retry_at = 0.0
         self.delays = WRITER_BACKOFF.delays()
 
@@ -91,9 +130,16 @@ class Pending:
     def drop(self) -> int:
         """Give up on every write; returns the bytes dropped."""
         dropped = self.size
-        self.writes.clear()
-        self.size = 0
+        while self.writes:
+            self._release(self.writes.popleft())
         return dropped
+
+    def _release(self, write: Write) -> None:
+        self.size -= write.size
+        if write.held:
+            self.host.give(write.size + WRITE_OVERHEAD)
+        else:
+            self.unheld -= 1
 
 
 @dataclass
@@ -128,6 +174,7 @@ class ProcessManager:
         self.settings = settings
         self._running: dict[tuple[str, str], Running] = {}
         self._lock = threading.Lock()
+        self.pending = HostPending()
         self.budgets = Budgets(
             settings.max_output_bytes, settings.sandbox_output_bytes, settings.tenant_output_bytes
         )
@@ -157,7 +204,14 @@ class ProcessManager:
         except Exception:
             self.plog.forget(sandbox_id, process_id)
             raise
-        run = Running(sandbox_id, process_id, tenant_id, attached, oom_base=oom_base)
+        run = Running(
+            sandbox_id,
+            process_id,
+            tenant_id,
+            attached,
+            oom_base=oom_base,
+            pending=Pending(self.pending),
+        )
         with self._lock:
             self._running[(sandbox_id, process_id)] = run
         self.plog.set_fields(sandbox_id, process_id, status="running")
@@ -314,6 +368,7 @@ class ProcessManager:
                 except Exception:
                     logger.exception("sandbox %s process %s: not marked ended", sid, pid)
         finally:
+            run.pending.drop()  # what a forgotten process left: its room goes back to the host
             run.pgid_known.set()
             run.done.set()
             with self._lock:
@@ -409,7 +464,7 @@ class ProcessManager:
         sid, pid = run.sandbox_id, run.process_id
         if not write.budgeted:
             if not (write.unless_cut and run.cut):
-                self.plog.notice(sid, pid, write.lines, write.seq)
+                self.plog.notice(sid, pid, run.tenant_id, write.lines, write.seq)
             return
         if run.cut:
             return
@@ -432,7 +487,7 @@ class ProcessManager:
             why = f"the sandbox's kept output reached {s.sandbox_output_bytes} bytes "
             why += "(PADDOCK_SANDBOX_OUTPUT_BYTES)"
         why += "; delete finished processes to free it"
-        self.plog.notice(sid, pid, [_truncation(why)], write.seq + 2)
+        self.plog.notice(sid, pid, run.tenant_id, [_truncation(why)], write.seq + 2)
         run.cut = True
 
     def _truncated(self, run: Running, partial: dict[str, bytearray] | None, why: str) -> None:

@@ -166,6 +166,21 @@ def test_output_budgets_refuse_whole_chunks_and_forget_gives_bytes_back() -> Non
     assert not r.exists("pdk:out:s:a") and int(r.get("pdk:sbx:s:outbytes") or 0) == 0
 
 
+def test_notices_are_outside_the_budgets_and_a_retried_write_lands_once() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    budgets = Budgets(process=1000, sandbox=RECORD_BYTES + 1, tenant=1 << 20)  # no room left
+    plog.register("s", "a", "x", "t", budgets=budgets)
+    refused = plog.append_budgeted("s", "a", "t", [Line(STDOUT, "1", 1)], 2, budgets, seq=4)
+    assert refused is not None and refused.room == 0
+    for _ in range(2):  # the second is a retry after a lost reply
+        plog.notice("s", "a", "t", [Line(STDERR, "[paddock] cut", 2)], seq=6)
+    assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "2", 3)], 2, budgets, seq=6) is None
+    assert [x.text for x in plog.read("s", "a").stderr] == ["[paddock] cut"]
+    assert plog.read("s", "a").stdout == []
+    assert int(r.get("pdk:sbx:s:outbytes") or 0) == RECORD_BYTES + 1
+
+
 def test_process_records_are_paid_for_so_finished_ones_cannot_pile_up() -> None:
     r = fakeredis.FakeRedis()
     plog = ProcessLog(r)

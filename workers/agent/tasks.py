@@ -216,7 +216,10 @@ class TaskRun:
     def run(self, prompt: str) -> None:
         r = self.ctx.redis
         sid = self.s.session_id
-        persist(lambda: r.hset(keys.session(sid), "current_task", self.task_id), sid)
+        persist(
+            lambda: r.hset(keys.session(sid), "current_task", self.task_id),
+            f"start of task {self.task_id}",
+        )
         self.emit("task_started")
         # Its size only: a prompt (or a shell command) may hold anything the user typed.
         logger.info(
@@ -252,7 +255,7 @@ class TaskRun:
             self.emit("error", code="internal_error", message="The task failed unexpectedly")
             self.exit(1, "error")
         finally:
-            persist(lambda: self._clear_task(), f"end of task {self.task_id}")
+            persist(self._clear_task, f"end of task {self.task_id}")
 
     def _clear_task(self) -> None:
         r, sid = self.ctx.redis, self.s.session_id
