@@ -26,7 +26,13 @@ from cryptography.x509.oid import NameOID
 
 from shared.netpolicy import address_allowed, check_base_url, resolve
 from tests.fake_llm import FakeLLM
-from workers.agent.http import AddressRefused, PinnedBackend, PinnedTransport, llm_http_client
+from workers.agent.http import (
+    MAX_REPLY_BYTES,
+    AddressRefused,
+    PinnedBackend,
+    PinnedTransport,
+    llm_http_client,
+)
 from workers.agent.llm import LlmError, new_conversation
 
 VENDORS = ["anthropic", "openai"]
@@ -343,3 +349,57 @@ class _tls_server:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- what a hostile endpoint can cost the worker ------------------------------------------------
+class _Hostile(BaseHTTPRequestHandler):
+    """Answers every POST 200 with a body that is too big, or one that drips."""
+
+    mode = "big"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(MAX_REPLY_BYTES * 4))
+        self.end_headers()
+        try:
+            if self.mode == "big":
+                chunk = b" " * (1 << 20)
+                for _ in range(MAX_REPLY_BYTES * 4 >> 20):
+                    self.wfile.write(chunk)
+            else:
+                for _ in range(100):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+        except OSError:
+            pass  # the client gave up: what the test wants
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["big", "drip"])
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_reply_is_capped_in_size_and_time(vendor: str, mode: str) -> None:
+    handler = type("H", (_Hostile,), {"mode": mode})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    ).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}" + ("/v1" if vendor == "openai" else "")
+    conv = new_conversation(
+        vendor=vendor, model="m", system="s", tools=[], prompt="p", timeout=1.0, max_retries=0
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(LlmError) as caught:
+            conv.step(api_key=KEY, base_url=base, allowed_hosts="127.0.0.1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.code in ("llm_unavailable", "llm_timeout")
+    # The drip would take 30 s; the reply has twice the timeout in all (+ one read).
+    assert time.monotonic() - started < 20

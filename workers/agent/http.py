@@ -17,7 +17,8 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import httpcore2
 import httpx2
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 Resolver = Callable[[str, int, float], list[str]]
 # A client lives for one step (a request and the SDK's retries of it): small limits are plenty.
 LIMITS = httpx2.Limits(max_connections=100, max_keepalive_connections=20)
+# A chat completion is kilobytes; a body past this is not one.
+MAX_REPLY_BYTES = 16 << 20
 
 
 class AddressRefused(httpcore2.ConnectError):
@@ -125,15 +128,47 @@ class PinnedBackend(httpcore2.NetworkBackend):
             raise AddressRefused(host)
 
 
+class CappedStream(httpx2.SyncByteStream):
+    """A reply body that may be at most ``max_bytes`` long and must be read by ``deadline``
+    (monotonic). The endpoint is the tenant's to choose: without these a reply of gigabytes
+    would be held whole in the worker's memory (the SDKs read the body at once), and one that
+    drips a byte per read timeout would hold a worker thread for hours."""
+
+    def __init__(self, inner: httpx2.SyncByteStream, max_bytes: int, deadline: float) -> None:
+        self.inner = inner
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+
+    def __iter__(self) -> Iterator[bytes]:
+        seen = 0
+        for chunk in self.inner:
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                raise httpx2.RemoteProtocolError(
+                    f"the LLM reply is larger than {self.max_bytes >> 20} MiB"
+                )
+            if time.monotonic() > self.deadline:
+                raise httpx2.ReadTimeout("the LLM reply took too long to arrive whole")
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class PinnedTransport(httpx2.HTTPTransport):
-    """httpx2's own transport, with a connection pool that connects through `PinnedBackend`."""
+    """httpx2's own transport, with a connection pool that connects through `PinnedBackend`,
+    and reply bodies capped in size and total time (`CappedStream`)."""
 
     def __init__(
         self,
         backend: PinnedBackend,
         verify: ssl.SSLContext | None = None,
         limits: httpx2.Limits = LIMITS,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+        reply_time: float = 600.0,
     ) -> None:
+        self.max_reply_bytes = max_reply_bytes
+        self.reply_time = reply_time
         # trust_env=False: SSL_CERT_FILE / SSL_CERT_DIR in the worker's environment would change
         # which CAs may vouch for an endpoint.
         ssl_context = verify or httpx2.create_ssl_context(verify=True, trust_env=False)
@@ -152,6 +187,13 @@ class PinnedTransport(httpx2.HTTPTransport):
             network_backend=backend,
         )
 
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        deadline = time.monotonic() + self.reply_time
+        response = super().handle_request(request)
+        assert isinstance(response.stream, httpx2.SyncByteStream)
+        response.stream = CappedStream(response.stream, self.max_reply_bytes, deadline)
+        return response
+
 
 def llm_http_client(
     timeout: float,
@@ -163,7 +205,10 @@ def llm_http_client(
     """The ``http_client`` for an ``anthropic.Anthropic`` or ``openai.OpenAI``: no redirects,
     connections pinned to addresses that pass the policy with ``allowed_hosts`` (``None``: no
     address rule). Close it (closing the SDK client does) to close its connections."""
-    transport = PinnedTransport(PinnedBackend(allowed_hosts, resolver), verify=verify)
+    # A reply has the whole of one read timeout per read, and twice the timeout in all.
+    transport = PinnedTransport(
+        PinnedBackend(allowed_hosts, resolver), verify=verify, reply_time=2 * timeout
+    )
     return httpx2.Client(
         transport=transport,
         follow_redirects=False,
