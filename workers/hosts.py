@@ -100,24 +100,10 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
         logger.warning("host %s: reconcile skipped, the engine does not answer: %s", host, exc)
         found.engine_down = True
         return found
-    for sandbox_id in ctx.store.host_sandbox_ids(host):
-        seen = states.get(sandbox_id)
-        if seen is not None and seen[1] in ALIVE_STATES:
-            if at_start:
-                _end_processes(
-                    ctx, sandbox_id, "the process's output was lost: its host worker restarted"
-                )
-            continue
-        if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
-            continue
-        # (mark_lost leaves a sandbox being deleted alone)
-        if lose(ctx, sandbox_id, _why_lost(seen), seen[0] if seen else None):
-            found.lost.append(sandbox_id)
-    # Which records no longer need their container and storage.
+    # First the containers whose records no longer need them (so that a client who sees a
+    # lost process closed finds the leftovers gone too). Which records:
     ended = ("lost", "deleting") if at_start else ("lost",)
     for sandbox_id, (container_id, _state) in states.items():
-        if sandbox_id in found.lost:
-            continue
         record = ctx.store.raw_sandbox(sandbox_id)
         # No record: its sandbox was purged (e.g. its host was taken for dead meanwhile); a
         # lost one: its cleanup failed before. Being created or deleted: not ours to judge.
@@ -132,6 +118,19 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
         found.containers_removed.append(sandbox_id)
         if record.get("status") == "deleting":
             ctx.store.purge_sandbox(sandbox_id)
+    for sandbox_id in ctx.store.host_sandbox_ids(host):
+        seen = states.get(sandbox_id)
+        if seen is not None and seen[1] in ALIVE_STATES:
+            if at_start:
+                _end_processes(
+                    ctx, sandbox_id, "the process's output was lost: its host worker restarted"
+                )
+            continue
+        if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
+            continue
+        # (mark_lost leaves a sandbox being deleted alone)
+        if lose(ctx, sandbox_id, _why_lost(seen), seen[0] if seen else None):
+            found.lost.append(sandbox_id)
     # Storage without a container: the previous worker died between making the storage and
     # starting the container, or the container was removed behind Paddock's back.
     for sandbox_id in ctx.storage.sandbox_ids():
