@@ -97,8 +97,14 @@ class Settings:
     storage_dir: str = ""
     image_prefix: str = "paddock"
     templates_dir: str = "templates"
-    # Hosts
-    host_capacity: int = 32
+    # Hosts. Capacity (sandboxes per host) follows from the engine's memory and CPUs and the
+    # sandbox limits (workers/capacity.py): memory limits add up to at most the machine's memory
+    # less host_reserved_memory, times host_memory_overcommit; CPU limits to its CPUs times
+    # host_cpu_overcommit. A positive host_capacity overrides both.
+    host_capacity: int = 0
+    host_reserved_memory: int = 2 << 30
+    host_memory_overcommit: float = 1.0
+    host_cpu_overcommit: float = 8.0
     heartbeat_interval: float = 5.0
     worker_concurrency: int = 8
     reaper_interval: float = 10.0
@@ -164,13 +170,18 @@ class Settings:
             parse_cidrs(getattr(self, name), f"PADDOCK_{name.upper()}")
         for name in (
             "idle_timeout",
-            "host_capacity",
             "sandbox_pids",
+            "sandbox_cpus",
+            "host_memory_overcommit",
+            "host_cpu_overcommit",
             "sandbox_memory",
             "sandbox_max_flows",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PADDOCK_{name.upper()} must be positive")
+        for name in ("host_capacity", "host_reserved_memory"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"PADDOCK_{name.upper()} must be 0 or more")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -195,7 +206,8 @@ def _parse(name: str, typ: Any, raw: str) -> Any:
     if typ in (bool, "bool"):
         return _bool(raw)
     if typ in (int, "int"):
-        if name.startswith(("sandbox_memory", "sandbox_disk", "max_")) or name.endswith("_bytes"):
+        sizes = ("sandbox_memory", "sandbox_disk", "host_reserved_memory", "max_")
+        if name.startswith(sizes) or name.endswith("_bytes"):
             return _size(raw)
         return int(raw)
     if typ in (float, "float"):

@@ -142,6 +142,9 @@ class Stack:
             "PADDOCK_REAPER_INTERVAL": "1",
             "PADDOCK_LOG_LEVEL": "INFO",
             "PADDOCK_AUTH": "off",
+            # Tests make many short-lived sandboxes; the capacity a host derives from its
+            # memory and CPUs (16 on a 2-core machine) is tested in test_hosts.py.
+            "PADDOCK_HOST_CAPACITY": "32",
             "PADDOCK_JWT_SECRET": secrets.token_hex(32),
             "PADDOCK_SECRET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "PYTHONUNBUFFERED": "1",

@@ -32,7 +32,13 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     # sandboxes' disk, must not start (the process exits; its supervisor restarts it with
     # back-off, rather than leaving a worker up that never announces itself).
     ctx.docker.ping()
-    ctx.storage.check()
+    logger.info(
+        "host %s: capacity %d sandboxes (%s)",
+        settings.host_id,
+        ctx.capacity.sandboxes,
+        ctx.capacity.reason,
+    )
+    ctx.storage.check(ctx.capacity.sandboxes)
     # Also before: a sandbox with internet starts only behind its host's egress rules (a
     # failure here refuses those, with the reason in the log and in /health).
     ctx.driver.start_network()

@@ -16,6 +16,7 @@ from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
+from workers.capacity import Capacity, host_capacity
 from workers.driver import DockerDriver
 from workers.egress import Egress
 from workers.runner import ProcessManager
@@ -61,6 +62,13 @@ class WorkerContext:
     def docker(self) -> docker.DockerClient:
         # max_pool_size: every concurrent exec holds a connection to the engine.
         return docker.DockerClient.from_env(timeout=60, max_pool_size=256)
+
+    @cached_property
+    def capacity(self) -> Capacity:
+        """Sandboxes this host takes, from its engine's machine (read once, at worker start)."""
+        info = self.docker.info()
+        mem_total, ncpu = int(info.get("MemTotal") or 0), int(info.get("NCPU") or 1)
+        return host_capacity(self.settings, mem_total, ncpu)
 
     @cached_property
     def storage(self) -> SandboxStorage:

@@ -26,7 +26,7 @@ def heartbeat_once(ctx: WorkerContext) -> None:
     egress_error = ctx.egress.check()
     ctx.store.heartbeat(
         s.host_id,
-        s.host_capacity,
+        ctx.capacity.sandboxes,
         [t.name for t in catalog],
         ttl=s.heartbeat_interval * 3,
         catalog=[t.to_json() for t in catalog],

@@ -111,7 +111,7 @@ class SandboxStorage:
         self._env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{_SBIN}", "LC_ALL": "C"}
 
     # -- start-up ----------------------------------------------------------------------------
-    def check(self) -> None:
+    def check(self, capacity: int) -> None:
         """Prove, once at worker start, that sandbox storage works here: make, write, release
         a small one. A host that cannot cap its sandboxes must not start any.
 
@@ -132,10 +132,10 @@ class SandboxStorage:
             # Without loop-control the kernel cannot add loop devices on demand: the ones that
             # exist must cover a full host.
             have = len([p for p in os.listdir("/dev") if re.fullmatch(r"loop\d+", p)])
-            if have < self.settings.host_capacity:
+            if have < capacity:
                 raise ConfigError(
                     f"/dev/loop-control is missing and only {have} loop devices exist: "
-                    f"{self.settings.host_capacity} sandboxes (PADDOCK_HOST_CAPACITY) need one "
+                    f"{capacity} sandboxes (the host's capacity) need one "
                     "each (modprobe loop max_loop=N)"
                 )
         try:

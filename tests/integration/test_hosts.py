@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import docker
+
 from tests.integration.conftest import Api, stdout_lines
 from tests.stack import Stack
 
@@ -50,7 +52,18 @@ def test_sandboxes_land_on_both_hosts_and_commands_run_on_the_owner(tmp_path: Pa
 
 
 def test_a_full_host_is_skipped_and_all_full_is_503(tmp_path: Path) -> None:
-    with Stack(tmp_path, hosts=("small",), env={"PADDOCK_HOST_CAPACITY": "2"}) as st:
+    # The capacity comes from the engine's memory: reserve all of it but 2.5 GiB, so that two
+    # 1 GiB sandboxes fit and a third does not (CPUs are not the bound here).
+    mem_total = int(docker.from_env().info()["MemTotal"])
+    env = {
+        "PADDOCK_HOST_CAPACITY": "",
+        "PADDOCK_SANDBOX_MEMORY": "1g",
+        "PADDOCK_HOST_RESERVED_MEMORY": str(mem_total - (5 << 29)),
+        "PADDOCK_HOST_CPU_OVERCOMMIT": "1000",
+    }
+    with Stack(tmp_path, hosts=("small",), env=env) as st:
+        assert st.redis.hget("pdk:host:small", "capacity") == b"2"
+        assert "capacity 2 sandboxes (memory allows 2" in st.log("worker-small")
         api = Api(st)
         a, b = api.session("Bash"), api.session("Bash")
         r = api.req("POST", "/sessions", json={"envID": "Bash"})
