@@ -16,6 +16,12 @@ def hosts() -> str:
     return f"{PREFIX}:hosts"
 
 
+def hosts_seen() -> str:
+    """Hash: host id -> time of its last heartbeat. Outlives the heartbeat's own key, so the
+    reaper can tell how long a host has been silent (workers/control.py lose_dead_hosts)."""
+    return f"{PREFIX}:hosts:seen"
+
+
 def host_sandboxes(host_id: str) -> str:
     """Set of sandbox ids placed on a host (its used capacity)."""
     return f"{PREFIX}:host:{host_id}:sandboxes"
@@ -49,6 +55,12 @@ def expiry_index() -> str:
 def process(sandbox_id: str, process_id: str) -> str:
     """Hash: one process (cmd, status, exit_code, pid inside the sandbox)."""
     return f"{PREFIX}:proc:{sandbox_id}:{process_id}"
+
+
+def process_given_up(sandbox_id: str, process_id: str) -> str:
+    """String (expires): the web stopped waiting for this process's start and told its client
+    so; a start delivered later must not run it."""
+    return f"{PREFIX}:gaveup:{sandbox_id}:{process_id}"
 
 
 def output(sandbox_id: str, process_id: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.errors import QuotaExceeded
+from shared.errors import QuotaExceeded, WorkerTimeout
 from shared.redisconn import REDIS_DOWN
 from shared.redisio import read_hash, read_set, text
 from shared.store import QUOTA_RETRY_AFTER
@@ -40,10 +40,12 @@ _STREAM_BATCH = 8  # entries per read when streaming: at most 8 chunks of 256 Ki
 # Register a process unless its sandbox already runs ``limit`` of them, or its record would not
 # fit the sandbox's or the tenant's output budget: a record (its command included) is kept
 # until the process is deleted, like its output, so it is paid for like output.
-# KEYS: running set, process hash, sandbox's process set, sandbox counter, tenant counter
-# ARGV: process id, limit, cmd, tenant, now, record bytes, sandbox cap, tenant cap
-# -> 1 registered, 0 too many running, -1 sandbox budget full, -2 tenant budget full
+# KEYS: running set, process hash, sandbox's process set, sandbox counter, tenant counter,
+# given-up key. ARGV: process id, limit, cmd, tenant, now, record bytes, sandbox cap, tenant cap
+# -> 1 registered, 0 too many running, -1 sandbox budget full, -2 tenant budget full,
+#    -3 the web already gave up on this start (KEYS[6], see _GIVE_UP)
 _REGISTER = """
+if redis.call('EXISTS', KEYS[6]) == 1 then return -3 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 local n = tonumber(ARGV[6])
 if tonumber(redis.call('GET', KEYS[4]) or '0') + n > tonumber(ARGV[7]) then return -1 end
@@ -55,6 +57,17 @@ redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('INCRBY', KEYS[4], n)
 redis.call('INCRBY', KEYS[5], n)
 return 1
+"""
+
+# The web's start waited past its timeout: the process's status if a worker registered it
+# (the start happened, or is happening), else mark it given up so that a start delivered late
+# (a worker back from a restart, a task retried for its fair share) refuses to run it: the
+# client was told it failed. KEYS: process hash, given-up key. ARGV: ttl seconds.
+_GIVE_UP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then return status end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return ''
 """
 
 # Append one chunk if the sandbox's and the tenant's budgets have room for all of it; a chunk
@@ -186,6 +199,7 @@ class ProcessLog:
         self._append = r.register_script(_APPEND)
         self._forget = r.register_script(_FORGET)
         self._finish = r.register_script(_FINISH)
+        self._give_up = r.register_script(_GIVE_UP)
 
     # -- records -----------------------------------------------------------------------------
     def register(
@@ -201,7 +215,8 @@ class ProcessLog:
         processes; the record (RECORD_BYTES plus the command) counts against ``budgets``.
 
         Raises QuotaExceeded when the sandbox already runs ``limit`` processes, or when the
-        sandbox's or the tenant's kept output leaves no room for the record."""
+        sandbox's or the tenant's kept output leaves no room for the record; WorkerTimeout when
+        the web already gave up on this start (`give_up`)."""
         unlimited = 1 << 62
         got = int(
             self._register(
@@ -211,6 +226,7 @@ class ProcessLog:
                     keys.sandbox_processes(sandbox_id),
                     keys.sandbox_output_bytes(sandbox_id),
                     keys.tenant_output_bytes(tenant_id),
+                    keys.process_given_up(sandbox_id, process_id),
                 ],
                 args=[
                     process_id,
@@ -224,6 +240,8 @@ class ProcessLog:
                 ],
             )
         )
+        if got == -3:
+            raise WorkerTimeout("the start came too late: its caller had stopped waiting")
         if got == 0:
             raise QuotaExceeded(
                 f"process quota reached: {limit} running processes per sandbox "
@@ -241,6 +259,19 @@ class ProcessLog:
                 f"({setting}); delete finished processes (DELETE .../processes/ID) first",
                 retry_after=QUOTA_RETRY_AFTER,
             )
+
+    def give_up(self, sandbox_id: str, process_id: str, ttl: float) -> str | None:
+        """After a start's reply did not come: the process's status (``starting``, ``running``
+        or ``exited``) if a worker registered it, else None, and no worker will start it from
+        now on (for ``ttl`` seconds, longer than any delivery of the start can be late)."""
+        got = self._give_up(
+            keys=[
+                keys.process(sandbox_id, process_id),
+                keys.process_given_up(sandbox_id, process_id),
+            ],
+            args=[max(1, round(ttl))],
+        )
+        return text(got) or None
 
     def set_fields(self, sandbox_id: str, process_id: str, **values: str | int | float) -> None:
         mapping: dict[str | bytes, str | int | float] = {k: v for k, v in values.items()}

@@ -28,6 +28,7 @@ from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.slots import STREAMS, WAITS, Slots
 from shared.store import Sandbox, Store
+from web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 # counting after this long.
 _SLOT_TTL = 60.0
 _PROBLEMS_TTL = 1.0
+# A start whose reply did not come but that a worker holds ("starting": the exec under way) is
+# awaited this much longer before it counts as failed.
+_STARTING_GRACE = 10.0
 
 
 class Sandboxes:
@@ -196,11 +200,38 @@ class Sandboxes:
         self._call(sb, tasks.FS_WRITE, {"path": path, "data": base64.b64encode(data).decode()})
 
     def start_process(self, sb: Sandbox, cmd: str, env: dict[str, str], cwd: str) -> str:
+        """Start ``cmd``; its process id. Raises WorkerTimeout only when the process did not
+        start (and now never will), whatever happened to the worker's reply."""
         process_id = ids.process_id()
-        self._call(
-            sb, tasks.PROCESS_START, {"process_id": process_id, "cmd": cmd, "env": env, "cwd": cwd}
-        )
+        try:
+            self._call(
+                sb,
+                tasks.PROCESS_START,
+                {"process_id": process_id, "cmd": cmd, "env": env, "cwd": cwd},
+            )
+        except WorkerTimeout:
+            # The reply is lost, not necessarily the start: a slow engine, or a worker killed
+            # after it spawned the process (its restart closes the process's output, saying
+            # what was lost). A process that started is found and answered, never reported as
+            # failed; one that did not is given up, so a late delivery cannot run it after its
+            # client was told it failed.
+            if not self._started_anyway(sb, process_id):
+                raise
         return process_id
+
+    def _started_anyway(self, sb: Sandbox, process_id: str) -> bool:
+        deadline = time.monotonic() + _STARTING_GRACE
+        ttl = max(600.0, 4 * self.settings.task_timeout)
+        while True:
+            status = self.plog.give_up(sb.sandbox_id, process_id, ttl)
+            if status in ("running", "exited"):
+                logger.info(
+                    "sandbox %s process %s: started, its reply was lost", sb.sandbox_id, process_id
+                )
+                return True
+            if status is None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)  # "starting": a worker has it, the exec is under way
 
     def process_exists(self, sb: Sandbox, process_id: str) -> bool:
         return self.plog.exists(sb.sandbox_id, process_id)
@@ -228,7 +259,8 @@ class Sandboxes:
             retry_after=2,
         )
         try:
-            yield token
+            with metrics.OPEN_WAITS.track_inprogress():
+                yield token
         finally:
             self.slots.release(WAITS, sb.tenant_id, token)
 
