@@ -42,6 +42,10 @@ lint: bootstrap
 bench: bootstrap images         ## latency and throughput against raw docker, same run
 	$(PY) -m bench
 
+.PHONY: load
+load: bootstrap images          ## the load scenario: create ramp, exec throughput, 1,000 long-polls
+	$(PY) -m bench.load
+
 images: bootstrap               ## build the base and template images that changed
 	$(PY) -m workers.images build
 
