@@ -1,4 +1,5 @@
-"""Ending an agent session: one function for DELETE and for expiry, so both do the same."""
+"""Ending an agent session: one function for DELETE and for expiry, so both do the same, and
+one for a session whose sandbox was lost."""
 
 from __future__ import annotations
 
@@ -30,3 +31,22 @@ def end_session(
             {"sandbox_id": s.sandbox_id},
             expires=destroy_timeout,
         )
+
+
+def end_lost_session(sessions: Sessions, store: Store, sandbox_id: str, reason: str) -> None:
+    """The sandbox (already marked ``lost``) belonged to an agent session: the session cannot
+    go on without it. Its clients get an ``error`` frame saying why, then it ends like any
+    other (sockets close with 4404; its history stays readable). A no-op for a sandbox of no
+    session, or a session already ended; safe to repeat."""
+    session_id = store.raw_sandbox(sandbox_id).get("session")
+    s = sessions.load(session_id) if session_id else None
+    if s is None or s.ended:
+        return
+    frame = {
+        "type": "error",
+        "code": "sandbox_lost",
+        "message": f"the session's sandbox was lost ({reason}); the session has ended",
+    }
+    sessions.emit(s.session_id, frame, token=f"lost:{sandbox_id}")
+    if sessions.end(s, keep_for=HISTORY_AFTER_END):
+        logger.warning("session %s: ended, its sandbox %s was lost", s.session_id, sandbox_id)

@@ -114,6 +114,10 @@ class Settings:
     # says `lost`) before the reaper purges it.
     reconcile_interval: float = 10.0
     lost_keep: float = 120.0
+    # A host whose worker has sent no heartbeat for this long is dead (its machine, engine or
+    # worker is gone): the control worker marks its sandboxes `lost` (slots freed, 404 on the
+    # E2B API). Longer than a supervisor's restart of a worker, so a restart loses nothing.
+    host_dead_after: float = 60.0
     # Requests and processes
     max_body_bytes: int = 16 << 20
     max_file_bytes: int = 16 << 20
@@ -138,10 +142,16 @@ class Settings:
     task_timeout: float = 60.0
     create_timeout: float = 120.0
     log_level: str = "INFO"
+    # Metrics (web/metrics.py, workers/metrics.py). A bearer token every /metrics asks for when
+    # set (empty: the web's /metrics answers loopback clients only while keys are on). Each
+    # host worker serves its own /metrics on this address and port (0: not served).
+    metrics_token: str = ""
+    metrics_addr: str = "127.0.0.1"
+    metrics_port: int = 9464
 
     def __repr__(self) -> str:
         # Settings get logged; secrets must not be.
-        hidden = {"jwt_secret", "secret_key", "smtp_url"}
+        hidden = {"jwt_secret", "secret_key", "smtp_url", "metrics_token"}
         shown = ", ".join(
             f"{f.name}="
             + (

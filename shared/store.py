@@ -184,6 +184,7 @@ class Store:
             },
         )
         pipe.pexpire(keys.host(host_id), int(ttl * 1000))
+        pipe.hset(keys.hosts_seen(), host_id, time.time())
         pipe.execute()
 
     def host_down(self, host_id: str) -> None:
@@ -203,6 +204,22 @@ class Store:
                     egress=data.get("egress", "ok"),
                 )
             )
+        return out
+
+    def silent_hosts(self, since: float) -> list[str]:
+        """Hosts with sandboxes placed on them whose heartbeat has expired and that have not
+        been heard from since ``since`` (a time.time()). A host with no known last heartbeat
+        (recorded before that was kept) counts as heard from now."""
+        out = []
+        for hid in sorted(self._smembers(keys.hosts())):
+            if self.r.exists(keys.host(hid)) or not self.r.scard(keys.host_sandboxes(hid)):
+                continue
+            seen = self.r.hget(keys.hosts_seen(), hid)
+            if seen is None:
+                self.r.hsetnx(keys.hosts_seen(), hid, time.time())
+                continue
+            if float(seen) < since:
+                out.append(hid)
         return out
 
     def known_templates(self) -> set[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import requests
 
 from shared.redisconn import redis_client
@@ -124,15 +125,23 @@ class Stack:
         hosts: tuple[str, ...] = ("host-a",),
         env: dict[str, str] | None = None,
         redis_options: RedisOptions | None = None,
+        host_env: dict[str, dict[str, str]] | None = None,
+        web_replicas: int = 1,
     ) -> None:
         self.workdir = workdir
         self.hosts = hosts
+        # Per host id: extra env of its worker (e.g. DOCKER_HOST: its own engine).
+        self.host_env = host_env or {}
+        self.metrics_ports: dict[str, int] = {}  # host id -> its worker's /metrics port
         self.instance = "t" + secrets.token_hex(4)
         self.redis_port = free_port()
         self.redis_options = redis_options or RedisOptions()
         self.redis_url = self.redis_options.url(self.redis_port)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Every web replica's URL (the first is ``url``): gunicorns over the same Redis,
+        # processes "web", "web2", ...
+        self.urls = [self.url] + [f"http://127.0.0.1:{free_port()}" for _ in range(1, web_replicas)]
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PADDOCK_")},
             "PADDOCK_REDIS_URL": self.redis_url,
@@ -162,37 +171,56 @@ class Stack:
         for host in self.hosts:
             self.start_host(host)
         self._spawn("control", [sys.executable, "-m", "workers", "control"])
-        self._spawn(
-            "web",
-            [
-                str(VENV_BIN / "gunicorn"),
-                "-c",
-                "python:web.gunicorn_conf",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "web.app:create_app()",
-            ],
-        )
-        self._wait(lambda: self.http.get(self.url + "/health", timeout=2).ok, "web")
+        for i, url in enumerate(self.urls):
+            name = "web" if i == 0 else f"web{i + 1}"
+            self._spawn(
+                name,
+                [
+                    str(VENV_BIN / "gunicorn"),
+                    "-c",
+                    "python:web.gunicorn_conf",
+                    "--bind",
+                    url.removeprefix("http://"),
+                    "web.app:create_app()",
+                ],
+            )
+        for url in self.urls:
+            self._wait(lambda url=url: self.http.get(url + "/health", timeout=2).ok, "web")
         self._wait(lambda: len(self.alive_hosts()) == len(self.hosts), "hosts heartbeat")
         return self
 
     def start_host(self, host: str) -> None:
         self._spawn(
-            f"worker-{host}", [sys.executable, "-m", "workers", "host"], {"PADDOCK_HOST_ID": host}
+            f"worker-{host}",
+            [sys.executable, "-m", "workers", "host"],
+            {
+                "PADDOCK_HOST_ID": host,
+                # Its own /metrics port (workers/metrics.py), kept across restarts.
+                "PADDOCK_METRICS_PORT": str(self.metrics_ports.setdefault(host, free_port())),
+                **self.host_env.get(host, {}),
+            },
         )
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name)
+        self.stop_processes([name], sig)
+
+    def stop_processes(self, names: list[str], sig: int = signal.SIGTERM) -> None:
+        """Stop components together (each gets ``sig``, then up to 20 s, then SIGKILL): a
+        stack's stop costs its slowest component's shutdown, not the sum of them all."""
+        procs = [self.procs.pop(name) for name in names]
         # Each component is its own process group: stopping reaches gunicorn's workers too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + 20
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
     def restart_redis(self, down_seconds: float = 1.0, sig: int = signal.SIGTERM) -> None:
         """Stop the private redis-server with ``sig``, and after ``down_seconds`` start it
@@ -204,14 +232,14 @@ class Stack:
         self._wait(lambda: self.redis.ping(), "redis")
 
     def stop(self) -> None:
-        for name in [n for n in self.procs if n != "redis"] + ["redis"]:
-            if name in self.procs:
-                self.stop_process(name)
+        # Redis last: the workers write their last state to it as they stop.
+        self.stop_processes([n for n in self.procs if n != "redis"])
+        if "redis" in self.procs:
+            self.stop_process("redis")
         client = docker.from_env(timeout=60)
-        for c in client.containers.list(
-            all=True, filters={"label": f"paddock.instance={self.instance}"}
-        ):
-            c.remove(force=True)
+        for c in self.containers():
+            with contextlib.suppress(docker.errors.DockerException):
+                c.remove(force=True)
         # The sandboxes' storage is mounted on the host and outlives the worker (as it must
         # across a restart): unmount and delete this stack's.
         SandboxStorage(Settings.from_env(self.env)).release_instance()
@@ -234,11 +262,26 @@ class Stack:
             if self.redis.exists(f"pdk:host:{h.decode()}")
         )
 
+    def engines(self) -> list[docker.DockerClient]:
+        """A client of every engine the hosts use that answers: the machine's, and any
+        host's own (DOCKER_HOST in host_env)."""
+        urls = {env["DOCKER_HOST"] for env in self.host_env.values() if "DOCKER_HOST" in env}
+        clients = [docker.from_env(timeout=60)]
+        for url in sorted(urls):
+            # (the client asks the engine its API version as it is made)
+            with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+                clients.append(docker.DockerClient(base_url=url, timeout=60))
+        return clients
+
     def containers(self) -> list[Any]:
-        client = docker.from_env(timeout=60)
-        return client.containers.list(
-            all=True, filters={"label": f"paddock.instance={self.instance}"}
-        )
+        """This stack's containers on every engine that answers."""
+        found = []
+        for client in self.engines():
+            with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+                found += client.containers.list(
+                    all=True, filters={"label": f"paddock.instance={self.instance}"}
+                )
+        return found
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")

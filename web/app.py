@@ -18,6 +18,7 @@ from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
 from web import gunicorn_conf
+from web import metrics as web_metrics
 from web.agent_sessions import AgentSessions
 from web.api import filesystem, meta, processes, sessions, templates
 from web.api.deps import Services
@@ -103,6 +104,7 @@ def create_app(
         agent_sessions=AgentSessions(settings, celery, sessions, secret_bundles, sandboxes),
     )
     app.extensions["paddock"] = svc
+    web_metrics.register(app, settings, r)  # first: its timer sees every other hook's work
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_browser_guards(app, settings)

@@ -11,6 +11,8 @@ simple-websocket's reader thread become greenlets too).
 
 from __future__ import annotations
 
+from typing import Any
+
 worker_class = "gevent"
 # One per core; every worker is one event loop.
 workers = 2
@@ -32,3 +34,43 @@ control_socket_disable = True
 # connection costs a greenlet; closing it sooner makes a client that reuses it at that moment
 # see a reset (a race every HTTP client library meets with short server keep-alives).
 keepalive = 75
+
+
+# -- Prometheus multiprocess mode (web/metrics.py) -------------------------------------------
+# Each worker writes its metrics to files in one directory per web instance, which /metrics
+# reads whichever worker answers. Set up in the master before any worker starts (the workers
+# inherit the variable; prometheus_client decides its mode when first imported), and emptied
+# then, so counters start from zero with the instance. prometheus_client is imported only
+# inside the hooks, never by the master before the variable is set.
+
+
+def on_starting(server: Any) -> None:
+    import os
+    import re
+    import tempfile
+    from pathlib import Path
+
+    from shared.settings import Settings
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        # One directory per bind address: two gunicorns of one machine never share one.
+        bind = re.sub(r"[^A-Za-z0-9.-]+", "_", "-".join(server.cfg.bind))
+        path = str(Path(Settings.from_env().data_dir) / "metrics" / f"web-{bind}")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
+        for old in Path(path).glob("*.db"):  # only prometheus_client's files
+            old.unlink()
+    except OSError as exc:
+        # A read-only data dir (a container) must not keep the API down for want of metrics.
+        path = tempfile.mkdtemp(prefix="paddock-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        server.log.warning("metrics files in %s: the data dir is not writable (%s)", path, exc)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # A dead worker's gauges (open long-polls and sockets) stop counting; its counters stay.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

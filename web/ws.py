@@ -30,7 +30,7 @@ from simple_websocket import ConnectionClosed
 
 from shared.errors import QuotaExceeded, Unauthorized
 from shared.slots import SOCKETS, Slots
-from web import tokens
+from web import metrics, tokens
 from web.agent_sessions import SESSION_AUDIENCE
 from web.api.deps import Services, services
 from web.auth import bearer
@@ -291,6 +291,7 @@ def session_ws(ws: Any, session_id: str) -> None:
         ws.close(reason=CLOSE_TOO_MANY, message="too many connections to this session")
         return
     pump = threading.Thread(target=conn.pump, args=(after,), daemon=True, name=f"ws-{session_id}")
+    metrics.OPEN_SOCKETS.inc()
     try:
         conn.send({"type": "ready", "session_id": session_id, "last_seq": current})
         if raw_last is not None and not valid:
@@ -302,6 +303,7 @@ def session_ws(ws: Any, session_id: str) -> None:
         # after the pump's current XREAD returns (up to PUMP_BLOCK_MS); the pump checks `stop`
         # before it beats again.
         conn.stop.set()
+        metrics.OPEN_SOCKETS.dec()
         svc.sessions.close_socket(session_id, conn.conn_id)
         _release_socket_slot(None)
     if pump.is_alive():

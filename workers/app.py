@@ -16,7 +16,7 @@ from shared import rpc, tasks
 from shared.broker import make_celery
 from shared.crypto import SecretBox
 from shared.settings import Settings
-from workers import control, hosts, mailer
+from workers import control, hosts, mailer, metrics
 from workers.agent import tasks as agent_tasks
 from workers.context import WorkerContext
 from workers.tasks import register_host_tasks
@@ -63,6 +63,8 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
             )
         hosts.start_heartbeat(ctx, stop)
         hosts.start_reconcile(ctx, stop)  # dead sandboxes are noticed, not only at start
+        procs = ctx.processes
+        metrics.serve(settings, metrics.PumpCollector(settings.host_id, procs.count, procs.held))
         logger.info(
             "host %s: ready, consuming %s", settings.host_id, tasks.host_queue(settings.host_id)
         )
@@ -97,6 +99,7 @@ def create_control_app(settings: Settings) -> Celery:
     def reap() -> int:
         control.record_tick(ctx.redis, tasks.REAP)
         ended = control.expire_sessions(app, ctx.redis, settings)
+        control.lose_dead_hosts(ctx.redis, settings)
         return len(control.reap(app, ctx.redis, settings)) + len(ended)
 
     # acks_late: a mail must not vanish with a worker that dies mid-send; delivered twice, the

@@ -13,10 +13,12 @@ from celery import Celery
 
 from shared import keys, rpc, tasks
 from shared.lifecycle import end_session
+from shared.output import ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
 from shared.tasks import CONTROL_QUEUE
+from workers.hosts import end_processes
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,32 @@ def reap(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
             expires=settings.task_timeout * 10,
         )
     return due
+
+
+def lose_dead_hosts(r: redis.Redis, settings: Settings) -> list[str]:
+    """Mark ``lost`` every sandbox of a host not heard from for settings.host_dead_after
+    seconds (its worker and maybe its machine or engine are gone, and nobody else can reach
+    its containers): the slots are freed at once, /v1 shows ``lost``, the E2B API answers 404,
+    the processes still shown running end with a line on stderr saying why (a waiter returns),
+    and the record is purged after settings.lost_keep. If the host comes back, its reconcile
+    removes the containers of these records (workers/hosts.py check_engine). Returns the
+    sandbox ids marked."""
+    store = Store(r)
+    plog = ProcessLog(r)
+    marked = []
+    for host in store.silent_hosts(since=time.time() - settings.host_dead_after):
+        reason = f"its host {host} has sent no heartbeat for {settings.host_dead_after:.0f} s"
+        for sandbox_id in store.host_sandbox_ids(host):
+            if not store.mark_lost(sandbox_id, reason, settings.lost_keep):
+                # Being deleted (the reaper purges it, its host being dead) or gone: it
+                # holds no slot of the host's any more.
+                if not store.raw_sandbox(sandbox_id):
+                    r.srem(keys.host_sandboxes(host), sandbox_id)
+                continue
+            logger.warning("sandbox %s: lost (%s)", sandbox_id, reason)
+            end_processes(plog, sandbox_id, f"the sandbox was lost ({reason})")
+            marked.append(sandbox_id)
+    return marked
 
 
 def expire_sessions(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:

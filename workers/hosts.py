@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass, field
 
 from shared.errors import SandboxError
-from shared.output import STDERR, Line
+from shared.lifecycle import end_lost_session
+from shared.output import STDERR, Line, ProcessLog
+from workers import metrics
 from workers.context import WorkerContext
 from workers.driver import ALIVE_STATES, ENGINE_ERRORS
 from workers.storage import StorageError
@@ -99,6 +101,7 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
     except ENGINE_ERRORS as exc:
         logger.warning("host %s: reconcile skipped, the engine does not answer: %s", host, exc)
         found.engine_down = True
+        metrics.record_reconcile(host, True, 0, 0, 0)
         return found
     # First the containers whose records no longer need them (so that a client who sees a
     # lost process closed finds the leftovers gone too). Which records:
@@ -160,6 +163,9 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
             len(found.containers_removed),
             len(found.storage_freed),
         )
+    metrics.record_reconcile(
+        host, False, len(found.lost), len(found.containers_removed), len(found.storage_freed)
+    )
     return found
 
 
@@ -181,6 +187,7 @@ def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | N
     if not ctx.store.mark_lost(sandbox_id, reason, ctx.settings.lost_keep):
         return False
     logger.warning("sandbox %s: lost (%s); slots freed, cleaning up", sandbox_id, reason)
+    end_lost_session(ctx.sessions, ctx.store, sandbox_id, reason)
     ctx.processes.forget_sandbox(sandbox_id)
     _end_processes(ctx, sandbox_id, f"the sandbox was lost ({reason}); the process ended with it")
     try:
@@ -191,14 +198,19 @@ def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | N
 
 
 def _end_processes(ctx: WorkerContext, sandbox_id: str, why: str) -> None:
+    end_processes(ctx.plog, sandbox_id, why)
+
+
+def end_processes(plog: ProcessLog, sandbox_id: str, why: str) -> None:
     """Finish the output of the sandbox's processes still shown running, with ``why`` on
-    stderr (no exit code: nobody saw it)."""
-    for process_id in ctx.plog.process_ids(sandbox_id):
-        if ctx.plog.info(sandbox_id, process_id).get("status") in ("starting", "running"):
+    stderr (no exit code: nobody saw it). Also used by the control worker for the sandboxes
+    of a dead host (workers/control.py)."""
+    for process_id in plog.process_ids(sandbox_id):
+        if plog.info(sandbox_id, process_id).get("status") in ("starting", "running"):
             logger.warning("sandbox %s process %s: %s", sandbox_id, process_id, why)
             line = Line(STDERR, f"[paddock] {why}", time.time_ns())
-            ctx.plog.append(sandbox_id, process_id, [line])
-            ctx.plog.finish(sandbox_id, process_id, None)
+            plog.append(sandbox_id, process_id, [line])
+            plog.finish(sandbox_id, process_id, None)
 
 
 def _why_lost(seen: tuple[str, str] | None) -> str:

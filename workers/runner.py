@@ -26,7 +26,7 @@ from shared.errors import SandboxGone
 from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
 from shared.redisconn import REDIS_DOWN, WRITER_BACKOFF, persist
 from shared.settings import Settings
-from workers import docker_exec
+from workers import docker_exec, metrics
 from workers.driver import DockerDriver
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,25 @@ class ProcessManager:
     ) -> None:
         """Start ``cmd`` and return once it runs. Raises QuotaExceeded when the sandbox already
         runs its most processes, SandboxGone if the sandbox is gone."""
+        began = time.perf_counter()
+        try:
+            self._start(sandbox_id, process_id, cmd, env, cwd, tenant_id)
+        except Exception:
+            metrics.PROCESS_STARTS.labels(self.settings.host_id, "failed").inc()
+            raise
+        metrics.PROCESS_STARTS.labels(self.settings.host_id, "started").inc()
+        took = time.perf_counter() - began
+        metrics.PROCESS_START_SECONDS.labels(self.settings.host_id).observe(took)
+
+    def _start(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        tenant_id: str,
+    ) -> None:
         self.plog.register(
             sandbox_id,
             process_id,
@@ -220,6 +239,14 @@ class ProcessManager:
         ).start()
         # Ids and sizes only: a command can carry a secret.
         logger.info("sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd))
+
+    def count(self) -> int:
+        """Processes whose output is pumped now (metrics)."""
+        return len(self._running)
+
+    def held(self) -> int:
+        """Output bytes held for Redis now (metrics)."""
+        return self.pending.size
 
     def write_stdin(self, sandbox_id: str, process_id: str, data: bytes) -> bool:
         run = self._get(sandbox_id, process_id)
@@ -278,6 +305,7 @@ class ProcessManager:
         stored = 0
         truncated = False
         first_err = bytearray()
+        printed = metrics.output_counters(s.host_id)
 
         def stop() -> bool:
             # The exec socket was quiet for a while: a chance to store what waits for Redis.
@@ -297,6 +325,7 @@ class ProcessManager:
                     if not data:
                         continue
                 kind = STDOUT if stream == docker_exec.STDOUT_STREAM else STDERR
+                printed[kind].inc(len(data))
                 if run.cut and not truncated:
                     truncated = True
                     for buf in partial.values():

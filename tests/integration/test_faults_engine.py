@@ -20,7 +20,14 @@ import pytest
 
 from shared.settings import Settings
 from tests.integration.conftest import Api, stdout_lines
-from tests.integration.session_helpers import new_tenant
+from tests.integration.session_helpers import (
+    Client,
+    close_code,
+    new_tenant,
+    recv,
+    until,
+    ws_connect,
+)
 from tests.stack import Stack
 from workers.storage import SandboxStorage
 
@@ -129,6 +136,27 @@ def test_a_paused_container_is_frozen_not_lost(st: Stack) -> None:
         c.unpause()
     assert stdout_lines(api.run(sid, "echo back")) == ["back"]
     assert api.req("DELETE", f"/sessions/{sid}").status_code in (200, 204)
+
+
+def test_an_agent_session_whose_sandbox_is_lost_ends_and_says_why(st: Stack) -> None:
+    client = Client(st, new_tenant(st, "agent-lost"))
+    s = client.session(template="Bash")
+    sid = s["chat_session_id"]
+    sandbox = client.req("GET", f"/v1/sessions/{sid}").json()["sandbox_id"]
+    with ws_connect(s["connect_url"], s["jwt"]) as ws:
+        assert recv(ws)["type"] == "ready"
+        _container(st, sandbox).kill()
+        # Found by the periodic pass (3 s here): the client is told why, then the socket
+        # closes as for any ended session.
+        [*_, error] = until(ws, "error", timeout=30)
+        assert error["code"] == "sandbox_lost" and "lost" in error["message"]
+        assert close_code(ws) == 4404
+    got = client.req("GET", f"/v1/sessions/{sid}").json()
+    assert got["state"] == "ended"
+    assert client.req("GET", f"/v1/sandboxes/{sandbox}").json()["state"] == "lost"
+    # The session no longer counts against the tenant's sessions.
+    usage = client.req("GET", "/v1/tenants/me/usage").json()["quotas"]["agent_sessions"]
+    assert usage["used"] == 0
 
 
 def _group(pgid: int) -> list[int]:

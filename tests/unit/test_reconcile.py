@@ -23,6 +23,7 @@ from shared.errors import (
     SessionNotFound,
 )
 from shared.output import ProcessLog
+from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
 from workers import control, hosts
@@ -164,6 +165,7 @@ def _ctx(r: fakeredis.FakeRedis, driver: FakeDriver, storage: FakeStorage) -> An
         settings=Settings(host_id=HOST, lost_keep=60),
         store=Store(r),
         plog=ProcessLog(r),
+        sessions=Sessions(r),
         driver=driver,
         storage=storage,
         processes=SimpleNamespace(forget_sandbox=lambda _sid: None),
