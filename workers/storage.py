@@ -26,6 +26,7 @@ Needs root (mount); imports nothing from Celery.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import logging
 import os
@@ -37,6 +38,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -403,26 +405,68 @@ class ImageSeeds:
 def _unpack(tar: Path, mnt: Path, sub: str) -> None:
     """Unpack an exported directory (its entries under one top name) into ``mnt/sub``, owned
     by the sandbox user. Extraction runs as root on the host, so the archive is treated as
-    untrusted: nothing may land outside ``mnt``, no device files, no setuid bits."""
-
-    def place(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-        rest = member.name.partition("/")[2]
-        if not rest:
-            return None  # the directory itself: made already, with its owner and mode
-        linkname = member.linkname
-        if member.islnk():  # hard links name their target by its path in the archive
-            linkname = f"{sub}/{linkname.partition('/')[2]}"
-        try:
-            renamed = member.replace(name=f"{sub}/{rest}", linkname=linkname, deep=False)
-            safe = tarfile.data_filter(renamed, dest)
-        except tarfile.FilterError as exc:
-            logger.warning("seed %s: skipping %s: %s", tar.parent.name[:12], member.name, exc)
-            return None
-        mode = (member.mode & 0o755) if member.isdir() else safe.mode
-        return safe.replace(uid=SANDBOX_UID, gid=SANDBOX_UID, uname="", gname="", mode=mode)
-
+    untrusted: nothing may land outside ``mnt`` or link out of it, no device files or fifos,
+    no setuid bits (the checks of tarfile's ``data`` filter, made here because Debian 12's
+    Python 3.11.2 predates that filter)."""
+    dest = os.path.realpath(mnt)
     with tarfile.open(tar) as archive:
-        archive.extractall(mnt, filter=place)
+        for member in archive:
+            try:
+                placed = _place(member, dest, sub)
+            except _Refused as exc:
+                logger.warning("seed %s: skipping %s: %s", tar.parent.name[:12], member.name, exc)
+                continue
+            if placed is not None:
+                archive.extract(placed, dest, set_attrs=True, **_TRUSTED)
+
+
+# The member is checked by _place already; newer Pythons would otherwise warn (3.12, 3.13) or
+# apply their default filter a second time (3.14).
+_TRUSTED: dict[str, Any] = (
+    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _place(member: tarfile.TarInfo, dest: str, sub: str) -> tarfile.TarInfo | None:
+    """The member renamed under ``sub``, owned by the sandbox user with safe mode bits; None
+    for the top directory itself. Raises _Refused for what may not be unpacked."""
+    rest = member.name.lstrip("/").partition("/")[2]
+    if not rest:
+        return None  # the directory itself: made already, with its owner and mode
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        raise _Refused("not a file, directory or link")
+    placed = copy.copy(member)
+    placed.name = f"{sub}/{rest}"
+    target = os.path.join(dest, placed.name)
+    if not _inside(dest, target):
+        raise _Refused("outside the destination")
+    if member.islnk():  # hard links name their target by its path in the archive
+        placed.linkname = f"{sub}/{member.linkname.lstrip('/').partition('/')[2]}"
+        if not _inside(dest, os.path.join(dest, placed.linkname)):
+            raise _Refused("a hard link to outside the destination")
+    elif member.issym():
+        if os.path.isabs(member.linkname):
+            raise _Refused("a symlink to an absolute path")
+        if not _inside(dest, os.path.join(os.path.dirname(target), member.linkname)):
+            raise _Refused("a symlink to outside the destination")
+    mode = member.mode & 0o755  # no setuid, setgid, sticky, group or other write
+    if member.isreg() or member.islnk():
+        if not mode & 0o100:
+            mode &= ~0o111  # executable by others only if by its owner
+        mode |= 0o600
+    placed.mode = mode
+    placed.uid = placed.gid = SANDBOX_UID
+    placed.uname = placed.gname = ""
+    return placed
+
+
+def _inside(dest: str, path: str) -> bool:
+    """Whether ``path``, with every link already on disk resolved, is ``dest`` or below it."""
+    return os.path.commonpath([dest, os.path.realpath(path)]) == dest
 
 
 def _safe(name: str) -> str:
