@@ -12,7 +12,7 @@ import redis
 from celery import Celery
 
 from shared import keys, rpc, tasks
-from shared.lifecycle import end_session
+from shared.lifecycle import end_lost_session, end_session
 from shared.output import ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
@@ -99,6 +99,7 @@ def lose_dead_hosts(r: redis.Redis, settings: Settings) -> list[str]:
     sandbox ids marked."""
     store = Store(r)
     plog = ProcessLog(r)
+    sessions = Sessions(r)
     marked = []
     for host in store.silent_hosts(since=time.time() - settings.host_dead_after):
         reason = f"its host {host} has sent no heartbeat for {settings.host_dead_after:.0f} s"
@@ -110,6 +111,7 @@ def lose_dead_hosts(r: redis.Redis, settings: Settings) -> list[str]:
                     r.srem(keys.host_sandboxes(host), sandbox_id)
                 continue
             logger.warning("sandbox %s: lost (%s)", sandbox_id, reason)
+            end_lost_session(sessions, store, sandbox_id, reason)
             end_processes(plog, sandbox_id, f"the sandbox was lost ({reason})")
             marked.append(sandbox_id)
     return marked

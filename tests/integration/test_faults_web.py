@@ -1,0 +1,184 @@
+"""Faults of the web tier and of the host worker, against the real stack, while processes print
+and clients wait:
+
+- `kill -9` of the gunicorn workers holding an agent session's WebSocket and long-polls: the
+  master starts new workers, long-polls retried get every line once, and the WebSocket resumed
+  by `last_seq` has no gap and no repeat.
+- `kill -9` of the host worker, restarted as a supervisor would: the API answers within
+  seconds of its return, every wait returns (none hangs to PADDOCK_WAIT_TIMEOUT), the
+  processes' records are closed, saying on stderr that their output was lost, and new execs
+  run. Output surviving the restart is future work (issue 12): lines printed while the worker
+  was away are lost, and this says so rather than asserting otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from websockets.exceptions import ConnectionClosed
+
+from tests.integration.conftest import Api, stderr_lines, stdout_lines
+from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
+from tests.stack import Stack
+
+HOST = "host-a"
+N = 60  # lines per process, one every 100 ms: the fault falls in the middle
+COUNT = f"for i in $(seq 1 {N}); do echo $i; sleep 0.1; done"
+AGENT = "for i in $(seq 1 50); do echo a$i; sleep 0.1; done"
+WAIT_TIMEOUT = 45
+
+
+@pytest.fixture(scope="module")
+def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"PADDOCK_AUTH": "on", "PADDOCK_WAIT_TIMEOUT": str(WAIT_TIMEOUT)}
+    with Stack(tmp_path_factory.mktemp("web-faults"), hosts=(HOST,), env=env) as s:
+        yield s
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(x) for x in f.read().split()}
+
+
+def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+
+
+class Poller(threading.Thread):
+    """A client that long-polls a process until it has finished, retrying when its connection
+    breaks (as an SDK's retry would). ``failures``: connections that broke."""
+
+    def __init__(self, api: Api, sid: str, pid: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.sid, self.pid = api, sid, pid
+        self.failures = 0
+        self.body: dict[str, Any] | None = None
+        self.statuses: list[int] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                r = self.api.req(
+                    "GET", f"/sessions/{self.sid}/processes/{self.pid}?wait=true", timeout=90
+                )
+            except requests.RequestException:
+                self.failures += 1
+                time.sleep(0.2)
+                continue
+            self.statuses.append(r.status_code)
+            if r.status_code == 200 and r.json()["finished"]:
+                self.body = r.json()
+                return
+            time.sleep(0.2)
+
+
+def _start_counting(api: Api, n: int) -> list[Poller]:
+    pollers = []
+    for _ in range(n):
+        sid = api.session("Bash")
+        r = api.start(sid, COUNT)
+        assert r.status_code == 200, r.text
+        pollers.append(Poller(api, sid, r.json()["processID"]))
+    for p in pollers:
+        p.start()
+    return pollers
+
+
+def test_kill_9_of_the_web_workers_loses_no_line_and_the_socket_resumes(st: Stack) -> None:
+    key = new_tenant(st, "webkill")
+    api, client = Api(st, key, timeout=90), Client(st, key)
+    session = client.session()
+    ws = ws_connect(session["connect_url"], session["jwt"])
+    recv(ws)
+    ws.send(json.dumps({"type": "task", "prompt": AGENT, "id": "count"}))
+    seen: list[dict[str, Any]] = []
+    while len([f for f in seen if f["type"] == "stdout"]) < 3:
+        seen.append(recv(ws))
+    pollers = _start_counting(api, 3)
+    time.sleep(1.5)  # every long-poll is waiting, the output half printed
+
+    master = st.procs["web"].pid
+    workers = _children(master)
+    assert len(workers) == 2
+    for pid in workers:  # the ones holding the socket and the long-polls among them
+        os.kill(pid, signal.SIGKILL)
+    # The master starts new workers, which serve at once.
+    _until(lambda: len(_children(master) - workers) == 2, 15, "new web workers")
+    assert api.req("GET", "/health", timeout=10).ok
+
+    # The socket broke; resumed from the last frame seen, it misses and repeats nothing.
+    try:
+        while True:
+            seen.append(recv(ws, timeout=15))
+    except ConnectionClosed:
+        pass
+    ws = ws_connect(session["connect_url"], session["jwt"], last_seq=seen[-1]["seq"])
+    assert recv(ws)["type"] == "ready"
+    seen += until(ws, "exit", timeout=60)
+    ws.close()
+    seqs = [f["seq"] for f in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap or a repeat"
+    out = "".join(f["data"] for f in seen if f["type"] == "stdout")
+    assert out == "".join(f"a{i}\n" for i in range(1, 51))
+
+    for p in pollers:
+        p.join(90)
+        assert p.body is not None, (p.failures, p.statuses)
+        assert p.failures >= 1, "the long-poll's connection was on a killed worker"
+        assert 500 not in p.statuses
+        assert stdout_lines(p.body) == [str(i) for i in range(1, N + 1)]  # 0 lost, 0 doubled
+    client.req("DELETE", f"/v1/sessions/{session['chat_session_id']}")
+    for p in pollers:
+        api.req("DELETE", f"/sessions/{p.sid}")
+
+
+def test_kill_9_of_the_host_worker_closes_every_wait_and_says_what_was_lost(st: Stack) -> None:
+    api = Api(st, new_tenant(st, "hostkill"), timeout=90)
+    sleeper = api.session("Bash")
+    slow = api.start(sleeper, "sleep 600").json()["processID"]
+    pollers = [*_start_counting(api, 3), Poller(api, sleeper, slow)]
+    pollers[-1].start()
+    time.sleep(2)
+
+    st.stop_process(f"worker-{HOST}", signal.SIGKILL)
+    time.sleep(1)
+    st.start_host(HOST)  # as a supervisor would
+    _until(lambda: HOST in st.alive_hosts(), 60, "the worker back")
+    back = time.monotonic()
+
+    # The API answers within seconds of the worker's return.
+    started = time.monotonic()
+    r = api.req("GET", f"/v1/sandboxes/{sleeper}", timeout=30)
+    assert r.status_code == 200 and r.json()["state"] == "running"
+    assert time.monotonic() - started < 5
+    # Every wait returns soon after, far from PADDOCK_WAIT_TIMEOUT; each record is closed.
+    for p in pollers:
+        p.join(max(1.0, back + 20 - time.monotonic()))
+        assert not p.is_alive(), "a wait hangs after the worker returned"
+        assert p.body is not None and p.body["finished"] is True, p.statuses
+        assert 500 not in p.statuses
+        lines = stdout_lines(p.body)
+        # What was read before the kill is kept, in order and once; the rest is lost, and
+        # the answer says so (issue 12: output surviving a restart).
+        assert lines == [str(i) for i in range(1, len(lines) + 1)]
+        assert any("output was lost" in line for line in stderr_lines(p.body)), p.body
+    assert time.monotonic() - back < WAIT_TIMEOUT
+    # New execs run, in the same sandboxes.
+    for p in pollers:
+        assert stdout_lines(api.run(p.sid, "echo after")) == ["after"]
+        api.req("DELETE", f"/sessions/{p.sid}")

@@ -1,0 +1,48 @@
+"""A host not heard from for PADDOCK_HOST_DEAD_AFTER has its sandboxes marked lost by the
+control worker (on fakeredis); a host only restarting (heartbeat a moment ago) keeps them."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from shared import keys
+from shared.output import ProcessLog
+from shared.settings import Settings
+from shared.store import Store
+from workers import control
+
+pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
+
+
+def _host_with_a_sandbox(r: fakeredis.FakeRedis, host: str, sandbox_id: str) -> Store:
+    store = Store(r)
+    store.heartbeat(host, 10, ["Bash"], ttl=60)
+    store.place(sandbox_id, "t1", "Bash", 5, 3600)
+    store.set_sandbox_status(sandbox_id, "running")
+    return store
+
+
+def test_a_silent_host_loses_its_sandboxes_and_their_waits_end() -> None:
+    r = fakeredis.FakeRedis()
+    store = _host_with_a_sandbox(r, "h1", "sb1")
+    plog = ProcessLog(r)
+    plog.register("sb1", "p1", "sleep 600", "t1")
+    settings = Settings(host_dead_after=30)
+    r.delete(keys.host("h1"))  # the heartbeat expired
+    assert control.lose_dead_hosts(r, settings) == []  # heard from a moment ago
+    r.hset(keys.hosts_seen(), "h1", 1.0)  # ... long ago
+    assert control.lose_dead_hosts(r, settings) == ["sb1"]
+    assert store.raw_sandbox("sb1")["status"] == "lost"
+    assert "heartbeat" in store.raw_sandbox("sb1")["lost_reason"]
+    assert store.host_sandbox_ids("h1") == [] and store.tenant_sandbox_ids("t1") == []
+    assert plog.info("sb1", "p1")["status"] not in ("starting", "running")
+    assert control.lose_dead_hosts(r, settings) == []  # once
+
+
+def test_a_live_host_or_one_without_sandboxes_is_left_alone() -> None:
+    r = fakeredis.FakeRedis()
+    store = _host_with_a_sandbox(r, "h1", "sb1")
+    r.hset(keys.hosts_seen(), "h1", 1.0)  # an old last-seen, but the heartbeat is live
+    assert control.lose_dead_hosts(r, Settings(host_dead_after=30)) == []
+    assert store.raw_sandbox("sb1")["status"] == "running"
