@@ -52,6 +52,18 @@ images: bootstrap               ## build the base and template images that chang
 bootstrap:
 	@bash scripts/bootstrap.sh
 
+# requirements.lock: every dependency pinned with its files' hashes (scripts/lock.py, uv in
+# .paddock/tools); bootstrap installs from it and refuses a pyproject.toml edited since.
+# Existing pins are kept; `make lock UPGRADE=1` moves everything to the newest allowed.
+.PHONY: lock compose-check
+lock:                           ## regenerate requirements.lock after editing dependencies
+	python3 scripts/lock.py compile
+
+# compose.yaml end to end (docker-compose from Debian if missing): build, up, a sandbox and a
+# process through the API, down. Images stay cached (their first build takes ~2 min here).
+compose-check: bootstrap images ## prove compose.yaml runs here, then remove what it started
+	@bash deploy/compose/check.sh
+
 worker:                         ## only this host's worker (PADDOCK_HOST_ID)
 	$(PY) -m workers host
 

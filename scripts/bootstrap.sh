@@ -102,22 +102,33 @@ else
 fi
 
 # --- Python virtualenv -------------------------------------------------------------------------
+# Every dependency comes from requirements.lock (pinned, each file's hash checked: `make lock`
+# regenerates it), then Paddock itself without dependencies. The venv records the lock's sha256
+# and is reinstalled only when the lock's content changes; a pyproject.toml whose dependencies
+# changed without a new lock fails here, before anything is installed.
+LOCK=requirements.lock
 if [[ "$NO_VENV" -eq 1 ]]; then
     say "venv: skipped (--no-venv)"
-elif [[ -x .venv/bin/python && -f .venv/.installed && ! pyproject.toml -nt .venv/.installed ]]; then
-    say "venv: up to date"
 else
-    say "venv: installing into .venv"
-    if [[ ! -x .venv/bin/python ]]; then
-        "$PYTHON" -m venv .venv
+    "$PYTHON" scripts/lock.py check || die "the lock is out of date (above)"
+    lock_sum="$(sha256sum "$LOCK" | cut -d' ' -f1)"
+    if [[ -x .venv/bin/python && "$(cat .venv/.installed 2>/dev/null || true)" == "$lock_sum" ]]; then
+        say "venv: up to date"
+    else
+        say "venv: installing $LOCK into .venv"
+        if [[ ! -x .venv/bin/python ]]; then
+            "$PYTHON" -m venv .venv
+        fi
+        pip_quiet=()
+        if [[ "$QUIET" -eq 1 ]]; then
+            pip_quiet=(-q)
+        fi
+        .venv/bin/pip install "${pip_quiet[@]}" --require-hashes -r "$LOCK"
+        # The build backend (setuptools) is in the lock: no isolated build env fetching its own.
+        .venv/bin/pip install "${pip_quiet[@]}" --no-deps --no-build-isolation -e .
+        echo "$lock_sum" >.venv/.installed
+        say "venv: installed"
     fi
-    pip_quiet=()
-    if [[ "$QUIET" -eq 1 ]]; then
-        pip_quiet=(-q)
-    fi
-    .venv/bin/pip install "${pip_quiet[@]}" -e '.[dev]'
-    touch .venv/.installed
-    say "venv: installed"
 fi
 
 # --- Docker engine -----------------------------------------------------------------------------
