@@ -25,14 +25,17 @@ install-service: bootstrap images   ## run Paddock as systemd services (paddock.
 	systemctl enable --now paddock.target
 	@echo "install-service: running; systemctl status 'paddock-*'; journalctl -u paddock-web -f"
 
+# Two test modules at a time (pytest-xdist, whole files per worker so a module's stack is
+# started once): most of an integration test's time is waiting on containers and timers.
+PYTEST_PAR ?= -n 2 --dist loadfile --durations=15
 test: bootstrap images lint     ## the whole test suite against real Redis and Docker
-	$(PY) -m pytest -ra -p no:cacheprovider tests
+	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests
 
 unit: bootstrap
 	$(PY) -m pytest -ra -p no:cacheprovider tests/unit
 
 integration: bootstrap images
-	$(PY) -m pytest -ra -p no:cacheprovider tests/integration
+	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests/integration
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .
@@ -41,6 +44,10 @@ lint: bootstrap
 
 bench: bootstrap images         ## latency and throughput against raw docker, same run
 	$(PY) -m bench
+
+.PHONY: fuzz
+fuzz: bootstrap images          ## schemathesis on both OpenAPI documents, private stack (tests/fuzz)
+	$(PY) -m tests.fuzz $(FUZZ_ARGS)
 
 .PHONY: load
 load: bootstrap images          ## the load scenario: create ramp, exec throughput, 1,000 long-polls

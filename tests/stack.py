@@ -143,7 +143,11 @@ class Stack:
         # processes "web", "web2", ...
         self.urls = [self.url] + [f"http://127.0.0.1:{free_port()}" for _ in range(1, web_replicas)]
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("PADDOCK_")},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("PADDOCK_") and k != "PROMETHEUS_MULTIPROC_DIR"
+            },
             "PADDOCK_REDIS_URL": self.redis_url,
             "PADDOCK_INSTANCE": self.instance,
             "PADDOCK_DATA_DIR": str(workdir),
@@ -204,14 +208,18 @@ class Stack:
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         self.stop_processes([name], sig)
 
-    def stop_processes(self, names: list[str], sig: int = signal.SIGTERM) -> None:
-        """Stop components together (each gets ``sig``, then up to 20 s, then SIGKILL): a
-        stack's stop costs its slowest component's shutdown, not the sum of them all."""
+    def stop_processes(
+        self, names: list[str], sig: int = signal.SIGTERM, web_sig: int | None = None
+    ) -> None:
+        """Stop components together (each gets ``sig``, or ``web_sig`` for the web replicas,
+        then up to 20 s, then SIGKILL): a stack's stop costs its slowest component's shutdown,
+        not the sum of them all."""
+        signals = [web_sig if web_sig and name.startswith("web") else sig for name in names]
         procs = [self.procs.pop(name) for name in names]
         # Each component is its own process group: stopping reaches gunicorn's workers too.
-        for proc in procs:
+        for proc, sent in zip(procs, signals, strict=True):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
+                os.killpg(proc.pid, sent)
         deadline = time.monotonic() + 20
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -233,7 +241,9 @@ class Stack:
 
     def stop(self) -> None:
         # Redis last: the workers write their last state to it as they stop.
-        self.stop_processes([n for n in self.procs if n != "redis"])
+        # gunicorn's quick shutdown (SIGINT): a graceful one waits its 10 s graceful_timeout
+        # for the keep-alive connections the tests' HTTP sessions hold.
+        self.stop_processes([n for n in self.procs if n != "redis"], web_sig=signal.SIGINT)
         if "redis" in self.procs:
             self.stop_process("redis")
         client = docker.from_env(timeout=60)

@@ -252,7 +252,10 @@ def test_the_grafana_dashboard_uses_only_metrics_paddock_exposes() -> None:
 def test_gunicorn_sets_up_one_clean_metrics_dir_per_instance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # setenv first, so that monkeypatch removes what on_starting sets (a delenv of an absent
+    # variable records nothing): left behind, it would be inherited by every later stack.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     monkeypatch.setenv("PADDOCK_DATA_DIR", str(tmp_path))
     server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:3000"]), log=None)
     stale = tmp_path / "metrics" / "web-127.0.0.1_3000" / "counter_123.db"
