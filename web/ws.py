@@ -33,6 +33,7 @@ from shared.slots import SOCKETS, Slots
 from web import metrics, tokens
 from web.agent_sessions import SESSION_AUDIENCE
 from web.api.deps import Services, services
+from web.api.v1.sessions import MAX_SEQ, SEQ
 from web.auth import bearer
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,8 @@ def session_ws(ws: Any, session_id: str) -> None:
     # events route pages through what came before). With it, everything after N first.
     raw_last = request.args.get("last_seq")
     current = svc.sessions.last_seq(session_id)
-    valid = raw_last is not None and raw_last.isdigit()
+    # As the events route: ASCII digits up to MAX_SEQ ("²" passes isdigit, int() refuses it).
+    valid = raw_last is not None and bool(SEQ.fullmatch(raw_last)) and int(raw_last) <= MAX_SEQ
     after = int(raw_last) if raw_last is not None and valid else current
     conn = Connection(ws, svc, session_id, s.tenant_id, g.get("ws_slot"))
     if not svc.sessions.open_socket(

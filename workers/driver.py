@@ -60,6 +60,7 @@ _EXIT_ERRORS: dict[int, type[SandboxError]] = {
     83: NotADirectory,
     84: IsADirectory,
     85: NotARegularFile,
+    86: PermissionDenied,  # _REMOVE: rm refused
     87: PathExists,
 }
 _STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
@@ -75,6 +76,8 @@ _STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
 ]
 # What `timeout -s KILL` (and a SIGKILL) leave as the exit code.
 _KILLED = (124, 137)
+# What the engine reports when its runtime cannot start the exec'd command.
+_EXEC_FAILED = 126
 # Seconds the host waits past settings.fs_timeout before it gives up on the command itself.
 _HOST_GRACE = 2.0
 # Removing a container (`rm -f`) takes well under a second, unless the engine is stuck on it: a
@@ -135,10 +138,14 @@ _MKDIR = (
 exec mkdir -p -- "$p"
 """
 )
+# rm -rf fails only where removing is not allowed (read-only or busy mounts, /proc, `.`,
+# `..`, the root): that is the caller's 403, with rm's own last line, never a 500. A signal
+# (the fs timeout's kill) keeps its exit code.
 _REMOVE = (
     _PATH
     + r"""[ -e "$p" ] || [ -L "$p" ] || { echo "no such file or directory: $1" >&2; exit 82; }
-exec rm -rf -- "$p"
+[ "$p" -ef / ] && { echo "refusing to remove the root directory: $1" >&2; exit 86; }
+rm -rf -- "$p" || { c=$?; [ "$c" -gt 128 ] && exit "$c"; exit 86; }
 """
 )
 # Starts a process: report our pid (docker exec makes it a process group leader, so the pid is
@@ -612,6 +619,8 @@ class DockerDriver:
             return SandboxPaused()
         if exc.status_code == 409:  # "container ... is not running" (or restarting)
             return self._gone(sandbox_id, exc)
+        if "is not running" in text:  # a 500 from exec start: "... Removal In Progress"
+            return self._gone(sandbox_id, exc)
         return exc
 
     def _script(
@@ -631,6 +640,10 @@ class DockerDriver:
         if code in _KILLED and time.monotonic() - started >= limit:
             raise SandboxTimeout(_timed_out(limit))
         message = err.decode("utf-8", "replace").strip().splitlines()
+        if code == _EXEC_FAILED and not message:
+            # Our scripts are always there: the runtime could not start them, which happens
+            # while the container is being removed (a delete racing this request).
+            raise self._gone(sandbox_id, RuntimeError("exec failed with exit code 126"))
         text = message[-1] if message else f"command failed with exit code {code}"
         text = re.sub(r"^(/bin/sh|sh|paddock|mkdir|rm|cat|dd|find|timeout): (\d+: )?", "", text)
         cls = _EXIT_ERRORS.get(code)

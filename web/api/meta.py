@@ -43,7 +43,16 @@ _PATH = {"name": "path", "in": "query", "required": True, "schema": {"type": "st
 _WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "boolean"}}
 _RESULTS = {"name": "results", "in": "query", "required": False, "schema": {"type": "boolean"}}
 _ERRORS = {
+    "401": {
+        "description": "No API key, or one that is unknown or revoked (unless PADDOCK_AUTH=off)",
+        **_json(_ref("Error")),
+    },
     "404": {"description": "Session not found", **_json(_ref("Error"))},
+    "414": {
+        "description": "The URL is longer than the HTTP server reads (4094 bytes with the "
+        "query): refused by gunicorn before the API, as an HTML page",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    },
     "422": {"description": "Validation Failed", **_json(_ref("ValidationError"))},
     "429": {
         "description": "A quota or fair share is used up; the message names it and its "
@@ -55,11 +64,36 @@ _ERRORS = {
 _NO_CONTENT = {"204": {"description": "No content"}}
 
 
-def _op(op_id: str, params: list[dict], ok: dict, body: str | None = None) -> dict[str, Any]:
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, **_json(_ref("Error"))}
+
+
+# What a route that reaches a sandbox's host can also answer (shared/errors.py classes).
+_HOST = {
+    "503": _error("No host can take the sandbox, or its engine is unavailable"),
+    "504": _error("The sandbox's host did not answer in time"),
+}
+# ...and one that acts inside the sandbox: what failed there, in the message.
+_IN_SANDBOX = {
+    "400": _error("Not a directory, is a directory, not a regular file"),
+    "403": _error("Permission denied inside the sandbox"),
+    "409": _error("The path exists already, or the sandbox is paused"),
+    "413": _error("The body or the file is too large"),
+    **_HOST,
+}
+
+
+def _op(
+    op_id: str,
+    params: list[dict],
+    ok: dict,
+    body: str | None = None,
+    errors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": op_id,
         "parameters": params,
-        "responses": {**ok, **_ERRORS},
+        "responses": {**ok, **_ERRORS, **(_IN_SANDBOX if errors is None else errors)},
     }
     if body:
         op["requestBody"] = {"required": True, **_json(_ref(body))}
@@ -83,11 +117,26 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.0.0",
     "info": {"title": "Paddock — E2B-compatible REST API", "version": "1.0.0"},
     "paths": {
-        "/health": {"get": {"operationId": "health", "responses": {"200": {"description": "OK"}}}},
-        "/sessions": {"post": _op("createSessions", [], _ok("Session"), "CreateSessionsRequest")},
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "responses": {
+                    "200": {
+                        "description": "OK (then one line per host problem); JSON when asked",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/json": {"schema": _ref("Health")},
+                        },
+                    }
+                },
+            }
+        },
+        "/sessions": {
+            "post": _op("createSessions", [], _ok("Session"), "CreateSessionsRequest", _HOST)
+        },
         "/sessions/{sessionID}": {
-            "get": _op("getSession", [_SID], _ok("Session")),
-            "delete": _op("deleteSession", [_SID], _NO_CONTENT),
+            "get": _op("getSession", [_SID], _ok("Session"), errors=_HOST),
+            "delete": _op("deleteSession", [_SID], _NO_CONTENT, errors=_HOST),
         },
         "/sessions/{sessionID}/filesystem": {
             "delete": _op("deleteFilesystemEntry", [_SID, _PATH], _NO_CONTENT)
@@ -211,6 +260,14 @@ OPENAPI: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": {"stdin": {"type": "string"}},
             },
+            "Health": {
+                "type": "object",
+                "required": ["status", "problems"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok", "degraded"]},
+                    "problems": {"type": "array", "items": {"type": "object"}},
+                },
+            },
             "Error": {
                 "type": "object",
                 "required": ["message"],
@@ -238,3 +295,25 @@ OPENAPI: dict[str, Any] = {
     },
     "security": [{}, {"bearer": []}, {"apiKeyHeader": []}],
 }
+
+
+def _exact_keys(schemas: dict[str, Any]) -> None:
+    """The generated client raises on a key it does not know, so an answer carries exactly
+    its documented keys: the document says so (and `make fuzz` holds the wire to it)."""
+    for name in (
+        "Session",
+        "OpenPort",
+        "Process",
+        "OutStdResponse",
+        "ListFilesystemDirResponse",
+        "ReadFilesystemFileResponse",
+        "Error",
+        "ValidationError",
+    ):
+        schemas[name]["additionalProperties"] = False
+    schemas["ListFilesystemDirResponse"]["properties"]["entries"]["items"][
+        "additionalProperties"
+    ] = False
+
+
+_exact_keys(OPENAPI["components"]["schemas"])

@@ -12,10 +12,17 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
 from web.api.v1 import schemas as s
+from web.api.v1 import sessions as v1_sessions
 
 bp = Blueprint("v1_docs", __name__)
 
 _ERR = {"description": "Error", "content": {"application/json": {"schema": "ErrorResponse"}}}
+# Any route: a URL longer than gunicorn reads (limit_request_line, 4094 bytes) is refused by
+# the HTTP server itself, before the API, with its own HTML page.
+_URI_TOO_LONG = {
+    "description": "URL too long for the HTTP server (4094 bytes with the query)",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
 
 
 def _op(
@@ -35,6 +42,7 @@ def _op(
     )
     for code in errors:
         op["responses"][str(code)] = _ERR
+    op["responses"]["414"] = _URI_TOO_LONG
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     op["security"] = [] if auth == "none" else [{auth: []}]
@@ -174,7 +182,7 @@ def build_spec() -> dict[str, Any]:
                 "Delete a bundle (409 while a session uses it, unless force=true)",
                 None,
                 204,
-                errors=(401, 404, 409),
+                errors=(400, 401, 404, 409),
                 params=[
                     name,
                     {
@@ -268,7 +276,7 @@ def build_spec() -> dict[str, Any]:
                         "name": "after",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 0},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": v1_sessions.MAX_SEQ},
                     },
                 ],
             )
@@ -298,7 +306,14 @@ def build_spec() -> dict[str, Any]:
                         "description": "Replay every event after this seq first",
                     },
                 ],
-                "responses": {"101": {"description": "Switching Protocols (WebSocket)"}},
+                "responses": {
+                    "101": {"description": "Switching Protocols (WebSocket)"},
+                    # Refused before the upgrade, in the v1 envelope (a bad token or an
+                    # ended session is told after it, by the close code).
+                    "400": {**_ERR, "description": "Not a WebSocket handshake"},
+                    "429": {**_ERR, "description": "The tenant's sockets are all in use"},
+                    "414": _URI_TOO_LONG,
+                },
             }
         },
     )

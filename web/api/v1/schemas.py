@@ -150,8 +150,10 @@ class SandboxInfo(Schema):
     state = fields.String(metadata={"enum": ["creating", "running", "stopping", "lost"]})
     host = fields.String()
     created_at = fields.String(metadata={"format": "date-time"})
-    last_active_at = fields.String(metadata={"format": "date-time"})
-    expires_at = fields.String(metadata={"format": "date-time"})
+    # null for an agent session's sandbox: it has no idle timer, it ends with its session.
+    last_active_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    # null once the record is being removed (its timers are gone before the record).
+    expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     metadata = fields.Dict()
     network = fields.Nested(NetworkInfo)
 
@@ -183,6 +185,11 @@ class ErrorBody(Schema):
     code = fields.String()
     message = fields.String()
     param = fields.String()
+    details = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": "Validation errors: every bad parameter with what is wrong"},
+    )
     request_id = fields.String()
 
 

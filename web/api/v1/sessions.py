@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -16,6 +17,8 @@ from web.api.v1.schemas import CreateSessionRequest
 bp = Blueprint("v1_sessions", __name__)
 
 EVENT_PAGE = 100
+SEQ = re.compile(r"[0-9]{1,19}")
+MAX_SEQ = 2**63 - 2  # after + 1 is a Redis stream id's first part (64-bit)
 
 
 def _connect_url(svc: Services, session_id: str) -> str:
@@ -85,11 +88,13 @@ def delete_session(session_id: str) -> tuple[str, int]:
 def events(session_id: str) -> Response:
     tenant_id = api_tenant()
     svc = services()
-    svc.sessions.get(tenant_id, session_id)
     raw = request.args.get("after", "0")
-    if not raw.isdigit():
-        raise ValidationFailed({"after": "must be a non-negative integer (a seq)"})
+    # ASCII digits only (str.isdigit takes "²", which int() refuses) and at most MAX_SEQ: a
+    # larger number is no stream id Redis accepts.
+    if not SEQ.fullmatch(raw) or int(raw) > MAX_SEQ:
+        raise ValidationFailed({"after": f"must be a non-negative integer (a seq) up to {MAX_SEQ}"})
     after = int(raw)
+    svc.sessions.get(tenant_id, session_id)
     page = svc.sessions.events_after(session_id, after, EVENT_PAGE + 1)
     more = len(page) > EVENT_PAGE
     page = page[:EVENT_PAGE]
