@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from shared import crypto, keys
-from shared.errors import PaddockError
+from shared.errors import ApiKeyRevoked, LimitExceeded, OtpInvalid, RateLimited
 from shared.redisio import read_hash, text
 
 OTP_TTL = 600
@@ -20,33 +20,6 @@ OTP_MAX_TRIES = 5
 OTP_RESEND_AFTER = 60
 OTP_PER_HOUR = 5
 LAST_USED_RESOLUTION = 60  # seconds: last_used_at is kept without a write per request
-
-
-class OtpInvalid(PaddockError):
-    status = 401
-    code = "otp_invalid"
-    message = "The code is wrong, expired or already used"
-
-
-class ApiKeyRevoked(PaddockError):
-    status = 401
-    code = "api_key_revoked"
-    message = "This API key has been revoked"
-
-
-class RateLimited(PaddockError):
-    status = 429
-    code = "rate_limited"
-    message = "Too many requests"
-
-    def __init__(self, retry_after: int, message: str | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
-
-
-class LimitExceeded(PaddockError):
-    status = 400
-    code = "limit_exceeded"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""One exception hierarchy; each class carries its HTTP status.
+"""One exception hierarchy; each class carries its HTTP status and its own unique code.
 
-The web layer turns these into each API's envelope; workers raise them and the reply channel
-carries ``(code, message)`` back so the web side can re-raise the same class.
+Every error a request can meet is defined here, so that any process that imports this module
+knows every class. The web layer turns them into each API's envelope; workers raise them and
+the reply channel carries ``wire()`` back, from which ``from_wire`` rebuilds the same class
+with the same message and details (``retry_after``, a validation's fields).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from typing import Any
 
 class ConfigError(Exception):
     """A PADDOCK_* variable has a value that cannot be used."""
+
+
+_BY_CODE: dict[str, type[PaddockError]] = {}
 
 
 class PaddockError(Exception):
@@ -23,6 +28,37 @@ class PaddockError(Exception):
         self.message = message or self.message
         self.details = details
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # No two classes declare one code: a code names exactly one class on the wire (checked
+        # when the class is made, so a clash cannot ship). A subclass that declares none is a
+        # finer kind of its parent for the code that raises it (workers.shares.ShareUsedUp):
+        # it crosses the wire as that parent, with the same code, message and details.
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            _claim(cls)
+
+    def wire(self) -> dict[str, Any]:
+        """What the reply channel carries (see from_wire)."""
+        return {"error": self.code, "message": self.message, "details": self.wire_details()}
+
+    def wire_details(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def rebuild(cls, message: str, details: dict[str, Any]) -> PaddockError:
+        return cls(message)
+
+
+def _claim(cls: type[PaddockError]) -> None:
+    other = _BY_CODE.setdefault(cls.code, cls)
+    same = (other.__module__, other.__qualname__) == (cls.__module__, cls.__qualname__)
+    if not same:
+        raise TypeError(f"error code {cls.code!r} of {cls.__qualname__} is {other.__qualname__}'s")
+    _BY_CODE[cls.code] = cls  # a module reloaded: its new class object
+
+
+_claim(PaddockError)
+
 
 class ValidationFailed(PaddockError):
     status = 422
@@ -32,6 +68,14 @@ class ValidationFailed(PaddockError):
     def __init__(self, fields: dict[str, str]) -> None:
         super().__init__("Validation Failed")
         self.fields = fields
+
+    def wire_details(self) -> dict[str, Any]:
+        return {"fields": self.fields}
+
+    @classmethod
+    def rebuild(cls, message: str, details: dict[str, Any]) -> PaddockError:
+        fields = details.get("fields")
+        return cls({str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {})
 
 
 class BadRequest(PaddockError):
@@ -52,9 +96,18 @@ class NotFound(PaddockError):
     message = "Not found"
 
 
+class SandboxNotFound(NotFound):
+    """No sandbox with this id for this tenant (the E2B API words it "Session not found")."""
+
+    code = "sandbox_not_found"
+    message = "Sandbox not found"
+
+
 class SessionNotFound(NotFound):
+    """No agent session with this id for this tenant."""
+
     code = "session_not_found"
-    message = "Session not found"
+    message = "No session with this id"
 
 
 class QuotaExceeded(PaddockError):
@@ -68,6 +121,13 @@ class QuotaExceeded(PaddockError):
     def __init__(self, message: str | None = None, retry_after: int = 1, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+    def wire_details(self) -> dict[str, Any]:
+        return {"retry_after": self.retry_after}
+
+    @classmethod
+    def rebuild(cls, message: str, details: dict[str, Any]) -> PaddockError:
+        return cls(message, retry_after=_retry_after(details))
 
 
 class NoCapacity(PaddockError):
@@ -153,9 +213,11 @@ class SandboxTimeout(SandboxError):
 
 
 class SandboxGone(SandboxError):
+    """The sandbox's container is gone or stopped behind Paddock's back (it becomes lost)."""
+
     status = 404
-    code = "session_not_found"
-    message = "Session not found"
+    code = "sandbox_gone"
+    message = "Sandbox not found: its container is gone"
 
 
 class SandboxPaused(SandboxError):
@@ -167,21 +229,76 @@ class SandboxPaused(SandboxError):
     message = "The sandbox is paused; nothing can run in it until it is unpaused"
 
 
-_BY_CODE: dict[str, type[PaddockError]] = {}
+# Accounts (shared/accounts.py)
+class OtpInvalid(PaddockError):
+    status = 401
+    code = "otp_invalid"
+    message = "The code is wrong, expired or already used"
 
 
-def _register(cls: type[PaddockError]) -> None:
-    _BY_CODE.setdefault(cls.code, cls)
-    for sub in cls.__subclasses__():
-        _register(sub)
+class ApiKeyRevoked(PaddockError):
+    status = 401
+    code = "api_key_revoked"
+    message = "This API key has been revoked"
 
 
-_register(PaddockError)
+class RateLimited(PaddockError):
+    status = 429
+    code = "rate_limited"
+    message = "Too many requests"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    def wire_details(self) -> dict[str, Any]:
+        return {"retry_after": self.retry_after}
+
+    @classmethod
+    def rebuild(cls, message: str, details: dict[str, Any]) -> PaddockError:
+        return cls(_retry_after(details), message)
 
 
-def from_code(code: str, message: str) -> PaddockError:
-    """Rebuild the error a worker raised from its wire form."""
-    cls = _BY_CODE.get(code, PaddockError)
-    if cls is ValidationFailed:
-        return PaddockError(message)
-    return cls(message)
+class LimitExceeded(PaddockError):
+    status = 400
+    code = "limit_exceeded"
+
+
+# Secret bundles (shared/secrets.py)
+class BundleNotFound(PaddockError):
+    status = 404
+    code = "secret_not_found"
+    message = "No secret bundle with this name"
+
+
+class BundleExists(PaddockError):
+    status = 409
+    code = "secret_exists"
+    message = "A secret bundle with this name already exists"
+
+
+class BundleInUse(PaddockError):
+    status = 409
+    code = "secret_in_use"
+    message = "A running session uses this bundle; pass force=true to delete it anyway"
+
+
+class VersionMismatch(PaddockError):
+    status = 412
+    code = "version_mismatch"
+    message = "If-Match does not match the bundle's current version"
+
+
+def _retry_after(details: dict[str, Any]) -> int:
+    try:
+        return max(1, int(details.get("retry_after", 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def from_wire(body: dict[str, Any]) -> PaddockError:
+    """Rebuild the error a worker raised from its wire form (``PaddockError.wire``): the same
+    class, message and details; an unknown code is a plain internal error with its message."""
+    cls = _BY_CODE.get(str(body.get("error", "")), PaddockError)
+    details = body.get("details")
+    return cls.rebuild(str(body.get("message", "")), details if isinstance(details, dict) else {})

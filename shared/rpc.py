@@ -14,7 +14,7 @@ import redis
 from celery import Celery
 
 from shared import keys
-from shared.errors import PaddockError, WorkerTimeout, from_code
+from shared.errors import PaddockError, WorkerTimeout, from_wire
 from shared.tasks import host_queue
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def call(
         raise WorkerTimeout()
     body = json.loads(got[1])
     if "error" in body:
-        raise from_code(body["error"], body.get("message", ""))
+        raise from_wire(body)
     return body.get("result")
 
 
@@ -57,10 +57,7 @@ def reply(
     r: redis.Redis, task_id: str, result: Any = None, error: PaddockError | None = None
 ) -> None:
     """Publish the reply of ``task_id`` (used by workers)."""
-    if error is not None:
-        body = {"error": error.code, "message": error.message}
-    else:
-        body = {"result": result}
+    body = error.wire() if error is not None else {"result": result}
     pipe = r.pipeline()
     pipe.rpush(keys.reply(task_id), json.dumps(body))
     pipe.expire(keys.reply(task_id), REPLY_TTL)

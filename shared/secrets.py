@@ -13,38 +13,13 @@ from dataclasses import dataclass
 import redis
 
 from shared import keys
-from shared.accounts import LimitExceeded
 from shared.crypto import SecretBox
-from shared.errors import PaddockError
+from shared.errors import BundleExists, BundleInUse, BundleNotFound, LimitExceeded, VersionMismatch
 from shared.redisio import read_set, text
 
 MAX_BUNDLES = 50
 MAX_KEYS = 50
 MAX_VALUE_BYTES = 64 * 1024
-
-
-class BundleNotFound(PaddockError):
-    status = 404
-    code = "secret_not_found"
-    message = "No secret bundle with this name"
-
-
-class BundleExists(PaddockError):
-    status = 409
-    code = "secret_exists"
-    message = "A secret bundle with this name already exists"
-
-
-class BundleInUse(PaddockError):
-    status = 409
-    code = "secret_in_use"
-    message = "A running session uses this bundle; pass force=true to delete it anyway"
-
-
-class VersionMismatch(PaddockError):
-    status = 412
-    code = "version_mismatch"
-    message = "If-Match does not match the bundle's current version"
 
 
 @dataclass(frozen=True)

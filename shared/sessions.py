@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.errors import PaddockError, QuotaExceeded
+from shared.errors import QuotaExceeded, SessionNotFound
 from shared.redisio import read_hash, read_set, text
 from shared.slots import NOW_MS_LUA
 from shared.store import QUOTA_RETRY_AFTER
@@ -115,12 +115,6 @@ STREAM_WINDOW_HOURS = 4
 ENDED_STATES = ("ended",)
 # The keys.slots kind that holds the places of sessions being created.
 CREATING = "session-creates"
-
-
-class ChatSessionNotFound(PaddockError):
-    status = 404
-    code = "session_not_found"
-    message = "No session with this id"
 
 
 @dataclass(frozen=True)
@@ -233,10 +227,10 @@ class Sessions:
         )
 
     def get(self, tenant_id: str, session_id: str) -> ChatSession:
-        """The tenant's session (ended ones too). Raises ChatSessionNotFound."""
+        """The tenant's session (ended ones too). Raises SessionNotFound."""
         s = self.load(session_id)
         if s is None or s.tenant_id != tenant_id:
-            raise ChatSessionNotFound()
+            raise SessionNotFound()
         return s
 
     def of_tenant(self, tenant_id: str) -> list[ChatSession]:

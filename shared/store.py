@@ -1,6 +1,6 @@
 """The state store: hosts, sandboxes and processes, all in Redis.
 
-Every read of a sandbox is scoped by tenant: a sandbox of another tenant is ``SessionNotFound``,
+Every read of a sandbox is scoped by tenant: a sandbox of another tenant is ``SandboxNotFound``,
 exactly like one that does not exist.
 """
 
@@ -15,7 +15,7 @@ import redis
 
 from shared import keys
 from shared.egress import NO_NETWORK, NetworkPolicy
-from shared.errors import EgressUnavailable, NoCapacity, QuotaExceeded, SessionNotFound
+from shared.errors import EgressUnavailable, NoCapacity, QuotaExceeded, SandboxNotFound
 from shared.redisio import read_hash, read_set, text
 
 # Seconds a client is told to wait after a sandbox or session quota refusal: a slot frees when
@@ -319,15 +319,15 @@ class Store:
         include_ending: bool = False,
         include_lost: bool = False,
     ) -> Sandbox:
-        """The tenant's sandbox. Raises SessionNotFound when absent, another's, (unless
+        """The tenant's sandbox. Raises SandboxNotFound when absent, another's, (unless
         ``include_ending``) being deleted, or (unless ``include_lost``) lost."""
         data = self._hgetall(keys.sandbox(sandbox_id))
         if not data or data.get("tenant") != tenant_id:
-            raise SessionNotFound()
+            raise SandboxNotFound()
         if data.get("status") == "deleting" and not include_ending:
-            raise SessionNotFound()
+            raise SandboxNotFound()
         if data.get("status") == "lost" and not include_lost:
-            raise SessionNotFound()
+            raise SandboxNotFound()
         return Sandbox(
             sandbox_id=sandbox_id,
             tenant_id=data["tenant"],
@@ -437,7 +437,7 @@ class Store:
         for sandbox_id in self.tenant_sandbox_ids(tenant_id):
             try:
                 out.append(self.get_sandbox(tenant_id, sandbox_id, include_ending=True))
-            except SessionNotFound:
+            except SandboxNotFound:
                 continue
         return sorted(out, key=lambda s: s.created_at)
 

@@ -11,8 +11,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from shared.accounts import RateLimited
-from shared.errors import PaddockError, QuotaExceeded, ValidationFailed
+from shared.errors import PaddockError, QuotaExceeded, RateLimited, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,11 @@ _V1_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     503: "capacity_error",
+}
+# The E2B API's own words (specs/e2b-compat.md): its sandboxes are "sessions".
+_E2B_MESSAGES = {
+    "sandbox_not_found": "Session not found",
+    "sandbox_gone": "Session not found",
 }
 
 
@@ -57,7 +61,7 @@ def _respond(
         err["request_id"] = request_id()
         resp = jsonify({"error": err})
     else:
-        body: dict[str, Any] = {"message": message}
+        body: dict[str, Any] = {"message": _E2B_MESSAGES.get(code, message)}
         if fields is not None:
             body["details"] = {k: {"message": v} for k, v in fields.items()}
         resp = jsonify(body)

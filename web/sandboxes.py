@@ -139,7 +139,7 @@ class Sandboxes:
         return sb
 
     def get(self, tenant_id: str, sandbox_id: str, include_lost: bool = False) -> Sandbox:
-        """The tenant's sandbox; resets its idle timer. Raises SessionNotFound (a lost one
+        """The tenant's sandbox; resets its idle timer. Raises SandboxNotFound (a lost one
         too, unless ``include_lost``: /v1 shows it as ``lost`` for a while)."""
         sb = self.store.get_sandbox(tenant_id, sandbox_id, include_lost=include_lost)
         self.store.touch(sandbox_id)

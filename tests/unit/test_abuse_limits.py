@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from shared import tasks
-from shared.errors import QuotaExceeded, ValidationFailed, from_code
+from shared.errors import QuotaExceeded, ValidationFailed, from_wire
 from shared.settings import Settings
 from web.api.validation import MAX_DEPTH, parse_json, too_deep
 from workers.shares import WorkerShares
@@ -86,8 +86,10 @@ def test_shares_hold_under_concurrency() -> None:
 
 
 def test_quota_error_crosses_the_reply_channel() -> None:
-    err = from_code("quota_exceeded", "share used up (PADDOCK_SANDBOX_WORKER_SHARE)")
-    assert isinstance(err, QuotaExceeded) and err.retry_after == 1
+    sent = QuotaExceeded("share used up (PADDOCK_SANDBOX_WORKER_SHARE)", retry_after=5)
+    err = from_wire(sent.wire())
+    assert isinstance(err, QuotaExceeded) and err.retry_after == 5
+    assert err.message == sent.message
 
 
 def test_tenant_worker_share_defaults_to_half_the_threads() -> None:

@@ -8,8 +8,15 @@ import fakeredis
 import pytest
 
 from shared import crypto
-from shared.accounts import Accounts, ApiKeyRevoked, LimitExceeded, OtpInvalid, RateLimited
-from shared.errors import ConfigError, PaddockError
+from shared.accounts import Accounts
+from shared.errors import (
+    ApiKeyRevoked,
+    ConfigError,
+    LimitExceeded,
+    OtpInvalid,
+    PaddockError,
+    RateLimited,
+)
 from shared.settings import Settings
 
 

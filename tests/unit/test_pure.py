@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from shared import ids
-from shared.errors import ConfigError, PathNotFound, QuotaExceeded, SessionNotFound, from_code
+from shared.errors import ConfigError, PathNotFound, QuotaExceeded, SandboxNotFound, from_wire
 from shared.output import RECORD_BYTES, STDERR, STDOUT, Budgets, Line, ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
@@ -229,10 +229,10 @@ def test_validation_messages_are_flattened_to_spec_keys() -> None:
 
 
 def test_worker_errors_keep_their_class_across_the_wire() -> None:
-    err = from_code(PathNotFound.code, "no such file")
+    err = from_wire(PathNotFound("no such file").wire())
     assert isinstance(err, PathNotFound) and err.status == 404 and err.message == "no such file"
-    assert isinstance(from_code("session_not_found", "x"), SessionNotFound)
-    assert from_code("made-up", "boom").status == 500
+    assert isinstance(from_wire(SandboxNotFound().wire()), SandboxNotFound)
+    assert from_wire({"error": "made-up", "message": "boom"}).status == 500
 
 
 def test_lines_read_in_one_chunk_share_an_entry_and_round_trip() -> None:

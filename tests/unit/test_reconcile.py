@@ -19,8 +19,8 @@ from shared import keys, tasks
 from shared.errors import (
     QuotaExceeded,
     SandboxGone,
+    SandboxNotFound,
     SandboxPaused,
-    SessionNotFound,
 )
 from shared.output import ProcessLog
 from shared.sessions import Sessions
@@ -60,10 +60,10 @@ def test_lost_frees_host_and_tenant_slots_and_hides_from_e2b(store: Store) -> No
     assert store.host_sandbox_ids(HOST) == []
     assert store.tenant_sandbox_ids("t1") == []
     store.place("sb2", "t1", "Bash", 1, 3600)  # the quota slot is free again
-    with pytest.raises(SessionNotFound):
+    with pytest.raises(SandboxNotFound):
         store.get_sandbox("t1", "sb1")
     assert store.get_sandbox("t1", "sb1", include_lost=True).status == "lost"
-    with pytest.raises(SessionNotFound):
+    with pytest.raises(SandboxNotFound):
         store.get_sandbox("t2", "sb1", include_lost=True)  # still scoped by tenant
 
 

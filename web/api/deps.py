@@ -54,5 +54,5 @@ def account() -> str:
 
 
 def sandbox(session_id: str) -> Sandbox:
-    """The caller's sandbox (idle timer reset). Raises Unauthorized or SessionNotFound."""
+    """The caller's sandbox (idle timer reset). Raises Unauthorized or SandboxNotFound."""
     return services().sandboxes.get(tenant(), session_id)

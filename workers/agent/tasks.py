@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from shared import ids, keys
-from shared.errors import PaddockError, SandboxError
+from shared.errors import BundleNotFound, PaddockError, SandboxError
 from shared.netpolicy import check_base_url
 from shared.redisconn import REDIS_DOWN, persist
-from shared.secrets import BundleNotFound
 from shared.sessions import ChatSession
 from workers.agent.llm import Conversation, LlmError, ToolCall, ToolSpec, new_conversation
 from workers.context import WorkerContext
