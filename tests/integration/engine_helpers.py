@@ -2,9 +2,11 @@
 root, exec root (and so its own containerd), pid file and unix socket, all under one directory
 that is removed at the end.
 
-It cannot disturb the machine's engine: no default bridge (``--bridge=none``), no iptables
-rules of its own (``--iptables=false``), and the networks it makes (a host worker's sandbox
-network) come from a private /16 that no route of the machine covers."""
+It cannot disturb the machine's engine: it runs in a network namespace of its own (``unshare
+--net``), where its interfaces and rules live and die with it (a dockerd started with
+``--bridge=none``, or restarted, deletes the ``docker0`` of the namespace it runs in), with no
+default bridge, no iptables rules of its own, and networks from a private /16 that no route of
+the machine covers."""
 
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ class Engine:
 
     def argv(self, live_restore: bool) -> list[str]:
         return [
+            shutil.which("unshare") or "unshare",
+            "--net",
+            "--",
             shutil.which("dockerd") or "dockerd",
             "--config-file",
             str(self.root / "daemon.json"),

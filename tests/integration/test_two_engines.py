@@ -18,8 +18,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import requests
 
@@ -33,8 +35,15 @@ IMAGE = "paddock/tpl-bash:latest"  # the smallest template image (~190 MB)
 DEAD_AFTER = 5.0
 
 
+def _machine_bridge() -> str:
+    """The interface of the machine's engine's default bridge network (docker0)."""
+    bridge = docker.from_env(timeout=60).networks.get("bridge")
+    return str(bridge.attrs["Options"].get("com.docker.network.bridge.name", "docker0"))
+
+
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
+    machine_bridge = _machine_bridge()
     e = Engine()
     try:
         e.start(live_restore=True)
@@ -42,6 +51,10 @@ def engine() -> Iterator[Engine]:
         yield e
     finally:
         e.destroy()
+    # The second engine left the machine's engine as it was: its default bridge is there
+    # (a dockerd started with --bridge=none, or restarted, deletes the docker0 of its network
+    # namespace: the second one runs in its own).
+    assert Path(f"/sys/class/net/{machine_bridge}").exists(), f"{machine_bridge} was removed"
 
 
 @pytest.fixture(scope="module")
