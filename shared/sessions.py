@@ -349,13 +349,36 @@ class Sessions:
     def pending_tasks(self, session_id: str) -> int:
         return int(self.r.llen(keys.session_tasks(session_id)))
 
+    def live_ids(self) -> list[str]:
+        """Every session not ended yet (the expiry index: a session is in it from its create
+        to its end)."""
+        return [text(x) for x in self.r.zrange(keys.session_expiry(), 0, -1)]
+
+    # -- the task running now, and its cancel ---------------------------------------------------
+    def begin_task(self, session_id: str, task_id: str) -> None:
+        self.r.hset(keys.session(session_id), "current_task", task_id)
+
+    def current_task(self, session_id: str) -> str | None:
+        current = self.r.hget(keys.session(session_id), "current_task")
+        return text(current) if current else None
+
+    def cancel_requested(self, session_id: str, task_id: str) -> bool:
+        """Whether a client asked to cancel ``task_id`` (`request_cancel`)."""
+        return self.r.get(keys.session_cancel(session_id)) == task_id.encode()
+
+    def end_task(self, session_id: str, task_id: str) -> None:
+        """The session runs no task any more; a cancel asked of ``task_id`` is done with."""
+        self.r.hdel(keys.session(session_id), "current_task")
+        if self.cancel_requested(session_id, task_id):
+            self.r.delete(keys.session_cancel(session_id))
+
     def request_cancel(self, session_id: str) -> str | None:
         """Ask the running task to stop; returns its id, None when no task is running."""
-        current = self.r.hget(keys.session(session_id), "current_task")
+        current = self.current_task(session_id)
         if not current:
             return None
         self.r.set(keys.session_cancel(session_id), current, ex=3600)
-        return text(current)
+        return current
 
     def take_runner(self, session_id: str, owner: str, ttl: int) -> bool:
         """Take the runner lock; True also when ``owner`` holds it already (a retry whose first

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from shared import ids, keys
+from shared import ids
 from shared.errors import BundleNotFound, PaddockError, SandboxError
 from shared.netpolicy import check_base_url
 from shared.redisconn import REDIS_DOWN, persist
@@ -115,16 +115,12 @@ def recover(ctx: WorkerContext) -> list[str]:
     return the sessions that still have queued tasks, to be drained again."""
     sessions = ctx.sessions
     pending = []
-    for key in ctx.redis.scan_iter(match=keys.session("ses_*"), count=500):
-        session_id = key.decode().rsplit(":", 1)[-1]
-        if ":" in key.decode().removeprefix(keys.session("")):
-            continue  # a sub-key of a session (events, tasks...)
+    for session_id in sessions.live_ids():
         s = sessions.load(session_id)
         if s is None or s.host_id != ctx.settings.host_id or s.ended:
             continue
-        current = ctx.redis.hget(keys.session(session_id), "current_task")
-        if current:
-            task_id = current.decode()
+        task_id = sessions.current_task(session_id)
+        if task_id:
             logger.warning("session %s task %s: lost with the previous worker", session_id, task_id)
             for frame in (
                 {
@@ -136,7 +132,7 @@ def recover(ctx: WorkerContext) -> list[str]:
                 {"type": "exit", "task_id": task_id, "exit_code": 1, "stop_reason": "error"},
             ):
                 sessions.emit(session_id, frame)
-            ctx.redis.hdel(keys.session(session_id), "current_task")
+            sessions.end_task(session_id, task_id)
         sessions.drop_runner(session_id)
         if sessions.pending_tasks(session_id):
             pending.append(session_id)
@@ -204,19 +200,18 @@ class TaskRun:
         if self.ctx.stopping.is_set():
             raise WorkerStopping()
         self.ctx.sessions.renew_runner(self.s.session_id, self.ttl)
-        current = self.ctx.redis.get(keys.session_cancel(self.s.session_id))
-        session = self.ctx.sessions.load(self.s.session_id)
-        if (current is not None and current.decode() == self.task_id) or (
+        sessions = self.ctx.sessions
+        session = sessions.load(self.s.session_id)
+        if sessions.cancel_requested(self.s.session_id, self.task_id) or (
             session is None or session.ended
         ):
             raise Cancelled()
 
     # -- running -----------------------------------------------------------------------------
     def run(self, prompt: str) -> None:
-        r = self.ctx.redis
         sid = self.s.session_id
         persist(
-            lambda: r.hset(keys.session(sid), "current_task", self.task_id),
+            lambda: self.ctx.sessions.begin_task(sid, self.task_id),
             f"start of task {self.task_id}",
         )
         self.emit("task_started")
@@ -257,10 +252,7 @@ class TaskRun:
             persist(self._clear_task, f"end of task {self.task_id}")
 
     def _clear_task(self) -> None:
-        r, sid = self.ctx.redis, self.s.session_id
-        r.hdel(keys.session(sid), "current_task")
-        if r.get(keys.session_cancel(sid)) == self.task_id.encode():
-            r.delete(keys.session_cancel(sid))
+        self.ctx.sessions.end_task(self.s.session_id, self.task_id)
 
     def kill_running(self) -> None:
         """Stop the command the task was running (the worker is going away)."""
