@@ -23,7 +23,7 @@ USER root
 WORKDIR /app
 # Debian's Python 3.11 (the lock's interpreter). e2fsprogs and mount: the host worker makes and
 # mounts each sandbox's capped storage. iptables: the host worker installs the egress rules
-# (workers/egress.py) when it runs in the host's network namespace (compose.yaml).
+# (workers/backends/docker/egress.py) when it runs in the host's network namespace (compose.yaml).
 RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
         printf '%s\n' "$EXTRA_CA_CERTS" >/usr/local/share/ca-certificates/paddock-extra.crt; \
     fi \
@@ -53,4 +53,4 @@ USER paddock
 WORKDIR /var/lib/paddock
 EXPOSE 3000 5555
 # gevent workers (web/gunicorn_conf.py): a waiting long-poll or WebSocket costs no thread.
-CMD ["gunicorn", "-c", "python:web.gunicorn_conf", "--bind", "0.0.0.0:3000", "web.app:create_app()"]
+CMD ["gunicorn", "-c", "python:web.gunicorn_conf", "--bind", "0.0.0.0:3000"]

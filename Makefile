@@ -77,10 +77,9 @@ worker:                         ## only this host's worker (PADDOCK_HOST_ID)
 control:                        ## only the control worker (scheduler thread inside)
 	$(PY) -m workers control
 
-web:                            ## only the web API (gevent workers: web/gunicorn_conf.py)
+web:                            ## only the web API (everything but the address: web/gunicorn_conf.py)
 	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; \
-	$(VENV)/bin/gunicorn -c python:web.gunicorn_conf --bind 0.0.0.0:$${PADDOCK_PORT:-3000} \
-		'web.app:create_app()'
+	$(VENV)/bin/gunicorn -c python:web.gunicorn_conf --bind 0.0.0.0:$${PADDOCK_PORT:-3000}
 
 flower:                         ## only Flower, behind the login `make up` put in the secrets file
 	@secrets="$${PADDOCK_DATA_DIR:-.paddock}/secrets.env"; \

@@ -16,7 +16,8 @@ import docker
 import requests
 
 from shared.settings import Settings
-from workers.driver import SANDBOX_USER, hardening
+from workers.backends.base import SANDBOX_USER
+from workers.backends.docker.driver import hardening
 
 
 class BenchError(Exception):
@@ -121,9 +122,9 @@ def _finished(r: requests.Response, cmd: str) -> dict[str, Any]:
 class RawDocker:
     """The same operations with the Docker SDK, on containers started with the same hardening
     and limits as Paddock's sandboxes, so that the ratio is Paddock's own overhead. That
-    includes the sandboxes' capped storage (workers/storage.py, some 15 ms to make and 10 ms
-    to release): raw containers get the read-only root but no writable paths, which the
-    measured operations do not need."""
+    includes the sandboxes' capped storage (workers/backends/docker/storage.py, some 15 ms to
+    make and 10 ms to release): raw containers get the read-only root but no writable paths,
+    which the measured operations do not need."""
 
     def __init__(self, client: docker.DockerClient, image: str, label: str) -> None:
         self.client = client

@@ -160,9 +160,9 @@ INI
         'IFS= read -r FLOWER_BASIC_AUTH <"$0" && export FLOWER_BASIC_AUTH && exec "$@"' \
         "$FLOWER_AUTH" "$BIN/python" -m shared.broker flower --port="$FLOWER_PORT" \
         --address=127.0.0.1
-    # gevent workers (web/gunicorn_conf.py): a waiting client costs a greenlet, not a thread.
-    program web "$BIN/gunicorn" -c python:web.gunicorn_conf --bind "$BIND:$PORT" \
-        'web.app:create_app()'
+    # Everything but the address is in web/gunicorn_conf.py (gevent workers: a waiting client
+    # costs a greenlet, not a thread).
+    program web "$BIN/gunicorn" -c python:web.gunicorn_conf --bind "$BIND:$PORT"
     # A component killed from outside leaves its children (gunicorn's workers, say):
     # this listener kills the rest of its process group before it runs twice.
     private_log "$LOG/reap-group.log"

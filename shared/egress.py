@@ -1,7 +1,8 @@
 """A sandbox's network as the API takes it and the host enforces it: a mode (``internet`` or
 ``none``) and per-sandbox ``allow_out`` / ``deny_out`` lists of IPv4 CIDRs.
 
-What a sandbox with ``internet`` reaches, in the order the host decides (workers/egress.py):
+What a sandbox with ``internet`` reaches, in the order the host decides
+(workers/backends/docker/egress.py):
 
 1. Replies to connections already allowed, and DNS (port 53) to the host's resolvers only.
 2. Never: other sandboxes, the host itself (any of its addresses), ``ALWAYS_BLOCKED`` (loopback,

@@ -31,7 +31,7 @@ class PaddockError(Exception):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # No two classes declare one code: a code names exactly one class on the wire (checked
         # when the class is made, so a clash cannot ship). A subclass that declares none is a
-        # finer kind of its parent for the code that raises it (workers.shares.ShareUsedUp):
+        # finer kind of its parent for the code that raises it (workers.host.shares.ShareUsedUp):
         # it crosses the wire as that parent, with the same code, message and details.
         super().__init_subclass__(**kwargs)
         if "code" in cls.__dict__:

@@ -18,7 +18,7 @@ def hosts() -> str:
 
 def hosts_seen() -> str:
     """Hash: host id -> time of its last heartbeat. Outlives the heartbeat's own key, so the
-    reaper can tell how long a host has been silent (workers/control.py lose_dead_hosts)."""
+    reaper can tell how long a host has been silent (workers/control/reaper.py lose_dead_hosts)."""
     return f"{PREFIX}:hosts:seen"
 
 

@@ -7,7 +7,7 @@ import logging
 
 from celery import Celery
 
-from shared import rpc, tasks
+from shared import commands, rpc, tasks
 from shared.sessions import ChatSession, Sessions
 from shared.store import Store
 
@@ -27,8 +27,8 @@ def end_session(
         rpc.send(
             app,
             tasks.host_queue(s.host_id),
-            tasks.SANDBOX_DESTROY,
-            {"sandbox_id": s.sandbox_id},
+            commands.SandboxDestroy.name,
+            commands.SandboxDestroy(sandbox_id=s.sandbox_id).to_kwargs(),
             expires=destroy_timeout,
         )
 

@@ -13,6 +13,8 @@ from shared.errors import ConfigError
 from shared.redisconn import redact_url
 
 SANDBOX_NETWORKS = ("none", "internet")
+# What runs the sandboxes (workers/backends/): only Docker containers so far.
+SANDBOX_BACKENDS = ("docker",)
 
 
 def _bool(raw: str) -> bool:
@@ -72,8 +74,10 @@ class Settings:
     # Sandboxes
     idle_timeout: int = 600
     sandbox_max_lifetime: int = 86400
-    # internet (through the host's egress policy, workers/egress.py) or none: the mode of a
-    # sandbox whose create does not say.
+    # What runs the sandboxes on a host: docker (workers/backends/docker/).
+    sandbox_backend: str = "docker"
+    # internet (through the host's egress policy, workers/backends/docker/egress.py) or none:
+    # the mode of a sandbox whose create does not say.
     sandbox_network: str = "internet"
     # Egress policy (shared/egress.py): CIDRs no sandbox may reach (on top of the built-in
     # ones), private CIDRs a sandbox's allow_out may open, DNS servers for sandboxes (default:
@@ -90,17 +94,17 @@ class Settings:
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 512
     # Cap on everything a sandbox can write (home, /workspace, /tmp, /var/tmp, /dev/shm): a
-    # loop-mounted ext4 image of this size (workers/storage.py). 0: no disk, those paths are a
-    # tmpfs counted in the sandbox's memory.
+    # loop-mounted ext4 image of this size (workers/backends/docker/storage.py). 0: no disk,
+    # those paths are a tmpfs counted in the sandbox's memory.
     sandbox_disk: int = 2 << 30
     # Where the per-sandbox writable storage lives on the host (default <data_dir>/storage).
     storage_dir: str = ""
     image_prefix: str = "paddock"
     templates_dir: str = "templates"
     # Hosts. Capacity (sandboxes per host) follows from the engine's memory and CPUs and the
-    # sandbox limits (workers/capacity.py): memory limits add up to at most the machine's memory
-    # less host_reserved_memory, times host_memory_overcommit; CPU limits to its CPUs times
-    # host_cpu_overcommit. A positive host_capacity overrides both.
+    # sandbox limits (workers/host/capacity.py): memory limits add up to at most the machine's
+    # memory less host_reserved_memory, times host_memory_overcommit; CPU limits to its CPUs
+    # times host_cpu_overcommit. A positive host_capacity overrides both.
     host_capacity: int = 0
     host_reserved_memory: int = 2 << 30
     host_memory_overcommit: float = 1.0
@@ -108,10 +112,10 @@ class Settings:
     heartbeat_interval: float = 5.0
     worker_concurrency: int = 8
     reaper_interval: float = 10.0
-    # Dead sandboxes (workers/hosts.py check_engine): each host compares its records with one
-    # container listing of its engine this often; a sandbox whose container stopped is `lost`,
-    # its slots are freed at once and its record stays this long (GET /v1/sandboxes/{id}
-    # says `lost`) before the reaper purges it.
+    # Dead sandboxes (workers/host/reconcile.py check_engine): each host compares its records
+    # with one container listing of its engine this often; a sandbox whose container stopped
+    # is `lost`, its slots are freed at once and its record stays this long
+    # (GET /v1/sandboxes/{id} says `lost`) before the reaper purges it.
     reconcile_interval: float = 10.0
     lost_keep: float = 120.0
     # A host whose worker has sent no heartbeat for this long is dead (its machine, engine or
@@ -142,7 +146,7 @@ class Settings:
     task_timeout: float = 60.0
     create_timeout: float = 120.0
     log_level: str = "INFO"
-    # Metrics (web/metrics.py, workers/metrics.py). A bearer token every /metrics asks for when
+    # Metrics (web/metrics.py, workers/host/metrics.py). A bearer token every /metrics asks for when
     # set (empty: the web's /metrics answers loopback clients only while keys are on). Each
     # host worker serves its own /metrics on this address and port (0: not served).
     metrics_token: str = ""
@@ -172,6 +176,10 @@ class Settings:
         if self.tenant_worker_share <= 0:
             share = max(1, self.worker_concurrency // 2)
             object.__setattr__(self, "tenant_worker_share", share)
+        if self.sandbox_backend not in SANDBOX_BACKENDS:
+            raise ConfigError(
+                f"PADDOCK_SANDBOX_BACKEND must be one of {', '.join(SANDBOX_BACKENDS)}"
+            )
         if self.sandbox_network not in SANDBOX_NETWORKS:
             raise ConfigError(
                 f"PADDOCK_SANDBOX_NETWORK must be one of {', '.join(SANDBOX_NETWORKS)}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ return n
 
 # Also due at once in the expiry index: whoever began the delete may never see it done (the
 # host or its engine is down), and the reaper sends the destroy again until it is (with
-# back-off, workers/control.py).
+# back-off, workers/control/reaper.py).
 # KEYS: the sandbox, expiry index.  ARGV: now, sandbox id.
 _BEGIN_DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -97,7 +98,8 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
-# The reaper sends a sandbox's destroy again (workers/control.py): one more try, timed from now.
+# The reaper sends a sandbox's destroy again (workers/control/reaper.py): one more try, timed
+# from now.
 # Nothing when the delete got done meanwhile (its record purged: an HSET would leave a bare
 # hash behind that no index reaches).
 # KEYS: the sandbox.  ARGV: now.  -> the tries so far, or nil
@@ -367,6 +369,21 @@ class Store:
         """Count one more destroy of a sandbox being deleted, timed from now (``delete_tries``,
         ``deleting_at``). False when it is not being deleted (any more)."""
         return self._retry_delete(keys=[keys.sandbox(sandbox_id)], args=[time.time()]) is not None
+
+    def retry_delete_if_due(
+        self, sandbox_id: str, delay: Callable[[int], float], now: float | None = None
+    ) -> tuple[int, float] | None:
+        """For a sandbox being deleted whose last destroy was sent at least ``delay(tries)``
+        seconds ago (``tries``: the destroys re-sent so far), count one more (retry_delete)
+        and return ``(tries, seconds since the last one)``: the caller sends the destroy
+        again. None when not due yet, or no longer being deleted."""
+        now = time.time() if now is None else now
+        data = self._hgetall(keys.sandbox(sandbox_id))
+        tries = int(data.get("delete_tries") or 0)
+        since = now - float(data.get("deleting_at") or 0)
+        if since < delay(tries) or not self.retry_delete(sandbox_id):
+            return None
+        return tries, since
 
     def mark_lost(self, sandbox_id: str, reason: str, keep: float) -> bool:
         """Mark a running (or creating) sandbox ``lost``: its container stopped behind

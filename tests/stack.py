@@ -25,8 +25,8 @@ import requests
 
 from shared.redisconn import redis_client
 from shared.settings import Settings
-from workers.egress import Egress
-from workers.storage import SandboxStorage
+from workers.backends.docker.egress import Egress
+from workers.backends.docker.storage import SandboxStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -182,10 +182,9 @@ class Stack:
                 [
                     str(VENV_BIN / "gunicorn"),
                     "-c",
-                    "python:web.gunicorn_conf",
+                    "python:web.gunicorn_conf",  # the app and every limit; only the address here
                     "--bind",
                     url.removeprefix("http://"),
-                    "web.app:create_app()",
                 ],
             )
         for url in self.urls:
@@ -199,7 +198,7 @@ class Stack:
             [sys.executable, "-m", "workers", "host"],
             {
                 "PADDOCK_HOST_ID": host,
-                # Its own /metrics port (workers/metrics.py), kept across restarts.
+                # Its own /metrics port (workers/host/metrics.py), kept across restarts.
                 "PADDOCK_METRICS_PORT": str(self.metrics_ports.setdefault(host, free_port())),
                 **self.host_env.get(host, {}),
             },

@@ -19,6 +19,7 @@ from shared.netpolicy import check_base_url
 from shared.secrets import SecretBundles
 from shared.sessions import ChatSession, Sessions
 from shared.settings import Settings
+from shared.store import Store
 from web import tokens
 from web.sandboxes import Sandboxes
 
@@ -41,12 +42,15 @@ class AgentSessions:
         sessions: Sessions,
         secrets: SecretBundles,
         sandboxes: Sandboxes,
+        store: Store,
     ) -> None:
         self.settings = settings
         self.celery = celery
         self.sessions = sessions
         self.secrets = secrets
         self.sandboxes = sandboxes
+        # Only for shared.lifecycle.end_session, which the reaper runs too.
+        self.store = store
 
     def create(self, tenant_id: str, body: dict[str, Any]) -> Created:
         """A running session from a validated CreateSessionRequest.
@@ -104,14 +108,16 @@ class AgentSessions:
     ) -> ChatSession:
         """The sandbox, then the session record bound to it; the sandbox is removed again if
         the record cannot be written."""
-        sb = self.sandboxes.create(tenant_id, body["template"], field="template", network=network)
+        sandbox = self.sandboxes.create(
+            tenant_id, body["template"], field="template", network=network
+        )
         now = time.time()
         s = ChatSession(
             session_id=session_id,
             tenant_id=tenant_id,
-            sandbox_id=sb.sandbox_id,
-            host_id=sb.host_id,
-            template=sb.template,
+            sandbox_id=sandbox.sandbox_id,
+            host_id=sandbox.host_id,
+            template=sandbox.template,
             agent=agent,
             llm=llm,
             secrets=body["secrets"],
@@ -122,9 +128,9 @@ class AgentSessions:
         )
         try:
             self.sessions.create(s)
-            self.sandboxes.store.bind_lifetime(sb.sandbox_id, s.expires_at, s.session_id)
+            self.sandboxes.bind_to_session(sandbox, s.session_id, s.expires_at)
         except Exception:
-            self.sandboxes.delete(sb)
+            self.sandboxes.delete(sandbox)
             raise
         return s
 
@@ -139,9 +145,7 @@ class AgentSessions:
         )
 
     def end(self, s: ChatSession) -> None:
-        end_session(
-            self.celery, self.sessions, self.sandboxes.store, s, self.settings.task_timeout * 10
-        )
+        end_session(self.celery, self.sessions, self.store, s, self.settings.task_timeout * 10)
 
     def _bundle_keys(self, tenant_id: str, names: list[str]) -> dict[str, str]:
         """Key → bundle. Raises BundleNotFound, BadRequest (a key in two bundles)."""

@@ -1,4 +1,5 @@
-"""The Flask application factory. ``gunicorn 'web.app:create_app()'`` serves it."""
+"""The Flask application factory. gunicorn serves ``web.app:create_app()`` (web/gunicorn_conf.py,
+the one gunicorn configuration)."""
 
 from __future__ import annotations
 
@@ -17,36 +18,24 @@ from shared.redisconn import redis_client as make_redis_client
 from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
+from shared.store import Store
 from web import gunicorn_conf
 from web import metrics as web_metrics
 from web.agent_sessions import AgentSessions
-from web.api import filesystem, meta, processes, sessions, templates
-from web.api.deps import Services
-from web.api.v1 import api_keys, openapi, sandboxes, secrets, usage
-from web.api.v1 import auth as v1_auth
-from web.api.v1 import sessions as v1_sessions
+from web.api import docs, e2b, v1
 from web.browser import register_browser_guards
 from web.errors import register_error_handlers
 from web.jsonprovider import OrjsonProvider
 from web.sandboxes import Sandboxes
+from web.services import Services
 from web.ws import init_ws
 
-# Reading these modules shows the whole URL surface.
+# The whole URL surface: each package's blueprint gathers one module per resource (the v1
+# WebSocket is web/ws.py; /metrics is web/metrics.py).
 BLUEPRINTS = (
-    # E2B-compatible API
-    meta.bp,
-    sessions.bp,
-    filesystem.bp,
-    processes.bp,
-    # v1 API (its WebSocket: web/ws.py)
-    v1_auth.bp,
-    api_keys.bp,
-    secrets.bp,
-    sandboxes.bp,
-    usage.bp,
-    v1_sessions.bp,
-    templates.bp,
-    openapi.bp,
+    e2b.bp,  # /health, /openapi.json, /sessions/... (E2B-compatible)
+    v1.bp,  # /v1/...
+    docs.bp,  # /docs
 )
 
 
@@ -92,7 +81,8 @@ def create_app(
     sandboxes = Sandboxes(settings, r, celery)
     sessions = Sessions(r)
     secret_bundles = SecretBundles(r, box)
-    svc = Services(
+    agent_sessions = AgentSessions(settings, celery, sessions, secret_bundles, sandboxes, Store(r))
+    services = Services(
         settings=settings,
         redis=r,
         celery=celery,
@@ -101,13 +91,13 @@ def create_app(
         secrets=secret_bundles,
         box=box,
         sessions=sessions,
-        agent_sessions=AgentSessions(settings, celery, sessions, secret_bundles, sandboxes),
+        agent_sessions=agent_sessions,
     )
-    app.extensions["paddock"] = svc
+    app.extensions["paddock"] = services
     web_metrics.register(app, settings, r)  # first: its timer sees every other hook's work
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_browser_guards(app, settings)
-    init_ws(app, svc)
+    init_ws(app, services)
     register_error_handlers(app)
     return app

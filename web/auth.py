@@ -1,16 +1,36 @@
 """Who is calling. Every request resolves to a tenant id (one user = one tenant), which scopes
-every lookup. API keys on sandbox and secret routes; account JWTs on account routes."""
+every lookup.
+
+Routes say which credential they take with a decorator, which hands the view the caller's id
+as its first argument (before the URL's values):
+
+- ``@tenant_from_api_key``: v1 sandbox, secret and session routes (an API key, always);
+- ``@user_from_account_token``: v1 account routes (an account JWT from verify-otp);
+- ``@tenant_from_e2b_key`` / ``@tenant_from_e2b_key_or_body``: the E2B API (an API key, or
+  nobody's key with ``PADDOCK_AUTH=off``: the local tenant).
+
+The session WebSocket takes a session JWT instead (web/ws.py).
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
+
+import orjson
 from flask import request
 
 from shared.accounts import Accounts
 from shared.errors import Unauthorized
 from shared.settings import Settings
 from web import tokens
+from web.services import current_services
 
 LOCAL_TENANT = "local"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def bearer() -> str | None:
@@ -41,7 +61,7 @@ def tenant_for_api_key(accounts: Accounts, body_key: str | None = None) -> str:
 def e2b_tenant(settings: Settings, accounts: Accounts, body_key: str | None = None) -> str:
     """E2B routes: the API key's tenant. With ``PADDOCK_AUTH=off`` a request without a key
     acts as the local tenant (a request with a key still is that key's, and a bad key is
-    still refused)."""
+    still refused). Raises Unauthorized or ApiKeyRevoked."""
     if not settings.auth and not presented_key(body_key):
         return LOCAL_TENANT
     return tenant_for_api_key(accounts, body_key)
@@ -59,3 +79,66 @@ def account_user(settings: Settings, accounts: Accounts) -> str:
     if not accounts.user_exists(user_id):
         raise Unauthorized("Unknown account")
     return user_id
+
+
+# -- decorators ---------------------------------------------------------------------------------
+
+
+def tenant_from_api_key(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
+    """The view gets the API key's tenant id. Raises Unauthorized or ApiKeyRevoked."""
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        return view(tenant_for_api_key(current_services().accounts), *args, **kwargs)
+
+    return wrapper
+
+
+def user_from_account_token(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
+    """The view gets the account token's user id. Raises Unauthorized."""
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        services = current_services()
+        return view(account_user(services.settings, services.accounts), *args, **kwargs)
+
+    return wrapper
+
+
+def tenant_from_e2b_key(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
+    """The view gets the E2B caller's tenant id (`e2b_tenant`). Raises Unauthorized or
+    ApiKeyRevoked."""
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        services = current_services()
+        return view(e2b_tenant(services.settings, services.accounts), *args, **kwargs)
+
+    return wrapper
+
+
+def tenant_from_e2b_key_or_body(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
+    """As `tenant_from_e2b_key`, and the key may also come as the body's ``apiKey`` (a later
+    E2B client sends it on ``POST /sessions``; headers win). The body itself is validated by
+    the view. Raises Unauthorized or ApiKeyRevoked."""
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        services = current_services()
+        tenant_id = e2b_tenant(services.settings, services.accounts, _body_api_key())
+        return view(tenant_id, *args, **kwargs)
+
+    return wrapper
+
+
+def _body_api_key() -> str | None:
+    """``apiKey`` of a JSON object body, or None (no body, not JSON, not a string)."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    key = data.get("apiKey") if isinstance(data, dict) else None
+    return key if isinstance(key, str) else None

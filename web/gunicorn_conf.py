@@ -1,6 +1,8 @@
-"""How gunicorn serves the web app, in one place for every runner (make web, make up, compose,
-the image, the test stack): ``gunicorn -c python:web.gunicorn_conf --bind HOST:PORT
-'web.app:create_app()'``. Operators override any of it with GUNICORN_CMD_ARGS.
+"""The one gunicorn configuration: how gunicorn serves the web app, for every runner (``make
+web``, ``make up``'s supervisord, compose.yaml, the Dockerfile, deploy/systemd, tests/stack.py):
+``gunicorn -c python:web.gunicorn_conf --bind HOST:PORT``. The app, the worker class and every
+limit are here; only the address is given by the runner. Operators override any of it with
+GUNICORN_CMD_ARGS. A change of how the web tier is served goes here, never into a runner.
 
 Waiting must cost no OS thread: long-polls (``wait=true``) and session WebSockets spend their
 life blocked on Redis (XREAD BLOCK, BLPOP) or on the client's socket. gevent's worker
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+wsgi_app = "web.app:create_app()"
 worker_class = "gevent"
 # One per core; every worker is one event loop.
 workers = 2

@@ -11,7 +11,7 @@ Two kinds of figures, one page:
 - **the cluster's** (sandboxes by host, template and state; host capacity; Celery queue
   depths): read from Redis when scraped (`ClusterCollector`), at most once a second per web
   process, so scrapes cannot hammer Redis. Each host worker serves its own counters
-  (workers/metrics.py).
+  (workers/host/metrics.py).
 
 Labels never carry tenant data: a route is its URL *template* (``/sessions/<session_id>``),
 never the path asked (a client sending random paths adds no label value: they are all

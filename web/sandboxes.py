@@ -3,7 +3,6 @@ command to the owning host's queue."""
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from shared import ids, rpc, tasks
+from shared import commands, ids, rpc, tasks
 from shared.egress import NetworkPolicy, parse_cidrs, parse_network
 from shared.errors import (
     NoCapacity,
@@ -117,9 +116,13 @@ class Sandboxes:
         )
         try:
             self._call(
+                commands.SandboxCreate(
+                    sandbox_id=sandbox_id,
+                    tenant_id=tenant_id,
+                    template=template,
+                    network=network.to_json(),
+                ),
                 sb,
-                tasks.SANDBOX_CREATE,
-                {"tenant_id": tenant_id, "template": template, "network": network.to_json()},
                 timeout=self.settings.create_timeout,
             )
         except PaddockError as exc:
@@ -148,6 +151,21 @@ class Sandboxes:
     def of_tenant(self, tenant_id: str) -> list[Sandbox]:
         return self.store.tenant_sandboxes(tenant_id)
 
+    def times(self, sandbox: Sandbox) -> tuple[float | None, float | None]:
+        """(last request that named it, end of its maximum lifetime), Unix seconds; None
+        where it has no such timer (an agent session's sandbox has no idle timer) or its
+        record is being removed."""
+        return self.store.sandbox_times(sandbox.sandbox_id)
+
+    def template_catalog(self) -> list[dict[str, Any]]:
+        """Every template some live host offers (from their heartbeats), each with the
+        ``hosts`` that have it."""
+        return self.store.template_catalog()
+
+    def bind_to_session(self, sandbox: Sandbox, session_id: str, expires_at: float) -> None:
+        """The sandbox lives exactly as long as the agent session: no idle reaping."""
+        self.store.bind_lifetime(sandbox.sandbox_id, expires_at, session_id)
+
     def delete(self, sb: Sandbox) -> None:
         """Destroy the sandbox; an agent session living in it ends with it."""
         session_id = self.store.raw_sandbox(sb.sandbox_id).get("session")
@@ -157,7 +175,7 @@ class Sandboxes:
         if session is not None:
             self.sessions.end(session, keep_for=HISTORY_AFTER_END)
         try:
-            self._call(sb, tasks.SANDBOX_DESTROY, {})
+            self._call(commands.SandboxDestroy(**self._ids(sb)), sb)
         except PaddockError as exc:
             # The host did not answer, or could not finish (its engine is down: the container
             # or the storage could not be removed). The record stays ``deleting``, which no
@@ -175,40 +193,42 @@ class Sandboxes:
         rpc.send(
             self.celery,
             tasks.host_queue(sb.host_id),
-            tasks.SANDBOX_DESTROY,
-            {"sandbox_id": sb.sandbox_id},
+            commands.SandboxDestroy.name,
+            commands.SandboxDestroy(**self._ids(sb)).to_kwargs(),
             expires=self.settings.create_timeout * 10,
         )
 
     # -- commands ----------------------------------------------------------------------------
     def ports(self, sb: Sandbox) -> list[dict[str, Any]]:
-        return list(self._call(sb, tasks.SANDBOX_PORTS, {}))
+        value = self._call(commands.SandboxPorts(**self._ids(sb)), sb)
+        return commands.Ports.from_json(value).to_json()
 
     def list_dir(self, sb: Sandbox, path: str) -> list[dict[str, Any]]:
-        return list(self._call(sb, tasks.FS_LIST, {"path": path}))
+        value = self._call(commands.FsList(**self._ids(sb), path=path), sb)
+        return commands.Listing.from_json(value).to_json()
 
     def make_dir(self, sb: Sandbox, path: str) -> None:
-        self._call(sb, tasks.FS_MKDIR, {"path": path})
+        self._call(commands.FsMkdir(**self._ids(sb), path=path), sb)
 
     def remove(self, sb: Sandbox, path: str) -> None:
-        self._call(sb, tasks.FS_REMOVE, {"path": path})
+        self._call(commands.FsRemove(**self._ids(sb), path=path), sb)
 
     def read_file(self, sb: Sandbox, path: str) -> bytes:
-        return base64.b64decode(self._call(sb, tasks.FS_READ, {"path": path})["data"])
+        value = self._call(commands.FsRead(**self._ids(sb), path=path), sb)
+        return commands.FileData.from_json(value).data
 
     def write_file(self, sb: Sandbox, path: str, data: bytes) -> None:
-        self._call(sb, tasks.FS_WRITE, {"path": path, "data": base64.b64encode(data).decode()})
+        self._call(commands.FsWrite.of(sb.sandbox_id, sb.tenant_id, path, data), sb)
 
     def start_process(self, sb: Sandbox, cmd: str, env: dict[str, str], cwd: str) -> str:
         """Start ``cmd``; its process id. Raises WorkerTimeout only when the process did not
         start (and now never will), whatever happened to the worker's reply."""
         process_id = ids.process_id()
         try:
-            self._call(
-                sb,
-                tasks.PROCESS_START,
-                {"process_id": process_id, "cmd": cmd, "env": env, "cwd": cwd},
+            start = commands.ProcessStart(
+                **self._ids(sb), process_id=process_id, cmd=cmd, env=env, cwd=cwd
             )
+            self._call(start, sb)
         except WorkerTimeout:
             # The reply is lost, not necessarily the start: a slow engine, or a worker killed
             # after it spawned the process (its restart closes the process's output, saying
@@ -320,24 +340,30 @@ class Sandboxes:
         return lambda: self.plog.entries(sb.sandbox_id, process_id, upto)
 
     def write_stdin(self, sb: Sandbox, process_id: str, data: str) -> None:
-        self._call(sb, tasks.PROCESS_STDIN, {"process_id": process_id, "data": data})
+        self._call(commands.ProcessStdin(**self._ids(sb), process_id=process_id, data=data), sb)
 
     def stop_process(self, sb: Sandbox, process_id: str) -> None:
         """Kill the process group; its output stays until `forget_process`."""
-        self._call(sb, tasks.PROCESS_KILL, {"process_id": process_id})
+        self._call(commands.ProcessKill(**self._ids(sb), process_id=process_id), sb)
 
     def forget_process(self, sb: Sandbox, process_id: str) -> None:
         self.plog.forget(sb.sandbox_id, process_id)
 
     def _call(
-        self, sb: Sandbox, name: str, kwargs: dict[str, Any], timeout: float | None = None
+        self, command: commands.HostCommand, sb: Sandbox, timeout: float | None = None
     ) -> Any:
+        """Run ``command`` on the sandbox's host; the JSON of its result (the command's result
+        class reads it). Raises WorkerTimeout or the host's PaddockError."""
         reply = rpc.call(
             self.celery,
             self.r,
             sb.host_id,
-            name,
-            {"sandbox_id": sb.sandbox_id, "tenant_id": sb.tenant_id, **kwargs},
+            command.name,
+            command.to_kwargs(),
             timeout or self.settings.task_timeout,
         )
         return reply["value"]
+
+    @staticmethod
+    def _ids(sb: Sandbox) -> dict[str, str]:
+        return {"sandbox_id": sb.sandbox_id, "tenant_id": sb.tenant_id}

@@ -32,9 +32,10 @@ from shared.errors import QuotaExceeded, Unauthorized
 from shared.slots import SOCKETS, Slots
 from web import metrics, tokens
 from web.agent_sessions import SESSION_AUDIENCE
-from web.api.deps import Services, services
+from web.api.v1 import sessions as v1_sessions
 from web.api.v1.sessions import MAX_SEQ, SEQ
 from web.auth import bearer
+from web.services import Services, current_services
 
 logger = logging.getLogger(__name__)
 sock = Sock()
@@ -58,15 +59,15 @@ RECEIVE_WAKE = 30.0
 SLOTS_RETRY_AFTER = 5  # seconds; a slot frees when any of the tenant's sockets closes
 
 
-def init_ws(app: Flask, svc: Services) -> None:
+def init_ws(app: Flask, services: Services) -> None:
     app.config["SOCK_SERVER_OPTIONS"] = {
         # simple-websocket pings every interval and drops a client that did not answer the
         # previous ping: a silent client is gone within two intervals.
-        "ping_interval": svc.settings.ws_ping_interval,
-        "max_message_size": svc.settings.ws_max_frame_bytes,
+        "ping_interval": services.settings.ws_ping_interval,
+        "max_message_size": services.settings.ws_max_frame_bytes,
     }
     sock.init_app(app)
-    app.extensions["paddock.ws_slots"] = Slots(svc.redis)
+    app.extensions["paddock.ws_slots"] = Slots(services.redis)
     app.before_request(_take_socket_slot)
     app.teardown_request(_release_socket_slot)
 
@@ -77,7 +78,9 @@ def _claims() -> dict[str, Any] | None:
     if "ws_claims" not in g:
         token = bearer() or request.args.get("token") or ""
         try:
-            g.ws_claims = tokens.verify(services().settings.jwt_secret, token, SESSION_AUDIENCE)
+            g.ws_claims = tokens.verify(
+                current_services().settings.jwt_secret, token, SESSION_AUDIENCE
+            )
         except Unauthorized:
             g.ws_claims = None
     claims: dict[str, Any] | None = g.ws_claims
@@ -98,8 +101,7 @@ def _take_socket_slot() -> None:
     tenant_id = claims.get("tenant") if claims else None
     if not isinstance(tenant_id, str):
         return
-    svc = services()
-    limit = svc.settings.tenant_max_sockets
+    limit = current_services().settings.tenant_max_sockets
     slot = _slots().acquire(SOCKETS, tenant_id, limit, SLOT_TTL)
     if slot is None:
         logger.warning("tenant %s: socket quota (%d) reached", tenant_id, limit)
@@ -128,13 +130,13 @@ class Connection:
     def __init__(
         self,
         ws: Any,
-        svc: Services,
+        services: Services,
         session_id: str,
         tenant_id: str,
         slot: tuple[str, str] | None = None,
     ) -> None:
         self.ws = ws
-        self.svc = svc
+        self.services = services
         self.session_id = session_id
         self.tenant_id = tenant_id
         self.slot = slot  # (tenant, token) of the tenant socket slot this connection holds
@@ -164,7 +166,7 @@ class Connection:
 
     # -- server → client ---------------------------------------------------------------------
     def pump(self, after: int) -> None:
-        sessions = self.svc.sessions
+        sessions = self.services.sessions
         try:
             while not self.stop.is_set():
                 for frame in sessions.events_after(
@@ -197,7 +199,7 @@ class Connection:
 
     # -- client → server ---------------------------------------------------------------------
     def serve(self) -> None:
-        limit = self.svc.settings.ws_messages_per_10s
+        limit = self.services.settings.ws_messages_per_10s
         while not self.stop.is_set():
             try:
                 raw = self.ws.receive(timeout=RECEIVE_WAKE)
@@ -231,7 +233,7 @@ class Connection:
         elif kind == "task":
             self.task(frame)
         elif kind == "cancel":
-            task_id = self.svc.sessions.request_cancel(self.session_id)
+            task_id = self.services.sessions.request_cancel(self.session_id)
             logger.info("session %s: cancel requested (task %s)", self.session_id, task_id)
         else:
             self.error("unknown_type", f"unknown frame type {kind[:40]!r}")
@@ -242,7 +244,7 @@ class Connection:
         if not isinstance(prompt, str) or not prompt.strip():
             self.error("invalid_task", "a task needs a non-empty string prompt")
             return
-        limit = self.svc.settings.ws_max_prompt_bytes
+        limit = self.services.settings.ws_max_prompt_bytes
         if len(prompt.encode()) > limit:
             self.error("prompt_too_large", f"the prompt is over {limit} bytes")
             return
@@ -250,24 +252,25 @@ class Connection:
             self.error("invalid_task", "id must be 1-64 letters, digits or _.:-")
             return
         task_id = task_id or "tsk_" + secrets.token_hex(8)
-        s = self.svc.sessions.load(self.session_id)
+        s = self.services.sessions.load(self.session_id)
         if s is None or s.ended:
             self.close(CLOSE_ENDED, "session ended")
             return
-        queued = self.svc.settings.session_max_queued_tasks
-        if not self.svc.sessions.enqueue_task(self.session_id, task_id, prompt, queued):
+        queued = self.services.settings.session_max_queued_tasks
+        if not self.services.sessions.enqueue_task(self.session_id, task_id, prompt, queued):
             self.error(
                 "queue_full",
                 f"{queued} tasks already wait in this session (PADDOCK_SESSION_MAX_QUEUED_TASKS);"
                 " send this one when one has run",
             )
             return
-        self.svc.agent_sessions.run_next(s)
+        self.services.agent_sessions.run_next(s)
 
 
-@sock.route("/v1/sessions/<session_id>/ws")
+# Under the v1 sessions blueprint: /v1/sessions/<session_id>/ws.
+@sock.route("/<session_id>/ws", bp=v1_sessions.bp)
 def session_ws(ws: Any, session_id: str) -> None:
-    svc = services()
+    services = current_services()
     claims = _claims()
     if claims is None:
         ws.close(reason=CLOSE_BAD_TOKEN, message="invalid or expired token")
@@ -275,20 +278,20 @@ def session_ws(ws: Any, session_id: str) -> None:
     if claims.get("sub") != session_id:
         ws.close(reason=CLOSE_WRONG_SESSION, message="this token is for another session")
         return
-    s = svc.sessions.load(session_id)
+    s = services.sessions.load(session_id)
     if s is None or s.ended or s.tenant_id != claims.get("tenant"):
         ws.close(reason=CLOSE_ENDED, message="session ended or unknown")
         return
     # Without last_seq a client gets live events only (ready tells it where history ends; the
     # events route pages through what came before). With it, everything after N first.
     raw_last = request.args.get("last_seq")
-    current = svc.sessions.last_seq(session_id)
+    current = services.sessions.last_seq(session_id)
     # As the events route: ASCII digits up to MAX_SEQ ("²" passes isdigit, int() refuses it).
     valid = raw_last is not None and bool(SEQ.fullmatch(raw_last)) and int(raw_last) <= MAX_SEQ
     after = int(raw_last) if raw_last is not None and valid else current
-    conn = Connection(ws, svc, session_id, s.tenant_id, g.get("ws_slot"))
-    if not svc.sessions.open_socket(
-        session_id, conn.conn_id, svc.settings.ws_max_connections, STALE_AFTER
+    conn = Connection(ws, services, session_id, s.tenant_id, g.get("ws_slot"))
+    if not services.sessions.open_socket(
+        session_id, conn.conn_id, services.settings.ws_max_connections, STALE_AFTER
     ):
         ws.close(reason=CLOSE_TOO_MANY, message="too many connections to this session")
         return
@@ -306,7 +309,7 @@ def session_ws(ws: Any, session_id: str) -> None:
         # before it beats again.
         conn.stop.set()
         metrics.OPEN_SOCKETS.dec()
-        svc.sessions.close_socket(session_id, conn.conn_id)
+        services.sessions.close_socket(session_id, conn.conn_id)
         _release_socket_slot(None)
     if pump.is_alive():
         pump.join(PUMP_BLOCK_MS / 1000 + 5)

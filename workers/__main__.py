@@ -1,6 +1,6 @@
 """``python -m workers host`` runs this machine's host worker; ``... control`` a control
 worker (any number of them: the periodic tasks run once per tick across all, see
-workers/control.py Scheduler). Settings are read here, once, from the environment."""
+workers/control/scheduler.py). Settings are read here, once, from the environment."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import os
 
 from shared.settings import Settings
 from shared.tasks import CONTROL_QUEUE, host_queue
-from workers.app import create_control_app, create_host_app
+from workers.control.app import create_control_app
+from workers.host.app import create_host_app
 
 
 def main() -> None:

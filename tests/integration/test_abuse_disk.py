@@ -25,7 +25,7 @@ from shared.store import Store
 from tests.integration.conftest import Api, stderr_lines, stdout_lines
 from tests.integration.storage_helpers import host_traces, storage_of
 from tests.stack import Stack
-from workers.storage import SandboxStorage, StorageError
+from workers.backends.docker.storage import SandboxStorage, StorageError
 
 CAP = 64 << 20
 HOST = "solo"

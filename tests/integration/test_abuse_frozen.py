@@ -25,7 +25,7 @@ from tests.integration.conftest import Api
 from tests.integration.session_helpers import new_tenant
 from tests.integration.storage_helpers import host_traces, storage_of
 from tests.stack import Stack
-from workers.driver import kill_container_processes
+from workers.backends.docker.driver import kill_container_processes
 
 HOST = "host-a"
 FS_TIMEOUT = 5  # PADDOCK_FS_TIMEOUT of this module's stack: a frozen exec's call ends after 7 s

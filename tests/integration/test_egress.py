@@ -1,4 +1,4 @@
-"""The egress policy against real sandboxes (workers/egress.py, shared/egress.py).
+"""The egress policy against real sandboxes (workers/backends/docker/egress.py, shared/egress.py).
 
 Every target is the test's own: a listener in a container on a Docker network the test makes
 in 10.0.0.0/8, a listener on the host's 0.0.0.0, another sandbox's listener, and the package

@@ -20,7 +20,8 @@ import pytest
 
 from shared.accounts import Accounts
 from tests.integration.conftest import Api, stderr_lines, stdout_lines
-from workers.images import build_all, image_ref
+from workers.images.build import build_all
+from workers.images.templates import image_ref
 
 ENVIRONMENTS = ("Nodejs", "Go", "Bash", "Rust", "Python3", "PHP", "Java", "Perl", "DotNET")
 HOME = "/home/user"

@@ -29,7 +29,7 @@ from tests.integration.session_helpers import (
     ws_connect,
 )
 from tests.stack import Stack
-from workers.storage import SandboxStorage
+from workers.backends.docker.storage import SandboxStorage
 
 HOST = "host-a"
 REAP = "paddock.control.reap"

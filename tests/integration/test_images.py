@@ -10,7 +10,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from workers.images import BUILTIN_TEMPLATES, ImageBuildError, build_all, image_ref
+from workers.images.build import build_all
+from workers.images.template_sources import BUILTIN_TEMPLATES
+from workers.images.templates import ImageBuildError, image_ref
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,6 @@ def test_a_wrong_password_fails_with_an_auth_error_and_is_not_logged(
             "python:web.gunicorn_conf",
             "--bind",
             f"127.0.0.1:{port}",
-            "web.app:create_app()",
         ],
         {"PADDOCK_REDIS_URL": url},
     )

@@ -24,8 +24,8 @@ import requests
 
 from shared.settings import Settings
 from tests.stack import ROOT, free_port, redis_argv
-from workers.egress import Egress
-from workers.storage import SandboxStorage
+from workers.backends.docker.egress import Egress
+from workers.backends.docker.storage import SandboxStorage
 
 
 def _up_env(tmp_path: Path, redis_port: int, port: int, flower: int, instance: str) -> dict:

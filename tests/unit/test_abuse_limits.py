@@ -11,8 +11,8 @@ from shared import tasks
 from shared.errors import QuotaExceeded, ValidationFailed, from_wire
 from shared.settings import Settings
 from web.api.validation import MAX_DEPTH, parse_json, too_deep
-from workers.shares import WorkerShares
-from workers.tasks import SHARE_PATIENCE, SHARE_PATIENCE_BY_TASK, share_delay
+from workers.host.shares import WorkerShares
+from workers.host.tasks import SHARE_PATIENCE, SHARE_PATIENCE_BY_TASK, share_delay
 
 
 def test_a_sandbox_gets_its_share_and_no_more() -> None:

@@ -1,4 +1,4 @@
-"""A host's capacity from its memory and CPUs (workers/capacity.py)."""
+"""A host's capacity from its memory and CPUs (workers/host/capacity.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from shared.errors import ConfigError
 from shared.settings import Settings
-from workers.capacity import host_capacity
+from workers.host.capacity import host_capacity
 
 GIB = 1 << 30
 

@@ -10,7 +10,7 @@ from shared import keys
 from shared.output import ProcessLog
 from shared.settings import Settings
 from shared.store import Store
-from workers import control
+from workers.control import reaper
 
 pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
 
@@ -30,19 +30,19 @@ def test_a_silent_host_loses_its_sandboxes_and_their_waits_end() -> None:
     plog.register("sb1", "p1", "sleep 600", "t1")
     settings = Settings(host_dead_after=30)
     r.delete(keys.host("h1"))  # the heartbeat expired
-    assert control.lose_dead_hosts(r, settings) == []  # heard from a moment ago
+    assert reaper.lose_dead_hosts(r, settings) == []  # heard from a moment ago
     r.hset(keys.hosts_seen(), "h1", 1.0)  # ... long ago
-    assert control.lose_dead_hosts(r, settings) == ["sb1"]
+    assert reaper.lose_dead_hosts(r, settings) == ["sb1"]
     assert store.raw_sandbox("sb1")["status"] == "lost"
     assert "heartbeat" in store.raw_sandbox("sb1")["lost_reason"]
     assert store.host_sandbox_ids("h1") == [] and store.tenant_sandbox_ids("t1") == []
     assert plog.info("sb1", "p1")["status"] not in ("starting", "running")
-    assert control.lose_dead_hosts(r, settings) == []  # once
+    assert reaper.lose_dead_hosts(r, settings) == []  # once
 
 
 def test_a_live_host_or_one_without_sandboxes_is_left_alone() -> None:
     r = fakeredis.FakeRedis()
     store = _host_with_a_sandbox(r, "h1", "sb1")
     r.hset(keys.hosts_seen(), "h1", 1.0)  # an old last-seen, but the heartbeat is live
-    assert control.lose_dead_hosts(r, Settings(host_dead_after=30)) == []
+    assert reaper.lose_dead_hosts(r, Settings(host_dead_after=30)) == []
     assert store.raw_sandbox("sb1")["status"] == "running"

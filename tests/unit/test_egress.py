@@ -14,8 +14,8 @@ import pytest
 from shared.egress import NetworkPolicy, parse_network, sandbox_verdicts
 from shared.errors import ConfigError, ValidationFailed
 from shared.settings import Settings
-from workers import egress as host_egress
-from workers.egress import Attached, Egress, attached_from, policy_label
+from workers.backends.docker import egress as host_egress
+from workers.backends.docker.egress import Attached, Egress, attached_from, policy_label
 
 PERMITTED = [ipaddress.IPv4Network("10.20.0.0/16")]
 

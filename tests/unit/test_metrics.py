@@ -26,7 +26,7 @@ from shared.settings import Settings
 from web import gunicorn_conf
 from web import metrics as web_metrics
 from web.app import create_app
-from workers import metrics as host_metrics
+from workers.host import metrics as host_metrics
 
 SECRET = "s" * 40
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,10 +15,10 @@ from shared.output import RECORD_BYTES, STDERR, STDOUT, Budgets, Line, ProcessLo
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
-from web.api.schemas import process_json
+from web.api.e2b.schemas import process_json
 from web.api.validation import flatten
-from workers.driver import parse_listening
-from workers.runner import MAX_LINE, _split
+from workers.backends.docker.driver import parse_listening
+from workers.host.runner import MAX_LINE, _split
 
 
 def test_settings_from_env_parses_types_and_sizes() -> None:

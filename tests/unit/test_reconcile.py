@@ -17,6 +17,7 @@ import requests
 
 from shared import keys, tasks
 from shared.errors import (
+    EngineUnavailable,
     QuotaExceeded,
     SandboxGone,
     SandboxNotFound,
@@ -26,8 +27,10 @@ from shared.output import ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
-from workers import control, hosts
-from workers.driver import DockerDriver
+from workers.backends.base import SandboxState
+from workers.backends.docker.driver import DockerDriver
+from workers.control import reaper, scheduler
+from workers.host import reconcile
 
 pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
 
@@ -91,7 +94,7 @@ def test_reaper_purges_a_lost_record_after_keep(r: fakeredis.FakeRedis, store: S
     store.mark_lost("sb1", "gone", keep=0.05)
     app = FakeApp()
     time.sleep(0.1)
-    assert control.reap(app, r, settings) == ["sb1"]  # type: ignore[arg-type]
+    assert reaper.reap(app, r, settings) == ["sb1"]  # type: ignore[arg-type]
     assert not store.raw_sandbox("sb1")
     assert app.sent == [], "nothing to destroy: the host cleaned up when it found it lost"
 
@@ -103,17 +106,17 @@ def test_a_delete_not_done_is_sent_again_with_back_off(
     _placed(store, "sb1")
     assert store.begin_delete("sb1")  # the web's delete; its destroy failed (engine down)
     app = FakeApp()
-    control.reap(app, r, settings)  # type: ignore[arg-type]
+    reaper.reap(app, r, settings)  # type: ignore[arg-type]
     assert app.sent == [], "not before the first destroy had time to finish"
     r.hset(keys.sandbox("sb1"), "deleting_at", time.time() - 2.1)
-    control.reap(app, r, settings)  # type: ignore[arg-type]
+    reaper.reap(app, r, settings)  # type: ignore[arg-type]
     assert [name for name, _ in app.sent] == [tasks.SANDBOX_DESTROY]
     assert r.hget(keys.sandbox("sb1"), "delete_tries") == b"1"
     r.hset(keys.sandbox("sb1"), "deleting_at", time.time() - 2.1)
-    control.reap(app, r, settings)  # type: ignore[arg-type]
+    reaper.reap(app, r, settings)  # type: ignore[arg-type]
     assert len(app.sent) == 1, "the second retry waits twice as long"
-    assert [control.destroy_retry_delay(n, settings) for n in range(4)] == [2, 4, 8, 16]
-    assert control.destroy_retry_delay(30, settings) == 600
+    assert [reaper.destroy_retry_delay(n, settings) for n in range(4)] == [2, 4, 8, 16]
+    assert reaper.destroy_retry_delay(30, settings) == 600
 
 
 def test_a_retry_never_brings_back_a_purged_record(r: fakeredis.FakeRedis, store: Store) -> None:
@@ -138,26 +141,38 @@ class FakeStorage:
 
 
 class FakeDriver:
-    """Removes the container and then the storage, as DockerDriver.destroy does."""
+    """The part of a SandboxBackend the check uses: removes the container and then the
+    storage, as DockerBackend.destroy does."""
 
     def __init__(self, states: dict[str, tuple[str, str]], storage: FakeStorage) -> None:
         self.states = states
         self.storage = storage
         self.destroyed: list[str] = []
         self.on_gone: Any = None
-        self.seeds = SimpleNamespace(prune=lambda: None)
         self.listings = 0
 
-    def container_states(self) -> dict[str, tuple[str, str]]:
+    def sandbox_states(self) -> dict[str, SandboxState]:
         self.listings += 1
         if self.states is None:
-            raise requests.exceptions.ConnectionError("engine down")
-        return dict(self.states)
+            raise EngineUnavailable("engine down")
+        return {
+            sid: SandboxState(cid, state, state in ("running", "paused", "restarting"))
+            for sid, (cid, state) in self.states.items()
+        }
 
-    def destroy(self, sandbox_id: str, container: str | None = None) -> None:
+    def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
         self.destroyed.append(sandbox_id)
         self.states.pop(sandbox_id, None)
         self.storage.release(sandbox_id)
+
+    def storage_ids(self) -> list[str]:
+        return self.storage.sandbox_ids()
+
+    def release_storage(self, sandbox_id: str) -> None:
+        self.storage.release(sandbox_id)
+
+    def prune(self) -> None:
+        pass
 
 
 def _ctx(r: fakeredis.FakeRedis, driver: FakeDriver, storage: FakeStorage) -> Any:
@@ -166,8 +181,7 @@ def _ctx(r: fakeredis.FakeRedis, driver: FakeDriver, storage: FakeStorage) -> An
         store=Store(r),
         plog=ProcessLog(r),
         sessions=Sessions(r),
-        driver=driver,
-        storage=storage,
+        backend=driver,
         processes=SimpleNamespace(forget_sandbox=lambda _sid: None),
     )
 
@@ -191,7 +205,7 @@ def test_check_engine_loses_stopped_keeps_paused_removes_leftovers(
         },
         storage,
     )
-    found = hosts.check_engine(_ctx(r, driver, storage))
+    found = reconcile.check_engine(_ctx(r, driver, storage))
     assert sorted(found.lost) == ["exited", "gone"]
     assert found.containers_removed == ["stray"]
     assert found.storage_freed == ["orphan"]
@@ -202,7 +216,7 @@ def test_check_engine_loses_stopped_keeps_paused_removes_leftovers(
     lines = r.xrange(keys.output("exited", "p1"))
     assert any(b"the sandbox was lost" in v for _id, f in lines for v in f.values())
     # A second pass finds nothing more to do.
-    assert not hosts.check_engine(_ctx(r, driver, storage))
+    assert not reconcile.check_engine(_ctx(r, driver, storage))
 
 
 def test_check_engine_judges_nothing_while_the_engine_is_down(
@@ -212,7 +226,7 @@ def test_check_engine_judges_nothing_while_the_engine_is_down(
     storage = FakeStorage(["run"])
     driver = FakeDriver({}, storage)
     driver.states = None  # type: ignore[assignment]
-    found = hosts.check_engine(_ctx(r, driver, storage))
+    found = reconcile.check_engine(_ctx(r, driver, storage))
     assert found.engine_down and not found
     assert store.raw_sandbox("run")["status"] == "running"
 
@@ -229,9 +243,9 @@ def test_the_start_pass_also_finishes_deletes_and_closes_dead_pumps(
     storage = FakeStorage(["run", "del"])
     driver = FakeDriver({"run": ("c1", "running"), "del": ("c2", "running")}, storage)
     ctx = _ctx(r, driver, storage)
-    assert not hosts.check_engine(ctx), "later passes leave a delete to whoever does it"
+    assert not reconcile.check_engine(ctx), "later passes leave a delete to whoever does it"
     assert plog.info("run", "p1")["status"] == "running"
-    found = hosts.check_engine(ctx, at_start=True)
+    found = reconcile.check_engine(ctx, at_start=True)
     assert found.containers_removed == ["del"] and not store.raw_sandbox("del")
     assert plog.info("run", "p1")["status"] != "running"
     assert store.raw_sandbox("run")["status"] == "running"
@@ -242,12 +256,12 @@ def test_a_storm_of_gone_containers_runs_one_pass_at_a_time(
 ) -> None:
     """A tenant making operations fail by the thousand (each wakes the check) gets at most
     one pass per _MIN_CHECK_GAP: the wake-ups coalesce into one pending pass."""
-    monkeypatch.setattr(hosts, "_MIN_CHECK_GAP", 0.05)
+    monkeypatch.setattr(reconcile, "_MIN_CHECK_GAP", 0.05)
     storage = FakeStorage([])
     driver = FakeDriver({}, storage)
     ctx = _ctx(r, driver, storage)
     stop = threading.Event()
-    t = hosts.start_reconcile(ctx, stop)
+    t = reconcile.start_reconcile(ctx, stop)
     started = time.monotonic()
     try:
         while time.monotonic() - started < 0.5:
@@ -287,8 +301,8 @@ def test_engine_refusals_map_to_clear_errors() -> None:
 # -- one scheduler ------------------------------------------------------------------------------
 def test_one_tick_is_claimed_once_across_schedulers(r: fakeredis.FakeRedis) -> None:
     apps = [FakeApp(), FakeApp(), FakeApp()]
-    periodic = [control.Periodic("paddock.control.reap", 10.0)]
-    schedulers = [control.Scheduler(a, r, periodic, owner=f"w{i}") for i, a in enumerate(apps)]
+    periodic = [scheduler.Periodic("paddock.control.reap", 10.0)]
+    schedulers = [scheduler.Scheduler(a, r, periodic, owner=f"w{i}") for i, a in enumerate(apps)]
     now = 1000.0
     for tick in range(5):
         for s in schedulers:

@@ -14,8 +14,8 @@ import redis
 from shared.output import Line
 from shared.redisconn import Backoff, persist
 from shared.settings import Settings
-from workers import runner
-from workers.runner import (
+from workers.host import runner
+from workers.host.runner import (
     MAX_PENDING,
     WRITE_OVERHEAD,
     HostPending,
@@ -130,7 +130,7 @@ def test_pumps_together_never_hold_more_than_the_host_cap_while_redis_is_down(
 ) -> None:
     cap, chunk, pumps, chunks = 1 << 20, 64 << 10, 40, 12  # 15 chunks fit, 480 are read
     plog = DownRedis()
-    pm = ProcessManager(cast(Any, None), cast(Any, None), cast(Any, plog), Settings())
+    pm = ProcessManager(cast(Any, None), cast(Any, plog), Settings())
     pm.pending = HostPending(cap)
     waiting = threading.Semaphore(0)  # one release per pump that stopped reading, or ended
     peak = [0]
@@ -142,11 +142,9 @@ def test_pumps_together_never_hold_more_than_the_host_cap_while_redis_is_down(
         return write()
 
     monkeypatch.setattr(runner, "persist", waits_for_redis)
-    sock = SimpleNamespace(settimeout=lambda _: None)
+    handle = SimpleNamespace(poll_every=lambda _: None)
     runs = [
-        Running(
-            "s", f"p{i}", "t", cast(Any, SimpleNamespace(sock=sock)), pending=Pending(pm.pending)
-        )
+        Running("s", f"p{i}", "t", cast(Any, handle), pending=Pending(pm.pending))
         for i in range(pumps)
     ]
 

@@ -1,6 +1,6 @@
-"""The base image's tar (workers.rootfs): a build root with a file system still mounted on /proc
-and leftovers in /sys and /dev tars without them (the first `make up` on a fresh machine failed
-on `tar: ./proc/...: Cannot open`), and nothing else is dropped."""
+"""The base image's tar (workers.images.rootfs): a build root with a file system still mounted on
+/proc and leftovers in /sys and /dev tars without them (the first `make up` on a fresh machine
+failed on `tar: ./proc/...: Cannot open`), and nothing else is dropped."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import rootfs
+from workers.images import rootfs
 
 
 def _tree(root: Path) -> None:

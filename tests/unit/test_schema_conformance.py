@@ -15,12 +15,12 @@ from flask import Flask
 from shared.crypto import new_fernet_key
 from shared.errors import PermissionDenied, SandboxError, SandboxGone
 from shared.settings import Settings
-from web.api.deps import Services
-from web.api.meta import OPENAPI
+from web.api.e2b.openapi import build_document
 from web.api.v1.openapi import build_spec
 from web.api.v1.sessions import MAX_SEQ
 from web.app import create_app
-from workers.driver import DockerDriver
+from web.services import Services
+from workers.backends.docker.driver import DockerDriver
 
 
 def _app(**settings: Any) -> Flask:
@@ -81,19 +81,19 @@ def test_e2b_401_is_documented_on_every_route() -> None:
     # With auth on, every E2B route answers 401 without a key; the document said 404/422/500.
     ops = [
         (path, method, op)
-        for path, item in OPENAPI["paths"].items()
+        for path, item in build_document()["paths"].items()
         if path != "/health"
         for method, op in item.items()
     ]
     assert ops and all("401" in op["responses"] for _path, _method, op in ops)
     r = _app(auth=True).test_client().get("/sessions/nope/filesystem/dir?path=/")
     assert r.status_code == 401
-    _conforms(OPENAPI, "/sessions/{sessionID}/filesystem/dir", "GET", r)
+    _conforms(build_document(), "/sessions/{sessionID}/filesystem/dir", "GET", r)
 
 
 def test_e2b_answers_have_exactly_their_keys() -> None:
     # The generated client raises TypeError on an unknown key (handbook e2b-compat.md).
-    schemas = OPENAPI["components"]["schemas"]
+    schemas = build_document()["components"]["schemas"]
     for name in ("Session", "OpenPort", "Process", "OutStdResponse", "Error"):
         assert schemas[name]["additionalProperties"] is False, name
 

@@ -13,9 +13,8 @@ from shared.accounts import Accounts
 from shared.settings import Settings
 from shared.store import Store
 from web.app import create_app
-from workers.images import (
+from workers.images.template_sources import (
     BUILTIN_TEMPLATES,
-    ImageBuildError,
     base_dir,
     declared_args,
     discover_templates,
@@ -23,7 +22,8 @@ from workers.images import (
     parse_templates_path,
     template_hash,
 )
-from workers.templates import (
+from workers.images.templates import (
+    ImageBuildError,
     ProbeError,
     TemplateImage,
     parse_probe_output,

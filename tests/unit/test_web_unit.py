@@ -9,9 +9,9 @@ from shared.crypto import new_fernet_key
 from shared.errors import ConfigError
 from shared.netpolicy import BaseUrlRefused, check_base_url
 from shared.settings import Settings
-from web.api.deps import Services
-from web.api.v1.sessions import _connect_url
+from web.api.v1.sessions import connect_url
 from web.app import create_app
+from web.services import Services
 
 SECRET = "s" * 40
 
@@ -34,11 +34,11 @@ def _app(**settings: str):  # type: ignore[no-untyped-def]
         ("http://box:8080/", "https://x/", "ws://box:8080/v1/sessions/ses_1/ws"),
     ],
 )
-def test_connect_url(public: str, base: str, expected: str) -> None:
+def testconnect_url(public: str, base: str, expected: str) -> None:
     app = _app(public_url=public)
     svc: Services = app.extensions["paddock"]
     with app.test_request_context("/v1/sessions", base_url=base):
-        assert _connect_url(svc, "ses_1") == expected
+        assert connect_url(svc, "ses_1") == expected
 
 
 def test_app_refuses_to_start_without_secrets() -> None:

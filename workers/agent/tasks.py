@@ -20,7 +20,7 @@ from shared.netpolicy import check_base_url
 from shared.redisconn import REDIS_DOWN, persist
 from shared.sessions import ChatSession
 from workers.agent.llm import Conversation, LlmError, ToolCall, ToolSpec, new_conversation
-from workers.context import WorkerContext
+from workers.host.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -402,12 +402,12 @@ class TaskRun:
         return path if path.startswith("/") else posixpath.join(WORKDIR, path)
 
     def _tool_read(self, args: dict[str, Any]) -> str:
-        data = self.ctx.driver.read_file(self.s.sandbox_id, self._path(args["path"]))
+        data = self.ctx.backend.read_file(self.s.sandbox_id, self._path(args["path"]))
         text = data[:FILE_READ_LIMIT].decode("utf-8", "replace")
         return text + ("\n[truncated]" if len(data) > FILE_READ_LIMIT else "")
 
     def _tool_write(self, args: dict[str, Any]) -> str:
         content = str(args["content"])
         path = self._path(args["path"])
-        self.ctx.driver.write_file(self.s.sandbox_id, path, content.encode())
+        self.ctx.backend.write_file(self.s.sandbox_id, path, content.encode())
         return f"wrote {len(content.encode())} bytes to {path}"

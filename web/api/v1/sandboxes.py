@@ -2,49 +2,54 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
 from shared.store import Sandbox
-from web.api.deps import api_tenant, services
-from web.api.v1.common import iso
+from web.api.v1.schemas import SandboxInfo, SandboxList
+from web.auth import tenant_from_api_key
+from web.sandboxes import Sandboxes
+from web.services import current_services
 
-bp = Blueprint("v1_sandboxes", __name__)
-
-# A lost sandbox (its container stopped behind Paddock's back: workers/hosts.py) shows as
-# `lost` until the reaper purges its record (PADDOCK_LOST_KEEP); it holds no slot meanwhile.
-_STATES = {"creating": "creating", "running": "running", "deleting": "stopping", "lost": "lost"}
+bp = Blueprint("sandboxes", __name__, url_prefix="/sandboxes")
 
 
-def _json(sb: Sandbox) -> dict:
-    last, expires = services().sandboxes.store.sandbox_times(sb.sandbox_id)
+def _info(sandboxes: Sandboxes, sandbox: Sandbox) -> dict[str, Any]:
+    """What `SandboxInfo` writes: the record with its timers."""
+    last_active_at, expires_at = sandboxes.times(sandbox)
     return {
-        "sandbox_id": sb.sandbox_id,
-        "template": sb.template,
-        "state": _STATES.get(sb.status, sb.status),
-        "host": sb.host_id,
-        "created_at": iso(sb.created_at),
-        "last_active_at": iso(last),
-        "expires_at": iso(expires),
+        "sandbox_id": sandbox.sandbox_id,
+        "template": sandbox.template,
+        "status": sandbox.status,
+        "host": sandbox.host_id,
+        "created_at": sandbox.created_at,
+        "last_active_at": last_active_at,
+        "expires_at": expires_at,
         "metadata": {},
-        "network": sb.network.to_json(),
+        "network": sandbox.network.to_json(),
     }
 
 
-@bp.get("/v1/sandboxes")
-def list_sandboxes() -> Response:
-    tenant_id = api_tenant()
-    return jsonify({"sandboxes": [_json(sb) for sb in services().sandboxes.of_tenant(tenant_id)]})
+@bp.get("")
+@tenant_from_api_key
+def list_sandboxes(tenant_id: str) -> Response:
+    sandboxes = current_services().sandboxes
+    infos = [_info(sandboxes, sandbox) for sandbox in sandboxes.of_tenant(tenant_id)]
+    return jsonify(SandboxList().dump({"sandboxes": infos}))
 
 
-@bp.get("/v1/sandboxes/<sandbox_id>")
-def get_sandbox(sandbox_id: str) -> Response:
-    tenant_id = api_tenant()
-    return jsonify(_json(services().sandboxes.get(tenant_id, sandbox_id, include_lost=True)))
+@bp.get("/<sandbox_id>")
+@tenant_from_api_key
+def get_sandbox(tenant_id: str, sandbox_id: str) -> Response:
+    sandboxes = current_services().sandboxes
+    sandbox = sandboxes.get(tenant_id, sandbox_id, include_lost=True)
+    return jsonify(SandboxInfo().dump(_info(sandboxes, sandbox)))
 
 
-@bp.delete("/v1/sandboxes/<sandbox_id>")
-def delete_sandbox(sandbox_id: str) -> tuple[str, int]:
-    tenant_id = api_tenant()
-    svc = services().sandboxes
-    svc.delete(svc.get(tenant_id, sandbox_id, include_lost=True))
+@bp.delete("/<sandbox_id>")
+@tenant_from_api_key
+def delete_sandbox(tenant_id: str, sandbox_id: str) -> tuple[str, int]:
+    sandboxes = current_services().sandboxes
+    sandboxes.delete(sandboxes.get(tenant_id, sandbox_id, include_lost=True))
     return "", 204

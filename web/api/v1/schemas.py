@@ -1,8 +1,12 @@
-"""Marshmallow schemas of the v1 API: they validate requests and generate the OpenAPI
-document (web/api/v1/openapi.py), so the two cannot drift apart."""
+"""Marshmallow schemas of the v1 API: requests are validated with ``load``, responses written
+with ``dump``, and the OpenAPI document (web/api/v1/openapi.py) is generated from the same
+classes, so the document and the wire cannot drift apart. Wire formatting lives here too
+(`Timestamp`: Unix seconds to ISO 8601; `SandboxState`: a record's status to its API state):
+routes hand over values, the schema decides how they look."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
@@ -16,6 +20,47 @@ SECRET_KEY = r"^[A-Z_][A-Z0-9_]*$"
 class Strict(Schema):
     class Meta:
         unknown = RAISE
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC with ``Z``; None stays None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Timestamp(fields.String):
+    """A Unix time (seconds) written as ISO 8601 UTC (`iso`); documented as a date-time."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {}).setdefault("format", "date-time")
+        super().__init__(**kwargs)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return iso(None if value is None else float(value))
+
+
+# A sandbox record's status → the state the API shows. A lost sandbox (its container stopped
+# behind Paddock's back) shows as `lost` until the reaper purges its record (PADDOCK_LOST_KEEP).
+SANDBOX_STATES = {
+    "creating": "creating",
+    "running": "running",
+    "deleting": "stopping",
+    "lost": "lost",
+}
+
+
+class SandboxState(fields.String):
+    """A sandbox record's ``status`` as its API state (`SANDBOX_STATES`); the document's enum
+    is exactly the states this sends."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        states = list(dict.fromkeys(SANDBOX_STATES.values()))
+        kwargs.setdefault("metadata", {}).setdefault("enum", states)
+        super().__init__(**kwargs)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else SANDBOX_STATES.get(str(value), str(value))
 
 
 class _EmailSchema(Strict):
@@ -58,7 +103,7 @@ class ApiKeyCreated(Schema):
     key = fields.String(metadata={"description": "Shown only in this response"})
     prefix = fields.String()
     name = fields.String()
-    created_at = fields.String(metadata={"format": "date-time"})
+    created_at = Timestamp()
 
 
 class ApiKeyInfo(Schema):
@@ -66,8 +111,8 @@ class ApiKeyInfo(Schema):
     prefix = fields.String()
     name = fields.String()
     revoked = fields.Boolean()
-    created_at = fields.String(metadata={"format": "date-time"})
-    last_used_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    created_at = Timestamp()
+    last_used_at = Timestamp(allow_none=True)
 
 
 class ApiKeyList(Schema):
@@ -129,8 +174,8 @@ class SecretInfo(Schema):
     name = fields.String()
     keys = fields.List(fields.String())
     version = fields.Integer()
-    created_at = fields.String(metadata={"format": "date-time"})
-    updated_at = fields.String(metadata={"format": "date-time"})
+    created_at = Timestamp()
+    updated_at = Timestamp()
 
 
 class SecretList(Schema):
@@ -146,14 +191,13 @@ class NetworkInfo(Schema):
 class SandboxInfo(Schema):
     sandbox_id = fields.String()
     template = fields.String()
-    # `lost`: its container stopped behind Paddock's back (shown until PADDOCK_LOST_KEEP).
-    state = fields.String(metadata={"enum": ["creating", "running", "stopping", "lost"]})
+    state = SandboxState(attribute="status")
     host = fields.String()
-    created_at = fields.String(metadata={"format": "date-time"})
+    created_at = Timestamp()
     # null for an agent session's sandbox: it has no idle timer, it ends with its session.
-    last_active_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    last_active_at = Timestamp(allow_none=True)
     # null once the record is being removed (its timers are gone before the record).
-    expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    expires_at = Timestamp(allow_none=True)
     metadata = fields.Dict()
     network = fields.Nested(NetworkInfo)
 
@@ -166,7 +210,8 @@ class TemplateInfo(Schema):
     name = fields.String(metadata={"description": "What `template` and `envID` take"})
     image = fields.String()
     size_bytes = fields.Integer()
-    built_at = fields.String(metadata={"format": "date-time"})
+    # null when the host did not say when it was built.
+    built_at = Timestamp(allow_none=True)
     versions = fields.Dict(
         keys=fields.String(),
         values=fields.String(),
@@ -273,7 +318,7 @@ class SessionCreated(Schema):
         }
     )
     connect_url = fields.String()
-    expires_at = fields.String(metadata={"format": "date-time"})
+    expires_at = Timestamp()
 
 
 class SessionInfo(Schema):
@@ -285,8 +330,8 @@ class SessionInfo(Schema):
     llm = fields.Dict()
     secrets = fields.List(fields.String())
     user_id = fields.String()
-    created_at = fields.String(metadata={"format": "date-time"})
-    expires_at = fields.String(metadata={"format": "date-time"})
+    created_at = Timestamp()
+    expires_at = Timestamp()
     last_seq = fields.Integer()
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from web.api.deps import api_tenant, services
 from web.api.v1.schemas import TenantUsage
+from web.auth import tenant_from_api_key
+from web.services import current_services
 from web.usage import tenant_usage
 
-bp = Blueprint("v1_usage", __name__)
+bp = Blueprint("usage", __name__)
 
 
-@bp.get("/v1/tenants/me/usage")
-def usage() -> Response:
-    tenant_id = api_tenant()
-    svc = services()
-    # Through the schema that documents it, so the OpenAPI document and the wire agree.
-    return jsonify(TenantUsage().dump(tenant_usage(svc.redis, svc.settings, tenant_id)))
+@bp.get("/tenants/me/usage")
+@tenant_from_api_key
+def usage(tenant_id: str) -> Response:
+    services = current_services()
+    return jsonify(TenantUsage().dump(tenant_usage(services.redis, services.settings, tenant_id)))

@@ -1,0 +1,431 @@
+"""The host's operations (workers/host/ops.py) and process runner against a fake sandbox backend
+that implements the SandboxBackend protocol in memory: no Docker, fakeredis for Redis. Also the
+typed commands (shared/commands.py) the web sends and the host parses."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from shared import commands as c
+from shared import tasks
+from shared.egress import NetworkPolicy
+from shared.errors import BadRequest, PathNotFound, SandboxError, SandboxGone
+from shared.output import STDERR, STDOUT
+from shared.settings import Settings
+from workers.backends.base import (
+    Machine,
+    ProcessHandle,
+    SandboxBackend,
+    SandboxState,
+    TemplateImage,
+)
+from workers.host import ops
+from workers.host.context import WorkerContext
+from workers.host.tasks import HOST_TASKS
+
+pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
+
+HOST = "h1"
+
+
+class FakeProcess:
+    """A process whose output is what the test feeds it; ``exit`` ends it."""
+
+    def __init__(self, sandbox_id: str, cmd: str) -> None:
+        self.sandbox_id = sandbox_id
+        self.cmd = cmd
+        self.feed: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self.stdin = bytearray()
+        self.code: int | None = None
+        self.killed = False
+        self.closed = False
+        self._pgid: int | None = 42
+
+    @property
+    def pgid(self) -> int | None:
+        return self._pgid
+
+    def exit(self, code: int) -> None:
+        self.code = code
+        self.feed.put(None)
+
+    def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
+        while True:
+            try:
+                item = self.feed.get(timeout=0.05)
+            except queue.Empty:
+                if stop():
+                    return
+                continue
+            if item is None:
+                return
+            yield item
+
+    def poll_every(self, seconds: float) -> None:
+        pass
+
+    def write_stdin(self, data: bytes) -> None:
+        if self.closed:
+            raise OSError("closed")
+        self.stdin += data
+
+    def exit_code(self) -> int | None:
+        return self.code
+
+    def kill(self, timeout: float) -> None:
+        self.killed = True
+        self.exit(137)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend:
+    """Sandboxes as dicts of files; processes as FakeProcess. Raises SandboxGone for a sandbox
+    it does not have, as a real backend does for a container that is gone."""
+
+    def __init__(self) -> None:
+        self.on_gone: Callable[[str], None] | None = None
+        self.sandboxes: dict[str, dict[str, bytes]] = {}
+        self.dirs: dict[str, set[str]] = {}
+        self.created: list[tuple[str, str, str, NetworkPolicy]] = []
+        self.destroyed: list[str] = []
+        self.spawned: list[FakeProcess] = []
+        self.ooms = 0
+
+    def _box(self, sandbox_id: str) -> dict[str, bytes]:
+        if sandbox_id not in self.sandboxes:
+            if self.on_gone is not None:
+                self.on_gone(sandbox_id)
+            raise SandboxGone("gone")
+        return self.sandboxes[sandbox_id]
+
+    # the host
+    def ping(self) -> None:
+        pass
+
+    def machine(self) -> Machine:
+        return Machine(8 << 30, 4)
+
+    def check_storage(self, sandboxes: int) -> None:
+        pass
+
+    def start_network(self) -> None:
+        pass
+
+    def stop_network(self) -> None:
+        pass
+
+    def network_problem(self) -> str | None:
+        return None
+
+    def templates(self) -> list[TemplateImage]:
+        return [TemplateImage("Bash", "fake/tpl-bash:latest", "h", 1, 0.0)]
+
+    # lifecycle
+    def create(self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy) -> None:
+        self.created.append((sandbox_id, tenant_id, image, network))
+        self.sandboxes[sandbox_id] = {}
+        self.dirs[sandbox_id] = {"/"}
+
+    def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
+        self.destroyed.append(sandbox_id)
+        self.sandboxes.pop(sandbox_id, None)
+
+    def sandbox_states(self) -> dict[str, SandboxState]:
+        return {sid: SandboxState(sid, "running", True) for sid in self.sandboxes}
+
+    def storage_ids(self) -> list[str]:
+        return sorted(self.sandboxes)
+
+    def release_storage(self, sandbox_id: str) -> None:
+        pass
+
+    def prune(self) -> None:
+        pass
+
+    # inside a sandbox
+    def ports(self, sandbox_id: str) -> list[dict[str, Any]]:
+        self._box(sandbox_id)
+        return [{"State": "LISTEN", "Ip": "0.0.0.0", "Port": 8080}]
+
+    def list_dir(self, sandbox_id: str, path: str) -> list[tuple[str, bool]]:
+        box = self._box(sandbox_id)
+        prefix = path.rstrip("/") + "/"
+        files = [(p[len(prefix) :], False) for p in box if p.startswith(prefix)]
+        dirs = [(d[len(prefix) :], True) for d in self.dirs[sandbox_id] if d.startswith(prefix)]
+        return sorted(files + dirs)
+
+    def make_dir(self, sandbox_id: str, path: str) -> None:
+        self._box(sandbox_id)
+        self.dirs[sandbox_id].add(path)
+
+    def remove(self, sandbox_id: str, path: str) -> None:
+        box = self._box(sandbox_id)
+        if path not in box and path not in self.dirs[sandbox_id]:
+            raise PathNotFound(f"no such file or directory: {path}")
+        box.pop(path, None)
+        self.dirs[sandbox_id].discard(path)
+
+    def read_file(self, sandbox_id: str, path: str) -> bytes:
+        box = self._box(sandbox_id)
+        if path not in box:
+            raise PathNotFound(f"no such file or directory: {path}")
+        return box[path]
+
+    def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        self._box(sandbox_id)[path] = data
+
+    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
+        self._box(sandbox_id)
+        proc = FakeProcess(sandbox_id, cmd)
+        self.spawned.append(proc)
+        return proc
+
+    def oom_kills(self, sandbox_id: str) -> int | None:
+        return self.ooms
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def ctx(backend: FakeBackend) -> WorkerContext:
+    ctx = WorkerContext(Settings(host_id=HOST))
+    ctx.redis = fakeredis.FakeRedis()  # type: ignore[misc]
+    ctx.backend = backend  # type: ignore[misc]
+    ctx.store.heartbeat(HOST, 10, ["Bash"], ttl=60)
+    return ctx
+
+
+def _sandbox(ctx: WorkerContext, sandbox_id: str = "sb1", tenant: str = "t1") -> str:
+    ctx.store.place(sandbox_id, tenant, "Bash", 5, 3600)
+    ops.create_sandbox(
+        ctx, c.SandboxCreate(sandbox_id=sandbox_id, tenant_id=tenant, template="Bash")
+    )
+    return sandbox_id
+
+
+def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_fake_implements_the_protocol(backend: FakeBackend) -> None:
+    implementation: SandboxBackend = backend  # mypy checks the protocol here
+    assert implementation.machine().cpus == 4
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+def test_create_starts_the_template_image_and_marks_running(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    ctx.store.place("sb1", "t1", "Bash", 5, 3600)
+    network = NetworkPolicy(mode="none").to_json()
+    cmd = c.SandboxCreate(sandbox_id="sb1", tenant_id="t1", template="Bash", network=network)
+    assert ops.create_sandbox(ctx, cmd) == c.Created(HOST)
+    assert backend.created[0][:3] == ("sb1", "t1", "fake/tpl-bash:latest")
+    assert ctx.store.raw_sandbox("sb1")["status"] == "running"
+
+
+def test_create_refuses_a_template_the_host_lacks(ctx: WorkerContext, backend: FakeBackend) -> None:
+    ctx.store.place("sb1", "t1", "Bash", 5, 3600)
+    with pytest.raises(BadRequest):
+        ops.create_sandbox(ctx, c.SandboxCreate(sandbox_id="sb1", tenant_id="t1", template="Go"))
+    assert backend.created == []
+
+
+def test_a_sandbox_deleted_while_created_is_removed(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    ctx.store.place("sb1", "t1", "Bash", 5, 3600)
+    assert ctx.store.begin_delete("sb1")  # the requester gave up meanwhile
+    with pytest.raises(SandboxError):
+        ops.create_sandbox(ctx, c.SandboxCreate(sandbox_id="sb1", tenant_id="t1", template="Bash"))
+    assert backend.destroyed == ["sb1"]
+    assert not ctx.store.raw_sandbox("sb1")
+
+
+def test_destroy_removes_the_sandbox_its_processes_and_its_record(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    sid = _sandbox(ctx)
+    ops.start_process(ctx, _start(sid, "p1", "sleep 100"))
+    assert ops.destroy_sandbox(ctx, c.SandboxDestroy(sandbox_id=sid)).to_json() == {}
+    assert backend.destroyed == [sid]
+    assert backend.spawned[0].closed, "its output is no longer pumped"
+    assert not ctx.store.raw_sandbox(sid)
+    ops.destroy_sandbox(ctx, c.SandboxDestroy(sandbox_id=sid))  # idempotent
+
+
+def test_ports(ctx: WorkerContext) -> None:
+    sid = _sandbox(ctx)
+    got = ops.ports(ctx, c.SandboxPorts(sandbox_id=sid))
+    assert got.to_json() == [{"State": "LISTEN", "Ip": "0.0.0.0", "Port": 8080}]
+
+
+# -- files -----------------------------------------------------------------------------------
+def test_file_operations(ctx: WorkerContext) -> None:
+    sid = _sandbox(ctx)
+    ops.write_file(ctx, c.FsWrite.of(sid, "t1", "/work/a.txt", b"\x00bytes\xff"))
+    assert ops.read_file(ctx, c.FsRead(sandbox_id=sid, path="/work/a.txt")).data == b"\x00bytes\xff"
+    assert ops.read_file(ctx, c.FsRead(sandbox_id=sid, path="/work/a.txt")).to_json() == {
+        "data": "AGJ5dGVz/w=="
+    }
+    ops.make_dir(ctx, c.FsMkdir(sandbox_id=sid, path="/work/sub"))
+    listing = ops.list_dir(ctx, c.FsList(sandbox_id=sid, path="/work"))
+    assert listing.to_json() == [{"name": "a.txt", "isDir": False}, {"name": "sub", "isDir": True}]
+    ops.remove(ctx, c.FsRemove(sandbox_id=sid, path="/work/a.txt"))
+    with pytest.raises(PathNotFound):
+        ops.read_file(ctx, c.FsRead(sandbox_id=sid, path="/work/a.txt"))
+
+
+def test_a_gone_sandbox_answers_sandbox_gone_and_wakes_the_reconcile(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    woken: list[str] = []
+    backend.on_gone = woken.append
+    with pytest.raises(SandboxGone):
+        ops.list_dir(ctx, c.FsList(sandbox_id="nope", path="/"))
+    assert woken == ["nope"]
+
+
+# -- processes -------------------------------------------------------------------------------
+def _start(sid: str, pid: str, cmd: str) -> c.ProcessStart:
+    return c.ProcessStart(sandbox_id=sid, tenant_id="t1", process_id=pid, cmd=cmd, env={}, cwd="")
+
+
+def test_a_process_output_and_exit_code_reach_redis(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    sid = _sandbox(ctx)
+    ops.start_process(ctx, _start(sid, "p1", "echo hi"))
+    proc = backend.spawned[0]
+    assert proc.cmd == "echo hi"
+    assert ctx.plog.info(sid, "p1")["status"] == "running"
+    proc.feed.put((STDOUT, b"hi\nand a partial "))
+    proc.feed.put((STDERR, b"oops\n"))
+    proc.feed.put((STDOUT, b"line\n"))
+    proc.exit(3)
+    _until(lambda: ctx.plog.read(sid, "p1").finished)
+    out = ctx.plog.read(sid, "p1")
+    assert [line.text for line in out.stdout] == ["hi", "and a partial line"]
+    assert [line.text for line in out.stderr] == ["oops"]
+    assert out.exit_code == 3 and not out.oom_killed
+    assert proc.closed
+    assert ctx.processes.count() == 0
+
+
+def test_stdin_and_kill(ctx: WorkerContext, backend: FakeBackend) -> None:
+    sid = _sandbox(ctx)
+    ops.start_process(ctx, _start(sid, "p1", "cat"))
+    proc = backend.spawned[0]
+    assert ops.write_stdin(ctx, c.ProcessStdin(sandbox_id=sid, process_id="p1", data="abc"))
+    assert bytes(proc.stdin) == b"abc"
+    assert ops.kill_process(ctx, c.ProcessKill(sandbox_id=sid, process_id="p1")) == c.Killed(True)
+    assert proc.killed
+    _until(lambda: ctx.plog.read(sid, "p1").finished)
+    assert ctx.plog.read(sid, "p1").exit_code == 137
+    # Ended: stdin is refused, a second kill finds nothing.
+    written = ops.write_stdin(ctx, c.ProcessStdin(sandbox_id=sid, process_id="p1", data="x"))
+    assert written == c.Written(False)
+    assert ops.kill_process(ctx, c.ProcessKill(sandbox_id=sid, process_id="p1")) == c.Killed(False)
+
+
+def test_an_oom_kill_is_reported(ctx: WorkerContext, backend: FakeBackend) -> None:
+    sid = _sandbox(ctx)
+    ops.start_process(ctx, _start(sid, "p1", "eat memory"))
+    backend.ooms += 1  # the kernel's OOM killer ended it
+    backend.spawned[0].exit(137)
+    _until(lambda: ctx.plog.read(sid, "p1").finished)
+    out = ctx.plog.read(sid, "p1")
+    assert out.oom_killed
+    assert any("ran out of memory" in line.text for line in out.stderr)
+
+
+def test_a_start_in_a_gone_sandbox_leaves_no_process(ctx: WorkerContext) -> None:
+    with pytest.raises(SandboxGone):
+        ops.start_process(ctx, _start("nope", "p1", "echo hi"))
+    assert not ctx.plog.exists("nope", "p1")
+
+
+def test_output_stops_being_stored_once_the_sandbox_is_forgotten(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    sid = _sandbox(ctx)
+    ops.start_process(ctx, _start(sid, "p1", "yes"))
+    proc = backend.spawned[0]
+    proc.feed.put((STDOUT, b"one\n"))
+    _until(lambda: len(ctx.plog.read(sid, "p1").stdout) == 1)
+    ctx.processes.forget_sandbox(sid)
+    _until(lambda: ctx.processes.count() == 0)
+    assert proc.closed
+
+
+# -- the typed commands ----------------------------------------------------------------------
+def test_every_host_task_has_its_command_and_they_round_trip() -> None:
+    names = {cmd.name for cmd, _fn in HOST_TASKS}
+    assert names == {
+        tasks.SANDBOX_CREATE,
+        tasks.SANDBOX_DESTROY,
+        tasks.SANDBOX_PORTS,
+        tasks.FS_LIST,
+        tasks.FS_MKDIR,
+        tasks.FS_REMOVE,
+        tasks.FS_READ,
+        tasks.FS_WRITE,
+        tasks.PROCESS_START,
+        tasks.PROCESS_STDIN,
+        tasks.PROCESS_KILL,
+    }
+    start = _start("sb1", "p1", "ls")
+    kwargs = start.to_kwargs()
+    assert kwargs == {
+        "sandbox_id": "sb1",
+        "tenant_id": "t1",
+        "process_id": "p1",
+        "cmd": "ls",
+        "env": {},
+        "cwd": "",
+    }
+    assert c.ProcessStart.from_kwargs({**kwargs, "from_a_newer_web": 1}) == start
+    write = c.FsWrite.of("sb1", "t1", "/a", b"\xff")
+    assert c.FsWrite.from_kwargs(write.to_kwargs()).content() == b"\xff"
+    assert c.AgentDrain(session_id="s1").to_kwargs() == {"session_id": "s1"}
+    with pytest.raises(TypeError):
+        c.FsRead.from_kwargs({"sandbox_id": "sb1"})  # no path
+
+
+def test_results_read_back_what_the_host_sent() -> None:
+    listing = c.Listing([c.DirEntry("a", False)])
+    assert c.Listing.from_json(listing.to_json()) == listing
+    ports = c.Ports([c.Port("0.0.0.0", 80)])
+    assert c.Ports.from_json(ports.to_json()) == ports
+    assert c.FileData.from_json(c.FileData(b"\x00").to_json()).data == b"\x00"
+    assert c.Written.from_json({"written": True}) == c.Written(True)
+    assert c.Killed.from_json({"killed": False}) == c.Killed(False)
+    assert c.Created.from_json({"host": "h"}) == c.Created("h")
+
+
+def test_the_runner_never_waits_on_a_pgid_after_the_process_ended(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    sid = _sandbox(ctx)
+    ops.start_process(ctx, _start(sid, "p1", "true"))
+    backend.spawned[0].exit(0)
+    _until(lambda: ctx.plog.read(sid, "p1").finished)
+    started = time.monotonic()
+    done = threading.Event()
+    threading.Thread(target=lambda: (ctx.processes.kill(sid, "p1"), done.set())).start()
+    assert done.wait(2) and time.monotonic() - started < 2

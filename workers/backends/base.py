@@ -1,0 +1,195 @@
+"""The sandbox backend: everything a host does to its sandboxes, behind one protocol.
+
+The host's code (workers/host/: ops, runner, reconcile, heartbeat) talks only to a
+``SandboxBackend`` and the ``ProcessHandle`` its ``spawn`` returns; it never sees how sandboxes
+are made. ``workers/backends/docker/`` makes them Docker containers; a second backend implements
+the same protocol in a package of its own and is chosen with ``PADDOCK_SANDBOX_BACKEND``
+(workers/backends/__init__.py make_backend).
+
+Errors are Paddock's (shared/errors.py), never a backend library's: SandboxGone for a sandbox
+whose container or VM is gone, SandboxTimeout, SandboxPaused, EngineUnavailable for an engine
+that does not answer, the path errors (PathNotFound, ...) for file operations, SandboxError for
+anything else the backend refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from shared.egress import NetworkPolicy
+
+# The account every sandbox runs as, whatever its image or backend (templates/base/configure.sh
+# creates it; the image builder checks each template runs as it).
+SANDBOX_USER = "user"
+SANDBOX_UID = 1000
+SANDBOX_HOME = "/home/user"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the backend's machine has, for the host's capacity (workers/host/capacity.py)."""
+
+    memory_bytes: int
+    cpus: int
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """One sandbox as the backend lists it: the backend's own reference to it (a container
+    id), its state in the backend's words (for logs: ``exited``, ``paused``...) and whether it
+    is alive (running, or frozen but able to run on)."""
+
+    ref: str
+    state: str
+    alive: bool
+
+
+@dataclass(frozen=True)
+class TemplateImage:
+    """One template as a host has it: what the heartbeat publishes and /v1/templates serves."""
+
+    name: str
+    image: str
+    hash: str
+    size_bytes: int
+    built_at: float
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ProcessHandle(Protocol):
+    """A process started by ``SandboxBackend.spawn``: its output, stdin, exit status and kill.
+
+    One thread reads ``frames``; others may write stdin, kill or close meanwhile."""
+
+    @property
+    def pgid(self) -> int | None:
+        """The process group inside the sandbox (the process is its leader), once known."""
+        ...
+
+    def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
+        """``(kind, bytes)`` chunks of the process's output until it ends (kind: STDOUT or
+        STDERR of shared.output). While the process is quiet, ``stop()`` is called every
+        ``poll_every`` seconds; True ends the iteration early."""
+        ...
+
+    def poll_every(self, seconds: float) -> None:
+        """How often ``frames`` calls its ``stop`` while the process prints nothing."""
+        ...
+
+    def write_stdin(self, data: bytes) -> None:
+        """Raises OSError when the process's stdin is closed."""
+        ...
+
+    def exit_code(self) -> int | None:
+        """The exit code once the output has ended (None when the backend does not know it,
+        e.g. the engine does not answer in time)."""
+        ...
+
+    def kill(self, timeout: float) -> None:
+        """SIGKILL the process group, waiting up to ``timeout`` seconds for its pgid to be
+        known (nothing is killed if it never is). A sandbox gone, or the engine refusing, is
+        logged, not raised (the process is gone with it). Raises SandboxTimeout,
+        SandboxPaused, EngineUnavailable."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the process's channel (idempotent; the process is not killed)."""
+        ...
+
+
+class SandboxBackend(Protocol):
+    """Everything a host does to its sandboxes. See the module docstring for the errors."""
+
+    # Called with the sandbox id when the backend finds a sandbox gone during an operation
+    # (the host's reconcile wakes up: workers/host/reconcile.py start_reconcile).
+    on_gone: Callable[[str], None] | None
+
+    # -- the host --------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raises when the backend's engine does not answer (the worker must not start)."""
+        ...
+
+    def machine(self) -> Machine: ...
+
+    def check_storage(self, sandboxes: int) -> None:
+        """At start: the host can hold ``sandboxes`` sandboxes' storage. Raises ConfigError,
+        SandboxError."""
+        ...
+
+    def start_network(self) -> None:
+        """At start: the host's egress rules (never raises: a failure refuses internet
+        sandboxes and ``network_problem`` says why)."""
+        ...
+
+    def stop_network(self) -> None:
+        """At shutdown: remove the host's egress rules and network."""
+        ...
+
+    def network_problem(self) -> str | None:
+        """Why sandboxes get no internet on this host, or None when they can."""
+        ...
+
+    def templates(self) -> list[TemplateImage]:
+        """The templates this host can start, sorted by name. Raises EngineUnavailable or the
+        engine's error when it cannot be read."""
+        ...
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def create(self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy) -> None:
+        """Make and start the sandbox from ``image`` (a ``TemplateImage.image``). Raises
+        SandboxError (StorageError included), NoCapacity, EgressUnavailable; on failure
+        nothing of it is left."""
+        ...
+
+    def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
+        """Remove the sandbox (by id, or by the backend's ``ref``) and its storage, if they
+        exist, in bounded time. Raises SandboxError when it could not (retried later)."""
+        ...
+
+    def sandbox_states(self) -> dict[str, SandboxState]:
+        """Every sandbox of this host and instance, from one listing. Raises
+        EngineUnavailable when the engine does not answer."""
+        ...
+
+    def storage_ids(self) -> list[str]:
+        """The sandboxes that have storage on this host (a leftover has no sandbox)."""
+        ...
+
+    def release_storage(self, sandbox_id: str) -> None:
+        """Free a leftover's storage. Raises SandboxError (StorageError)."""
+        ...
+
+    def prune(self) -> None:
+        """At start: drop caches nobody uses any more (e.g. unpacked image seeds)."""
+        ...
+
+    # -- inside a sandbox ------------------------------------------------------------------
+    def ports(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's listening TCP sockets as E2B port records."""
+        ...
+
+    def list_dir(self, sandbox_id: str, path: str) -> list[tuple[str, bool]]:
+        """``(name, is_dir)`` of each entry, sorted."""
+        ...
+
+    def make_dir(self, sandbox_id: str, path: str) -> None: ...
+
+    def remove(self, sandbox_id: str, path: str) -> None: ...
+
+    def read_file(self, sandbox_id: str, path: str) -> bytes: ...
+
+    def write_file(self, sandbox_id: str, path: str, data: bytes) -> None: ...
+
+    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
+        """Start ``cmd`` (bash) in ``cwd`` as the sandbox user, in its own process group."""
+        ...
+
+    def oom_kills(self, sandbox_id: str) -> int | None:
+        """How many processes the kernel's OOM killer ended in the sandbox so far, read where
+        the tenant cannot fake it; None when it cannot be read."""
+        ...

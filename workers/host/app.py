@@ -1,0 +1,83 @@
+"""Assemble the Celery app of a host worker: its tasks, and what runs beside them (heartbeat,
+reconcile, the agent sessions to resume, /metrics)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+
+from shared import commands, rpc, tasks
+from shared.broker import make_celery
+from shared.settings import Settings
+from workers.agent import tasks as agent_tasks
+from workers.host import heartbeat, metrics, reconcile
+from workers.host.context import WorkerContext
+from workers.host.tasks import register_host_tasks
+
+logger = logging.getLogger(__name__)
+
+
+def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
+    """The worker of one sandbox host: consumes ``host.<id>`` only."""
+    app = make_celery(settings)
+    ctx = WorkerContext(settings)
+    # Before consuming anything: a host whose engine does not answer, or that cannot cap its
+    # sandboxes' disk, must not start (the process exits; its supervisor restarts it with
+    # back-off, rather than leaving a worker up that never announces itself).
+    ctx.backend.ping()
+    logger.info(
+        "host %s: capacity %d sandboxes (%s)",
+        settings.host_id,
+        ctx.capacity.sandboxes,
+        ctx.capacity.reason,
+    )
+    ctx.backend.check_storage(ctx.capacity.sandboxes)
+    # Also before: a sandbox with internet starts only behind its host's egress rules (a
+    # failure here refuses those, with the reason in the log and in /health).
+    ctx.backend.start_network()
+    register_host_tasks(app, ctx)
+    stop = threading.Event()
+
+    @worker_ready.connect(weak=False)
+    def on_ready(**_: Any) -> None:
+        if reconcile.check_engine(ctx, at_start=True).engine_down:
+            # The engine answered a moment ago (create_host_app) and not now: exit, and let
+            # the supervisor restart the worker (raising here would only be logged by Celery,
+            # leaving a worker up that never announces itself).
+            logger.critical("host %s: the engine stopped answering at start", settings.host_id)
+            os._exit(3)
+        for session_id in agent_tasks.recover(ctx):
+            rpc.send(
+                app,
+                tasks.host_queue(settings.host_id),
+                commands.AgentDrain.name,
+                commands.AgentDrain(session_id=session_id).to_kwargs(),
+                expires=settings.session_max_ttl,
+            )
+        heartbeat.start_heartbeat(ctx, stop)
+        reconcile.start_reconcile(ctx, stop)  # dead sandboxes are noticed, not only at start
+        procs = ctx.processes
+        metrics.serve(settings, metrics.PumpCollector(settings.host_id, procs.count, procs.held))
+        logger.info(
+            "host %s: ready, consuming %s", settings.host_id, tasks.host_queue(settings.host_id)
+        )
+
+    @worker_shutting_down.connect(weak=False)
+    def on_shutting_down(**_: Any) -> None:
+        # A warm shutdown waits for running tasks; an agent task could run for an hour.
+        ctx.stopping.set()
+
+    @worker_shutdown.connect(weak=False)
+    def on_shutdown(**_: Any) -> None:
+        stop.set()
+        try:
+            ctx.store.host_down(settings.host_id)
+        finally:  # Redis being down must not leave the host's rules and network behind
+            ctx.backend.stop_network()
+
+    return app, ctx

@@ -1,0 +1,98 @@
+"""What a host does for each command: plain functions over the worker context, each taking the
+command's dataclass (shared/commands.py) and returning its result.
+
+Tasks (workers/host/tasks.py) only parse the command and call these, so they can be tested
+without Celery (tests/unit/test_host_ops.py runs them against a fake backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shared import commands as c
+from shared.egress import NetworkPolicy
+from shared.errors import BadRequest, SandboxError
+from workers.host.context import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+
+def create_sandbox(ctx: WorkerContext, cmd: c.SandboxCreate) -> c.Created:
+    """Make the sandbox's storage and start its container, with its network policy (the web
+    validated it; a message without one, from an older web, means no network).
+
+    Raises BadRequest for a template this host lacks, NoCapacity when the host's disk cannot
+    hold another sandbox's cap, EgressUnavailable when internet is asked and this host's rules
+    are not in place, SandboxError (StorageError included) when it cannot start; the backend
+    has then removed whatever it made.
+    """
+    sandbox_id, template = cmd.sandbox_id, cmd.template
+    image = {t.name: t.image for t in ctx.backend.templates()}.get(template)
+    if image is None:
+        raise BadRequest(f"template {template!r} is not available on this host")
+    ctx.backend.create(sandbox_id, cmd.tenant_id, image, NetworkPolicy.from_json(cmd.network))
+    record = ctx.store.raw_sandbox(sandbox_id)
+    if not record or record.get("status") == "deleting":
+        # The requester gave up (timeout) or deleted it meanwhile: leave nothing behind.
+        logger.warning("sandbox %s: deleted while it was being created; removing", sandbox_id)
+        destroy_sandbox(ctx, c.SandboxDestroy(sandbox_id=sandbox_id))
+        raise SandboxError("the sandbox was deleted while it was being created")
+    ctx.store.set_sandbox_status(sandbox_id, "running")
+    return c.Created(ctx.settings.host_id)
+
+
+def destroy_sandbox(ctx: WorkerContext, cmd: c.SandboxDestroy) -> c.Destroyed:
+    """Remove container, storage, processes and state of a sandbox. Idempotent, and bounded in
+    time whatever the sandbox's processes do (the backend bounds it: a wedged container's
+    processes are killed from the host, DockerDriver.destroy).
+
+    Raises SandboxError when the container could not be removed, StorageError when the
+    storage cannot be freed: the record stays (``deleting``) and the reaper sends the destroy
+    again."""
+    sandbox_id = cmd.sandbox_id
+    started = time.monotonic()
+    ctx.processes.forget_sandbox(sandbox_id)
+    ctx.backend.destroy(sandbox_id)
+    ctx.store.purge_sandbox(sandbox_id)
+    logger.info("sandbox %s: destroyed in %.1f s", sandbox_id, time.monotonic() - started)
+    return c.Destroyed()
+
+
+def ports(ctx: WorkerContext, cmd: c.SandboxPorts) -> c.Ports:
+    found = ctx.backend.ports(cmd.sandbox_id)
+    return c.Ports([c.Port(str(p["Ip"]), int(p["Port"]), str(p["State"])) for p in found])
+
+
+def list_dir(ctx: WorkerContext, cmd: c.FsList) -> c.Listing:
+    entries = ctx.backend.list_dir(cmd.sandbox_id, cmd.path)
+    return c.Listing([c.DirEntry(name, is_dir) for name, is_dir in entries])
+
+
+def make_dir(ctx: WorkerContext, cmd: c.FsMkdir) -> None:
+    ctx.backend.make_dir(cmd.sandbox_id, cmd.path)
+
+
+def remove(ctx: WorkerContext, cmd: c.FsRemove) -> None:
+    ctx.backend.remove(cmd.sandbox_id, cmd.path)
+
+
+def read_file(ctx: WorkerContext, cmd: c.FsRead) -> c.FileData:
+    return c.FileData(ctx.backend.read_file(cmd.sandbox_id, cmd.path))
+
+
+def write_file(ctx: WorkerContext, cmd: c.FsWrite) -> None:
+    ctx.backend.write_file(cmd.sandbox_id, cmd.path, cmd.content())
+
+
+def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> None:
+    """Raises QuotaExceeded (the sandbox runs its most processes), SandboxGone."""
+    ctx.processes.start(cmd.sandbox_id, cmd.process_id, cmd.cmd, cmd.env, cmd.cwd, cmd.tenant_id)
+
+
+def write_stdin(ctx: WorkerContext, cmd: c.ProcessStdin) -> c.Written:
+    return c.Written(ctx.processes.write_stdin(cmd.sandbox_id, cmd.process_id, cmd.data.encode()))
+
+
+def kill_process(ctx: WorkerContext, cmd: c.ProcessKill) -> c.Killed:
+    return c.Killed(ctx.processes.kill(cmd.sandbox_id, cmd.process_id))

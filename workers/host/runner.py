@@ -1,0 +1,533 @@
+"""Running processes: one pump thread per process moves its output into Redis.
+
+A pump is a plain thread, not a Celery slot: a process that runs for hours costs one mostly
+idle thread blocked on its exec socket, and no worker slot or web thread.
+
+A pump survives Redis going away: what it reads meanwhile waits in a buffer bounded per
+process and across the worker (the process keeps running; past either cap it waits on its
+pipe), is written once Redis is back, each write carrying a seq so a write whose reply was lost
+is not stored twice, and the end marker follows. Only after WRITER_BACKOFF.give_up_after
+seconds without Redis does it drop the output, and say so in the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
+from shared.redisconn import REDIS_DOWN, WRITER_BACKOFF, persist
+from shared.settings import Settings
+from workers.backends.base import ProcessHandle, SandboxBackend
+from workers.host import metrics
+
+logger = logging.getLogger(__name__)
+
+MAX_LINE = 1 << 20  # a "line" longer than this is cut into several lines
+# Output read while Redis is down, held for it per process; past this the pump stops reading
+# (the process waits on its pipe) until Redis is back.
+MAX_PENDING = 4 << 20
+# The same across every pump of this worker: without it a tenant's (or all tenants') 32 x 32
+# processes could pin 4 GiB of the host during an outage. A pump whose write finds no room
+# stops reading until that write is stored, as one past MAX_PENDING does.
+HOST_MAX_PENDING = 64 << 20
+# What a kept write costs in memory besides its bytes (its objects), counted against both caps:
+# a process printing a byte at a time must not keep millions of writes within 4 MiB.
+WRITE_OVERHEAD = 1 << 10
+# While output waits for Redis, the pump wakes this often to try again although the process
+# is quiet (otherwise it sleeps on the exec socket).
+_PENDING_POLL = 1.0
+_IDLE_POLL = 30.0
+
+
+class HostPending:
+    """The bytes all pumps of the worker hold for Redis, at most ``cap``: room is taken for
+    each write kept and given back once it is stored or dropped. Thread-safe."""
+
+    def __init__(self, cap: int = HOST_MAX_PENDING) -> None:
+        self.cap = cap
+        self.size = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.size + n > self.cap:
+                return False
+            self.size += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.size -= n
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write of a pump, kept until Redis took it. ``seq`` (and seq + 1, seq + 2 for the
+    writes a refusal adds) makes a retried write land once."""
+
+    seq: int
+    lines: list[Line]
+    size: int
+    budgeted: bool  # the process's output; else Paddock's notice (outside the budgets)
+    unless_cut: bool = False  # a notice that a budget refusal, already noted, makes moot
+    held: bool = True  # its bytes count in the HostPending (False: it had no room)
+
+
+@dataclass
+class Pending:
+    """The writes a pump has not stored yet, in order, with their size and when to try
+    again (back-off while Redis is down)."""
+
+    host: HostPending = field(default_factory=HostPending)
+    writes: deque[Write] = field(default_factory=deque)
+    size: int = 0
+    unheld: int = 0  # writes the host had no room for
+    next_seq: int = 4
+    retry_at: float = 0.0
+    delays: Iterator[float] = field(default_factory=WRITER_BACKOFF.delays)
+    down_since: float | None = None
+
+    def add(self, lines: list[Line], size: int, budgeted: bool, unless_cut: bool = False) -> None:
+        held = self.host.take(size + WRITE_OVERHEAD)
+        self.writes.append(Write(self.next_seq, lines, size, budgeted, unless_cut, held))
+        self.next_seq += 4
+        self.size += size
+        if not held:
+            self.unheld += 1
+
+    @property
+    def full(self) -> bool:
+        """Past its own cap or the host's: the pump stores before it reads on."""
+        return (
+            self.size > MAX_PENDING
+            or len(self.writes) > MAX_PENDING // WRITE_OVERHEAD
+            or self.unheld > 0
+        )
+
+    def done(self) -> None:
+        """The oldest write is stored: Redis answers again."""
+        self._release(self.writes.popleft())
+        self.retry_at = 0.0
+        self.delays = WRITER_BACKOFF.delays()
+
+    def failed(self, now: float) -> float:
+        """A write failed because Redis is down: wait before the next try. Returns how long
+        Redis has been down."""
+        if self.down_since is None:
+            self.down_since = now
+        self.retry_at = now + next(self.delays)
+        return now - self.down_since
+
+    def drop(self) -> int:
+        """Give up on every write; returns the bytes dropped."""
+        dropped = self.size
+        while self.writes:
+            self._release(self.writes.popleft())
+        return dropped
+
+    def _release(self, write: Write) -> None:
+        self.size -= write.size
+        if write.held:
+            self.host.give(write.size + WRITE_OVERHEAD)
+        else:
+            self.unheld -= 1
+
+
+@dataclass
+class Running:
+    sandbox_id: str
+    process_id: str
+    tenant_id: str
+    handle: ProcessHandle
+    oom_base: int | None = None  # the sandbox's OOM-kill count when the process started
+    done: threading.Event = field(default_factory=threading.Event)
+    forgotten: bool = False
+    stdin_lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: Pending = field(default_factory=Pending)
+    cut: bool = False  # a budget refused output: the rest is discarded (a marker says so)
+
+
+class ProcessManager:
+    """Starts processes, feeds their stdin, kills them; owns the pump threads of this host."""
+
+    def __init__(
+        self,
+        backend: SandboxBackend,
+        plog: ProcessLog,
+        settings: Settings,
+    ) -> None:
+        self.backend = backend
+        self.plog = plog
+        self.settings = settings
+        self._running: dict[tuple[str, str], Running] = {}
+        self._lock = threading.Lock()
+        self.pending = HostPending()
+        self.budgets = Budgets(
+            settings.max_output_bytes, settings.sandbox_output_bytes, settings.tenant_output_bytes
+        )
+
+    def start(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        tenant_id: str,
+    ) -> None:
+        """Start ``cmd`` and return once it runs. Raises QuotaExceeded when the sandbox already
+        runs its most processes, SandboxGone if the sandbox is gone."""
+        began = time.perf_counter()
+        try:
+            self._start(sandbox_id, process_id, cmd, env, cwd, tenant_id)
+        except Exception:
+            metrics.PROCESS_STARTS.labels(self.settings.host_id, "failed").inc()
+            raise
+        metrics.PROCESS_STARTS.labels(self.settings.host_id, "started").inc()
+        took = time.perf_counter() - began
+        metrics.PROCESS_START_SECONDS.labels(self.settings.host_id).observe(took)
+
+    def _start(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        tenant_id: str,
+    ) -> None:
+        self.plog.register(
+            sandbox_id,
+            process_id,
+            cmd,
+            tenant_id,
+            self.settings.sandbox_max_processes,
+            self.budgets,
+        )
+        try:
+            oom_base = self.backend.oom_kills(sandbox_id)
+            handle = self.backend.spawn(sandbox_id, cmd, env, cwd)
+        except Exception:
+            self.plog.forget(sandbox_id, process_id)
+            raise
+        run = Running(
+            sandbox_id,
+            process_id,
+            tenant_id,
+            handle,
+            oom_base=oom_base,
+            pending=Pending(self.pending),
+        )
+        with self._lock:
+            self._running[(sandbox_id, process_id)] = run
+        self.plog.set_fields(sandbox_id, process_id, status="running")
+        threading.Thread(
+            target=self._pump, args=(run,), name=f"pump-{process_id}", daemon=True
+        ).start()
+        # Ids and sizes only: a command can carry a secret.
+        logger.info("sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd))
+
+    def count(self) -> int:
+        """Processes whose output is pumped now (metrics)."""
+        return len(self._running)
+
+    def held(self) -> int:
+        """Output bytes held for Redis now (metrics)."""
+        return self.pending.size
+
+    def write_stdin(self, sandbox_id: str, process_id: str, data: bytes) -> bool:
+        run = self._get(sandbox_id, process_id)
+        if run is None or run.done.is_set():
+            return False
+        with run.stdin_lock:
+            try:
+                run.handle.write_stdin(data)
+            except OSError:
+                return False
+        return True
+
+    def kill(self, sandbox_id: str, process_id: str, timeout: float = 5.0) -> bool:
+        """Kill the process group, let the pump store the last output, then stop storing."""
+        run = self._get(sandbox_id, process_id)
+        if run is None:
+            return False
+        if not run.done.is_set():
+            run.handle.kill(timeout)
+            run.done.wait(timeout)
+        run.forgotten = True
+        self._close(run)
+        return True
+
+    def forget_sandbox(self, sandbox_id: str) -> None:
+        """Stop storing output of every process of a sandbox that is going away."""
+        with self._lock:
+            runs = [r for (sid, _), r in self._running.items() if sid == sandbox_id]
+        for run in runs:
+            run.forgotten = True
+            self._close(run)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _get(self, sandbox_id: str, process_id: str) -> Running | None:
+        with self._lock:
+            return self._running.get((sandbox_id, process_id))
+
+    def _close(self, run: Running) -> None:
+        run.handle.close()
+
+    def _pump(self, run: Running) -> None:
+        sid, pid = run.sandbox_id, run.process_id
+        s = self.settings
+        limit = s.max_output_bytes
+        partial = {STDOUT: bytearray(), STDERR: bytearray()}
+        stored = 0
+        truncated = False
+        printed = metrics.output_counters(s.host_id)
+
+        def stop() -> bool:
+            # The exec socket was quiet for a while: a chance to store what waits for Redis.
+            self._flush(run)
+            return run.forgotten
+
+        try:
+            for kind, data in run.handle.frames(stop):
+                printed[kind].inc(len(data))
+                if run.cut and not truncated:
+                    truncated = True
+                    for buf in partial.values():
+                        buf.clear()
+                if truncated:
+                    continue  # keep draining so the process never blocks on a full pipe
+                if stored + len(data) > limit:
+                    # Keep what fits, up to the last whole line, then say so once.
+                    room = data[: max(0, limit - stored)]
+                    keep = room[: room.rfind(b"\n") + 1]
+                    self._store_budgeted(run, _split(partial[kind], keep, kind), len(keep))
+                    self._truncated(
+                        run,
+                        partial,
+                        f"this process printed more than {limit} bytes (PADDOCK_MAX_OUTPUT_BYTES)",
+                    )
+                    truncated = True
+                    continue
+                stored += len(data)
+                self._store_budgeted(run, _split(partial[kind], data, kind), len(data))
+            if not run.forgotten:
+                now = time.time_ns()
+                tail = [
+                    Line(k, bytes(b).decode("utf-8", "replace"), now)
+                    for k, b in partial.items()
+                    if b
+                ]
+                if tail and not truncated:
+                    self._store_budgeted(run, tail, sum(len(b) for b in partial.values()))
+                code = run.handle.exit_code()
+                oom = self._oom_killed(run, code)
+                if oom:
+                    self._store(
+                        run,
+                        [
+                            Line(
+                                STDERR,
+                                "[paddock] the process was killed: the sandbox ran out of "
+                                f"memory (limit {s.sandbox_memory >> 20} MiB, "
+                                "PADDOCK_SANDBOX_MEMORY)",
+                                time.time_ns(),
+                            )
+                        ],
+                    )
+                self._end(run, code, oom)
+                logger.info(
+                    "sandbox %s process %s: exited with %s%s (%d bytes of output)",
+                    sid,
+                    pid,
+                    code,
+                    " (out of memory)" if oom else "",
+                    stored,
+                )
+        except Exception:
+            logger.exception("sandbox %s process %s: output pump failed", sid, pid)
+            if not run.forgotten:
+                try:
+                    self._store(
+                        run,
+                        [
+                            Line(
+                                STDERR, "[paddock] lost the process's output stream", time.time_ns()
+                            )
+                        ],
+                    )
+                    self._end(run, None, False)
+                except Exception:
+                    logger.exception("sandbox %s process %s: not marked ended", sid, pid)
+        finally:
+            run.pending.drop()  # what a forgotten process left: its room goes back to the host
+            self._close(run)  # a kill waiting for the pgid stops waiting
+            run.done.set()
+            with self._lock:
+                self._running.pop((sid, pid), None)
+
+    def _end(self, run: Running, code: int | None, oom: bool) -> None:
+        """Store what still waits, then the end marker, waiting for Redis if it is down (up to
+        WRITER_BACKOFF.give_up_after). Raises REDIS_DOWN errors past that."""
+        self._flush(run, wait=True)
+        if not run.forgotten:
+            sid, pid = run.sandbox_id, run.process_id
+            persist(
+                lambda: self.plog.finish(sid, pid, code, oom_killed=oom),
+                f"end of process {pid}",
+            )
+
+    def _oom_killed(self, run: Running, code: int | None) -> bool:
+        """Whether the kernel's OOM killer ended the process: it died by SIGKILL (137) and the
+        sandbox's OOM-kill count grew while it ran (read on the host: the tenant cannot fake
+        it)."""
+        if code not in (137, None) or run.oom_base is None:
+            return False
+        now = self.backend.oom_kills(run.sandbox_id)
+        return now is not None and now > run.oom_base
+
+    def _store(self, run: Running, lines: list[Line], unless_cut: bool = False) -> None:
+        """Paddock's own notices: outside the budgets (short, one per process at most)."""
+        if lines and not run.forgotten:
+            run.pending.add(lines, 0, budgeted=False, unless_cut=unless_cut)
+            self._flush(run)
+
+    def _store_budgeted(self, run: Running, lines: list[Line], size: int) -> None:
+        """Store the process's own output against the sandbox's and the tenant's budgets,
+        now or once Redis is back. When a budget runs out, what fits (whole lines) is kept,
+        a marker says why, ``run.cut`` is set and later output is discarded."""
+        if not lines or run.forgotten or run.cut:
+            return
+        run.pending.add(lines, size, budgeted=True)
+        self._flush(run)
+
+    def _flush(self, run: Running, wait: bool = False) -> None:
+        """Store the pending writes, oldest first. Redis being down leaves them pending (to be
+        tried again after a back-off) unless ``wait`` or the buffer is full: then this waits
+        for Redis, up to WRITER_BACKOFF.give_up_after, and drops them after that (logged)."""
+        pending = run.pending
+        while pending.writes and not run.forgotten:
+            write = pending.writes[0]
+            blocking = wait or pending.full
+            if not blocking and time.monotonic() < pending.retry_at:
+                return
+            try:
+                if blocking:
+                    persist(
+                        functools.partial(self._write, run, write),
+                        f"output of process {run.process_id}",
+                    )
+                else:
+                    self._write(run, write)
+            except REDIS_DOWN as exc:
+                if blocking:
+                    dropped = pending.drop()
+                    logger.error(
+                        "sandbox %s process %s: Redis stayed down, %d bytes of output lost",
+                        run.sandbox_id,
+                        run.process_id,
+                        dropped,
+                    )
+                    return
+                down = pending.failed(time.monotonic())
+                run.handle.poll_every(_PENDING_POLL)
+                logger.warning(
+                    "sandbox %s process %s: Redis down for %.1fs (%s); %d bytes wait for it",
+                    run.sandbox_id,
+                    run.process_id,
+                    down,
+                    exc,
+                    pending.size,
+                )
+                return
+            if pending.down_since is not None:
+                logger.info(
+                    "sandbox %s process %s: Redis is back, storing what waited",
+                    run.sandbox_id,
+                    run.process_id,
+                )
+                pending.down_since = None
+                run.handle.poll_every(_IDLE_POLL)
+            pending.done()
+
+    def _write(self, run: Running, write: Write) -> None:
+        """One pending write, safe to repeat (its seq). Raises REDIS_DOWN errors."""
+        sid, pid = run.sandbox_id, run.process_id
+        if not write.budgeted:
+            if not (write.unless_cut and run.cut):
+                self.plog.notice(sid, pid, run.tenant_id, write.lines, write.seq)
+            return
+        if run.cut:
+            return
+        budgets = self.budgets
+        refused = self.plog.append_budgeted(
+            sid, pid, run.tenant_id, write.lines, write.size, budgets, seq=write.seq
+        )
+        if refused is None:
+            return
+        fitting = _fit(write.lines, refused.room)
+        if fitting:
+            self.plog.append_budgeted(
+                sid, pid, run.tenant_id, fitting[0], fitting[1], budgets, seq=write.seq + 1
+            )
+        s = self.settings
+        if refused.budget == "tenant":
+            why = f"the tenant's kept output reached {s.tenant_output_bytes} bytes "
+            why += "(PADDOCK_TENANT_OUTPUT_BYTES)"
+        else:
+            why = f"the sandbox's kept output reached {s.sandbox_output_bytes} bytes "
+            why += "(PADDOCK_SANDBOX_OUTPUT_BYTES)"
+        why += "; delete finished processes to free it"
+        self.plog.notice(sid, pid, run.tenant_id, [_truncation(why)], write.seq + 2)
+        run.cut = True
+
+    def _truncated(self, run: Running, partial: dict[str, bytearray] | None, why: str) -> None:
+        if partial is not None:
+            for buf in partial.values():
+                buf.clear()  # a cut line would pass for a real one
+        # Moot when a budget already cut the output (its own marker says so).
+        self._store(run, [_truncation(why)], unless_cut=True)
+
+
+def _truncation(why: str) -> Line:
+    return Line(
+        STDERR, f"[paddock] output truncated: {why}; the rest was discarded", time.time_ns()
+    )
+
+
+def _fit(lines: list[Line], room: int) -> tuple[list[Line], int] | None:
+    """The whole lines of ``lines`` that fit in ``room`` bytes, and their size."""
+    out: list[Line] = []
+    size = 0
+    for line in lines:
+        for part in line.text.split("\n"):
+            n = len(part.encode()) + 1
+            if size + n > room:
+                return (out, size) if out else None
+            out.append(Line(line.kind, part, line.ts_ns))
+            size += n
+    return (out, size) if out else None
+
+
+def _split(partial: bytearray, data: bytes, kind: str) -> list[Line]:
+    """The complete lines of ``partial + data``, as ONE `Line` whose text joins them with
+    newlines (stored as one stream entry; readers split it again): no per-line work on the
+    hot path. Cutting at a newline never splits a UTF-8 character. The unfinished rest stays in
+    ``partial``; past MAX_LINE it is cut into lines of its own."""
+    partial += data
+    now = time.time_ns()
+    lines: list[Line] = []
+    nl = partial.rfind(b"\n")
+    if nl >= 0:
+        lines.append(Line(kind, partial[:nl].decode("utf-8", "replace"), now))
+        del partial[: nl + 1]
+    while len(partial) > MAX_LINE:
+        lines.append(Line(kind, partial[:MAX_LINE].decode("utf-8", "replace"), now))
+        del partial[:MAX_LINE]
+    return lines
