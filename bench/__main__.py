@@ -20,7 +20,7 @@ import requests
 from bench.concurrency import bench_concurrency
 from bench.report import HIGHER_IS_BETTER, Figure, Report, latency_figures, machine_info
 from bench.targets import BenchError, Flood, PaddockTarget, RawDocker
-from tests.stack import Stack
+from devstack.stack import Stack
 
 
 def log(message: str) -> None:

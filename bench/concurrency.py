@@ -26,9 +26,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench.report import LoadFigure, percentile
 from bench.targets import BenchError
+from devstack.stack import Stack, raise_open_files
 from shared.accounts import Accounts
 from shared.slots import SOCKETS, WAITS, Slots
-from tests.stack import Stack, raise_open_files
 
 SESSIONS = 4  # the sockets are spread over this many agent sessions (shell agent, no LLM)
 SLEEPERS = 10  # the long-polls are spread over this many `sleep` processes

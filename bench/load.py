@@ -45,9 +45,9 @@ import requests
 from bench.concurrency import web_rss_mib
 from bench.report import _num, machine_info, percentile
 from bench.targets import BenchError
+from devstack.stack import Stack, raise_open_files
 from shared.accounts import Accounts
 from shared.slots import WAITS, Slots
-from tests.stack import Stack, raise_open_files
 
 GO_FILE = "/tmp/paddock-load-go"
 PROCESSES = 10  # the long-polls are spread over this many processes of one sandbox

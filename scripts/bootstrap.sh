@@ -6,7 +6,8 @@
 # Usage: scripts/bootstrap.sh [--no-venv] [--quiet]
 #
 # Daemons this script starts itself get their pid recorded in .paddock/run/<name>.pid, so that
-# `make up`/`make down` can stop exactly what was started here and nothing that pre-existed.
+# `make up` (scripts/up.sh, on Ctrl-C or SIGTERM) stops exactly what was started here and
+# nothing that pre-existed.
 set -euo pipefail
 
 NO_VENV=0
@@ -16,7 +17,7 @@ for arg in "$@"; do
         --no-venv) NO_VENV=1 ;;
         --quiet) QUIET=1 ;;
         -h|--help)
-            sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -64,7 +65,7 @@ die() {
 }
 
 # A pid file of ours whose process is gone (or whose pid now belongs to something else) would
-# make `make down` signal an unrelated process; forget it.
+# make `make up`'s stop (scripts/up.sh) signal an unrelated process; forget it.
 forget_stale_pid() {
     local file="$RUN_DIR/$1.pid" comm="$2" pid
     [[ -f "$file" ]] || return 0

@@ -193,15 +193,15 @@ stop_all() {
     fi
     wait "$sup" 2>/dev/null || true
     rm -f "$FLOWER_AUTH"
-    for svc in redis dockerd; do
-        if [[ -f "$RUN/$svc.pid" ]]; then
-            pid=$(cat "$RUN/$svc.pid")
+    for daemon in redis dockerd; do
+        if [[ -f "$RUN/$daemon.pid" ]]; then
+            pid=$(cat "$RUN/$daemon.pid")
             if kill -0 "$pid" 2>/dev/null; then
-                echo "up: stopping $svc (pid $pid, started by bootstrap)"
+                echo "up: stopping $daemon (pid $pid, started by bootstrap)"
                 kill -TERM "$pid" 2>/dev/null || true
                 for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             fi
-            rm -f "$RUN/$svc.pid"
+            rm -f "$RUN/$daemon.pid"
         fi
     done
     echo "up: stopped"

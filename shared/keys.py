@@ -143,8 +143,9 @@ def session_seq(session_id: str) -> str:
     return f"{PREFIX}:ses:{session_id}:seq"
 
 
-def session_tasks(session_id: str) -> str:
-    """List: tasks waiting to run, in order (JSON {task_id, prompt})."""
+def session_jobs(session_id: str) -> str:
+    """List: jobs (prompts) waiting to run, in order (JSON {task_id, prompt}; the key keeps
+    the wire's word "tasks" so queued data stays valid)."""
     return f"{PREFIX}:ses:{session_id}:tasks"
 
 

@@ -19,7 +19,7 @@ HISTORY_AFTER_END = 3600  # seconds the event history stays readable after the e
 def end_session(
     app: Celery, sessions: Sessions, store: Store, s: ChatSession, destroy_timeout: float
 ) -> None:
-    """Mark the session ended (its sockets close with 4404 and its running task stops at its
+    """Mark the session ended (its sockets close with 4404 and its running job stops at its
     next check), then have the owner host remove the sandbox. Idempotent."""
     if sessions.end(s, keep_for=HISTORY_AFTER_END):
         logger.info("session %s: ended", s.session_id)

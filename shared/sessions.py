@@ -5,6 +5,10 @@ message, tool_call, exit, error, secrets_updated) is appended to one Redis Strea
 given in the same atomic step; the stream id is ``<seq>-0``, so "everything after seq N" is a
 plain XREAD from ``N-0``. Any writer (a worker running the agent, a web replica rotating a
 bundle) can append without breaking the order.
+
+A prompt sent to a session is a *job* in the code (a Celery task is a task). The v1 wire and the
+stored data keep the word "task" (``task_id``, ``task_started``, the ``:tasks`` queue key, the
+``current_task`` and ``pop_task`` fields), so clients and data already in Redis stay valid.
 """
 
 from __future__ import annotations
@@ -86,14 +90,16 @@ redis.call('INCRBY', KEYS[2], n)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return false
 """
-# Queue a task unless ARGV[2] already wait. KEYS: the queue; ARGV: task JSON, limit.
+# Queue a job (a prompt; "task" on the wire) unless ARGV[2] already wait. KEYS: the queue;
+# ARGV: job JSON, limit.
 _ENQUEUE = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
-# Take the next queued task, once per token: a retry after a lost reply (Redis went away)
-# gets the same task instead of losing it and taking the one behind. The task is kept on the
-# session until the taker confirms (``_TAKEN``). KEYS: queue, session hash; ARGV: token
+# Take the next queued job, once per token: a retry after a lost reply (Redis went away)
+# gets the same job instead of losing it and taking the one behind. The job is kept on the
+# session (field ``pop_task``) until the taker confirms (``taken``). KEYS: queue, session hash;
+# ARGV: token
 _POP = """
 if redis.call('HGET', KEYS[2], 'pop_token') == ARGV[1] then
   return redis.call('HGET', KEYS[2], 'pop_task')
@@ -248,7 +254,7 @@ class Sessions:
         for name in s.secrets:
             pipe.srem(keys.secret_users(s.tenant_id, name), s.session_id)
         pipe.delete(
-            keys.session_tasks(s.session_id),
+            keys.session_jobs(s.session_id),
             keys.session_cancel(s.session_id),
             keys.session_conversation(s.session_id),
         )
@@ -327,54 +333,55 @@ class Sessions:
         raw = self.r.get(keys.session_conversation(session_id))
         return json.loads(raw) if raw else None
 
-    # -- tasks -------------------------------------------------------------------------------
-    def enqueue_task(self, session_id: str, task_id: str, prompt: str, limit: int) -> bool:
-        """Queue a task behind the session's others; False (nothing queued) when ``limit``
-        tasks already wait: prompts are up to 64 KiB each and wait in Redis."""
-        body = json.dumps({"task_id": task_id, "prompt": prompt})
-        return bool(self._enqueue(keys=[keys.session_tasks(session_id)], args=[body, limit]))
+    # -- jobs (a prompt each; the wire and the stored JSON call them tasks: ``task_id``) ------
+    def enqueue_job(self, session_id: str, job_id: str, prompt: str, limit: int) -> bool:
+        """Queue a job behind the session's others; False (nothing queued) when ``limit``
+        jobs already wait: prompts are up to 64 KiB each and wait in Redis."""
+        body = json.dumps({"task_id": job_id, "prompt": prompt})
+        return bool(self._enqueue(keys=[keys.session_jobs(session_id)], args=[body, limit]))
 
-    def next_task(self, session_id: str, token: str) -> dict[str, str] | None:
-        """Take the oldest queued task. Safe to repeat with the same ``token`` (unique per
-        take) after a lost reply: the same task comes back. Call `taken` once it is held."""
+    def next_job(self, session_id: str, token: str) -> dict[str, str] | None:
+        """Take the oldest queued job (``{"task_id", "prompt"}``). Safe to repeat with the
+        same ``token`` (unique per take) after a lost reply: the same job comes back. Call
+        `taken` once it is held."""
         raw = self._pop(
-            keys=[keys.session_tasks(session_id), keys.session(session_id)], args=[token]
+            keys=[keys.session_jobs(session_id), keys.session(session_id)], args=[token]
         )
         return json.loads(raw) if raw else None
 
     def taken(self, session_id: str) -> None:
-        """The task `next_task` gave is held by its runner: its copy on the session goes."""
+        """The job `next_job` gave is held by its runner: its copy on the session goes."""
         self.r.hdel(keys.session(session_id), "pop_task")
 
-    def pending_tasks(self, session_id: str) -> int:
-        return int(self.r.llen(keys.session_tasks(session_id)))
+    def pending_jobs(self, session_id: str) -> int:
+        return int(self.r.llen(keys.session_jobs(session_id)))
 
     def live_ids(self) -> list[str]:
         """Every session not ended yet (the expiry index: a session is in it from its create
         to its end)."""
         return [text(x) for x in self.r.zrange(keys.session_expiry(), 0, -1)]
 
-    # -- the task running now, and its cancel ---------------------------------------------------
-    def begin_task(self, session_id: str, task_id: str) -> None:
-        self.r.hset(keys.session(session_id), "current_task", task_id)
+    # -- the job running now, and its cancel (hash field ``current_task``, kept for stored data)
+    def begin_job(self, session_id: str, job_id: str) -> None:
+        self.r.hset(keys.session(session_id), "current_task", job_id)
 
-    def current_task(self, session_id: str) -> str | None:
+    def current_job(self, session_id: str) -> str | None:
         current = self.r.hget(keys.session(session_id), "current_task")
         return text(current) if current else None
 
-    def cancel_requested(self, session_id: str, task_id: str) -> bool:
-        """Whether a client asked to cancel ``task_id`` (`request_cancel`)."""
-        return self.r.get(keys.session_cancel(session_id)) == task_id.encode()
+    def cancel_requested(self, session_id: str, job_id: str) -> bool:
+        """Whether a client asked to cancel ``job_id`` (`request_cancel`)."""
+        return self.r.get(keys.session_cancel(session_id)) == job_id.encode()
 
-    def end_task(self, session_id: str, task_id: str) -> None:
-        """The session runs no task any more; a cancel asked of ``task_id`` is done with."""
+    def end_job(self, session_id: str, job_id: str) -> None:
+        """The session runs no job any more; a cancel asked of ``job_id`` is done with."""
         self.r.hdel(keys.session(session_id), "current_task")
-        if self.cancel_requested(session_id, task_id):
+        if self.cancel_requested(session_id, job_id):
             self.r.delete(keys.session_cancel(session_id))
 
     def request_cancel(self, session_id: str) -> str | None:
-        """Ask the running task to stop; returns its id, None when no task is running."""
-        current = self.current_task(session_id)
+        """Ask the running job to stop; returns its id, None when no job is running."""
+        current = self.current_job(session_id)
         if not current:
             return None
         self.r.set(keys.session_cancel(session_id), current, ex=3600)

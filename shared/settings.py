@@ -100,7 +100,13 @@ class Settings:
     # Where the per-sandbox writable storage lives on the host (default <data_dir>/storage).
     storage_dir: str = ""
     image_prefix: str = "paddock"
+    # The image builder (python -m workers.images, make images): the template directories
+    # (separated by ':'), build arguments ("NAME=VALUE ...", space-separated: each reaches the
+    # templates declaring ARG NAME and is part of their hash) and the Debian mirror debootstrap
+    # uses for the base (empty: templates/base/debootstrap.conf's; not part of the hash).
     templates_dir: str = "templates"
+    build_args: str = ""
+    debian_mirror: str = ""
     # Hosts. Capacity (sandboxes per host) follows from the engine's memory and CPUs and the
     # sandbox limits (workers/host/capacity.py): memory limits add up to at most the machine's
     # memory less host_reserved_memory, times host_memory_overcommit; CPU limits to its CPUs

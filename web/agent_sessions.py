@@ -1,6 +1,6 @@
-"""The web side of agent sessions: create one (checks, sandbox, token), queue its tasks on the
-sandbox's host, end it. Routes (web/api/v1/sessions.py) and the WebSocket (web/ws.py) call
-this; neither holds session logic of its own."""
+"""The web side of agent sessions: create one (checks, sandbox, token), queue its jobs (its
+prompts) on the sandbox's host, end it. Routes (web/api/v1/sessions.py) and the WebSocket
+(web/ws.py) call this; neither holds session logic of its own."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from shared import crypto, rpc, tasks
+from shared import commands, crypto, rpc, tasks
 from shared.egress import NetworkPolicy
 from shared.errors import BadRequest, ValidationFailed
 from shared.lifecycle import end_session
@@ -135,12 +135,13 @@ class AgentSessions:
         return s
 
     def run_next(self, s: ChatSession) -> None:
-        """Make sure a worker on the sandbox's host is running the session's task queue."""
+        """Make sure a worker on the sandbox's host is running the session's job queue."""
+        drain = commands.AgentDrain(session_id=s.session_id)
         rpc.send(
             self.celery,
             tasks.host_queue(s.host_id),
-            tasks.AGENT_DRAIN,
-            {"session_id": s.session_id},
+            drain.name,
+            drain.to_kwargs(),
             expires=s.expires_at - time.time(),
         )
 

@@ -1,6 +1,8 @@
 """The one place error handlers are registered. PaddockError and HTTP errors become the E2B
 envelope on the E2B routes (``{"message": ...}``, with ``details`` for validation) and the v1
-envelope under ``/v1`` (``{"error": {type, code, message, param?, request_id}}``)."""
+envelope under ``/v1`` (``{"error": {type, code, message, param?, request_id}}``). Each
+envelope is written by the schema that documents it (web/api/e2b/schemas.py Error and
+ValidationError, web/api/v1/schemas.py ErrorResponse), so the documents and the wire agree."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import PaddockError, QuotaExceeded, RateLimited, ValidationFailed
+from web.api.e2b.schemas import Error as E2bError
+from web.api.e2b.schemas import ValidationError as E2bValidationError
+from web.api.v1.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,9 @@ _E2B_MESSAGES = {
     "sandbox_not_found": "Session not found",
     "sandbox_gone": "Session not found",
 }
+_V1_ERROR = ErrorResponse()
+_E2B_ERROR = E2bError()
+_E2B_VALIDATION = E2bValidationError()
 
 
 def request_id() -> str:
@@ -59,12 +67,14 @@ def _respond(
             err["param"] = next(iter(fields))
             err["details"] = fields
         err["request_id"] = request_id()
-        resp = jsonify({"error": err})
+        resp = jsonify(_V1_ERROR.dump({"error": err}))
     else:
-        body: dict[str, Any] = {"message": _E2B_MESSAGES.get(code, message)}
-        if fields is not None:
-            body["details"] = {k: {"message": v} for k, v in fields.items()}
-        resp = jsonify(body)
+        e2b_message = _E2B_MESSAGES.get(code, message)
+        if fields is None:
+            resp = jsonify(_E2B_ERROR.dump({"message": e2b_message}))
+        else:
+            details = {k: {"message": v} for k, v in fields.items()}
+            resp = jsonify(_E2B_VALIDATION.dump({"message": e2b_message, "details": details}))
     resp.status_code = status
     return resp
 

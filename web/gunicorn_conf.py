@@ -1,5 +1,5 @@
 """The one gunicorn configuration: how gunicorn serves the web app, for every runner (``make
-web``, ``make up``'s supervisord, compose.yaml, the Dockerfile, deploy/systemd, tests/stack.py):
+web``, ``make up``'s supervisord, compose.yaml, the Dockerfile, deploy/systemd, devstack/stack.py):
 ``gunicorn -c python:web.gunicorn_conf --bind HOST:PORT``. The app, the worker class and every
 limit are here; only the address is given by the runner. Operators override any of it with
 GUNICORN_CMD_ARGS. A change of how the web tier is served goes here, never into a runner.

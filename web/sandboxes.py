@@ -106,7 +106,7 @@ class Sandboxes:
         if template not in self.store.known_templates():
             raise ValidationFailed({field: f"unknown environment {template!r}"})
         sandbox_id = ids.sandbox_id()
-        sb = self.store.place(
+        sandbox = self.store.place(
             sandbox_id,
             tenant_id,
             template,
@@ -122,31 +122,31 @@ class Sandboxes:
                     template=template,
                     network=network.to_json(),
                 ),
-                sb,
+                sandbox,
                 timeout=self.settings.create_timeout,
             )
         except PaddockError as exc:
             if isinstance(exc, WorkerTimeout):
-                self._abandon(sb)  # the host may still start it: it destroys, then forgets
+                self._abandon(sandbox)  # the host may still start it: it destroys, then forgets
             else:
                 self.store.purge_sandbox(sandbox_id)  # the host refused: no container exists
             raise
         except Exception:
             # Unknown outcome (e.g. the broker failed mid-call): the host's destroy, or else the
             # reaper, removes whatever exists and frees the slot.
-            self._abandon(sb)
+            self._abandon(sandbox)
             raise
         logger.info(
-            "sandbox %s: created on host %s for tenant %s", sandbox_id, sb.host_id, tenant_id
+            "sandbox %s: created on host %s for tenant %s", sandbox_id, sandbox.host_id, tenant_id
         )
-        return sb
+        return sandbox
 
     def get(self, tenant_id: str, sandbox_id: str, include_lost: bool = False) -> Sandbox:
         """The tenant's sandbox; resets its idle timer. Raises SandboxNotFound (a lost one
         too, unless ``include_lost``: /v1 shows it as ``lost`` for a while)."""
-        sb = self.store.get_sandbox(tenant_id, sandbox_id, include_lost=include_lost)
+        sandbox = self.store.get_sandbox(tenant_id, sandbox_id, include_lost=include_lost)
         self.store.touch(sandbox_id)
-        return sb
+        return sandbox
 
     def of_tenant(self, tenant_id: str) -> list[Sandbox]:
         return self.store.tenant_sandboxes(tenant_id)
@@ -166,16 +166,16 @@ class Sandboxes:
         """The sandbox lives exactly as long as the agent session: no idle reaping."""
         self.store.bind_lifetime(sandbox.sandbox_id, expires_at, session_id)
 
-    def delete(self, sb: Sandbox) -> None:
+    def delete(self, sandbox: Sandbox) -> None:
         """Destroy the sandbox; an agent session living in it ends with it."""
-        session_id = self.store.raw_sandbox(sb.sandbox_id).get("session")
-        if not self.store.begin_delete(sb.sandbox_id):
+        session_id = self.store.raw_sandbox(sandbox.sandbox_id).get("session")
+        if not self.store.begin_delete(sandbox.sandbox_id):
             return
         session = self.sessions.load(session_id) if session_id else None
         if session is not None:
             self.sessions.end(session, keep_for=HISTORY_AFTER_END)
         try:
-            self._call(commands.SandboxDestroy(**self._ids(sb)), sb)
+            self._call(commands.SandboxDestroy(**self._ids(sandbox)), sandbox)
         except PaddockError as exc:
             # The host did not answer, or could not finish (its engine is down: the container
             # or the storage could not be removed). The record stays ``deleting``, which no
@@ -183,78 +183,80 @@ class Sandboxes:
             # the delete is accepted, not failed.
             logger.warning(
                 "sandbox %s: destroy not done by host %s (%s); the reaper retries",
-                sb.sandbox_id,
-                sb.host_id,
+                sandbox.sandbox_id,
+                sandbox.host_id,
                 exc.code,
             )
 
-    def _abandon(self, sb: Sandbox) -> None:
-        self.store.begin_delete(sb.sandbox_id)
+    def _abandon(self, sandbox: Sandbox) -> None:
+        self.store.begin_delete(sandbox.sandbox_id)
         rpc.send(
             self.celery,
-            tasks.host_queue(sb.host_id),
+            tasks.host_queue(sandbox.host_id),
             commands.SandboxDestroy.name,
-            commands.SandboxDestroy(**self._ids(sb)).to_kwargs(),
+            commands.SandboxDestroy(**self._ids(sandbox)).to_kwargs(),
             expires=self.settings.create_timeout * 10,
         )
 
     # -- commands ----------------------------------------------------------------------------
-    def ports(self, sb: Sandbox) -> list[dict[str, Any]]:
-        value = self._call(commands.SandboxPorts(**self._ids(sb)), sb)
+    def ports(self, sandbox: Sandbox) -> list[dict[str, Any]]:
+        value = self._call(commands.SandboxPorts(**self._ids(sandbox)), sandbox)
         return commands.Ports.from_json(value).to_json()
 
-    def list_dir(self, sb: Sandbox, path: str) -> list[dict[str, Any]]:
-        value = self._call(commands.FsList(**self._ids(sb), path=path), sb)
+    def list_dir(self, sandbox: Sandbox, path: str) -> list[dict[str, Any]]:
+        value = self._call(commands.FsList(**self._ids(sandbox), path=path), sandbox)
         return commands.Listing.from_json(value).to_json()
 
-    def make_dir(self, sb: Sandbox, path: str) -> None:
-        self._call(commands.FsMkdir(**self._ids(sb), path=path), sb)
+    def make_dir(self, sandbox: Sandbox, path: str) -> None:
+        self._call(commands.FsMkdir(**self._ids(sandbox), path=path), sandbox)
 
-    def remove(self, sb: Sandbox, path: str) -> None:
-        self._call(commands.FsRemove(**self._ids(sb), path=path), sb)
+    def remove(self, sandbox: Sandbox, path: str) -> None:
+        self._call(commands.FsRemove(**self._ids(sandbox), path=path), sandbox)
 
-    def read_file(self, sb: Sandbox, path: str) -> bytes:
-        value = self._call(commands.FsRead(**self._ids(sb), path=path), sb)
+    def read_file(self, sandbox: Sandbox, path: str) -> bytes:
+        value = self._call(commands.FsRead(**self._ids(sandbox), path=path), sandbox)
         return commands.FileData.from_json(value).data
 
-    def write_file(self, sb: Sandbox, path: str, data: bytes) -> None:
-        self._call(commands.FsWrite.of(sb.sandbox_id, sb.tenant_id, path, data), sb)
+    def write_file(self, sandbox: Sandbox, path: str, data: bytes) -> None:
+        self._call(commands.FsWrite.of(sandbox.sandbox_id, sandbox.tenant_id, path, data), sandbox)
 
-    def start_process(self, sb: Sandbox, cmd: str, env: dict[str, str], cwd: str) -> str:
+    def start_process(self, sandbox: Sandbox, cmd: str, env: dict[str, str], cwd: str) -> str:
         """Start ``cmd``; its process id. Raises WorkerTimeout only when the process did not
         start (and now never will), whatever happened to the worker's reply."""
         process_id = ids.process_id()
         try:
             start = commands.ProcessStart(
-                **self._ids(sb), process_id=process_id, cmd=cmd, env=env, cwd=cwd
+                **self._ids(sandbox), process_id=process_id, cmd=cmd, env=env, cwd=cwd
             )
-            self._call(start, sb)
+            self._call(start, sandbox)
         except WorkerTimeout:
             # The reply is lost, not necessarily the start: a slow engine, or a worker killed
             # after it spawned the process (its restart closes the process's output, saying
             # what was lost). A process that started is found and answered, never reported as
             # failed; one that did not is given up, so a late delivery cannot run it after its
             # client was told it failed.
-            if not self._started_anyway(sb, process_id):
+            if not self._started_anyway(sandbox, process_id):
                 raise
         return process_id
 
-    def _started_anyway(self, sb: Sandbox, process_id: str) -> bool:
+    def _started_anyway(self, sandbox: Sandbox, process_id: str) -> bool:
         deadline = time.monotonic() + _STARTING_GRACE
         ttl = max(600.0, 4 * self.settings.task_timeout)
         while True:
-            status = self.plog.give_up(sb.sandbox_id, process_id, ttl)
+            status = self.plog.give_up(sandbox.sandbox_id, process_id, ttl)
             if status in ("running", "exited"):
                 logger.info(
-                    "sandbox %s process %s: started, its reply was lost", sb.sandbox_id, process_id
+                    "sandbox %s process %s: started, its reply was lost",
+                    sandbox.sandbox_id,
+                    process_id,
                 )
                 return True
             if status is None or time.monotonic() > deadline:
                 return False
             time.sleep(0.25)  # "starting": a worker has it, the exec is under way
 
-    def process_exists(self, sb: Sandbox, process_id: str) -> bool:
-        return self.plog.exists(sb.sandbox_id, process_id)
+    def process_exists(self, sandbox: Sandbox, process_id: str) -> bool:
+        return self.plog.exists(sandbox.sandbox_id, process_id)
 
     def _take(self, kind: str, tenant_id: str, limit: int, refusal: str, retry_after: int) -> str:
         """One of the tenant's ``limit`` slots of ``kind``. Raises QuotaExceeded (``refusal``)."""
@@ -264,7 +266,7 @@ class Sandboxes:
         return token
 
     @contextmanager
-    def waiting(self, sb: Sandbox) -> Iterator[str]:
+    def waiting(self, sandbox: Sandbox) -> Iterator[str]:
         """Hold one of the tenant's concurrent-wait slots for the block.
 
         Raises QuotaExceeded, before the block runs, when the tenant already has
@@ -272,7 +274,7 @@ class Sandboxes:
         limit = self.settings.tenant_max_waits
         token = self._take(
             WAITS,
-            sb.tenant_id,
+            sandbox.tenant_id,
             limit,
             f"wait quota reached: {limit} concurrent wait=true requests per tenant "
             "(PADDOCK_TENANT_MAX_WAITS); poll without wait, or retry later",
@@ -282,10 +284,10 @@ class Sandboxes:
             with metrics.OPEN_WAITS.track_inprogress():
                 yield token
         finally:
-            self.slots.release(WAITS, sb.tenant_id, token)
+            self.slots.release(WAITS, sandbox.tenant_id, token)
 
     def wait_done(
-        self, sb: Sandbox, process_id: str, slot: str, still_there: Callable[[], bool]
+        self, sandbox: Sandbox, process_id: str, slot: str, still_there: Callable[[], bool]
     ) -> None:
         """Block until the process ends (or the wait limit passes), keeping ``slot`` (from
         `waiting`) alive; the sandbox counts as active meanwhile. Reads no output. Stops early
@@ -295,14 +297,14 @@ class Sandboxes:
         def tick() -> bool:
             if not still_there():
                 return False
-            self.store.touch(sb.sandbox_id)
-            self.slots.refresh(WAITS, sb.tenant_id, slot, _SLOT_TTL)
+            self.store.touch(sandbox.sandbox_id)
+            self.slots.refresh(WAITS, sandbox.tenant_id, slot, _SLOT_TTL)
             return True
 
-        self.plog.wait_done(sb.sandbox_id, process_id, self.settings.wait_timeout, tick)
+        self.plog.wait_done(sandbox.sandbox_id, process_id, self.settings.wait_timeout, tick)
 
     def streaming(
-        self, sb: Sandbox, answer: Iterator[bytes]
+        self, sandbox: Sandbox, answer: Iterator[bytes]
     ) -> tuple[Iterator[bytes], Callable[[], None]]:
         """Hold one of the tenant's stream slots while ``answer`` (an output answer's chunks)
         is written. Returns the chunks to write, which keep the slot alive and let other
@@ -315,7 +317,7 @@ class Sandboxes:
         limit = self.settings.tenant_max_streams
         token = self._take(
             STREAMS,
-            sb.tenant_id,
+            sandbox.tenant_id,
             limit,
             f"stream quota reached: {limit} process answers being written at once per "
             "tenant (PADDOCK_TENANT_MAX_STREAMS); retry when one has been read",
@@ -328,36 +330,38 @@ class Sandboxes:
                 yield chunk
                 time.sleep(0)  # under gevent: other greenlets run between chunks
                 if time.monotonic() - refreshed > _SLOT_TTL / 3:
-                    self.slots.refresh(STREAMS, sb.tenant_id, token, _SLOT_TTL)
+                    self.slots.refresh(STREAMS, sandbox.tenant_id, token, _SLOT_TTL)
                     refreshed = time.monotonic()
 
-        return chunks(), lambda: self.slots.release(STREAMS, sb.tenant_id, token)
+        return chunks(), lambda: self.slots.release(STREAMS, sandbox.tenant_id, token)
 
-    def output(self, sb: Sandbox, process_id: str) -> Callable[[], Iterator[Entry]]:
+    def output(self, sandbox: Sandbox, process_id: str) -> Callable[[], Iterator[Entry]]:
         """The process's output so far, read entry by entry (never all at once); the function
         may be called more than once (the E2B answer lists stdout, then stderr)."""
-        upto = self.plog.last_id(sb.sandbox_id, process_id)
-        return lambda: self.plog.entries(sb.sandbox_id, process_id, upto)
+        upto = self.plog.last_id(sandbox.sandbox_id, process_id)
+        return lambda: self.plog.entries(sandbox.sandbox_id, process_id, upto)
 
-    def write_stdin(self, sb: Sandbox, process_id: str, data: str) -> None:
-        self._call(commands.ProcessStdin(**self._ids(sb), process_id=process_id, data=data), sb)
+    def write_stdin(self, sandbox: Sandbox, process_id: str, data: str) -> None:
+        self._call(
+            commands.ProcessStdin(**self._ids(sandbox), process_id=process_id, data=data), sandbox
+        )
 
-    def stop_process(self, sb: Sandbox, process_id: str) -> None:
+    def stop_process(self, sandbox: Sandbox, process_id: str) -> None:
         """Kill the process group; its output stays until `forget_process`."""
-        self._call(commands.ProcessKill(**self._ids(sb), process_id=process_id), sb)
+        self._call(commands.ProcessKill(**self._ids(sandbox), process_id=process_id), sandbox)
 
-    def forget_process(self, sb: Sandbox, process_id: str) -> None:
-        self.plog.forget(sb.sandbox_id, process_id)
+    def forget_process(self, sandbox: Sandbox, process_id: str) -> None:
+        self.plog.forget(sandbox.sandbox_id, process_id)
 
     def _call(
-        self, command: commands.HostCommand, sb: Sandbox, timeout: float | None = None
+        self, command: commands.HostCommand, sandbox: Sandbox, timeout: float | None = None
     ) -> Any:
         """Run ``command`` on the sandbox's host; the JSON of its result (the command's result
         class reads it). Raises WorkerTimeout or the host's PaddockError."""
         reply = rpc.call(
             self.celery,
             self.r,
-            sb.host_id,
+            sandbox.host_id,
             command.name,
             command.to_kwargs(),
             timeout or self.settings.task_timeout,
@@ -365,5 +369,5 @@ class Sandboxes:
         return reply["value"]
 
     @staticmethod
-    def _ids(sb: Sandbox) -> dict[str, str]:
-        return {"sandbox_id": sb.sandbox_id, "tenant_id": sb.tenant_id}
+    def _ids(sandbox: Sandbox) -> dict[str, str]:
+        return {"sandbox_id": sandbox.sandbox_id, "tenant_id": sandbox.tenant_id}

@@ -257,7 +257,7 @@ class Connection:
             self.close(CLOSE_ENDED, "session ended")
             return
         queued = self.services.settings.session_max_queued_tasks
-        if not self.services.sessions.enqueue_task(self.session_id, task_id, prompt, queued):
+        if not self.services.sessions.enqueue_job(self.session_id, task_id, prompt, queued):
             self.error(
                 "queue_full",
                 f"{queued} tasks already wait in this session (PADDOCK_SESSION_MAX_QUEUED_TASKS);"

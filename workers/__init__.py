@@ -18,8 +18,11 @@ What lives where, and where a change of each kind goes:
   here and a name in ``backends/__init__.py`` make_backend (``PADDOCK_SANDBOX_BACKEND``).
 - ``control/``: work that belongs to no host: the reaper, dead hosts, expired agent sessions,
   the one scheduler of periodic tasks, the login-code mail.
-- ``agent/``: the LLM agent that works inside a sandbox (an agent session's prompts).
-- ``images/``: the image builder (base from a Debian mirror, one image per template); at
+- ``agent/``: the LLM agent that works inside a sandbox. ``agent/jobs.py`` runs a session's
+  jobs (one prompt each; the v1 wire calls them tasks) one at a time, from the ``agent_drain``
+  Celery task in ``host/tasks.py``; ``llm.py`` and its adapters talk to the LLM vendors.
+- ``images/``: the image builder (base from a Debian mirror, one image per template; its
+  options default to Settings' templates_dir, image_prefix, build_args, debian_mirror); at
   runtime only ``images/templates.py`` is used, through the Docker backend.
 
 Only ``backends/docker/`` and ``images/`` import the Docker SDK.

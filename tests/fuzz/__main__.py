@@ -15,9 +15,10 @@ from pathlib import Path
 import requests
 from schemathesis import GenerationMode
 
+from devstack.stack import Stack
 from tests.fuzz import runner
-from tests.integration.accounts_helpers import V1, smtp_server
-from tests.stack import Stack
+from tests.integration.accounts_helpers import smtp_server
+from tests.integration.client import Client
 
 # Small quotas so generated creates reach 429 (documented) instead of filling the machine;
 # short waits so a generated command that never ends (`cat` on wait=true) answers in seconds.
@@ -33,7 +34,9 @@ STACK_ENV = {
 DOCUMENTS = (("e2b", "/openapi.json"), ("v1", "/v1/openapi.json"))
 
 
-def _fixtures(stack: Stack, v1: V1) -> tuple[runner.Credentials, dict[str, list[str]], list[str]]:
+def _fixtures(
+    stack: Stack, v1: Client
+) -> tuple[runner.Credentials, dict[str, list[str]], list[str]]:
     """Two tenants (A fuzzes, B's key must see none of A's objects) and A's real objects."""
     jwt_a, key_a = v1.tenant("fuzz-a@example.com")
     _jwt_b, key_b = v1.tenant("fuzz-b@example.com")
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     # The stack's logs (web.log, worker-*.log) are kept when the run fails, to see why.
     workdir = Path(tempfile.mkdtemp(prefix="paddock-fuzz-"))
     try:
-        v1 = V1(Stack(workdir, env=env), _inbox)
+        v1 = Client(Stack(workdir, env=env), inbox=_inbox)
         with v1.stack as stack:
             creds, fixed, spare_bundles = _fixtures(stack, v1)
             foreign = frozenset(fixed["sandbox"][-1:])  # B's sandbox

@@ -1,5 +1,5 @@
-"""Shared pieces of the account tests: an SMTP server on loopback that keeps what it receives,
-and a client that logs in through it."""
+"""Shared pieces of the account tests: an SMTP server on loopback that keeps what it receives
+(tests/integration/client.py Client.login reads its codes), and the /v1 error envelope."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import requests
 from aiosmtpd.controller import Controller
 
-from tests.stack import Stack, free_port
+from devstack.stack import free_port
 
 
 class Inbox:
@@ -52,43 +52,6 @@ def smtp_server() -> tuple[Controller, Inbox]:
     controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     return controller, inbox
-
-
-class V1:
-    def __init__(self, stack: Stack, inbox: Inbox | None = None) -> None:
-        self.stack = stack
-        self.url = stack.url
-        self.inbox = inbox
-        self.http = requests.Session()
-
-    def req(self, method: str, path: str, token: str | None = None, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", 120)
-        headers = dict(kw.pop("headers", {}) or {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return self.http.request(method, self.url + path, headers=headers, **kw)
-
-    def login(self, email: str) -> dict[str, Any]:
-        """Full OTP login through the SMTP inbox; returns the verify-otp answer."""
-        assert self.inbox is not None
-        before = len(self.inbox.to(email))
-        r = self.req("POST", "/v1/auth/login", json={"email": email})
-        assert r.status_code == 200, r.text
-        code = self.inbox.wait_code(email, before + 1)
-        r = self.req("POST", "/v1/auth/verify-otp", json={"email": email, "code": code})
-        assert r.status_code == 200, r.text
-        out: dict[str, Any] = r.json()
-        return out
-
-    def api_key(self, jwt: str, name: str = "") -> str:
-        r = self.req("POST", "/v1/api-keys", token=jwt, json={"name": name})
-        assert r.status_code == 201, r.text
-        return str(r.json()["key"])
-
-    def tenant(self, email: str) -> tuple[str, str]:
-        """(account jwt, api key) of a fresh account."""
-        jwt = self.login(email)["token"]
-        return jwt, self.api_key(jwt)
 
 
 def error_of(r: requests.Response) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Helpers of the agent-session tests: tenants made directly in Redis (the account flow has
-its own tests), and a WebSocket client that collects frames."""
+its own tests), and a WebSocket client that collects frames (the HTTP client is
+tests/integration/client.py)."""
 
 from __future__ import annotations
 
@@ -7,42 +8,17 @@ import json
 import time
 from typing import Any
 
-import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from devstack.stack import Stack
 from shared.accounts import Accounts
-from tests.stack import Stack
 
 
 def new_tenant(stack: Stack, name: str) -> str:
     """An API key of a fresh tenant."""
     _, key = Accounts(stack.redis, "unused").create_api_key(f"usr_{name}", name, 10)
     return key
-
-
-class Client:
-    def __init__(self, stack: Stack, key: str) -> None:
-        self.stack = stack
-        self.key = key
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {key}"
-
-    def req(self, method: str, path: str, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", 120)
-        return self.http.request(method, self.stack.url + path, **kw)
-
-    def bundle(self, name: str, values: dict[str, str]) -> None:
-        r = self.req("POST", "/v1/tenants/me/secrets", json={"name": name, "values": values})
-        assert r.status_code == 201, r.text
-
-    def session(self, **body: Any) -> dict[str, Any]:
-        body.setdefault("agent", {"kind": "shell"})
-        body.setdefault("template", "standard")
-        r = self.req("POST", "/v1/sessions", json=body)
-        assert r.status_code == 201, r.text
-        out: dict[str, Any] = r.json()
-        return out
 
 
 def ws_connect(

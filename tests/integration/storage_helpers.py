@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.stack import Stack
+from devstack.stack import Stack
 
 
 def storage_of(stack: Stack, host: str, sid: str) -> Path:

@@ -19,12 +19,12 @@ from typing import Any
 import docker
 import pytest
 
+from devstack.stack import Stack
 from shared.errors import NoCapacity
 from shared.settings import Settings
 from shared.store import Store
-from tests.integration.conftest import Api, stderr_lines, stdout_lines
+from tests.integration.client import Client, stderr_lines, stdout_lines
 from tests.integration.storage_helpers import host_traces, storage_of
-from tests.stack import Stack
 from workers.backends.docker.storage import SandboxStorage, StorageError
 
 CAP = 64 << 20
@@ -44,8 +44,8 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def api(st: Stack) -> Api:
-    return Api(st)
+def api(st: Stack) -> Client:
+    return Client(st)
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60) -> bool:
@@ -57,8 +57,8 @@ def wait_until(check: Callable[[], bool], timeout: float = 60) -> bool:
     return check()
 
 
-def test_every_write_shares_one_cap_and_fails_with_enospc(st: Stack, api: Api) -> None:
-    victim, attacker = api.session("Bash"), api.session("Bash")
+def test_every_write_shares_one_cap_and_fails_with_enospc(st: Stack, api: Client) -> None:
+    victim, attacker = api.sandbox("Bash"), api.sandbox("Bash")
     # Every writable path works, and the image's own home content is there.
     probe = "; ".join(f"echo ok > {d}/probe && cat {d}/probe" for d in WRITABLE)
     assert stdout_lines(api.run(attacker, probe)) == ["ok"] * len(WRITABLE)
@@ -114,8 +114,8 @@ def test_every_write_shares_one_cap_and_fails_with_enospc(st: Stack, api: Api) -
         assert api.req("DELETE", f"/sessions/{sid}").status_code == 204
 
 
-def test_the_image_is_read_only_and_storage_is_nosuid_nodev(api: Api) -> None:
-    sid = api.session("Bash")
+def test_the_image_is_read_only_and_storage_is_nosuid_nodev(api: Client) -> None:
+    sid = api.sandbox("Bash")
     paths = ["/", "/etc", "/usr", "/opt", "/var", "/usr/local/bin"]
     out = api.run(sid, "; ".join(f"touch {p}/paddock-x" for p in paths))
     errors = stderr_lines(out)
@@ -139,8 +139,8 @@ def test_the_image_is_read_only_and_storage_is_nosuid_nodev(api: Api) -> None:
     assert api.req("DELETE", f"/sessions/{sid}").status_code == 204
 
 
-def test_deleting_a_sandbox_frees_its_storage(st: Stack, api: Api) -> None:
-    sid = api.session("Bash")
+def test_deleting_a_sandbox_frees_its_storage(st: Stack, api: Client) -> None:
+    sid = api.sandbox("Bash")
     path = storage_of(st, HOST, sid)
     assert os.path.ismount(path / "mnt")
     api.run(sid, "head -c 20M /dev/zero > /workspace/data && sync /workspace/data")
@@ -151,8 +151,8 @@ def test_deleting_a_sandbox_frees_its_storage(st: Stack, api: Api) -> None:
     assert api.req("DELETE", f"/sessions/{sid}").status_code == 404
 
 
-def test_worker_restart_frees_orphan_storage(st: Stack, api: Api) -> None:
-    keep, forgotten, removed = api.session("Bash"), api.session("Bash"), api.session("Bash")
+def test_worker_restart_frees_orphan_storage(st: Stack, api: Client) -> None:
+    keep, forgotten, removed = api.sandbox("Bash"), api.sandbox("Bash"), api.sandbox("Bash")
     api.run(keep, "echo mine > ~/marker")
     st.stop_process(f"worker-{HOST}")
     # As crashes would leave them: a container no record knows, and storage whose container
@@ -185,8 +185,8 @@ def test_worker_refuses_to_start_without_usable_storage(tmp_path: Path) -> None:
 def test_no_disk_keeps_storage_in_the_sandboxs_memory(tmp_path: Path) -> None:
     env = {"PADDOCK_SANDBOX_DISK": "0", "PADDOCK_SANDBOX_MEMORY": "128m"}
     with Stack(tmp_path, hosts=(HOST,), env=env) as stack:
-        api = Api(stack)
-        sid = api.session("Bash")
+        api = Client(stack)
+        sid = api.sandbox("Bash")
         path = storage_of(stack, HOST, sid)
         assert not (path / "disk.img").exists()
         out = api.run(sid, "echo ok > /workspace/f && cat /workspace/f; ls -A ~ | grep -c bashrc")

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import Api
-from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
-from tests.stack import Stack
+from devstack.stack import Stack
+from tests.integration.client import Client
+from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 FS_TIMEOUT = 10  # seconds: PADDOCK_FS_TIMEOUT (its default) of this module's stack
 TENANT_SHARE = 3  # PADDOCK_TENANT_WORKER_SHARE of this module's stack (sandbox share: 2)
@@ -74,8 +74,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def attacker(stack: Stack) -> Api:
-    return Api(stack)
+def attacker(stack: Stack) -> Client:
+    return Client(stack)
 
 
 @pytest.fixture(scope="module")
@@ -84,28 +84,28 @@ def victim_key(stack: Stack) -> str:
 
 
 @pytest.fixture(scope="module")
-def victim(stack: Stack, victim_key: str) -> Api:
-    return Api(stack, victim_key)
+def victim(stack: Stack, victim_key: str) -> Client:
+    return Client(stack, victim_key)
 
 
 @pytest.fixture(scope="module")
-def victim_sid(victim: Api) -> str:
-    return victim.session("Bash")
+def victim_sid(victim: Client) -> str:
+    return victim.sandbox("Bash")
 
 
 @pytest.fixture(scope="module")
-def bash_sid(attacker: Api) -> str:
-    return attacker.session("Bash")
+def bash_sid(attacker: Client) -> str:
+    return attacker.sandbox("Bash")
 
 
 @pytest.fixture(scope="module")
-def py_sid(attacker: Api) -> str:
-    return attacker.session("Python3")
+def py_sid(attacker: Client) -> str:
+    return attacker.sandbox("Python3")
 
 
 # -- FIFOs, devices, sockets -------------------------------------------------------------------
 def test_fifo_reads_answer_at_once_and_other_tenants_are_served(
-    attacker: Api, bash_sid: str, victim: Api, victim_sid: str
+    attacker: Client, bash_sid: str, victim: Client, victim_sid: str
 ) -> None:
     attacker.run(bash_sid, "mkfifo /home/user/fifo")
     with ThreadPoolExecutor(9) as pool:
@@ -136,7 +136,7 @@ def test_fifo_reads_answer_at_once_and_other_tenants_are_served(
     ["/dev/zero", "/dev/urandom", "/dev/null", "/home/user/link-to-fifo", "/home/user/sock"],
 )
 def test_devices_sockets_and_links_to_them_are_not_read(
-    attacker: Api, py_sid: str, path: str
+    attacker: Client, py_sid: str, path: str
 ) -> None:
     attacker.run(
         py_sid,
@@ -149,7 +149,7 @@ def test_devices_sockets_and_links_to_them_are_not_read(
     assert r.json() == {"message": f"not a regular file (a FIFO, socket or device): {path}"}
 
 
-def test_a_link_to_a_regular_file_is_read(attacker: Api, bash_sid: str) -> None:
+def test_a_link_to_a_regular_file_is_read(attacker: Client, bash_sid: str) -> None:
     attacker.run(bash_sid, "cd /home/user && echo linked > target.txt && ln -sf target.txt l.txt")
     r = attacker.read(bash_sid, "/home/user/l.txt")
     assert r.status_code == 200 and r.json() == {"content": "linked\n"}
@@ -157,7 +157,7 @@ def test_a_link_to_a_regular_file_is_read(attacker: Api, bash_sid: str) -> None:
 
 @pytest.mark.parametrize("path", ["/home/user/wfifo", "/home/user/link-to-wfifo", "/dev/null"])
 def test_writing_onto_a_fifo_or_device_is_refused_without_blocking(
-    attacker: Api, bash_sid: str, path: str
+    attacker: Client, bash_sid: str, path: str
 ) -> None:
     attacker.run(bash_sid, "cd /home/user && mkfifo wfifo; ln -sf wfifo link-to-wfifo")
     r, took = timed(attacker.write, bash_sid, path, "data")
@@ -170,7 +170,7 @@ def test_writing_onto_a_fifo_or_device_is_refused_without_blocking(
 
 
 # -- fair shares of the host's worker threads ---------------------------------------------------
-def _arm(attacker: Api, sid: str) -> str:
+def _arm(attacker: Client, sid: str) -> str:
     """An 8 MiB bait file plus the freezer, running; returns the freezer's process id."""
     attacker.run(sid, "head -c 8388608 /dev/zero | tr '\\0' x > /home/user/bait")
     assert attacker.write(sid, "/home/user/freezer.py", FREEZER).status_code == 204
@@ -191,10 +191,10 @@ def _arm(attacker: Api, sid: str) -> str:
 
 
 def test_a_sandbox_and_a_tenant_hold_only_their_share_of_worker_threads(
-    attacker: Api, victim: Api, victim_sid: str, bash_sid: str
+    attacker: Client, victim: Client, victim_sid: str, bash_sid: str
 ) -> None:
-    s1 = attacker.session("Python3")
-    s2 = attacker.session("Python3")
+    s1 = attacker.sandbox("Python3")
+    s2 = attacker.sandbox("Python3")
     freezers = {s1: _arm(attacker, s1), s2: _arm(attacker, s2)}
     sleeper = attacker.req("POST", f"/sessions/{s1}/processes", json={"cmd": "sleep 300"}).json()[
         "processID"
@@ -259,7 +259,7 @@ def test_a_sandbox_and_a_tenant_hold_only_their_share_of_worker_threads(
 
 
 # -- paths that start with a dash ----------------------------------------------------------------
-def test_dash_paths_are_paths_and_delete_nothing(attacker: Api, bash_sid: str) -> None:
+def test_dash_paths_are_paths_and_delete_nothing(attacker: Client, bash_sid: str) -> None:
     attacker.run(
         bash_sid,
         "mkdir -p /home/user/dash && cd /home/user/dash && touch keep1 keep2 && "
@@ -301,13 +301,13 @@ DEEP = "[" * 1000 + "]" * 1000
 SURROGATE = '"\\ud800"'  # JSON text: a lone surrogate, escaped
 
 
-def _post_raw(http: Api, method: str, path: str, body: str) -> requests.Response:
+def _post_raw(http: Client, method: str, path: str, body: str) -> requests.Response:
     return http.req(method, path, data=body.encode(), headers={"Content-Type": "application/json"})
 
 
 @pytest.mark.parametrize("bad", [DEEP, SURROGATE, '"x\\udfff"'])
 def test_bad_json_in_e2b_bodies_is_422_and_changes_nothing(
-    attacker: Api, bash_sid: str, stack: Stack, bad: str
+    attacker: Client, bash_sid: str, stack: Stack, bad: str
 ) -> None:
     before = len(stack.containers())
     r = _post_raw(attacker, "POST", "/sessions", f'{{"envID": {bad}}}')
@@ -353,7 +353,7 @@ def test_bad_json_in_e2b_bodies_is_422_and_changes_nothing(
 
 
 def test_nul_in_a_command_env_or_rootdir_is_422_and_starts_nothing(
-    attacker: Api, bash_sid: str
+    attacker: Client, bash_sid: str
 ) -> None:
     marker = f"/home/user/nul-{secrets.token_hex(4)}"
     for body in (
@@ -369,7 +369,7 @@ def test_nul_in_a_command_env_or_rootdir_is_422_and_starts_nothing(
 
 @pytest.mark.parametrize("bad", [DEEP, SURROGATE])
 def test_bad_json_in_v1_bodies_is_400_and_changes_nothing(stack: Stack, bad: str) -> None:
-    client = Client(stack, new_tenant(stack, f"v1json{secrets.token_hex(3)}"))
+    client = Client(stack, new_tenant(stack, f"v1json{secrets.token_hex(3)}"), bearer=True)
     for body in (
         f'{{"name": "bad", "values": {{"K": {bad}}}}}',
         f'{{"name": {bad}, "values": {{"K": "v"}}}}',
@@ -393,8 +393,8 @@ def test_bad_json_in_v1_bodies_is_400_and_changes_nothing(stack: Stack, bad: str
 def test_websocket_frame_with_a_lone_surrogate_gets_an_error_and_the_socket_lives(
     stack: Stack, victim_key: str
 ) -> None:
-    client = Client(stack, victim_key)
-    s = client.session()
+    client = Client(stack, victim_key, bearer=True)
+    s = client.agent_session()
     try:
         with ws_connect(s["connect_url"], s["jwt"]) as ws:
             assert recv(ws)["type"] == "ready"
@@ -418,7 +418,7 @@ def test_websocket_frame_with_a_lone_surrogate_gets_an_error_and_the_socket_live
 
 # -- logs keep ids and sizes, never user content -------------------------------------------------
 def test_logs_hold_no_command_file_stdin_env_or_prompt_text(
-    stack: Stack, attacker: Api, bash_sid: str, victim_key: str
+    stack: Stack, attacker: Client, bash_sid: str, victim_key: str
 ) -> None:
     marker = "pdkmark" + secrets.token_hex(8)
     attacker.run(bash_sid, f"echo {marker}-cmd", envVars={"SECRET_X": f"{marker}-env"})
@@ -433,8 +433,8 @@ def test_logs_hold_no_command_file_stdin_env_or_prompt_text(
     # An error path too: a command whose start fails, a write that is refused.
     attacker.run(bash_sid, f"{marker}-nosuchcommand")
     attacker.write(bash_sid, "/home/user/fifo", f"{marker}-refused")
-    client = Client(stack, victim_key)
-    s = client.session()
+    client = Client(stack, victim_key, bearer=True)
+    s = client.agent_session()
     with ws_connect(s["connect_url"], s["jwt"]) as ws:
         assert recv(ws)["type"] == "ready"
         ws.send(json.dumps({"type": "task", "prompt": f"echo {marker}-prompt", "id": "t1"}))

@@ -21,10 +21,11 @@ import docker
 import pytest
 import requests
 
-from tests.integration.conftest import Api
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client
 from tests.integration.session_helpers import new_tenant
 from tests.integration.storage_helpers import host_traces, storage_of
-from tests.stack import Stack
 from workers.backends.docker.driver import kill_container_processes
 
 HOST = "host-a"
@@ -64,7 +65,7 @@ def timed(fn: Any, *args: Any, **kw: Any) -> tuple[requests.Response, float]:
 def redis_traces(stack: Stack, sid: str) -> list[str]:
     """Redis keys that name the sandbox, and sets or indexes that still hold it."""
     found = [k.decode() for k in stack.redis.scan_iter(f"*{sid}*")]
-    for key in stack.redis.scan_iter("pdk:*"):
+    for key in stack.redis.scan_iter(f"{keys.PREFIX}:*"):
         kind = stack.redis.type(key)
         if (kind == b"set" and stack.redis.sismember(key, sid)) or (
             kind == b"zset" and stack.redis.zscore(key, sid) is not None
@@ -92,21 +93,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def attacker(stack: Stack) -> Api:
-    return Api(stack, timeout=REQUEST_TIMEOUT)
+def attacker(stack: Stack) -> Client:
+    return Client(stack, timeout=REQUEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
-def victim(stack: Stack) -> Api:
-    return Api(stack, new_tenant(stack, "victim"), timeout=REQUEST_TIMEOUT)
+def victim(stack: Stack) -> Client:
+    return Client(stack, new_tenant(stack, "victim"), timeout=REQUEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
-def victim_sid(victim: Api) -> str:
-    return victim.session("Bash")
+def victim_sid(victim: Client) -> str:
+    return victim.sandbox("Bash")
 
 
-def arm(http: Api, sid: str) -> None:
+def arm(http: Client, sid: str) -> None:
     """Write and start the freezer; return once it watches."""
     r = http.req(
         "PUT",
@@ -131,7 +132,7 @@ def arm(http: Api, sid: str) -> None:
 
 
 def wedge(
-    http: Api, stack: Stack, sid: str, pool: ThreadPoolExecutor
+    http: Client, stack: Stack, sid: str, pool: ThreadPoolExecutor
 ) -> list[Future[tuple[requests.Response, float]]]:
     """Make Paddock exec into the armed sandbox (a file read) until the engine is stuck on its
     container: an inspect no longer answers. Returns the reads made."""
@@ -158,10 +159,10 @@ def wedge(
 
 
 def test_a_frozen_sandbox_is_deleted_in_bounded_time_and_leaves_nothing(
-    stack: Stack, attacker: Api, victim: Api, victim_sid: str
+    stack: Stack, attacker: Client, victim: Client, victim_sid: str
 ) -> None:
     assert victim.timed_echo(victim_sid) < PROMPT
-    sid = attacker.session("Python3")
+    sid = attacker.sandbox("Python3")
     path = storage_of(stack, HOST, sid)
     assert os.path.ismount(path / "mnt")
     arm(attacker, sid)
@@ -198,9 +199,9 @@ def test_a_frozen_sandbox_is_deleted_in_bounded_time_and_leaves_nothing(
 
 
 def test_a_restarted_worker_is_not_held_by_a_frozen_sandbox(
-    stack: Stack, attacker: Api, victim: Api, victim_sid: str
+    stack: Stack, attacker: Client, victim: Client, victim_sid: str
 ) -> None:
-    sid = attacker.session("Python3")
+    sid = attacker.sandbox("Python3")
     arm(attacker, sid)
     with ThreadPoolExecutor(2) as pool:
         for f in wedge(attacker, stack, sid, pool):

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Api
-from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client
+from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 MiB = 1 << 20
 ENV = {
@@ -104,8 +105,8 @@ def timed(fn: Any) -> float:
 
 
 def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
-    a, b = Api(stack, new_tenant(stack, "amp")), Api(stack, new_tenant(stack, "bystander"))
-    sid, victim = a.session(), b.session()
+    a, b = Client(stack, new_tenant(stack, "amp")), Client(stack, new_tenant(stack, "bystander"))
+    sid, victim = a.sandbox(), b.sandbox()
     # ~3.9 MB of two-byte lines: 1.9 M line objects. Built whole, that cost ~150x its size.
     out = a.run(sid, "yes | head -n 1900000")
     pid = out["processID"]
@@ -145,9 +146,9 @@ def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
 def test_output_budgets_truncate_with_a_named_marker_and_spare_other_tenants(
     stack: Stack,
 ) -> None:
-    a, b = Api(stack, new_tenant(stack, "greedy")), Api(stack, new_tenant(stack, "victim"))
+    a, b = Client(stack, new_tenant(stack, "greedy")), Client(stack, new_tenant(stack, "victim"))
     redis_before = int(stack.redis.info("memory")["used_memory"])
-    s1 = a.session()
+    s1 = a.sandbox()
     # Per process: 4 MiB kept, then the marker.
     big = a.run(s1, "yes 0123456789 | head -c 8000000")
     kept = sum(len(x["line"]) + 1 for x in big["stdout"])
@@ -162,32 +163,32 @@ def test_output_budgets_truncate_with_a_named_marker_and_spare_other_tenants(
     third = a.run(s1, "yes 0123456789 | head -c 1000000")
     assert stderr_text(third) == "" and len(third["stdout"]) == 1000000 // 11 + 1
     # Per tenant: 10 MiB over all its sandboxes.
-    s2 = a.session()
+    s2 = a.sandbox()
     fourth = a.run(s2, "yes 0123456789 | head -c 3900000")
     assert stderr_text(fourth) == ""
-    s3 = a.session()
+    s3 = a.sandbox()
     fifth = a.run(s3, "yes 0123456789 | head -c 3900000")
     assert "PADDOCK_TENANT_OUTPUT_BYTES" in stderr_text(fifth)
     # The victim's output is whole, and Redis holds about the greedy tenant's budget.
-    sv = b.session()
+    sv = b.sandbox()
     victim = b.run(sv, "yes abc | head -n 200000")
     assert len(victim["stdout"]) == 200000 and victim["stderr"] == []
     used = int(stack.redis.info("memory")["used_memory"]) - redis_before
     assert used < 40 * MiB, used
     # Ending a sandbox gives its whole share back to the tenant.
     tenant = stack_tenant(stack, s2)
-    held = int(stack.redis.get(f"pdk:tenant:{tenant}:outbytes") or 0)
+    held = int(stack.redis.get(keys.tenant_output_bytes(tenant)) or 0)
     assert held > 9 * MiB
     assert a.req("DELETE", f"/v1/sandboxes/{s2}").status_code == 204
     deadline = time.monotonic() + 30
-    while int(stack.redis.get(f"pdk:tenant:{tenant}:outbytes") or 0) > held - 3.5 * MiB:
+    while int(stack.redis.get(keys.tenant_output_bytes(tenant)) or 0) > held - 3.5 * MiB:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
 
 def test_process_quota_is_per_sandbox_and_named(stack: Stack) -> None:
-    a = Api(stack, new_tenant(stack, "forker"))
-    sid, other = a.session(), a.session()
+    a = Client(stack, new_tenant(stack, "forker"))
+    sid, other = a.sandbox(), a.sandbox()
     pids = [a.start(sid, "sleep 60").json()["processID"] for _ in range(3)]
     r = a.start(sid, "echo one too many")
     assert r.status_code == 429 and r.headers.get("Retry-After")
@@ -200,8 +201,8 @@ def test_process_quota_is_per_sandbox_and_named(stack: Stack) -> None:
 
 
 def test_wait_slots_refuse_before_starting_anything(stack: Stack) -> None:
-    a = Api(stack, new_tenant(stack, "waiter"))
-    sid = a.session()
+    a = Client(stack, new_tenant(stack, "waiter"))
+    sid = a.sandbox()
     pid = a.start(sid, "sleep 30").json()["processID"]
     waiting = [
         threading.Thread(
@@ -212,9 +213,9 @@ def test_wait_slots_refuse_before_starting_anything(stack: Stack) -> None:
     ]
     for t in waiting:
         t.start()
-    key = f"pdk:sbx:{sid}:procs"
+    key = keys.sandbox_processes(sid)
     deadline = time.monotonic() + 20
-    while stack.redis.zcard(f"pdk:slots:waits:{stack_tenant(stack, sid)}") < 2:
+    while stack.redis.zcard(keys.slots("waits", stack_tenant(stack, sid))) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     before = stack.redis.scard(key)
@@ -234,10 +235,10 @@ def test_wait_slots_refuse_before_starting_anything(stack: Stack) -> None:
 
 
 def test_a_client_that_goes_away_stops_waiting(stack: Stack) -> None:
-    a = Api(stack, new_tenant(stack, "leaver"))
-    sid = a.session()
+    a = Client(stack, new_tenant(stack, "leaver"))
+    sid = a.sandbox()
     pid = a.start(sid, "sleep 120").json()["processID"]
-    slots = f"pdk:slots:waits:{stack_tenant(stack, sid)}"
+    slots = keys.slots("waits", stack_tenant(stack, sid))
     conns = []
     for _ in range(2):
         conn = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
@@ -261,8 +262,8 @@ def test_a_client_that_goes_away_stops_waiting(stack: Stack) -> None:
 
 
 def test_agent_session_history_has_an_output_budget(stack: Stack) -> None:
-    client = Client(stack, new_tenant(stack, "chatty-agent"))
-    session = client.session(template="Bash")
+    client = Client(stack, new_tenant(stack, "chatty-agent"), bearer=True)
+    session = client.agent_session(template="Bash")
     with ws_connect(session["connect_url"], session["jwt"]) as ws:
         assert recv(ws)["type"] == "ready"
         ws.send(json.dumps({"type": "task", "prompt": "yes 0123456789 | head -c 3000000"}))
@@ -284,8 +285,8 @@ def test_agent_session_history_has_an_output_budget(stack: Stack) -> None:
 
 
 def test_finished_processes_cannot_pile_up_without_limit(stack: Stack) -> None:
-    a = Api(stack, new_tenant(stack, "hoarder"))
-    sid = a.session()
+    a = Client(stack, new_tenant(stack, "hoarder"))
+    sid = a.sandbox()
     cmd = ": " + "x" * 500_000  # a process record keeps its command
     started = []
     for _ in range(40):
@@ -305,8 +306,8 @@ def test_finished_processes_cannot_pile_up_without_limit(stack: Stack) -> None:
 
 
 def test_output_answers_in_flight_are_capped_per_tenant(stack: Stack) -> None:
-    a, b = Api(stack, new_tenant(stack, "streamer")), Api(stack, new_tenant(stack, "reader"))
-    sid = a.session()
+    a, b = Client(stack, new_tenant(stack, "streamer")), Client(stack, new_tenant(stack, "reader"))
+    sid = a.sandbox()
     pid = a.run(sid, "yes | head -n 1900000")["processID"]
     held = []
     for _ in range(3):  # read one chunk of each ~120 MB answer, then stall
@@ -318,7 +319,7 @@ def test_output_answers_in_flight_are_capped_per_tenant(stack: Stack) -> None:
     assert r.status_code == 429 and "PADDOCK_TENANT_MAX_STREAMS" in r.json()["message"]
     assert r.headers["Retry-After"]
     # Another tenant reads at once; health answers while the stalled answers stay open.
-    sv = b.session()
+    sv = b.sandbox()
     assert b.run(sv, "echo mine")["stdout"][0]["line"] == "mine"
     assert a.req("GET", "/health").status_code == 200
     for r in held:
@@ -334,8 +335,8 @@ def test_output_answers_in_flight_are_capped_per_tenant(stack: Stack) -> None:
 
 
 def test_an_agent_session_queues_a_bounded_number_of_tasks(stack: Stack) -> None:
-    client = Client(stack, new_tenant(stack, "queuer"))
-    session = client.session(template="Bash")
+    client = Client(stack, new_tenant(stack, "queuer"), bearer=True)
+    session = client.agent_session(template="Bash")
     with ws_connect(session["connect_url"], session["jwt"]) as ws:
         assert recv(ws)["type"] == "ready"
         ws.send(json.dumps({"type": "task", "prompt": "sleep 30", "id": "busy"}))
@@ -347,14 +348,14 @@ def test_an_agent_session_queues_a_bounded_number_of_tasks(stack: Stack) -> None
             frame = recv(ws, timeout=30)
         assert frame["code"] == "queue_full"
         assert "PADDOCK_SESSION_MAX_QUEUED_TASKS" in frame["message"]
-        queue = f"pdk:ses:{session['chat_session_id']}:tasks"
+        queue = keys.session_jobs(session["chat_session_id"])
         assert stack.redis.llen(queue) == 2
     client.req("DELETE", f"/v1/sessions/{session['chat_session_id']}")
 
 
 def test_a_sandbox_with_a_huge_socket_table_costs_a_capped_read(stack: Stack) -> None:
-    a = Api(stack, new_tenant(stack, "listener"))
-    sid = a.session("Python3")
+    a = Client(stack, new_tenant(stack, "listener"))
+    sid = a.sandbox("Python3")
     script = (
         "import socket, time\n"
         "socks = []\n"
@@ -401,13 +402,13 @@ def test_long_polls_on_descriptors_past_1023_wait_and_notice_departures(stack: S
             for _ in range(200):
                 idle.append(socket.create_connection(("127.0.0.1", stack.port), timeout=10))
             time.sleep(0.2)
-        a = Api(stack, new_tenant(stack, "high-fd"))
+        a = Client(stack, new_tenant(stack, "high-fd"))
         key = a.http.headers["X-API-Key"]
-        sid = a.session()
+        sid = a.sandbox()
         pid = a.start(sid, "sleep 14").json()["processID"]
         stays = _raw_long_poll(stack, key, sid, pid)
         leaves = _raw_long_poll(stack, key, sid, pid)
-        slots = f"pdk:slots:waits:{stack_tenant(stack, sid)}"
+        slots = keys.slots("waits", stack_tenant(stack, sid))
         deadline = time.monotonic() + 20
         while stack.redis.zcard(slots) < 2:
             assert time.monotonic() < deadline
@@ -427,12 +428,12 @@ def test_long_polls_on_descriptors_past_1023_wait_and_notice_departures(stack: S
 
 
 def stack_tenant(stack: Stack, sid: str) -> str:
-    return str(stack.redis.hget(f"pdk:sbx:{sid}", "tenant").decode())
+    return str(stack.redis.hget(keys.sandbox(sid), "tenant").decode())
 
 
 def test_an_oom_kill_is_reported(stack: Stack) -> None:
-    a = Api(stack, new_tenant(stack, "hog"))
-    sid = a.session()
+    a = Client(stack, new_tenant(stack, "hog"))
+    sid = a.sandbox()
     out = a.run(sid, "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived")
     assert [x["line"] for x in out["stdout"]] == []
     last = out["stderr"][-1]["line"]

@@ -23,10 +23,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import InvalidStatus
 
+from devstack.stack import Stack, raise_open_files
 from shared import keys
 from shared.slots import SOCKETS, WAITS, Slots
-from tests.integration.session_helpers import Client, close_code, new_tenant, recv, ws_connect
-from tests.stack import Stack, raise_open_files
+from tests.integration.client import Client
+from tests.integration.session_helpers import close_code, new_tenant, recv, ws_connect
 
 MAX_WAITS = 300  # PADDOCK_TENANT_MAX_WAITS: the holder fills it exactly
 MAX_SOCKETS = 150  # PADDOCK_TENANT_MAX_SOCKETS: likewise
@@ -121,12 +122,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def attacker(stack: Stack) -> Client:
-    return Client(stack, new_tenant(stack, "attacker"))
+    return Client(stack, new_tenant(stack, "attacker"), bearer=True)
 
 
 @pytest.fixture(scope="module")
 def victim(stack: Stack) -> Client:
-    return Client(stack, new_tenant(stack, "victim"))
+    return Client(stack, new_tenant(stack, "victim"), bearer=True)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,7 @@ def sleepers(attacker: Client) -> tuple[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def attacker_sessions(attacker: Client) -> list[dict[str, Any]]:
-    return [attacker.session() for _ in range(SESSIONS)]
+    return [attacker.agent_session() for _ in range(SESSIONS)]
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +273,7 @@ def test_a_bad_token_takes_no_slot_and_still_gets_its_close_code(
 def test_the_other_tenant_is_not_capped(
     stack: Stack, load: Load, victim: Client, victim_sandbox: str
 ) -> None:
-    s = victim.session()
+    s = victim.agent_session()
     with ws_connect(s["connect_url"], s["jwt"]) as ws:
         assert recv(ws)["type"] == "ready"
         assert Slots(stack.redis).count(SOCKETS, "usr_victim") == 1

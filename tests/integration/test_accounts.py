@@ -12,26 +12,28 @@ from pathlib import Path
 import jwt as pyjwt
 import pytest
 
-from tests.integration.accounts_helpers import V1, Inbox, error_of
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.accounts_helpers import Inbox, error_of
+from tests.integration.client import Client
 
 
 @pytest.fixture(scope="module")
-def v1(tmp_path_factory: pytest.TempPathFactory, smtp: tuple[str, Inbox]) -> Iterator[V1]:
+def v1(tmp_path_factory: pytest.TempPathFactory, smtp: tuple[str, Inbox]) -> Iterator[Client]:
     url, inbox = smtp
     env = {"PADDOCK_AUTH": "on", "PADDOCK_SMTP_URL": url, "PADDOCK_MAX_API_KEYS": "3"}
     with Stack(tmp_path_factory.mktemp("accounts"), env=env) as st:
-        yield V1(st, inbox)
+        yield Client(st, inbox=inbox)
 
 
 @pytest.fixture(autouse=True)
-def fresh_ip_limits(v1: V1) -> None:
+def fresh_ip_limits(v1: Client) -> None:
     # Every test comes from 127.0.0.1; per-IP windows are tested on their own below.
-    for key in v1.stack.redis.scan_iter("pdk:rl:*-ip:*"):
+    for key in v1.stack.redis.scan_iter(keys.rate("*-ip", "*", "*")):
         v1.stack.redis.delete(key)
 
 
-def test_login_mails_a_code_that_verifies(v1: V1) -> None:
+def test_login_mails_a_code_that_verifies(v1: Client) -> None:
     email = "first@example.com"
     r = v1.req("POST", "/v1/auth/login", json={"email": "  First@Example.com "})
     assert r.status_code == 200
@@ -48,20 +50,20 @@ def test_login_mails_a_code_that_verifies(v1: V1) -> None:
     assert claims["aud"] == "account" and claims["sub"] == body["user_id"]
     assert claims["exp"] - claims["iat"] == 3600
     # The same account on the next login.
-    v1.stack.redis.delete(f"pdk:rl:otp-resend:{email}:0")
+    v1.stack.redis.delete(keys.rate("otp-resend", email, 0))
     assert v1.login(email)["user_id"] == body["user_id"]
 
 
-def test_login_answers_the_same_for_new_and_known_emails(v1: V1) -> None:
+def test_login_answers_the_same_for_new_and_known_emails(v1: Client) -> None:
     v1.login("known@example.com")
-    v1.stack.redis.delete("pdk:rl:otp-resend:known@example.com:0")
+    v1.stack.redis.delete(keys.rate("otp-resend", "known@example.com", 0))
     known = v1.req("POST", "/v1/auth/login", json={"email": "known@example.com"})
     new = v1.req("POST", "/v1/auth/login", json={"email": "never-seen@example.com"})
     assert (known.status_code, known.json()) == (new.status_code, new.json())
     assert set(known.headers) - {"X-Request-Id"} == set(new.headers) - {"X-Request-Id"}
 
 
-def test_wrong_expired_used_and_missing_codes_answer_the_same_401(v1: V1) -> None:
+def test_wrong_expired_used_and_missing_codes_answer_the_same_401(v1: Client) -> None:
     email = "codes@example.com"
     v1.req("POST", "/v1/auth/login", json={"email": email})
     code = v1.inbox.wait_code(email)  # type: ignore[union-attr]
@@ -77,10 +79,10 @@ def test_wrong_expired_used_and_missing_codes_answer_the_same_401(v1: V1) -> Non
     assert attempt(code)[0] == 200  # right code still works after one wrong try
     answers.append(attempt(code))  # used
     answers.append(attempt("123456", "nobody@example.com"))  # missing
-    v1.stack.redis.delete(f"pdk:rl:otp-resend:{email}:0")
+    v1.stack.redis.delete(keys.rate("otp-resend", email, 0))
     v1.req("POST", "/v1/auth/login", json={"email": email})
     v1.inbox.wait_code(email, 2)  # type: ignore[union-attr]
-    v1.stack.redis.pexpire(f"pdk:otp:{email}", 1)  # expired
+    v1.stack.redis.pexpire(keys.otp(email), 1)  # expired
     answers.append(attempt(code))
     assert all(a == answers[0] for a in answers), answers
     assert answers[0] == (
@@ -93,7 +95,7 @@ def test_wrong_expired_used_and_missing_codes_answer_the_same_401(v1: V1) -> Non
     )
 
 
-def test_five_wrong_tries_burn_the_code(v1: V1) -> None:
+def test_five_wrong_tries_burn_the_code(v1: Client) -> None:
     email = "burn@example.com"
     v1.req("POST", "/v1/auth/login", json={"email": email})
     code = v1.inbox.wait_code(email)  # type: ignore[union-attr]
@@ -105,11 +107,11 @@ def test_five_wrong_tries_burn_the_code(v1: V1) -> None:
     assert r.status_code == 401 and error_of(r)["code"] == "otp_invalid"
 
 
-def test_a_new_code_replaces_the_old_one(v1: V1) -> None:
+def test_a_new_code_replaces_the_old_one(v1: Client) -> None:
     email = "replace@example.com"
     v1.req("POST", "/v1/auth/login", json={"email": email})
     old = v1.inbox.wait_code(email)  # type: ignore[union-attr]
-    v1.stack.redis.delete(f"pdk:rl:otp-resend:{email}:0")
+    v1.stack.redis.delete(keys.rate("otp-resend", email, 0))
     v1.req("POST", "/v1/auth/login", json={"email": email})
     new = v1.inbox.wait_code(email, 2)  # type: ignore[union-attr]
     if old != new:
@@ -119,7 +121,7 @@ def test_a_new_code_replaces_the_old_one(v1: V1) -> None:
     assert r.status_code == 200
 
 
-def test_rate_limits(v1: V1) -> None:
+def test_rate_limits(v1: Client) -> None:
     email = "limits@example.com"
     # One code a minute: the second login answers the same and sends nothing.
     assert v1.req("POST", "/v1/auth/login", json={"email": email}).status_code == 200
@@ -128,9 +130,9 @@ def test_rate_limits(v1: V1) -> None:
     assert r.status_code == 200 and r.json() == {"status": "otp_sent", "expires_in": 600}
     # Five codes an hour (the minute rule lifted by hand to get there quickly).
     for _ in range(4):
-        v1.stack.redis.delete(f"pdk:rl:otp-resend:{email}:0")
+        v1.stack.redis.delete(keys.rate("otp-resend", email, 0))
         assert v1.req("POST", "/v1/auth/login", json={"email": email}).status_code == 200
-    v1.stack.redis.delete(f"pdk:rl:otp-resend:{email}:0")
+    v1.stack.redis.delete(keys.rate("otp-resend", email, 0))
     r = v1.req("POST", "/v1/auth/login", json={"email": email})
     assert r.status_code == 429
     assert error_of(r)["type"] == "rate_limit_error"
@@ -140,7 +142,7 @@ def test_rate_limits(v1: V1) -> None:
 
 
 @pytest.mark.parametrize(("path", "limit"), [("/v1/auth/login", 10), ("/v1/auth/verify-otp", 20)])
-def test_per_ip_rate_limits(v1: V1, path: str, limit: int) -> None:
+def test_per_ip_rate_limits(v1: Client, path: str, limit: int) -> None:
     body = {"email": "ip@example.com", "code": "123456"}
     if path.endswith("login"):
         body = {"email": "ip@example.com"}
@@ -151,14 +153,14 @@ def test_per_ip_rate_limits(v1: V1, path: str, limit: int) -> None:
         statuses = [v1.req("POST", path, json=body).status_code for _ in range(limit + 1)]
         if int(time.time()) // 60 == window:
             break
-        for key in v1.stack.redis.scan_iter("pdk:rl:*-ip:*"):
+        for key in v1.stack.redis.scan_iter(keys.rate("*-ip", "*", "*")):
             v1.stack.redis.delete(key)
     assert 429 not in statuses[:limit] and statuses[-1] == 429
     r = v1.req("POST", path, json=body)
     assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
 
 
-def test_api_keys_create_list_revoke(v1: V1) -> None:
+def test_api_keys_create_list_revoke(v1: Client) -> None:
     token = v1.login("keys@example.com")["token"]
     r = v1.req("POST", "/v1/api-keys", token=token, json={"name": "ci"})
     assert r.status_code == 201
@@ -186,7 +188,7 @@ def test_api_keys_create_list_revoke(v1: V1) -> None:
     assert v1.req("DELETE", "/v1/api-keys/key_nosuch", token=token).status_code == 404
 
 
-def test_tokens_only_work_where_they_belong(v1: V1) -> None:
+def test_tokens_only_work_where_they_belong(v1: Client) -> None:
     jwt, key = v1.tenant("where@example.com")
     for path in ("/v1/sandboxes", "/v1/tenants/me/secrets"):
         r = v1.req("GET", path, token=jwt)
@@ -210,7 +212,7 @@ def test_tokens_only_work_where_they_belong(v1: V1) -> None:
     assert r.status_code == 401 and "expired" in error_of(r)["message"]
 
 
-def test_e2b_routes_take_the_key_three_ways(v1: V1) -> None:
+def test_e2b_routes_take_the_key_three_ways(v1: Client) -> None:
     _, key = v1.tenant("e2b@example.com")
     r = v1.req("POST", "/sessions", json={"envID": "Bash"})
     assert r.status_code == 401 and r.json() == {
@@ -247,7 +249,7 @@ def test_e2b_routes_take_the_key_three_ways(v1: V1) -> None:
     assert not [c for c in v1.stack.containers() if c.labels["paddock.sandbox"] in ids]
 
 
-def test_too_many_keys_and_bad_bodies(v1: V1) -> None:
+def test_too_many_keys_and_bad_bodies(v1: Client) -> None:
     token = v1.login("many@example.com")["token"]
     for i in range(3):
         assert (
@@ -288,19 +290,19 @@ def test_too_many_keys_and_bad_bodies(v1: V1) -> None:
         ("/v1/auth/verify-otp", b'{"email": "a@b.co", "code": 123456}', "code"),
     ],
 )
-def test_bad_auth_input(v1: V1, path: str, body: bytes, param: str) -> None:
+def test_bad_auth_input(v1: Client, path: str, body: bytes, param: str) -> None:
     r = v1.req("POST", path, data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     err = error_of(r)
     assert err["type"] == "invalid_request_error" and err["param"] == param
-    assert v1.stack.redis.keys("pdk:otp:*a@b.co*") == []
+    assert v1.stack.redis.keys(keys.otp("*a@b.co*")) == []
 
 
 def test_dev_mode_like_make_up(tmp_path: Path) -> None:
     """PADDOCK_AUTH=off and no SMTP: the code is in the control worker's log, /sessions works
     without a key (local tenant), and a key, when given, still decides the tenant."""
     with Stack(tmp_path, env={"PADDOCK_AUTH": "off"}) as st:
-        v1 = V1(st)
+        v1 = Client(st)
         assert (
             v1.req("POST", "/v1/auth/login", json={"email": "dev@example.com"}).status_code == 200
         )

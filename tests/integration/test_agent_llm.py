@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.stack import Stack
 from tests.fake_llm import FakeLLM, sent_key, tool_results
-from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
-from tests.stack import Stack
+from tests.integration.client import Client
+from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 VENDORS = ["anthropic", "openai"]
 
@@ -39,13 +40,13 @@ def fresh_script(fake: FakeLLM) -> None:
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> Client:
-    return Client(stack, new_tenant(stack, "agent"))
+    return Client(stack, new_tenant(stack, "agent"), bearer=True)
 
 
 def _session(client: Client, fake: FakeLLM, vendor: str, bundle: str, **agent: int) -> dict:
     if not client.req("GET", f"/v1/tenants/me/secrets/{bundle}").ok:
         client.bundle(bundle, {"LLM_API_KEY": f"key-one-{bundle}"})
-    return client.session(
+    return client.agent_session(
         agent={"kind": "deictic", **agent},
         template="standard",
         secrets=[bundle],

@@ -11,20 +11,23 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.integration.conftest import Api
-from tests.integration.session_helpers import Client, new_tenant
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client
+from tests.integration.session_helpers import new_tenant
 
 
 def sandbox_count(stack: Stack) -> int:
-    return sum(1 for _ in stack.redis.scan_iter("pdk:sbx:*", count=1000) if _.count(b":") == 2)
+    return sum(
+        1 for _ in stack.redis.scan_iter(keys.sandbox("*"), count=1000) if _.count(b":") == 2
+    )
 
 
 @pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 )
 def test_a_body_that_is_not_json_is_415_and_creates_nothing(
-    api: Api, stack: Stack, content_type: str
+    api: Client, stack: Stack, content_type: str
 ) -> None:
     before = sandbox_count(stack)
     r = api.req(
@@ -40,7 +43,7 @@ def test_a_body_that_is_not_json_is_415_and_creates_nothing(
     assert sandbox_count(stack) == before
 
 
-def test_a_process_start_from_a_form_is_415_and_runs_nothing(api: Api, sid: str) -> None:
+def test_a_process_start_from_a_form_is_415_and_runs_nothing(api: Client, sid: str) -> None:
     marker = f"/home/user/csrf-{secrets.token_hex(4)}"
     r = api.req(
         "POST",
@@ -53,7 +56,7 @@ def test_a_process_start_from_a_form_is_415_and_runs_nothing(api: Api, sid: str)
     assert [x["line"] for x in out["stdout"]] == ["none"]
 
 
-def test_a_foreign_origin_is_403_and_same_origin_or_none_works(api: Api, stack: Stack) -> None:
+def test_a_foreign_origin_is_403_and_same_origin_or_none_works(api: Client, stack: Stack) -> None:
     r = api.req(
         "POST", "/sessions", json={"envID": "Bash"}, headers={"Origin": "https://evil.example"}
     )
@@ -69,7 +72,7 @@ def test_a_foreign_origin_is_403_and_same_origin_or_none_works(api: Api, stack: 
     assert r.status_code == 403 and r.json()["error"]["code"] == "foreign_origin"
 
 
-def test_a_rebound_host_name_is_refused_in_keyless_mode(api: Api, stack: Stack) -> None:
+def test_a_rebound_host_name_is_refused_in_keyless_mode(api: Client, stack: Stack) -> None:
     before = sandbox_count(stack)
     r = api.req("POST", "/sessions", json={"envID": "Bash"}, headers={"Host": "attacker.example"})
     assert r.status_code == 421, r.text
@@ -80,8 +83,8 @@ def test_a_rebound_host_name_is_refused_in_keyless_mode(api: Api, stack: Stack) 
 
 
 def test_a_websocket_from_another_site_is_refused(stack: Stack) -> None:
-    client = Client(stack, new_tenant(stack, "ws-origin"))
-    s = client.session()
+    client = Client(stack, new_tenant(stack, "ws-origin"), bearer=True)
+    s = client.agent_session()
     url = s["connect_url"]
     with pytest.raises(InvalidStatus) as refused:
         connect(url, additional_headers={"Authorization": f"Bearer {s['jwt']}"},
@@ -102,7 +105,7 @@ def cors_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_listed_origins_get_cors_and_keys_on_skips_the_host_check(cors_stack: Stack) -> None:
-    api = Api(cors_stack, new_tenant(cors_stack, "cors"))
+    api = Client(cors_stack, new_tenant(cors_stack, "cors"))
     r = api.req(
         "OPTIONS",
         "/v1/sandboxes",

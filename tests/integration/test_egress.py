@@ -28,9 +28,9 @@ import docker.errors
 import pytest
 import requests
 
-from tests.integration.conftest import Api, stdout_lines
-from tests.integration.session_helpers import Client, new_tenant
-from tests.stack import Stack
+from devstack.stack import Stack
+from tests.integration.client import Client, stdout_lines
+from tests.integration.session_helpers import new_tenant
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 PROBE_PORT = 8000
@@ -80,15 +80,15 @@ except Exception as e:
 '"""
 
 
-def probe(api: Api, sid: str, host: str, port: int = PROBE_PORT) -> str:
+def probe(api: Client, sid: str, host: str, port: int = PROBE_PORT) -> str:
     return stdout_lines(api.run(sid, _PROBE.format(host=host, port=port)))[0]
 
 
-def index(api: Api, sid: str) -> str:
+def index(api: Client, sid: str) -> str:
     return stdout_lines(api.run(sid, _INDEX))[0]
 
 
-def create(api: Api, network: dict[str, Any] | None = None, env: str = "Python3") -> str:
+def create(api: Client, network: dict[str, Any] | None = None, env: str = "Python3") -> str:
     body: dict[str, Any] = {"envID": env}
     if network is not None:
         body["network"] = network
@@ -184,12 +184,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, private_net: dict[str, str])
 
 
 @pytest.fixture(scope="module")
-def api(stack: Stack) -> Api:
-    return Api(stack)
+def api(stack: Stack) -> Client:
+    return Client(stack)
 
 
 @pytest.fixture(scope="module")
-def default_sid(api: Api) -> str:
+def default_sid(api: Client) -> str:
     return create(api)
 
 
@@ -218,7 +218,7 @@ def host_listener() -> Iterator[dict[str, Any]]:
     srv.close()
 
 
-def test_default_sandbox_downloads_from_the_package_index(api: Api, default_sid: str) -> None:
+def test_default_sandbox_downloads_from_the_package_index(api: Client, default_sid: str) -> None:
     out = api.run(
         default_sid,
         "cd /tmp && pip download --no-deps --no-cache-dir --retries 1 --timeout 30 -d dl six"
@@ -230,7 +230,7 @@ def test_default_sandbox_downloads_from_the_package_index(api: Api, default_sid:
 
 
 def test_private_listener_is_blocked_by_policy_and_opened_by_allow_out(
-    api: Api, default_sid: str, private_net: dict[str, str]
+    api: Client, default_sid: str, private_net: dict[str, str]
 ) -> None:
     ip = private_net["ip"]
     # The host reaches it (a route exists), the default sandbox is refused at once.
@@ -249,7 +249,7 @@ def test_private_listener_is_blocked_by_policy_and_opened_by_allow_out(
 
 
 def test_deny_out_blocks_the_internet_and_allow_out_makes_an_allow_list(
-    api: Api, default_sid: str
+    api: Client, default_sid: str
 ) -> None:
     assert index(api, default_sid) == "open 200"
     denied = create(api, {"deny_out": ["0.0.0.0/0"]})
@@ -267,7 +267,7 @@ def test_deny_out_blocks_the_internet_and_allow_out_makes_an_allow_list(
 
 
 def test_host_listener_is_unreachable_through_the_gateway(
-    api: Api,
+    api: Client,
     stack: Stack,
     default_sid: str,
     host_listener: dict[str, Any],
@@ -299,7 +299,7 @@ def test_host_listener_is_unreachable_through_the_gateway(
     api.req("DELETE", f"/sessions/{opened}")
 
 
-def test_other_sandboxes_are_unreachable(api: Api, stack: Stack, default_sid: str) -> None:
+def test_other_sandboxes_are_unreachable(api: Client, stack: Stack, default_sid: str) -> None:
     target = create(api)
     api.start(target, f"cd /tmp && python3 -m http.server {PROBE_PORT}")
     ip = sandbox_ip(stack, target)
@@ -313,7 +313,7 @@ def test_other_sandboxes_are_unreachable(api: Api, stack: Stack, default_sid: st
 
 
 def test_a_sandbox_holds_at_most_its_share_of_connections(
-    api: Api, private_net: dict[str, str]
+    api: Client, private_net: dict[str, str]
 ) -> None:
     """The host's conntrack table is shared: one sandbox opening connections without end
     must not fill it. Past PADDOCK_SANDBOX_MAX_FLOWS it is refused; closing frees its share."""
@@ -329,7 +329,7 @@ def test_a_sandbox_holds_at_most_its_share_of_connections(
     api.req("DELETE", f"/sessions/{sid}")
 
 
-def test_none_has_no_network(api: Api, host_listener: dict[str, Any]) -> None:
+def test_none_has_no_network(api: Client, host_listener: dict[str, Any]) -> None:
     sid = create(api, {"mode": "none"})
     assert stdout_lines(api.run(sid, "ls /sys/class/net")) == ["lo"]
     assert probe(api, sid, "pypi.org", 443).startswith("blocked")
@@ -352,7 +352,7 @@ def test_none_has_no_network(api: Api, host_listener: dict[str, Any]) -> None:
     ],
 )
 def test_bad_network_is_422_and_creates_nothing(
-    api: Api, stack: Stack, network: Any, field: str
+    api: Client, stack: Stack, network: Any, field: str
 ) -> None:
     before = {c.id for c in stack.containers()}
     r = api.req("POST", "/sessions", json={"envID": "Bash", "network": network})
@@ -362,7 +362,7 @@ def test_bad_network_is_422_and_creates_nothing(
 
 
 def test_v1_session_network_is_kept_and_shown(stack: Stack) -> None:
-    c = Client(stack, new_tenant(stack, "netv1"))
+    c = Client(stack, new_tenant(stack, "netv1"), bearer=True)
     r = c.req(
         "POST",
         "/v1/sessions",
@@ -389,7 +389,7 @@ def test_v1_session_network_is_kept_and_shown(stack: Stack) -> None:
 
 
 def test_rules_come_back_and_survive_a_worker_restart(
-    api: Api, stack: Stack, default_sid: str, private_net: dict[str, str]
+    api: Client, stack: Stack, default_sid: str, private_net: dict[str, str]
 ) -> None:
     opened = create(api, {"allow_out": [private_net["subnet"]]})
     tag = _tag(stack)
@@ -433,7 +433,7 @@ def test_a_host_without_rules_refuses_internet_and_says_why(tmp_path: Path) -> N
         script.chmod(0o755)
     env = {"PATH": f"{fake}:{os.environ['PATH']}"}
     with Stack(tmp_path / "st", env=env) as st:
-        api = Api(st)
+        api = Client(st)
         # /health reads the hosts at most once a second per web process.
         _until(
             lambda: "host-a:" in requests.get(st.url + "/health", timeout=10).text,

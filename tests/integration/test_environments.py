@@ -19,7 +19,7 @@ import docker.errors
 import pytest
 
 from shared.accounts import Accounts
-from tests.integration.conftest import Api, stderr_lines, stdout_lines
+from tests.integration.client import Client, stderr_lines, stdout_lines
 from workers.images.build import build_all
 from workers.images.templates import image_ref
 
@@ -176,7 +176,7 @@ COMMON = Run(
 )
 
 
-def _check(api: Api, sid: str, step: Run) -> None:
+def _check(api: Client, sid: str, step: Run) -> None:
     r = api.req(
         "POST",
         f"/sessions/{sid}/processes?wait=true",
@@ -193,7 +193,7 @@ def _check(api: Api, sid: str, step: Run) -> None:
         assert lines == step.stdout, (step.cmd, lines, errors)
 
 
-def _write(api: Api, sid: str, step: Write) -> None:
+def _write(api: Client, sid: str, step: Write) -> None:
     r = api.req(
         "PUT",
         f"/sessions/{sid}/filesystem/file",
@@ -206,8 +206,8 @@ def _write(api: Api, sid: str, step: Write) -> None:
 
 
 @pytest.mark.parametrize("env", [*ENVIRONMENTS, "standard"])
-def test_environment_compiles_and_runs_hello_world(api: Api, env: str) -> None:
-    sid = api.session(env)
+def test_environment_compiles_and_runs_hello_world(api: Client, env: str) -> None:
+    sid = api.sandbox(env)
     try:
         _check(api, sid, COMMON)
         for step in CASES[env]:
@@ -231,18 +231,18 @@ def test_environment_compiles_and_runs_hello_world(api: Api, env: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def api_key(api: Api) -> str:
+def api_key(api: Client) -> str:
     _, key = Accounts(api.stack.redis, "unused").create_api_key("usr_templates", "tests", 5)
     return key
 
 
-def _catalog(api: Api, key: str) -> dict[str, dict[str, Any]]:
+def _catalog(api: Client, key: str) -> dict[str, dict[str, Any]]:
     r = api.req("GET", "/v1/templates", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200, r.text
     return {t["name"]: t for t in r.json()["templates"]}
 
 
-def test_templates_are_listed_with_image_size_date_and_versions(api: Api, api_key: str) -> None:
+def test_templates_are_listed_with_image_size_date_and_versions(api: Client, api_key: str) -> None:
     catalog = _catalog(api, api_key)
     assert set(catalog) >= {*ENVIRONMENTS, "standard"}
     expected_versions = {
@@ -298,7 +298,7 @@ def tiny(tmp_path: Path) -> Iterator[str]:
                 client.images.remove(tag, force=True)
 
 
-def test_a_custom_template_becomes_usable_by_name(api: Api, api_key: str, tiny: str) -> None:
+def test_a_custom_template_becomes_usable_by_name(api: Client, api_key: str, tiny: str) -> None:
     # The host worker finds the new image on its next heartbeat.
     deadline = time.monotonic() + 30
     while tiny not in _catalog(api, api_key):
@@ -306,7 +306,7 @@ def test_a_custom_template_becomes_usable_by_name(api: Api, api_key: str, tiny: 
         time.sleep(0.2)
     assert _catalog(api, api_key)[tiny]["versions"] == {}
 
-    sid = api.session(tiny)
+    sid = api.sandbox(tiny)
     try:
         assert stdout_lines(api.run(sid, "cat /etc/tiny; id -un")) == ["tiny", "user"]
     finally:

@@ -18,17 +18,11 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import Stack
+from shared import keys
 from shared.settings import Settings
-from tests.integration.conftest import Api, stdout_lines
-from tests.integration.session_helpers import (
-    Client,
-    close_code,
-    new_tenant,
-    recv,
-    until,
-    ws_connect,
-)
-from tests.stack import Stack
+from tests.integration.client import Client, stdout_lines
+from tests.integration.session_helpers import close_code, new_tenant, recv, until, ws_connect
 from workers.backends.docker.storage import SandboxStorage
 
 HOST = "host-a"
@@ -64,7 +58,7 @@ def _container(st: Stack, sid: str) -> Any:
     return c
 
 
-def _state(api: Api, sid: str) -> str | int:
+def _state(api: Client, sid: str) -> str | int:
     """The sandbox's state on /v1, or the status code when it has none."""
     r = api.req("GET", f"/v1/sandboxes/{sid}")
     return str(r.json()["state"]) if r.status_code == 200 else r.status_code
@@ -75,8 +69,8 @@ def _storage_ids(st: Stack) -> list[str]:
 
 
 def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: Stack) -> None:
-    api = Api(st, new_tenant(st, "crashed"), timeout=60)
-    a, b = api.session("Bash"), api.session("Bash")
+    api = Client(st, new_tenant(st, "crashed"), timeout=60)
+    a, b = api.sandbox("Bash"), api.sandbox("Bash")
     assert api.start(a, "sleep 600").status_code == 200
     for sid in (a, b):
         _container(st, sid).kill()
@@ -97,7 +91,7 @@ def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: St
     assert a not in listed and b not in listed, "a lost sandbox holds no slot"
 
     # Slots: the host's capacity and the tenant's quota, as the next create is checked.
-    assert st.redis.smembers(f"pdk:host:{HOST}:sandboxes") == set()
+    assert st.redis.smembers(keys.host_sandboxes(HOST)) == set()
     usage = api.req("GET", "/v1/tenants/me/usage").json()["quotas"]["sandboxes"]
     assert usage["used"] == 0
     # Cleaned up: containers removed, storage released.
@@ -108,7 +102,7 @@ def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: St
     )
     assert a not in _storage_ids(st) and b not in _storage_ids(st)
     # The full capacity (3) and quota (3) are usable again.
-    fresh = [api.session("Bash") for _ in range(3)]
+    fresh = [api.sandbox("Bash") for _ in range(3)]
     assert stdout_lines(api.run(fresh[0], "echo ok")) == ["ok"]
     assert "lost (its container is" in st.log(f"worker-{HOST}")
     for sid in fresh:
@@ -116,12 +110,12 @@ def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: St
     # The lost records are purged by the reaper after PADDOCK_LOST_KEEP (60 s here): still
     # shown now, and a delete of one is accepted and purges it.
     assert api.req("DELETE", f"/v1/sandboxes/{a}").status_code == 204
-    _until(lambda: not st.redis.exists(f"pdk:sbx:{a}"), 30, "lost record deleted")
+    _until(lambda: not st.redis.exists(keys.sandbox(a)), 30, "lost record deleted")
 
 
 def test_a_paused_container_is_frozen_not_lost(st: Stack) -> None:
-    api = Api(st, new_tenant(st, "frozen"), timeout=60)
-    sid = api.session("Bash")
+    api = Client(st, new_tenant(st, "frozen"), timeout=60)
+    sid = api.sandbox("Bash")
     c = _container(st, sid)
     c.pause()
     try:
@@ -139,8 +133,8 @@ def test_a_paused_container_is_frozen_not_lost(st: Stack) -> None:
 
 
 def test_an_agent_session_whose_sandbox_is_lost_ends_and_says_why(st: Stack) -> None:
-    client = Client(st, new_tenant(st, "agent-lost"))
-    s = client.session(template="Bash")
+    client = Client(st, new_tenant(st, "agent-lost"), bearer=True)
+    s = client.agent_session(template="Bash")
     sid = s["chat_session_id"]
     sandbox = client.req("GET", f"/v1/sessions/{sid}").json()["sandbox_id"]
     with ws_connect(s["connect_url"], s["jwt"]) as ws:
@@ -176,13 +170,13 @@ def _group(pgid: int) -> list[int]:
 
 
 def _ticks(st: Stack) -> int:
-    return int(st.redis.hget("pdk:ticks", REAP) or 0)
+    return int(st.redis.hget(keys.ticks(), REAP) or 0)
 
 
 def test_two_control_workers_tick_once_and_a_killed_one_leaves_nothing(st: Stack) -> None:
     st._spawn("control2", [sys.executable, "-m", "workers", "control"])
     _until(lambda: "scheduler started" in st.log("control2"), 60, "second control worker")
-    # The reaper ticks every second (tests/stack.py): once per tick with two schedulers.
+    # The reaper ticks every second (devstack/stack.py): once per tick with two schedulers.
     before, started = _ticks(st), time.monotonic()
     time.sleep(8)
     ran = _ticks(st) - before

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import Api, stdout_lines
-from tests.integration.session_helpers import Client, new_tenant, recv, ws_connect
-from tests.stack import RedisOptions, Stack
+from devstack.stack import RedisOptions, Stack
+from tests.integration.client import Client, stdout_lines
+from tests.integration.session_helpers import new_tenant, recv, ws_connect
 
 N = 60  # lines per process, one every 100 ms: the restart falls in the middle
 COUNT = f"for i in $(seq 1 {N}); do echo $i; sleep 0.1; done"
@@ -58,9 +58,9 @@ def _events_until_exit(
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_a_redis_restart_loses_nothing_and_wedges_nothing(stack: Stack, sig: int) -> None:
     key = new_tenant(stack, f"redis{sig}")
-    api, client = Api(stack, key, timeout=120), Client(stack, key)
-    sids = [api.session() for _ in range(3)]
-    session = client.session()
+    api, client = Client(stack, key, timeout=120), Client(stack, key, bearer=True)
+    sids = [api.sandbox() for _ in range(3)]
+    session = client.agent_session()
     session_id = session["chat_session_id"]
     with ws_connect(session["connect_url"], session["jwt"]) as ws:
         recv(ws)

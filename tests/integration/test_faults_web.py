@@ -25,9 +25,9 @@ import pytest
 import requests
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.conftest import Api, stderr_lines, stdout_lines
-from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
-from tests.stack import Stack
+from devstack.stack import Stack
+from tests.integration.client import Client, stderr_lines, stdout_lines
+from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 HOST = "host-a"
 N = 60  # lines per process, one every 100 ms: the fault falls in the middle
@@ -62,7 +62,7 @@ class Poller(threading.Thread):
     """A client that long-polls a process until it has finished, retrying when its connection
     breaks (as an SDK's retry would). ``failures``: connections that broke."""
 
-    def __init__(self, api: Api, sid: str, pid: str) -> None:
+    def __init__(self, api: Client, sid: str, pid: str) -> None:
         super().__init__(daemon=True)
         self.api, self.sid, self.pid = api, sid, pid
         self.failures = 0
@@ -87,10 +87,10 @@ class Poller(threading.Thread):
             time.sleep(0.2)
 
 
-def _start_counting(api: Api, n: int) -> list[Poller]:
+def _start_counting(api: Client, n: int) -> list[Poller]:
     pollers = []
     for _ in range(n):
-        sid = api.session("Bash")
+        sid = api.sandbox("Bash")
         r = api.start(sid, COUNT)
         assert r.status_code == 200, r.text
         pollers.append(Poller(api, sid, r.json()["processID"]))
@@ -101,8 +101,8 @@ def _start_counting(api: Api, n: int) -> list[Poller]:
 
 def test_kill_9_of_the_web_workers_loses_no_line_and_the_socket_resumes(st: Stack) -> None:
     key = new_tenant(st, "webkill")
-    api, client = Api(st, key, timeout=90), Client(st, key)
-    session = client.session()
+    api, client = Client(st, key, timeout=90), Client(st, key, bearer=True)
+    session = client.agent_session()
     ws = ws_connect(session["connect_url"], session["jwt"])
     recv(ws)
     ws.send(json.dumps({"type": "task", "prompt": AGENT, "id": "count"}))
@@ -148,8 +148,8 @@ def test_kill_9_of_the_web_workers_loses_no_line_and_the_socket_resumes(st: Stac
 
 
 def test_kill_9_of_the_host_worker_closes_every_wait_and_says_what_was_lost(st: Stack) -> None:
-    api = Api(st, new_tenant(st, "hostkill"), timeout=90)
-    sleeper = api.session("Bash")
+    api = Client(st, new_tenant(st, "hostkill"), timeout=90)
+    sleeper = api.sandbox("Bash")
     slow = api.start(sleeper, "sleep 600").json()["processID"]
     pollers = [*_start_counting(api, 3), Poller(api, sleeper, slow)]
     pollers[-1].start()

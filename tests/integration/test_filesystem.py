@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import Api, stdout_lines
+from tests.integration.client import Client, stdout_lines
 
 FORMS = [("dir", "file"), ("dirs", "files")]
 
 
 @pytest.mark.parametrize(("d", "f"), FORMS)
-def test_write_then_read_non_ascii(api: Api, sid: str, d: str, f: str) -> None:
+def test_write_then_read_non_ascii(api: Client, sid: str, d: str, f: str) -> None:
     text = "héllo wörld ✓ — 日本語\nsecond line\n"
     path = f"/home/user/{f}/new/parents/greeting.txt"
     r = api.req(
@@ -26,7 +26,7 @@ def test_write_then_read_non_ascii(api: Api, sid: str, d: str, f: str) -> None:
     assert stdout_lines(out) == ["user", *text.splitlines()]
 
 
-def test_write_overwrites(api: Api, sid: str) -> None:
+def test_write_overwrites(api: Client, sid: str) -> None:
     path = "/home/user/over.txt"
     for content in ("a much longer first version", "short"):
         r = api.req(
@@ -41,7 +41,7 @@ def test_write_overwrites(api: Api, sid: str) -> None:
 
 
 @pytest.mark.parametrize(("d", "f"), FORMS)
-def test_mkdir_list_remove(api: Api, sid: str, d: str, f: str) -> None:
+def test_mkdir_list_remove(api: Client, sid: str, d: str, f: str) -> None:
     base = f"/home/user/tree-{d}"
     r = api.req("PUT", f"/sessions/{sid}/filesystem/{d}", params={"path": f"{base}/x/y/z"})
     assert r.status_code == 204, r.text
@@ -66,13 +66,13 @@ def test_mkdir_list_remove(api: Api, sid: str, d: str, f: str) -> None:
     assert "no such file or directory" in r.json()["message"]
 
 
-def test_list_empty_dir(api: Api, sid: str) -> None:
+def test_list_empty_dir(api: Client, sid: str) -> None:
     api.req("PUT", f"/sessions/{sid}/filesystem/dir", params={"path": "/home/user/empty"})
     r = api.req("GET", f"/sessions/{sid}/filesystem/dir", params={"path": "/home/user/empty"})
     assert r.json() == {"entries": []}
 
 
-def test_remove_single_file(api: Api, sid: str) -> None:
+def test_remove_single_file(api: Client, sid: str) -> None:
     path = "/home/user/gone.txt"
     api.req("PUT", f"/sessions/{sid}/filesystem/file", params={"path": path}, json={"content": "x"})
     assert (
@@ -83,7 +83,7 @@ def test_remove_single_file(api: Api, sid: str) -> None:
     )
 
 
-def test_path_with_space_is_decoded(api: Api, sid: str) -> None:
+def test_path_with_space_is_decoded(api: Client, sid: str) -> None:
     r = api.req(
         "PUT",
         f"/sessions/{sid}/filesystem/file?path=/home/user/with%20space.txt",
@@ -94,7 +94,7 @@ def test_path_with_space_is_decoded(api: Api, sid: str) -> None:
     assert stdout_lines(out) == ["spaced"]
 
 
-def test_sandbox_errors_are_clear_and_session_keeps_working(api: Api, sid: str) -> None:
+def test_sandbox_errors_are_clear_and_session_keeps_working(api: Client, sid: str) -> None:
     r = api.req("GET", f"/sessions/{sid}/filesystem/file", params={"path": "/home/user/missing"})
     assert r.status_code == 404
     assert r.json() == {"message": "no such file or directory: /home/user/missing"}
@@ -135,7 +135,7 @@ def test_sandbox_errors_are_clear_and_session_keeps_working(api: Api, sid: str) 
 
 
 @pytest.mark.parametrize("route", ["dir", "dirs", "file", "files"])
-def test_path_is_required(api: Api, sid: str, route: str) -> None:
+def test_path_is_required(api: Client, sid: str, route: str) -> None:
     r = api.req("GET", f"/sessions/{sid}/filesystem/{route}")
     assert r.status_code == 422
     assert r.json() == {
@@ -157,7 +157,7 @@ def test_path_is_required(api: Api, sid: str, route: str) -> None:
         (b'{"content": "x", "mode": "0644"}', "requestBody.mode"),
     ],
 )
-def test_bad_write_bodies_change_nothing(api: Api, sid: str, body: bytes, field: str) -> None:
+def test_bad_write_bodies_change_nothing(api: Client, sid: str, body: bytes, field: str) -> None:
     path = "/home/user/untouched.txt"
     api.req(
         "PUT",
@@ -179,7 +179,7 @@ def test_bad_write_bodies_change_nothing(api: Api, sid: str, body: bytes, field:
     assert r.json() == {"content": "original"}
 
 
-def test_body_over_the_limit_is_413(api: Api, sid: str) -> None:
+def test_body_over_the_limit_is_413(api: Client, sid: str) -> None:
     path = "/home/user/big.txt"
     big = b'{"content": "' + b"a" * (17 << 20) + b'"}'
     r = api.req(
@@ -196,7 +196,7 @@ def test_body_over_the_limit_is_413(api: Api, sid: str) -> None:
     )
 
 
-def test_large_file_round_trip(api: Api, sid: str) -> None:
+def test_large_file_round_trip(api: Client, sid: str) -> None:
     content = ("0123456789abcdef" * 64 + "\n") * 4096  # ~4 MiB
     path = "/home/user/large.txt"
     assert (

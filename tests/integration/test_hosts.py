@@ -8,15 +8,16 @@ from pathlib import Path
 
 import docker
 
-from tests.integration.conftest import Api, stdout_lines
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client, stdout_lines
 
 
 def test_sandboxes_land_on_both_hosts_and_commands_run_on_the_owner(tmp_path: Path) -> None:
     with Stack(tmp_path, hosts=("alpha", "beta")) as st:
-        api = Api(st)
-        sids = [api.session("Bash") for _ in range(4)]
-        owners = {sid: st.redis.hget(f"pdk:sbx:{sid}", "host").decode() for sid in sids}
+        api = Client(st)
+        sids = [api.sandbox("Bash") for _ in range(4)]
+        owners = {sid: st.redis.hget(keys.sandbox(sid), "host").decode() for sid in sids}
         assert set(owners.values()) == {"alpha", "beta"}
 
         for sid in sids:
@@ -35,7 +36,7 @@ def test_sandboxes_land_on_both_hosts_and_commands_run_on_the_owner(tmp_path: Pa
             [container] = [c for c in st.containers() if c.labels["paddock.sandbox"] == sid]
             assert container.labels["paddock.host"] == owners[sid]
             # ... and every task of the sandbox was executed by the owner's worker.
-            log = [json.loads(x) for x in st.redis.lrange(f"pdk:sbx:{sid}:tasklog", 0, -1)]
+            log = [json.loads(x) for x in st.redis.lrange(keys.task_log(sid), 0, -1)]
             assert {e["task"] for e in log} >= {
                 "paddock.sandbox.create",
                 "paddock.process.start",
@@ -62,13 +63,13 @@ def test_a_full_host_is_skipped_and_all_full_is_503(tmp_path: Path) -> None:
         "PADDOCK_HOST_CPU_OVERCOMMIT": "1000",
     }
     with Stack(tmp_path, hosts=("small",), env=env) as st:
-        assert st.redis.hget("pdk:host:small", "capacity") == b"2"
+        assert st.redis.hget(keys.host("small"), "capacity") == b"2"
         assert "capacity 2 sandboxes (memory allows 2" in st.log("worker-small")
-        api = Api(st)
-        a, b = api.session("Bash"), api.session("Bash")
+        api = Client(st)
+        a, b = api.sandbox("Bash"), api.sandbox("Bash")
         r = api.req("POST", "/sessions", json={"envID": "Bash"})
         assert r.status_code == 503
         api.req("DELETE", f"/sessions/{a}")
-        c = api.session("Bash")  # the freed slot is usable again
+        c = api.sandbox("Bash")  # the freed slot is usable again
         assert stdout_lines(api.run(c, "echo ok")) == ["ok"]
         assert stdout_lines(api.run(b, "echo ok")) == ["ok"]

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import docker
 
-from tests.integration.conftest import Api, stderr_lines, stdout_lines
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client, stderr_lines, stdout_lines
 
 
 def test_idle_sessions_are_reaped_and_busy_ones_survive(tmp_path: Path) -> None:
     with Stack(tmp_path, env={"PADDOCK_IDLE_TIMEOUT": "4"}) as st:
-        api = Api(st)
-        idle, busy = api.session("Bash"), api.session("Bash")
+        api = Client(st)
+        idle, busy = api.sandbox("Bash"), api.sandbox("Bash")
         started = time.monotonic()
         # Keep `busy` alive with requests of several kinds; leave `idle` alone.
         while time.monotonic() - started < 9:
@@ -22,13 +23,13 @@ def test_idle_sessions_are_reaped_and_busy_ones_survive(tmp_path: Path) -> None:
             time.sleep(1)
         assert api.req("GET", f"/sessions/{idle}").status_code == 404
         assert not any(c.labels["paddock.sandbox"] == idle for c in st.containers())
-        assert st.redis.keys(f"pdk:*{idle}*") == []
+        assert st.redis.keys(f"{keys.PREFIX}:*{idle}*") == []
         # The busy one outlived the timeout twice over and still works.
         assert stdout_lines(api.run(busy, "echo alive")) == ["alive"]
 
 
-def test_sandbox_is_hardened(api: Api) -> None:
-    sid = api.session("Bash")
+def test_sandbox_is_hardened(api: Client) -> None:
+    sid = api.sandbox("Bash")
     [container] = [c for c in api.stack.containers() if c.labels["paddock.sandbox"] == sid]
     hc = container.attrs["HostConfig"]
     assert hc["Privileged"] is False
@@ -68,8 +69,8 @@ def test_limits_are_configurable(tmp_path: Path) -> None:
         "PADDOCK_SANDBOX_NETWORK": "none",
     }
     with Stack(tmp_path, env=env) as st:
-        api = Api(st)
-        sid = api.session("Bash")
+        api = Client(st)
+        sid = api.sandbox("Bash")
         [container] = st.containers()
         hc = container.attrs["HostConfig"]
         assert hc["Memory"] == 256 << 20 and hc["MemorySwap"] == 256 << 20
@@ -88,8 +89,8 @@ def test_limits_are_configurable(tmp_path: Path) -> None:
 
 def test_worker_restart_closes_lost_processes_and_orphans(tmp_path: Path) -> None:
     with Stack(tmp_path, hosts=("solo",)) as st:
-        api = Api(st)
-        sid = api.session("Bash")
+        api = Client(st)
+        sid = api.sandbox("Bash")
         pid = api.req("POST", f"/sessions/{sid}/processes", json={"cmd": "sleep 600"}).json()[
             "processID"
         ]

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from devstack.stack import Stack
 from tests.fake_llm import FakeLLM
-from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
-from tests.stack import Stack
+from tests.integration.client import Client
+from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 VENDORS = ["anthropic", "openai"]
 SECRET = "INTERNAL-SECRET-51d9"
@@ -48,11 +49,11 @@ def internal() -> Iterator[FakeLLM]:
 def test_a_redirect_to_an_internal_service_sends_it_nothing(
     stack: Stack, internal: FakeLLM, vendor: str
 ) -> None:
-    client = Client(stack, new_tenant(stack, f"ssrf-{vendor}"))
+    client = Client(stack, new_tenant(stack, f"ssrf-{vendor}"), bearer=True)
     client.bundle("llm", {"LLM_API_KEY": "key-ssrf-test"})
     with FakeLLM() as redirector:
         redirector.add(FakeLLM.redirect(internal.url + PATHS[vendor]), FakeLLM.text("fine"))
-        s = client.session(
+        s = client.agent_session(
             agent={"kind": "deictic"},
             template="standard",
             secrets=["llm"],

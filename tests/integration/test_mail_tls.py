@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.integration.accounts_helpers import V1, Inbox
-from tests.stack import Stack, free_port
+from devstack.stack import Stack, free_port
+from tests.integration.accounts_helpers import Inbox
+from tests.integration.client import Client
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_login_code_over_tls(
     url, inbox = relay
     env = {"PADDOCK_AUTH": "on", "PADDOCK_SMTP_URL": url, "PADDOCK_SMTP_CA_FILE": str(cert[0])}
     with Stack(tmp_path, env=env) as st:
-        v1 = V1(st, inbox)
+        v1 = Client(st, inbox=inbox)
         result = v1.login("tls@example.com")
         assert result["email"] == "tls@example.com"
         assert len(inbox.to("tls@example.com")) == 1
@@ -122,7 +123,7 @@ def test_login_code_over_tls(
 def test_an_untrusted_certificate_gets_no_mail(tmp_path: Path, relay: tuple[str, Inbox]) -> None:
     url, inbox = relay
     with Stack(tmp_path, env={"PADDOCK_AUTH": "on", "PADDOCK_SMTP_URL": url}) as st:
-        v1 = V1(st, inbox)
+        v1 = Client(st, inbox=inbox)
         assert (
             v1.req("POST", "/v1/auth/login", json={"email": "mitm@example.com"}).status_code == 200
         )

@@ -13,8 +13,8 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Api
-from tests.stack import Stack
+from devstack.stack import Stack
+from tests.integration.client import Client
 
 Labels = frozenset[tuple[str, str]]
 Samples = dict[tuple[str, Labels], float]
@@ -58,8 +58,8 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> Non
 ROUTE = "/sessions/<session_id>/processes"
 
 
-def test_requests_and_processes_are_counted(stack: Stack, api: Api) -> None:
-    sid = api.session("Bash")
+def test_requests_and_processes_are_counted(stack: Stack, api: Client) -> None:
+    sid = api.sandbox("Bash")
     before_web, before_host = web(stack), host(stack)
     # Run a process that prints 3 bytes on stdout and 3 on stderr.
     out = api.run(sid, "printf abc; printf 'de\\n' >&2")
@@ -121,8 +121,8 @@ def test_requests_and_processes_are_counted(stack: Stack, api: Api) -> None:
     )
 
 
-def test_open_long_polls_are_a_gauge(stack: Stack, api: Api) -> None:
-    sid = api.session("Bash")
+def test_open_long_polls_are_a_gauge(stack: Stack, api: Client) -> None:
+    sid = api.sandbox("Bash")
     base = value(web(stack), "paddock_http_open_waits")
     done: list[bool] = []
     t = threading.Thread(target=lambda: done.append(api.run(sid, "sleep 4")["finished"]))
@@ -134,8 +134,8 @@ def test_open_long_polls_are_a_gauge(stack: Stack, api: Api) -> None:
     api.req("DELETE", f"/sessions/{sid}")
 
 
-def test_a_lost_sandbox_is_a_reconcile_finding(stack: Stack, api: Api) -> None:
-    sid = api.session("Bash")
+def test_a_lost_sandbox_is_a_reconcile_finding(stack: Stack, api: Client) -> None:
+    sid = api.sandbox("Bash")
     before = value(host(stack), "paddock_reconcile_lost_total", host="host-a")
     [container] = [c for c in stack.containers() if c.labels.get("paddock.sandbox") == sid]
     container.kill()

@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.conftest import Api, stderr_lines, stdout_lines
+from shared import keys
+from tests.integration.client import Client, stderr_lines, stdout_lines
 
 
-def test_echo_with_wait_matches_the_seed(api: Api) -> None:
-    sid = api.session("Nodejs")
+def test_echo_with_wait_matches_the_seed(api: Client) -> None:
+    sid = api.sandbox("Nodejs")
     before = time.time_ns()
     r = api.req(
         "POST", f"/sessions/{sid}/processes?wait=true", json={"cmd": "echo 22", "rootdir": "/"}
@@ -29,7 +30,7 @@ def test_echo_with_wait_matches_the_seed(api: Api) -> None:
     assert before <= line["timestamp"] <= time.time_ns()  # nanoseconds
 
 
-def test_stderr_lines_are_typed_stderr(api: Api, sid: str) -> None:
+def test_stderr_lines_are_typed_stderr(api: Client, sid: str) -> None:
     out = api.run(sid, "echo out; echo err1 >&2; echo err2 >&2; printf 'no-newline'")
     assert stdout_lines(out) == ["out", "no-newline"]
     assert stderr_lines(out) == ["err1", "err2"]
@@ -37,7 +38,7 @@ def test_stderr_lines_are_typed_stderr(api: Api, sid: str) -> None:
     assert {o["type"] for o in out["stderr"]} == {"Stderr"}
 
 
-def test_env_vars_and_rootdir_are_honoured(api: Api, sid: str) -> None:
+def test_env_vars_and_rootdir_are_honoured(api: Client, sid: str) -> None:
     out = api.run(
         sid,
         'echo "$GREETING $WHO"; pwd; id -un',
@@ -48,13 +49,13 @@ def test_env_vars_and_rootdir_are_honoured(api: Api, sid: str) -> None:
     assert stdout_lines(api.run(sid, "pwd")) == ["/"]  # default rootdir
 
 
-def test_missing_rootdir_is_reported(api: Api, sid: str) -> None:
+def test_missing_rootdir_is_reported(api: Client, sid: str) -> None:
     out = api.run(sid, "echo never", rootdir="/does/not/exist")
     assert stdout_lines(out) == []
     assert stderr_lines(out) == ["rootdir does not exist or is not a directory: /does/not/exist"]
 
 
-def test_poll_while_running_then_wait(api: Api, sid: str) -> None:
+def test_poll_while_running_then_wait(api: Client, sid: str) -> None:
     r = api.req(
         "POST", f"/sessions/{sid}/processes", json={"cmd": "echo first; sleep 1.5; echo second"}
     )
@@ -77,7 +78,7 @@ def test_poll_while_running_then_wait(api: Api, sid: str) -> None:
     assert again == done
 
 
-def test_stdin_reaches_cat_raw(api: Api, sid: str) -> None:
+def test_stdin_reaches_cat_raw(api: Client, sid: str) -> None:
     pid = api.req("POST", f"/sessions/{sid}/processes", json={"cmd": "cat"}).json()["processID"]
     for chunk in ("hello ", "world\n", "no newline added"):
         r = api.req("POST", f"/sessions/{sid}/processes/{pid}/stdin", json={"stdin": chunk})
@@ -93,7 +94,7 @@ def test_stdin_reaches_cat_raw(api: Api, sid: str) -> None:
     assert stdout_lines(r.json()) == ["hello world", "no newline added"]
 
 
-def test_stdin_reaches_read(api: Api, sid: str) -> None:
+def test_stdin_reaches_read(api: Client, sid: str) -> None:
     pid = api.req(
         "POST", f"/sessions/{sid}/processes", json={"cmd": 'read -r name; echo "hi $name"'}
     ).json()["processID"]
@@ -103,7 +104,7 @@ def test_stdin_reaches_read(api: Api, sid: str) -> None:
     assert stdout_lines(out) == ["hi paddock"]
 
 
-def test_stop_with_results_kills_the_group(api: Api, sid: str) -> None:
+def test_stop_with_results_kills_the_group(api: Client, sid: str) -> None:
     pid = api.req(
         "POST",
         f"/sessions/{sid}/processes",
@@ -121,7 +122,7 @@ def test_stop_with_results_kills_the_group(api: Api, sid: str) -> None:
     assert api.req("GET", f"/sessions/{sid}/processes/{pid}").status_code == 204
 
 
-def test_stop_without_results(api: Api, sid: str) -> None:
+def test_stop_without_results(api: Client, sid: str) -> None:
     pid = api.req("POST", f"/sessions/{sid}/processes", json={"cmd": "sleep 600"}).json()[
         "processID"
     ]
@@ -131,7 +132,7 @@ def test_stop_without_results(api: Api, sid: str) -> None:
     assert api.req("GET", f"/sessions/{sid}/processes/{pid}").status_code == 204
 
 
-def test_unknown_process_answers_204(api: Api, sid: str) -> None:
+def test_unknown_process_answers_204(api: Client, sid: str) -> None:
     for method, path, kw in [
         ("GET", "/processes/AAAAAAAAAAAA", {}),
         ("GET", "/processes/AAAAAAAAAAAA?wait=true", {}),
@@ -157,9 +158,9 @@ def test_unknown_process_answers_204(api: Api, sid: str) -> None:
     ],
 )
 def test_bad_process_input_is_422_and_starts_nothing(
-    api: Api, query: str, body: bytes, field: str
+    api: Client, query: str, body: bytes, field: str
 ) -> None:
-    sid = api.session("Bash")
+    sid = api.sandbox("Bash")
     r = api.req(
         "POST",
         f"/sessions/{sid}/processes{query}",
@@ -169,11 +170,11 @@ def test_bad_process_input_is_422_and_starts_nothing(
     assert r.status_code == 422, r.text
     assert r.json()["message"] == "Validation Failed"
     assert any(k == field or k.startswith(field + ".") for k in r.json()["details"]), r.json()
-    assert api.stack.redis.scard(f"pdk:sbx:{sid}:procs") == 0
+    assert api.stack.redis.scard(keys.sandbox_processes(sid)) == 0
     api.req("DELETE", f"/sessions/{sid}")
 
 
-def test_bad_stdin_and_results_params(api: Api, sid: str) -> None:
+def test_bad_stdin_and_results_params(api: Client, sid: str) -> None:
     pid = api.req("POST", f"/sessions/{sid}/processes", json={"cmd": "cat"}).json()["processID"]
     r = api.req("POST", f"/sessions/{sid}/processes/{pid}/stdin", json={"stdin": 3})
     assert r.status_code == 422 and "requestBody.stdin" in r.json()["details"]
@@ -184,8 +185,8 @@ def test_bad_stdin_and_results_params(api: Api, sid: str) -> None:
     api.req("DELETE", f"/sessions/{sid}/processes/{pid}")
 
 
-def test_fifty_concurrent_processes_across_five_sandboxes(api: Api) -> None:
-    sandboxes = [api.session("Bash") for _ in range(5)]
+def test_fifty_concurrent_processes_across_five_sandboxes(api: Client) -> None:
+    sandboxes = [api.sandbox("Bash") for _ in range(5)]
     jobs = [(sandboxes[i % 5], i) for i in range(50)]
 
     def run(job: tuple[str, int]) -> tuple[int, dict]:
@@ -205,7 +206,7 @@ def test_fifty_concurrent_processes_across_five_sandboxes(api: Api) -> None:
         api.req("DELETE", f"/sessions/{s}")
 
 
-def test_long_running_process_holds_no_worker_slot(api: Api, sid: str) -> None:
+def test_long_running_process_holds_no_worker_slot(api: Client, sid: str) -> None:
     # More sleepers than the worker has threads: the next command still answers at once.
     pids = [
         api.req("POST", f"/sessions/{sid}/processes", json={"cmd": "sleep 600"}).json()["processID"]
@@ -217,12 +218,11 @@ def test_long_running_process_holds_no_worker_slot(api: Api, sid: str) -> None:
 
 
 def test_output_cap_is_reported_not_silent(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from tests.integration.conftest import Api as _Api
-    from tests.stack import Stack
+    from devstack.stack import Stack
 
     with Stack(tmp_path_factory.mktemp("cap"), env={"PADDOCK_MAX_OUTPUT_BYTES": "4k"}) as st:
-        a = _Api(st)
-        s = a.session("Bash")
+        a = Client(st)
+        s = a.sandbox("Bash")
         out = a.run(s, "seq 1 5000")
         lines = stdout_lines(out)
         assert 0 < len(lines) < 5000
@@ -230,7 +230,7 @@ def test_output_cap_is_reported_not_silent(tmp_path_factory: pytest.TempPathFact
         assert any("output truncated" in x for x in stderr_lines(out))
 
 
-def _wait_for_line(api: Api, sid: str, pid: str, line: str) -> None:
+def _wait_for_line(api: Client, sid: str, pid: str, line: str) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if line in stdout_lines(api.req("GET", f"/sessions/{sid}/processes/{pid}").json()):

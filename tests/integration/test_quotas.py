@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.stack import Stack
+from shared import keys
 from shared.accounts import Accounts
-from tests.integration.session_helpers import Client, new_tenant
-from tests.stack import Stack
+from tests.integration.client import Client
+from tests.integration.session_helpers import new_tenant
 
 MAX_SANDBOXES = 3
 MAX_SESSIONS = 2
@@ -53,7 +55,7 @@ def _records(stack: Stack) -> set[str]:
     """Every sandbox record in Redis (``pdk:sbx:<id>`` hashes)."""
     return {
         k.decode().split(":")[2]
-        for k in stack.redis.scan_iter("pdk:sbx:*")
+        for k in stack.redis.scan_iter(keys.sandbox("*"))
         if k.count(b":") == 2 and stack.redis.type(k) == b"hash"
     }
 
@@ -80,8 +82,8 @@ def _assert_e2b_quota_refusal(r: requests.Response) -> None:
 
 
 def test_a_burst_gets_exactly_the_quota_and_leaves_others_alone(stack: Stack) -> None:
-    a = Client(stack, new_tenant(stack, "burst-a"))
-    b = Client(stack, new_tenant(stack, "burst-b"))
+    a = Client(stack, new_tenant(stack, "burst-a"), bearer=True)
+    b = Client(stack, new_tenant(stack, "burst-b"), bearer=True)
     tenant_a, tenant_b = _tenant_id(stack, a.key), _tenant_id(stack, b.key)
     records_before = _records(stack)
     # Twelve creates at once from A, and B's create among them.
@@ -107,9 +109,9 @@ def test_a_burst_gets_exactly_the_quota_and_leaves_others_alone(stack: Stack) ->
     assert _sandboxes_of(stack, tenant_a) == a_ids
     assert _sandboxes_of(stack, tenant_b) == {b_sid}
     assert _records(stack) - records_before == a_ids | {b_sid}
-    tenant_set = {x.decode() for x in stack.redis.smembers(f"pdk:tenant:{tenant_a}:sandboxes")}
+    tenant_set = {x.decode() for x in stack.redis.smembers(keys.tenant_sandboxes(tenant_a))}
     assert tenant_set == a_ids
-    host_set = {x.decode() for x in stack.redis.smembers("pdk:host:host-a:sandboxes")}
+    host_set = {x.decode() for x in stack.redis.smembers(keys.host_sandboxes("host-a"))}
     assert a_ids | {b_sid} <= host_set and not (host_set - _records(stack))
     # The usage document says where each tenant stands.
     assert _usage(a)["sandboxes"] == {
@@ -136,7 +138,7 @@ def test_a_burst_gets_exactly_the_quota_and_leaves_others_alone(stack: Stack) ->
 
 
 def test_v1_session_create_over_the_sandbox_quota_is_a_v1_429(stack: Stack) -> None:
-    c = Client(stack, new_tenant(stack, "v1-shape"))
+    c = Client(stack, new_tenant(stack, "v1-shape"), bearer=True)
     tenant = _tenant_id(stack, c.key)
     made = [_e2b_create(c) for _ in range(MAX_SANDBOXES)]
     assert [r.status_code for r in made] == [200] * MAX_SANDBOXES
@@ -149,7 +151,7 @@ def test_v1_session_create_over_the_sandbox_quota_is_a_v1_429(stack: Stack) -> N
     # The refused session left nothing: no session, no sandbox, no held place.
     assert c.req("GET", "/v1/sessions").json() == {"sessions": []}
     assert len(_sandboxes_of(stack, tenant)) == MAX_SANDBOXES
-    assert stack.redis.zcard(f"pdk:slots:session-creates:{tenant}") == 0
+    assert stack.redis.zcard(keys.slots("session-creates", tenant)) == 0
     assert _usage(c)["agent_sessions"]["used"] == 0
     for m in made:
         c.req("DELETE", f"/sessions/{m.json()['id']}")
@@ -160,8 +162,8 @@ def _v1_session(c: Client) -> requests.Response:
 
 
 def test_session_quota(stack: Stack) -> None:
-    c = Client(stack, new_tenant(stack, "sessions"))
-    other = Client(stack, new_tenant(stack, "sessions-other"))
+    c = Client(stack, new_tenant(stack, "sessions"), bearer=True)
+    other = Client(stack, new_tenant(stack, "sessions-other"), bearer=True)
     tenant = _tenant_id(stack, c.key)
     with ThreadPoolExecutor(5) as pool:
         answers = list(pool.map(lambda _: _v1_session(c), range(5)))
@@ -177,7 +179,7 @@ def test_session_quota(stack: Stack) -> None:
         assert "PADDOCK_TENANT_MAX_SESSIONS" in err["message"]
     # Checked before any sandbox is made: only the sessions' own sandboxes exist.
     assert len(_sandboxes_of(stack, tenant)) == MAX_SESSIONS
-    assert stack.redis.zcard(f"pdk:slots:session-creates:{tenant}") == 0
+    assert stack.redis.zcard(keys.slots("session-creates", tenant)) == 0
     usage = _usage(c)
     assert usage["agent_sessions"] == {
         "used": MAX_SESSIONS,
@@ -203,7 +205,7 @@ def test_session_quota(stack: Stack) -> None:
 
 
 def test_usage_needs_an_api_key_and_shows_every_quota(stack: Stack) -> None:
-    c = Client(stack, new_tenant(stack, "usage"))
+    c = Client(stack, new_tenant(stack, "usage"), bearer=True)
     assert requests.get(stack.url + USAGE, timeout=30).status_code == 401
     bad = requests.get(
         stack.url + USAGE, headers={"Authorization": "Bearer pdk_live_nope"}, timeout=30

@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from devstack.stack import VENV_BIN, RedisOptions, Stack, free_port
 from shared.redisconn import redis_client
 from tests.fake_llm import FakeLLM
-from tests.integration.session_helpers import Client, new_tenant, recv, until, ws_connect
-from tests.stack import VENV_BIN, RedisOptions, Stack, free_port
+from tests.integration.client import Client
+from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 # Characters a URL must percent-encode, so the encoding is exercised end to end.
 PASSWORD = "pw@:/" + secrets.token_hex(12)
@@ -115,7 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> Client:
-    return Client(stack, new_tenant(stack, "redis-auth"))
+    return Client(stack, new_tenant(stack, "redis-auth"), bearer=True)
 
 
 def test_redis_refuses_clients_without_the_password(stack: Stack) -> None:
@@ -137,7 +138,7 @@ def test_agent_session_over_an_authenticated_redis(
     stack: Stack, client: Client, fake: FakeLLM
 ) -> None:
     client.bundle("llm", {"LLM_API_KEY": "key-redis-auth"})
-    s = client.session(
+    s = client.agent_session(
         agent={"kind": "deictic"},
         template="standard",
         secrets=["llm"],
@@ -294,7 +295,7 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_whole_stack_over_rediss_with_a_verified_certificate(tls_stack: Stack) -> None:
     assert tls_stack.redis_url.startswith("rediss://:")
-    _create_and_exec(Client(tls_stack, new_tenant(tls_stack, "tls")), "over-tls")
+    _create_and_exec(Client(tls_stack, new_tenant(tls_stack, "tls"), bearer=True), "over-tls")
     _flower_sees_the_workers(tls_stack)
     _no_log_names(tls_stack, ADMIN_PASSWORD)
 

@@ -8,29 +8,31 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.accounts_helpers import V1, Inbox, error_of
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.accounts_helpers import Inbox, error_of
+from tests.integration.client import Client
 
 
 @pytest.fixture(scope="module")
-def v1(tmp_path_factory: pytest.TempPathFactory, smtp: tuple[str, Inbox]) -> Iterator[V1]:
+def v1(tmp_path_factory: pytest.TempPathFactory, smtp: tuple[str, Inbox]) -> Iterator[Client]:
     url, inbox = smtp
     with Stack(
         tmp_path_factory.mktemp("tenancy"), env={"PADDOCK_AUTH": "on", "PADDOCK_SMTP_URL": url}
     ) as st:
-        yield V1(st, inbox)
+        yield Client(st, inbox=inbox)
 
 
 @pytest.fixture(autouse=True)
-def fresh_ip_limits(v1: V1) -> None:
-    for key in v1.stack.redis.scan_iter("pdk:rl:*"):
+def fresh_ip_limits(v1: Client) -> None:
+    for key in v1.stack.redis.scan_iter(keys.rate("*", "*", "*")):
         v1.stack.redis.delete(key)
 
 
 SECRETS = "/v1/tenants/me/secrets"
 
 
-def test_secret_bundle_lifecycle(v1: V1) -> None:
+def test_secret_bundle_lifecycle(v1: Client) -> None:
     _, key = v1.tenant("bundles@example.com")
     r = v1.req(
         "POST",
@@ -69,7 +71,7 @@ def test_secret_bundle_lifecycle(v1: V1) -> None:
     r = v1.req("PUT", f"{SECRETS}/my-llm-keys", token=key, json={"values": {"LLM_API_KEY": "v3"}})
     assert r.json()["version"] == 3
     # Delete: 409 while a running session uses it, unless force.
-    v1.stack.redis.sadd(f"pdk:secret:{_tenant(v1, key)}:my-llm-keys:sessions", "ses_x")
+    v1.stack.redis.sadd(keys.secret_users(_tenant(v1, key), "my-llm-keys"), "ses_x")
     r = v1.req("DELETE", f"{SECRETS}/my-llm-keys", token=key)
     assert r.status_code == 409 and error_of(r)["code"] == "secret_in_use"
     r = v1.req("DELETE", f"{SECRETS}/my-llm-keys?force=true", token=key)
@@ -78,11 +80,11 @@ def test_secret_bundle_lifecycle(v1: V1) -> None:
     assert v1.req("DELETE", f"{SECRETS}/my-llm-keys", token=key).status_code == 404
 
 
-def _tenant(v1: V1, key: str) -> str:
+def _tenant(v1: Client, key: str) -> str:
     import hashlib
 
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return v1.stack.redis.hget(f"pdk:apikey:{digest}", "tenant").decode()
+    return v1.stack.redis.hget(keys.api_key(digest), "tenant").decode()
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,7 @@ def _tenant(v1: V1, key: str) -> str:
     ],
 )
 def test_bad_secret_input_changes_nothing(
-    v1: V1, method: str, path: str, body: bytes, status: int, param: str
+    v1: Client, method: str, path: str, body: bytes, status: int, param: str
 ) -> None:
     _, key = v1.tenant(f"bad-{abs(hash(body)) % 10**8}@example.com")
     assert (
@@ -118,7 +120,7 @@ def test_bad_secret_input_changes_nothing(
     assert [(b["name"], b["keys"], b["version"]) for b in listed] == [("base", ["K"], 1)]
 
 
-def test_secret_limits(v1: V1) -> None:
+def test_secret_limits(v1: Client) -> None:
     _, key = v1.tenant("limits-secrets@example.com")
     too_big = {"A": "x" * (64 * 1024 + 1)}
     r = v1.req("POST", SECRETS, token=key, json={"name": "big", "values": too_big})
@@ -152,7 +154,7 @@ def test_secret_limits(v1: V1) -> None:
     assert len(v1.req("GET", SECRETS, token=key).json()["secrets"]) == 50
 
 
-def test_cross_tenant_matrix(v1: V1) -> None:
+def test_cross_tenant_matrix(v1: Client) -> None:
     jwt_a, key_a = v1.tenant("alice@example.com")
     jwt_b, key_b = v1.tenant("bob@example.com")
     sid = v1.req("POST", "/sessions", token=key_a, json={"envID": "Bash"}).json()["id"]
@@ -205,7 +207,7 @@ def test_cross_tenant_matrix(v1: V1) -> None:
     v1.req("DELETE", f"/sessions/{sid}", token=key_a)
 
 
-def _dump_redis(v1: V1) -> str:
+def _dump_redis(v1: Client) -> str:
     """Every key and every value in Redis, as text."""
     r = v1.stack.redis
     parts: list[str] = []
@@ -227,7 +229,7 @@ def _dump_redis(v1: V1) -> str:
     return "\n".join(parts)
 
 
-def test_no_key_code_or_secret_in_redis_or_logs(v1: V1) -> None:
+def test_no_key_code_or_secret_in_redis_or_logs(v1: Client) -> None:
     email = "leaks@example.com"
     captured: list[str] = []
     # Watch Redis while the flow runs: the mail task's message must not carry the code either.
@@ -254,13 +256,14 @@ def test_no_key_code_or_secret_in_redis_or_logs(v1: V1) -> None:
     assert not alone.search(everything) and not alone.search(logs)
     # The bundle is there, encrypted (a Fernet token), with its key names in clear.
     tenant = _tenant(v1, key)
-    blob = v1.stack.redis.hget(f"pdk:secret:{tenant}:leaky", "blob")
+    bundle = keys.secret_bundle(tenant, "leaky")
+    blob = v1.stack.redis.hget(bundle, "blob")
     assert blob and blob.startswith(b"gAAAAA")
-    assert json.loads(v1.stack.redis.hget(f"pdk:secret:{tenant}:leaky", "keys")) == ["LLM_API_KEY"]
+    assert json.loads(v1.stack.redis.hget(bundle, "keys")) == ["LLM_API_KEY"]
     assert r.status_code == 200
 
 
-def test_openapi_and_docs(v1: V1) -> None:
+def test_openapi_and_docs(v1: Client) -> None:
     doc = v1.req("GET", "/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     for path in (

@@ -25,10 +25,11 @@ import docker
 import pytest
 import requests
 
-from tests.integration.conftest import Api, stderr_lines, stdout_lines
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client, stderr_lines, stdout_lines
 from tests.integration.engine_helpers import Engine
 from tests.integration.session_helpers import new_tenant
-from tests.stack import Stack
 
 ONE, TWO = "one", "two"
 IMAGE = "paddock/tpl-bash:latest"  # the smallest template image (~190 MB)
@@ -77,22 +78,22 @@ def st(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Sta
         yield s
 
 
-def _apis(st: Stack) -> tuple[Api, Api]:
+def _apis(st: Stack) -> tuple[Client, Client]:
     """A client of each web replica, as one new tenant."""
     key = new_tenant(st, "t" + secrets.token_hex(3))
-    a, b = Api(st, key, timeout=60), Api(st, key, timeout=60)
+    a, b = Client(st, key, timeout=60), Client(st, key, timeout=60)
     b.url = st.urls[1]
     assert a.url != b.url
     return a, b
 
 
 def _owner(st: Stack, sid: str) -> str:
-    raw = st.redis.hget(f"pdk:sbx:{sid}", "host")
+    raw = st.redis.hget(keys.sandbox(sid), "host")
     assert raw is not None
     return str(raw.decode())
 
 
-def _on(st: Stack, api: Api, host: str) -> str:
+def _on(st: Stack, api: Client, host: str) -> str:
     """A new Bash sandbox on ``host``. Placement picks the freest host (ties always to the
     same one): the ones that land elsewhere are kept until one lands there, then deleted."""
     # After an engine restart its host skips a heartbeat or two: placed only once back.
@@ -100,7 +101,7 @@ def _on(st: Stack, api: Api, host: str) -> str:
     elsewhere = []
     try:
         for _ in range(6):
-            sid = api.session("Bash")
+            sid = api.sandbox("Bash")
             if _owner(st, sid) == host:
                 return sid
             elsewhere.append(sid)
@@ -110,7 +111,7 @@ def _on(st: Stack, api: Api, host: str) -> str:
             assert api.req("DELETE", f"/sessions/{sid}").status_code in (200, 204)
 
 
-def _state(api: Api, sid: str) -> str | int:
+def _state(api: Client, sid: str) -> str | int:
     r = api.req("GET", f"/v1/sandboxes/{sid}")
     assert r.status_code != 500, r.text
     return str(r.json()["state"]) if r.status_code == 200 else r.status_code
@@ -130,7 +131,7 @@ def test_sandboxes_land_on_both_engines_and_both_replicas_answer_for_each(
     st: Stack, engine: Engine
 ) -> None:
     a, b = _apis(st)
-    sids = [(a if i % 2 else b).session("Bash") for i in range(4)]
+    sids = [(a if i % 2 else b).sandbox("Bash") for i in range(4)]
     owners = {sid: _owner(st, sid) for sid in sids}
     assert sorted(owners.values()) == [ONE, ONE, TWO, TWO], "placement spreads"
     for sid in sids:
@@ -194,7 +195,7 @@ def test_an_engine_restart_without_live_restore_loses_the_sandbox_never_a_500(
     _until(lambda: _state(a, sid) == "lost", 20, "the sandbox marked lost")
     assert _state(b, sid) == "lost"
     assert b.req("GET", f"/sessions/{sid}").status_code == 404
-    assert sid not in st.redis.smembers(f"pdk:host:{TWO}:sandboxes")
+    assert sid not in st.redis.smembers(keys.host_sandboxes(TWO))
     # Its process is closed, saying why, rather than running forever.
     done = a.req("GET", f"/sessions/{sid}/processes/{pid}?wait=true")
     assert done.status_code in (200, 404), done.text
@@ -237,11 +238,11 @@ def test_a_dead_host_loses_its_sandboxes_and_new_ones_go_to_the_other(
     _until(lambda: _state(a, doomed) == "lost", bound, "the dead host's sandbox marked lost")
     took = time.monotonic() - stopped
     assert _state(b, doomed) == "lost"
-    assert b"heartbeat" in st.redis.hget(f"pdk:sbx:{doomed}", "lost_reason") or b""
+    assert b"heartbeat" in st.redis.hget(keys.sandbox(doomed), "lost_reason") or b""
     for api in (a, b):
         assert api.req("GET", f"/sessions/{doomed}").status_code == 404
         assert api.start(doomed, "echo hi").status_code == 404
-    assert st.redis.smembers(f"pdk:host:{TWO}:sandboxes") == set()
+    assert st.redis.smembers(keys.host_sandboxes(TWO)) == set()
     listed = [s["sandbox_id"] for s in a.req("GET", "/v1/sandboxes").json()["sandboxes"]]
     assert doomed not in listed and survivor in listed
     # The waiter is answered: the process closed with a line saying why.
@@ -252,7 +253,7 @@ def test_a_dead_host_loses_its_sandboxes_and_new_ones_go_to_the_other(
     assert any("lost" in line for line in stderr_lines(waited["body"]))
 
     # New sandboxes go to the live host, and the other sandbox never noticed.
-    fresh = [(a, b)[i % 2].session("Bash") for i in range(3)]
+    fresh = [(a, b)[i % 2].sandbox("Bash") for i in range(3)]
     assert {_owner(st, sid) for sid in fresh} == {ONE}
     assert stdout_lines(b.run(survivor, "echo alive")) == ["alive"]
     for sid in [*fresh, survivor]:

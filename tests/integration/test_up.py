@@ -22,8 +22,9 @@ import docker
 import redis
 import requests
 
+from devstack.stack import ROOT, free_port, redis_argv
+from shared import keys
 from shared.settings import Settings
-from tests.stack import ROOT, free_port, redis_argv
 from workers.backends.docker.egress import Egress
 from workers.backends.docker.storage import SandboxStorage
 
@@ -85,7 +86,7 @@ def test_up_runs_the_stack_restarts_a_dead_worker_and_ctrl_c_stops_only_what_it_
             try:
                 if requests.get(url + "/health", timeout=2).ok and redis.Redis(
                     port=redis_port
-                ).exists(f"pdk:host:uphost-{instance}"):
+                ).exists(keys.host(f"uphost-{instance}")):
                     break
             except requests.RequestException:
                 pass
@@ -141,14 +142,14 @@ def test_up_runs_the_stack_restarts_a_dead_worker_and_ctrl_c_stops_only_what_it_
         (old,) = [p for p in _processes_of(instance) if "-m workers host" in _cmdline(p)]
         r = redis.Redis(port=redis_port)
         os.kill(old, signal.SIGKILL)
-        r.delete(f"pdk:host:uphost-{instance}")  # only the new worker can bring it back
+        r.delete(keys.host(f"uphost-{instance}"))  # only the new worker can bring it back
         new: list[int] = []
         while time.monotonic() < deadline + 60:
             new = [p for p in _processes_of(instance) if "-m workers host" in _cmdline(p)]
-            if new and new != [old] and r.exists(f"pdk:host:uphost-{instance}"):
+            if new and new != [old] and r.exists(keys.host(f"uphost-{instance}")):
                 break
             time.sleep(0.3)
-        assert new and old not in new and r.exists(f"pdk:host:uphost-{instance}")
+        assert new and old not in new and r.exists(keys.host(f"uphost-{instance}"))
         assert up.poll() is None and rds.poll() is None and booted.poll() is None
         assert _dockerd_pid() == dockerd
         assert {p: _cmdline(p) for p in others} == others  # none of them was restarted

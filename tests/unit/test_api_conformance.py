@@ -204,7 +204,7 @@ def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for path, item in document["paths"].items():
         for method, op in item.items():
             if "101" in op.get("responses", {}):
-                continue  # the WebSocket: tests/integration/test_sessions_ws.py
+                continue  # the WebSocket: tests/integration/test_agent_sessions.py
             yield path, method.upper()
 
 

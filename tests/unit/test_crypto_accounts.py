@@ -7,7 +7,7 @@ import re
 import fakeredis
 import pytest
 
-from shared import crypto
+from shared import crypto, keys
 from shared.accounts import Accounts
 from shared.errors import (
     ApiKeyRevoked,
@@ -68,7 +68,7 @@ def test_otp_is_single_use_and_burns_after_five_wrong_tries() -> None:
     acc.check_otp("a@x.io", code)
     with pytest.raises(OtpInvalid):
         acc.check_otp("a@x.io", code)
-    acc.r.delete("pdk:rl:otp-resend:a@x.io:0")
+    acc.r.delete(keys.rate("otp-resend", "a@x.io", 0))
     code = acc.issue_otp("a@x.io")
     assert code is not None
     wrong = "000000" if code != "000000" else "111111"
@@ -79,7 +79,7 @@ def test_otp_is_single_use_and_burns_after_five_wrong_tries() -> None:
         acc.check_otp("a@x.io", code)
     with pytest.raises(OtpInvalid):
         acc.check_otp("nobody@x.io", "123456")
-    assert not acc.r.exists("pdk:otp:nobody@x.io")
+    assert not acc.r.exists(keys.otp("nobody@x.io"))
 
 
 def test_rate_limit_window() -> None:
@@ -119,17 +119,17 @@ def test_rotate_all_reencrypts_every_bundle_with_the_new_key() -> None:
     old, new = crypto.new_fernet_key(), crypto.new_fernet_key()
     for i in range(3):  # written as create() would, without its Lua script
         r.hset(
-            f"pdk:secret:usr_1:b{i}",
+            keys.secret_bundle("usr_1", f"b{i}"),
             mapping={
                 "blob": crypto.SecretBox(old).seal({"K": f"v{i}"}),
                 "keys": '["K"]',
                 "version": 1,
             },
         )
-    r.sadd("pdk:secret:usr_1:b0:sessions", "ses_x")  # not a bundle: left alone
+    r.sadd(keys.secret_users("usr_1", "b0"), "ses_x")  # not a bundle: left alone
     bundles = SecretBundles.__new__(SecretBundles)
     bundles.r, bundles.box = r, crypto.SecretBox(f"{new},{old}")
     assert bundles.rotate_all() == 3
     only_new = crypto.SecretBox(new)
     for i in range(3):
-        assert only_new.open(r.hget(f"pdk:secret:usr_1:b{i}", "blob")) == {"K": f"v{i}"}
+        assert only_new.open(r.hget(keys.secret_bundle("usr_1", f"b{i}"), "blob")) == {"K": f"v{i}"}

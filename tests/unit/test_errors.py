@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import ROOT
 from shared import errors
 from shared.errors import (
     PaddockError,
+    PathNotFound,
     QuotaExceeded,
     RateLimited,
     SandboxNotFound,
@@ -20,7 +22,6 @@ from shared.errors import (
     ValidationFailed,
     from_wire,
 )
-from tests.stack import ROOT
 
 
 def _wire_class(cls: type[PaddockError]) -> type[PaddockError]:
@@ -116,3 +117,10 @@ def test_a_process_that_imported_nothing_else_knows_every_code() -> None:
 def test_a_malformed_reply_is_still_an_error_never_a_crash(body: dict[str, Any]) -> None:
     err = from_wire(body)
     assert isinstance(err, PaddockError) and 400 <= err.status <= 599
+
+
+def test_worker_errors_keep_their_class_across_the_wire() -> None:
+    err = from_wire(PathNotFound("no such file").wire())
+    assert isinstance(err, PathNotFound) and err.status == 404 and err.message == "no such file"
+    assert isinstance(from_wire(SandboxNotFound().wire()), SandboxNotFound)
+    assert from_wire({"error": "made-up", "message": "boom"}).status == 500

@@ -4,11 +4,9 @@ typed commands (shared/commands.py) the web sends and the host parses."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import fakeredis
 import pytest
@@ -19,13 +17,8 @@ from shared.egress import NetworkPolicy
 from shared.errors import BadRequest, PathNotFound, SandboxError, SandboxGone
 from shared.output import STDERR, STDOUT
 from shared.settings import Settings
-from workers.backends.base import (
-    Machine,
-    ProcessHandle,
-    SandboxBackend,
-    SandboxState,
-    TemplateImage,
-)
+from tests.unit.fake_backend import FakeBackend
+from workers.backends.base import SandboxBackend
 from workers.host import ops
 from workers.host.context import WorkerContext
 from workers.host.tasks import HOST_TASKS
@@ -33,164 +26,6 @@ from workers.host.tasks import HOST_TASKS
 pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
 
 HOST = "h1"
-
-
-class FakeProcess:
-    """A process whose output is what the test feeds it; ``exit`` ends it."""
-
-    def __init__(self, sandbox_id: str, cmd: str) -> None:
-        self.sandbox_id = sandbox_id
-        self.cmd = cmd
-        self.feed: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
-        self.stdin = bytearray()
-        self.code: int | None = None
-        self.killed = False
-        self.closed = False
-        self._pgid: int | None = 42
-
-    @property
-    def pgid(self) -> int | None:
-        return self._pgid
-
-    def exit(self, code: int) -> None:
-        self.code = code
-        self.feed.put(None)
-
-    def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
-        while True:
-            try:
-                item = self.feed.get(timeout=0.05)
-            except queue.Empty:
-                if stop():
-                    return
-                continue
-            if item is None:
-                return
-            yield item
-
-    def poll_every(self, seconds: float) -> None:
-        pass
-
-    def write_stdin(self, data: bytes) -> None:
-        if self.closed:
-            raise OSError("closed")
-        self.stdin += data
-
-    def exit_code(self) -> int | None:
-        return self.code
-
-    def kill(self, timeout: float) -> None:
-        self.killed = True
-        self.exit(137)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeBackend:
-    """Sandboxes as dicts of files; processes as FakeProcess. Raises SandboxGone for a sandbox
-    it does not have, as a real backend does for a container that is gone."""
-
-    def __init__(self) -> None:
-        self.on_gone: Callable[[str], None] | None = None
-        self.sandboxes: dict[str, dict[str, bytes]] = {}
-        self.dirs: dict[str, set[str]] = {}
-        self.created: list[tuple[str, str, str, NetworkPolicy]] = []
-        self.destroyed: list[str] = []
-        self.spawned: list[FakeProcess] = []
-        self.ooms = 0
-
-    def _box(self, sandbox_id: str) -> dict[str, bytes]:
-        if sandbox_id not in self.sandboxes:
-            if self.on_gone is not None:
-                self.on_gone(sandbox_id)
-            raise SandboxGone("gone")
-        return self.sandboxes[sandbox_id]
-
-    # the host
-    def ping(self) -> None:
-        pass
-
-    def machine(self) -> Machine:
-        return Machine(8 << 30, 4)
-
-    def check_storage(self, sandboxes: int) -> None:
-        pass
-
-    def start_network(self) -> None:
-        pass
-
-    def stop_network(self) -> None:
-        pass
-
-    def network_problem(self) -> str | None:
-        return None
-
-    def templates(self) -> list[TemplateImage]:
-        return [TemplateImage("Bash", "fake/tpl-bash:latest", "h", 1, 0.0)]
-
-    # lifecycle
-    def create(self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy) -> None:
-        self.created.append((sandbox_id, tenant_id, image, network))
-        self.sandboxes[sandbox_id] = {}
-        self.dirs[sandbox_id] = {"/"}
-
-    def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
-        self.destroyed.append(sandbox_id)
-        self.sandboxes.pop(sandbox_id, None)
-
-    def sandbox_states(self) -> dict[str, SandboxState]:
-        return {sid: SandboxState(sid, "running", True) for sid in self.sandboxes}
-
-    def storage_ids(self) -> list[str]:
-        return sorted(self.sandboxes)
-
-    def release_storage(self, sandbox_id: str) -> None:
-        pass
-
-    def prune(self) -> None:
-        pass
-
-    # inside a sandbox
-    def ports(self, sandbox_id: str) -> list[dict[str, Any]]:
-        self._box(sandbox_id)
-        return [{"State": "LISTEN", "Ip": "0.0.0.0", "Port": 8080}]
-
-    def list_dir(self, sandbox_id: str, path: str) -> list[tuple[str, bool]]:
-        box = self._box(sandbox_id)
-        prefix = path.rstrip("/") + "/"
-        files = [(p[len(prefix) :], False) for p in box if p.startswith(prefix)]
-        dirs = [(d[len(prefix) :], True) for d in self.dirs[sandbox_id] if d.startswith(prefix)]
-        return sorted(files + dirs)
-
-    def make_dir(self, sandbox_id: str, path: str) -> None:
-        self._box(sandbox_id)
-        self.dirs[sandbox_id].add(path)
-
-    def remove(self, sandbox_id: str, path: str) -> None:
-        box = self._box(sandbox_id)
-        if path not in box and path not in self.dirs[sandbox_id]:
-            raise PathNotFound(f"no such file or directory: {path}")
-        box.pop(path, None)
-        self.dirs[sandbox_id].discard(path)
-
-    def read_file(self, sandbox_id: str, path: str) -> bytes:
-        box = self._box(sandbox_id)
-        if path not in box:
-            raise PathNotFound(f"no such file or directory: {path}")
-        return box[path]
-
-    def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        self._box(sandbox_id)[path] = data
-
-    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
-        self._box(sandbox_id)
-        proc = FakeProcess(sandbox_id, cmd)
-        self.spawned.append(proc)
-        return proc
-
-    def oom_kills(self, sandbox_id: str) -> int | None:
-        return self.ooms
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 
+from shared import keys
 from shared.accounts import Accounts
 from shared.settings import Settings
 from shared.store import Store
@@ -178,7 +179,7 @@ def test_catalog_merges_live_hosts_and_serves_it_on_v1_templates() -> None:
     )
     store.heartbeat("dead", 4, ["Java"], ttl=30, catalog=[_entry("Java", 1, "17")])
     store.host_down("dead")
-    r.hset("pdk:host:a", "catalog", "not json")  # a bad catalog is skipped, not an error
+    r.hset(keys.host("a"), "catalog", "not json")  # a bad catalog is skipped, not an error
     store.heartbeat("a", 4, ["Go"], ttl=30, catalog=[_entry("Go", 100, "1")])
 
     catalog = store.template_catalog()

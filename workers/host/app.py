@@ -14,7 +14,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from shared import commands, rpc, tasks
 from shared.broker import make_celery
 from shared.settings import Settings
-from workers.agent import tasks as agent_tasks
+from workers.agent import jobs
 from workers.host import heartbeat, metrics, reconcile
 from workers.host.context import WorkerContext
 from workers.host.tasks import register_host_tasks
@@ -51,7 +51,7 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
             # leaving a worker up that never announces itself).
             logger.critical("host %s: the engine stopped answering at start", settings.host_id)
             os._exit(3)
-        for session_id in agent_tasks.recover(ctx):
+        for session_id in jobs.recover(ctx):
             rpc.send(
                 app,
                 tasks.host_queue(settings.host_id),

@@ -21,7 +21,7 @@ from celery import Celery, Task
 
 from shared import commands, keys, rpc, tasks
 from shared.errors import PaddockError
-from workers.agent import tasks as agent_tasks
+from workers.agent import jobs
 from workers.host import ops
 from workers.host.context import WorkerContext
 from workers.host.shares import ShareUsedUp, WorkerShares
@@ -69,7 +69,7 @@ def register_host_tasks(app: Celery, ctx: WorkerContext) -> None:
     # Not acks_late: a task lost with a dying worker is not replayed behind the client's back;
     # the queued prompts stay in Redis and the next message to the session starts a new drain.
     # Delivered twice, the second finds the session's runner lock held and returns.
-    # A drain holds a thread while the session's task runs, so it counts in the shares too;
+    # A drain holds a thread while the session's job runs, so it counts in the shares too;
     # over them it is sent again a little later (the prompts wait in Redis meanwhile).
     @app.task(name=tasks.AGENT_DRAIN, acks_late=False, ignore_result=True)
     def agent_drain(**kwargs: Any) -> None:
@@ -79,12 +79,13 @@ def register_host_tasks(app: Celery, ctx: WorkerContext) -> None:
             return
         try:
             with shares.hold(session.sandbox_id, session.tenant_id):
-                agent_tasks.drain(ctx, session_id)
+                jobs.drain(ctx, session_id)
         except ShareUsedUp:
             logger.info("session %s: worker share in use, drain deferred", session_id)
+            drain = commands.AgentDrain(session_id=session_id)
             app.send_task(
-                tasks.AGENT_DRAIN,
-                kwargs=commands.AgentDrain(session_id=session_id).to_kwargs(),
+                drain.name,
+                kwargs=drain.to_kwargs(),
                 queue=tasks.host_queue(s.host_id),
                 countdown=_DRAIN_RETRY,
                 expires=max(_DRAIN_RETRY + 1, session.expires_at - time.time()),

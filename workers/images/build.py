@@ -41,6 +41,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from shared.errors import ConfigError
+from shared.settings import Settings
 from workers.images import rootfs
 from workers.images.rootfs import BASE_NAME
 from workers.images.template_build import (
@@ -182,8 +184,14 @@ def _list(client: docker.DockerClient, prefix: str) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m workers.images``; returns the process exit code."""
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    """Entry point of ``python -m workers.images``; returns the process exit code. The
+    ``PADDOCK_*`` settings (default: read from the environment) give the options' defaults."""
+    try:
+        settings = settings or Settings.from_env()
+    except ConfigError as exc:
+        print(f"[images] error: {exc}", file=sys.stderr)
+        return 1
     parser = argparse.ArgumentParser(
         prog="python -m workers.images", description=__doc__.split("\n")[0]
     )
@@ -192,16 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="build the base and template images that are stale")
     build.add_argument(
         "--templates-dir",
-        default=os.environ.get("PADDOCK_TEMPLATES_DIR") or "templates",
+        default=settings.templates_dir,
         help="directories holding one directory per template, separated by ':' "
         "(default: %(default)s)",
     )
-    build.add_argument("--prefix", default=os.environ.get("PADDOCK_IMAGE_PREFIX") or "paddock")
+    build.add_argument("--prefix", default=settings.image_prefix)
     build.add_argument("--only", nargs="+", metavar="NAME", help="build only these templates")
     build.add_argument(
         "--build-arg",
         action="append",
-        default=(os.environ.get("PADDOCK_BUILD_ARGS") or "").split(),
+        default=settings.build_args.split(),
         metavar="NAME=VALUE",
         help="a build argument for the templates that declare ARG NAME (repeatable; also "
         "PADDOCK_BUILD_ARGS, space-separated)",
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-cache", action="store_true", help="build templates without the layer cache"
     )
     listing = sub.add_parser("list", help="list the built images")
-    listing.add_argument("--prefix", default=os.environ.get("PADDOCK_IMAGE_PREFIX") or "paddock")
+    listing.add_argument("--prefix", default=settings.image_prefix)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             parse_templates_path(args.templates_dir),
             args.prefix,
             only=args.only,
-            mirror=os.environ.get("PADDOCK_DEBIAN_MIRROR") or None,
+            mirror=settings.debian_mirror or None,
             build_args=parse_build_args(args.build_arg),
             no_cache=args.no_cache,
         )

@@ -23,6 +23,7 @@ import docker
 import docker.errors
 import requests
 
+from shared import keys
 from shared.redisconn import redis_client
 from shared.settings import Settings
 from workers.backends.docker.egress import Egress
@@ -267,8 +268,8 @@ class Stack:
     def alive_hosts(self) -> list[str]:
         return sorted(
             h.decode()
-            for h in self.redis.smembers("pdk:hosts")
-            if self.redis.exists(f"pdk:host:{h.decode()}")
+            for h in self.redis.smembers(keys.hosts())
+            if self.redis.exists(keys.host(h.decode()))
         )
 
     def engines(self) -> list[docker.DockerClient]:

@@ -1,4 +1,5 @@
-"""E2B session routes, validation, 404s, ports, health and the OpenAPI document."""
+"""E2B sandbox routes (``/sessions`` on the wire), validation, 404s, ports, health and the
+OpenAPI document."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Api
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client
 
 
-def test_create_get_delete(api: Api) -> None:
+def test_create_get_delete(api: Client) -> None:
     r = api.req("POST", "/sessions", json={"envID": "Python3"})
     assert r.status_code == 200
     body = r.json()
@@ -27,12 +29,12 @@ def test_create_get_delete(api: Api) -> None:
     assert r.status_code == 204 and r.content == b""
     assert api.req("GET", f"/sessions/{sid}").status_code == 404
     assert not any(sid in c.name for c in api.stack.containers())
-    assert not api.stack.redis.exists(f"pdk:sbx:{sid}")
+    assert not api.stack.redis.exists(keys.sandbox(sid))
     assert api.req("DELETE", f"/sessions/{sid}").status_code == 404
 
 
-def test_ports_lists_listening_tcp(api: Api) -> None:
-    sid = api.session("Python3")
+def test_ports_lists_listening_tcp(api: Client) -> None:
+    sid = api.sandbox("Python3")
     pid = api.req(
         "POST",
         f"/sessions/{sid}/processes",
@@ -61,15 +63,15 @@ def test_ports_lists_listening_tcp(api: Api) -> None:
         (b'{"envID": "Bash", "size": "xl"}', "body.size"),
     ],
 )
-def test_bad_create_is_422_and_creates_nothing(api: Api, body: bytes, field: str) -> None:
+def test_bad_create_is_422_and_creates_nothing(api: Client, body: bytes, field: str) -> None:
     before = {c.id for c in api.stack.containers()}
-    keys_before = len(api.stack.redis.keys("pdk:sbx:*"))
+    keys_before = len(api.stack.redis.keys(keys.sandbox("*")))
     r = api.req("POST", "/sessions", data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert r.json()["message"] == "Validation Failed"
     assert set(r.json()["details"][field]) == {"message"}
     assert {c.id for c in api.stack.containers()} == before
-    assert len(api.stack.redis.keys("pdk:sbx:*")) == keys_before
+    assert len(api.stack.redis.keys(keys.sandbox("*"))) == keys_before
 
 
 @pytest.mark.parametrize(
@@ -89,7 +91,7 @@ def test_bad_create_is_422_and_creates_nothing(api: Api, body: bytes, field: str
         ("POST", "/processes/AAAAAAAAAAAA/stdin"),
     ],
 )
-def test_unknown_session_is_404_everywhere(api: Api, method: str, path: str) -> None:
+def test_unknown_session_is_404_everywhere(api: Client, method: str, path: str) -> None:
     body = {"content": "x", "cmd": "true", "stdin": "x"}
     if path.endswith("processes"):
         body = {"cmd": "true"}
@@ -102,7 +104,7 @@ def test_unknown_session_is_404_everywhere(api: Api, method: str, path: str) -> 
     assert r.json() == {"message": "Session not found"}
 
 
-def test_health_and_openapi(api: Api) -> None:
+def test_health_and_openapi(api: Client) -> None:
     r = api.req("GET", "/health")
     assert r.status_code == 200 and r.text == "OK"
     doc = api.req("GET", "/openapi.json").json()
@@ -116,7 +118,7 @@ def test_health_and_openapi(api: Api) -> None:
         assert p in doc["paths"]
 
 
-def test_unknown_route_uses_the_error_shape(api: Api) -> None:
+def test_unknown_route_uses_the_error_shape(api: Client) -> None:
     r = api.req("GET", "/nope")
     assert r.status_code == 404 and r.json() == {"message": "Not Found"}
     r = api.req("PATCH", "/sessions")
@@ -125,10 +127,10 @@ def test_unknown_route_uses_the_error_shape(api: Api) -> None:
 
 def test_no_live_host_answers_503_quickly(tmp_path: Path) -> None:
     with Stack(tmp_path, hosts=()) as st:
-        a = Api(st)
+        a = Client(st)
         t0 = time.monotonic()
         r = a.req("POST", "/sessions", json={"envID": "Bash"})
         assert time.monotonic() - t0 < 10
         assert r.status_code == 503
         assert "No sandbox host is alive" in r.json()["message"]
-        assert st.redis.keys("pdk:sbx:*") == []
+        assert st.redis.keys(keys.sandbox("*")) == []

@@ -1,4 +1,5 @@
-"""Running a session's tasks on the sandbox's host, one at a time, in order.
+"""Running a session's jobs (one prompt each: the v1 wire calls them "tasks") on the
+sandbox's host, one at a time, in order.
 
 Outside the sandbox: the LLM key is read here, at each call, and never passed into it.
 """
@@ -64,13 +65,13 @@ class Cancelled(Exception):
 
 
 class WorkerStopping(Exception):
-    """The worker is shutting down: end the task now, leave the queue for the next worker."""
+    """The worker is shutting down: end the job now, leave the queue for the next worker."""
 
 
 def drain(ctx: WorkerContext, session_id: str) -> None:
-    """Run the session's queued tasks until none is left. Only one drain per session runs at a
+    """Run the session's queued jobs until none is left. Only one drain per session runs at a
     time (a lock in Redis); a drain that finds it held returns at once, and the holder picks
-    up the new task.
+    up the new job.
 
     Redis going away does not end it: each step waits for Redis (persist), and the lock is
     released once Redis is back. Only when Redis stays away past the writers' back-off does it
@@ -90,19 +91,19 @@ def drain(ctx: WorkerContext, session_id: str) -> None:
             if session is None or session.ended or ctx.stopping.is_set():
                 return
             token = uuid.uuid4().hex
-            task = persist(functools.partial(sessions.next_task, session_id, token), what)
-            if task is None:
+            job = persist(functools.partial(sessions.next_job, session_id, token), what)
+            if job is None:
                 persist(lambda: sessions.drop_runner(session_id, owner), what)
-                # A task pushed between our last look and the release would wait forever.
-                if persist(lambda: sessions.pending_tasks(session_id), what) and persist(
+                # A job pushed between our last look and the release would wait forever.
+                if persist(lambda: sessions.pending_jobs(session_id), what) and persist(
                     lambda: sessions.take_runner(session_id, owner, ttl), what
                 ):
                     continue
                 return
             persist(lambda: sessions.taken(session_id), what)
-            TaskRun(ctx, session, task["task_id"], ttl).run(task["prompt"])
+            JobRun(ctx, session, job["task_id"], ttl).run(job["prompt"])
     except REDIS_DOWN:
-        logger.error("session %s: Redis stayed down, its queued tasks wait", session_id)
+        logger.error("session %s: Redis stayed down, its queued jobs wait", session_id)
     finally:
         # Past the back-off (logged by persist) the lock's TTL frees it.
         with contextlib.suppress(*REDIS_DOWN):
@@ -110,43 +111,46 @@ def drain(ctx: WorkerContext, session_id: str) -> None:
 
 
 def recover(ctx: WorkerContext) -> list[str]:
-    """At worker start: close the task each of this host's sessions was running when the
+    """At worker start: close the job each of this host's sessions was running when the
     previous worker died (an ``error`` and an ``exit``, so clients are not left waiting), and
-    return the sessions that still have queued tasks, to be drained again."""
+    return the sessions that still have queued jobs, to be drained again."""
     sessions = ctx.sessions
     pending = []
     for session_id in sessions.live_ids():
         s = sessions.load(session_id)
         if s is None or s.host_id != ctx.settings.host_id or s.ended:
             continue
-        task_id = sessions.current_task(session_id)
-        if task_id:
-            logger.warning("session %s task %s: lost with the previous worker", session_id, task_id)
+        job_id = sessions.current_job(session_id)
+        if job_id:
+            logger.warning("session %s job %s: lost with the previous worker", session_id, job_id)
             for frame in (
                 {
                     "type": "error",
-                    "task_id": task_id,
+                    "task_id": job_id,
                     "code": "worker_restarted",
                     "message": "The host worker restarted while the task ran",
                 },
-                {"type": "exit", "task_id": task_id, "exit_code": 1, "stop_reason": "error"},
+                {"type": "exit", "task_id": job_id, "exit_code": 1, "stop_reason": "error"},
             ):
                 sessions.emit(session_id, frame)
-            sessions.end_task(session_id, task_id)
+            sessions.end_job(session_id, job_id)
         sessions.drop_runner(session_id)
-        if sessions.pending_tasks(session_id):
+        if sessions.pending_jobs(session_id):
             pending.append(session_id)
     return pending
 
 
-class TaskRun:
-    def __init__(self, ctx: WorkerContext, session: ChatSession, task_id: str, ttl: int) -> None:
+class JobRun:
+    """One job: a prompt run to its end (by the agent loop or, for a shell agent, as one command),
+    its frames appended to the session's history under its id (``task_id`` on the wire)."""
+
+    def __init__(self, ctx: WorkerContext, session: ChatSession, job_id: str, ttl: int) -> None:
         self.ctx = ctx
         self.s = session
-        self.task_id = task_id
+        self.job_id = job_id
         self.ttl = ttl
         self.running_pid: str | None = None
-        # Whether the last command the task ran was killed for running out of memory.
+        # Whether the last command the job ran was killed for running out of memory.
         self.oom_killed = False
         # Set once the output budgets are full: later output frames are dropped.
         self.output_cut = False
@@ -155,7 +159,7 @@ class TaskRun:
     def emit(self, kind: str, **fields: Any) -> None:
         """Append an event, waiting for Redis if it is away (its token keeps a retry from
         appending it twice). Raises REDIS_DOWN errors once the writers' back-off gives up."""
-        frame = {"type": kind, "task_id": self.task_id, **fields}
+        frame = {"type": kind, "task_id": self.job_id, **fields}
         sid, token = self.s.session_id, uuid.uuid4().hex
         persist(lambda: self.ctx.sessions.emit(sid, frame, token), f"event of session {sid}")
 
@@ -189,9 +193,9 @@ class TaskRun:
     def exit(self, exit_code: int, stop_reason: str) -> None:
         self.emit("exit", exit_code=exit_code, stop_reason=stop_reason, oom_killed=self.oom_killed)
         logger.info(
-            "session %s task %s: %s (exit %d)",
+            "session %s job %s: %s (exit %d)",
             self.s.session_id,
-            self.task_id,
+            self.job_id,
             stop_reason,
             exit_code,
         )
@@ -202,7 +206,7 @@ class TaskRun:
         self.ctx.sessions.renew_runner(self.s.session_id, self.ttl)
         sessions = self.ctx.sessions
         session = sessions.load(self.s.session_id)
-        if sessions.cancel_requested(self.s.session_id, self.task_id) or (
+        if sessions.cancel_requested(self.s.session_id, self.job_id) or (
             session is None or session.ended
         ):
             raise Cancelled()
@@ -211,15 +215,15 @@ class TaskRun:
     def run(self, prompt: str) -> None:
         sid = self.s.session_id
         persist(
-            lambda: self.ctx.sessions.begin_task(sid, self.task_id),
-            f"start of task {self.task_id}",
+            lambda: self.ctx.sessions.begin_job(sid, self.job_id),
+            f"start of job {self.job_id}",
         )
         self.emit("task_started")
         # Its size only: a prompt (or a shell command) may hold anything the user typed.
         logger.info(
-            "session %s task %s: started (%d bytes)",
+            "session %s job %s: started (%d bytes)",
             self.s.session_id,
-            self.task_id,
+            self.job_id,
             len(prompt.encode("utf-8", "replace")),
         )
         try:
@@ -238,24 +242,21 @@ class TaskRun:
                 message="The host worker stopped while the task ran",
             )
             self.exit(1, "error")
-        except LlmError as exc:
-            self.emit("error", code=exc.code, message=exc.message)
-            self.exit(1, "error")
-        except PaddockError as exc:
+        except (LlmError, PaddockError) as exc:
             self.emit("error", code=exc.code, message=exc.message)
             self.exit(1, "error")
         except Exception:
-            logger.exception("session %s task %s failed", self.s.session_id, self.task_id)
+            logger.exception("session %s job %s failed", self.s.session_id, self.job_id)
             self.emit("error", code="internal_error", message="The task failed unexpectedly")
             self.exit(1, "error")
         finally:
-            persist(self._clear_task, f"end of task {self.task_id}")
+            persist(self._clear_job, f"end of job {self.job_id}")
 
-    def _clear_task(self) -> None:
-        self.ctx.sessions.end_task(self.s.session_id, self.task_id)
+    def _clear_job(self) -> None:
+        self.ctx.sessions.end_job(self.s.session_id, self.job_id)
 
     def kill_running(self) -> None:
-        """Stop the command the task was running (the worker is going away)."""
+        """Stop the command the job was running (the worker is going away)."""
         pid = self.running_pid
         if pid:
             self.ctx.processes.kill(self.s.sandbox_id, pid)
@@ -332,14 +333,14 @@ class TaskRun:
             prompt=prompt,
             timeout=self.ctx.settings.llm_timeout,
         )
-        # A session is one conversation: each task continues where the last one left off.
+        # A session is one conversation: each job continues where the last one left off.
         earlier = self.ctx.sessions.load_conversation(self.s.session_id)
         if earlier:
             conv.continue_from(earlier, prompt, self.ctx.settings.agent_history_bytes)
         try:
             self.turns(conv, max_turns)
         finally:
-            # Whatever ended the task (the answer, an error, a cancel), the next one goes on
+            # Whatever ended the job (the answer, an error, a cancel), the next one goes on
             # from the last consistent state.
             current = self.ctx.sessions.load(self.s.session_id)
             if current is not None and not current.ended:

@@ -1,101 +1,17 @@
-"""Unit tests of pure logic (no Redis server, no Docker)."""
+"""The process output log in Redis (shared/output.py ProcessLog): its round trip and E2B wire
+shape, the output budgets and the process quota, and what purging a sandbox gives back."""
 
 from __future__ import annotations
-
-import re
-import time
 
 import fakeredis
 import orjson
 import pytest
 
-from shared import ids
-from shared.errors import ConfigError, PathNotFound, QuotaExceeded, SandboxNotFound, from_wire
+from shared import keys
+from shared.errors import QuotaExceeded
 from shared.output import RECORD_BYTES, STDERR, STDOUT, Budgets, Line, ProcessLog
-from shared.sessions import Sessions
-from shared.settings import Settings
 from shared.store import Store
 from web.api.e2b.schemas import process_json
-from web.api.validation import flatten
-from workers.backends.docker.driver import parse_listening
-from workers.host.runner import MAX_LINE, _split
-
-
-def test_settings_from_env_parses_types_and_sizes() -> None:
-    s = Settings.from_env(
-        {
-            "PADDOCK_PORT": "8080",
-            "PADDOCK_AUTH": "ON",
-            "PADDOCK_SANDBOX_MEMORY": "512m",
-            "PADDOCK_SANDBOX_CPUS": "1.5",
-            "PADDOCK_HOST_ID": "h1",
-            "PADDOCK_MAX_BODY_BYTES": "1k",
-        }
-    )
-    assert (s.port, s.auth, s.sandbox_memory, s.sandbox_cpus, s.host_id, s.max_body_bytes) == (
-        8080,
-        True,
-        512 << 20,
-        1.5,
-        "h1",
-        1024,
-    )
-    assert Settings.from_env({}).idle_timeout == 600
-    assert Settings.from_env({}).host_id  # defaults to the hostname
-
-
-@pytest.mark.parametrize(
-    "env",
-    [
-        {"PADDOCK_PORT": "eighty"},
-        {"PADDOCK_AUTH": "maybe"},
-        {"PADDOCK_SANDBOX_NETWORK": "host"},
-        {"PADDOCK_IDLE_TIMEOUT": "0"},
-    ],
-)
-def test_bad_settings_are_refused(env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError):
-        Settings.from_env(env)
-
-
-def test_ids() -> None:
-    for _ in range(100):
-        assert re.fullmatch(r"[A-Za-z0-9]{12}", ids.process_id())
-        assert re.fullmatch(r"[a-z0-9]{8}-[0-9a-f]{8}", ids.sandbox_id())
-    assert len({ids.process_id() for _ in range(1000)}) == 1000
-
-
-def test_parse_listening_v4_v6_and_skips_other_states() -> None:
-    # Line 3 is Docker's resolver (127.0.0.11) in a sandbox with internet: not the tenant's.
-    text = """  sl  local_address rem_address   st tx_queue rx_queue
-   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000
-   1: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000
-   2: 0100007F:0CEA 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000  1000
-   3: 0B00007F:A02B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
-  sl  local_address                         remote_address                        st
-   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A
-   1: 00000000000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A
-"""
-    assert parse_listening(text) == [
-        {"State": "LISTEN", "Ip": "0.0.0.0", "Port": 8080},
-        {"State": "LISTEN", "Ip": "127.0.0.1", "Port": 3306},
-        {"State": "LISTEN", "Ip": "::", "Port": 80},
-        {"State": "LISTEN", "Ip": "::1", "Port": 8081},
-    ]
-
-
-def test_split_keeps_partial_lines_and_cuts_huge_ones() -> None:
-    def lines(out: list) -> list[str]:  # as a reader sees them
-        return [t for x in out for t in x.text.split("\n")]
-
-    buf = bytearray()
-    assert lines(_split(buf, b"a\nb", STDOUT)) == ["a"]
-    assert lines(_split(buf, b"c\n\nd\xc3", STDOUT)) == ["bc", ""]
-    assert lines(_split(buf, b"\xa9\n", STDOUT)) == ["d\u00e9"]
-    assert buf == b""
-    assert len(_split(buf, b"x\n" * 1000, STDOUT)) == 1  # one entry for the whole chunk
-    long = _split(buf, b"x" * (MAX_LINE * 2 + 5), STDERR)
-    assert [len(x.text) for x in long] == [MAX_LINE, MAX_LINE] and len(buf) == 5
 
 
 def test_process_log_round_trip_and_wire_shape() -> None:
@@ -157,13 +73,15 @@ def test_output_budgets_refuse_whole_chunks_and_forget_gives_bytes_back() -> Non
     assert plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 1)], 5, budgets) is None
     refused = plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 2)], 5, budgets)
     assert refused is not None and refused.room == 1 and refused.budget == "tenant"
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 2 * rec + 14
+    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == 2 * rec + 14
     plog.forget("s", "a")
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == rec + 5
-    assert int(r.get("pdk:sbx:s:outbytes") or 0) == 0
+    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 5
+    assert int(r.get(keys.sandbox_output_bytes("s")) or 0) == 0
     # A forgotten process's late writes are dropped and cost nothing.
     assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "late", 3)], 5, budgets) is None
-    assert not r.exists("pdk:out:s:a") and int(r.get("pdk:sbx:s:outbytes") or 0) == 0
+    assert (
+        not r.exists(keys.output("s", "a")) and int(r.get(keys.sandbox_output_bytes("s")) or 0) == 0
+    )
 
 
 def test_notices_are_outside_the_budgets_and_a_retried_write_lands_once() -> None:
@@ -178,7 +96,7 @@ def test_notices_are_outside_the_budgets_and_a_retried_write_lands_once() -> Non
     assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "2", 3)], 2, budgets, seq=6) is None
     assert [x.text for x in plog.read("s", "a").stderr] == ["[paddock] cut"]
     assert plog.read("s", "a").stdout == []
-    assert int(r.get("pdk:sbx:s:outbytes") or 0) == RECORD_BYTES + 1
+    assert int(r.get(keys.sandbox_output_bytes("s")) or 0) == RECORD_BYTES + 1
 
 
 def test_process_records_are_paid_for_so_finished_ones_cannot_pile_up() -> None:
@@ -215,53 +133,16 @@ def test_process_quota_counts_running_processes_only() -> None:
     assert plog.running_count("s") == 1
 
 
-def test_validation_messages_are_flattened_to_spec_keys() -> None:
-    msgs = {
-        "cmd": ["Missing data for required field."],
-        "envVars": {"A": {"value": ["Not a valid string."]}},
-        "extra": ["Unknown field."],
-    }
-    assert flatten(msgs, "requestBody") == {
-        "requestBody.cmd": "Missing data for required field.",
-        "requestBody.envVars.A": "Not a valid string.",
-        "requestBody.extra": "Unknown field.",
-    }
-
-
-def test_worker_errors_keep_their_class_across_the_wire() -> None:
-    err = from_wire(PathNotFound("no such file").wire())
-    assert isinstance(err, PathNotFound) and err.status == 404 and err.message == "no such file"
-    assert isinstance(from_wire(SandboxNotFound().wire()), SandboxNotFound)
-    assert from_wire({"error": "made-up", "message": "boom"}).status == 500
-
-
 def test_lines_read_in_one_chunk_share_an_entry_and_round_trip() -> None:
     r = fakeredis.FakeRedis()
     plog = ProcessLog(r)
     lines = [Line(STDOUT, t, 5) for t in ("a", "", "b", "")] + [Line(STDERR, "e", 5)]
     plog.append("s", "p", [*lines, Line(STDOUT, "c", 6)])
-    assert r.xlen("pdk:out:s:p") == 3
+    assert r.xlen(keys.output("s", "p")) == 3
     out = plog.read("s", "p")
     assert [x.text for x in out.stdout] == ["a", "", "b", "", "c"]
     assert [x.ts_ns for x in out.stdout] == [5, 5, 5, 5, 6]
     assert [x.text for x in out.stderr] == ["e"]
-
-
-def test_session_output_charge_counts_session_and_tenant_window() -> None:
-    r = fakeredis.FakeRedis()
-    sessions = Sessions(r)
-    assert sessions.charge_output("s1", "t", 60, session_cap=100, tenant_cap=150) is None
-    assert sessions.charge_output("s1", "t", 50, session_cap=100, tenant_cap=150) == "session"
-    assert sessions.charge_output("s2", "t", 95, session_cap=100, tenant_cap=150) == "tenant"
-    assert sessions.charge_output("s2", "t", 90, session_cap=100, tenant_cap=150) is None
-    assert sessions.charge_output("s3", "other", 100, session_cap=100, tenant_cap=150) is None
-    # Bytes of earlier hours still count while history may hold them.
-    hour = int(time.time() // 3600)
-    r.set(f"pdk:tenant:u:streambytes:{hour - 3}", 140)
-    assert sessions.charge_output("s4", "u", 20, session_cap=100, tenant_cap=150) == "tenant"
-    r.delete(f"pdk:tenant:u:streambytes:{hour - 3}")
-    r.set(f"pdk:tenant:u:streambytes:{hour - 4}", 140)  # older than any history: forgotten
-    assert sessions.charge_output("s4", "u", 20, session_cap=100, tenant_cap=150) is None
 
 
 def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() -> None:
@@ -269,15 +150,15 @@ def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() 
     plog, store = ProcessLog(r), Store(r)
     budgets = Budgets(process=1000, sandbox=10000, tenant=10000)
     rec = RECORD_BYTES + 1
-    r.hset("pdk:sbx:s1", mapping={"tenant": "t", "host": "h", "status": "running"})
+    r.hset(keys.sandbox("s1"), mapping={"tenant": "t", "host": "h", "status": "running"})
     for sid, pid, n in (("s1", "a", 100), ("s1", "b", 50), ("s2", "c", 30)):
         plog.register(sid, pid, "x", "t")  # no budgets: the records themselves cost here too
         assert plog.append_budgeted(sid, pid, "t", [Line(STDOUT, "x" * n, 1)], n, budgets) is None
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == 3 * rec + 180
+    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == 3 * rec + 180
     store.purge_sandbox("s1")
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == rec + 30
-    assert not [k for k in r.scan_iter("pdk:*s1*")]
+    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 30
+    assert not [k for k in r.scan_iter(f"{keys.PREFIX}:*s1*")]
     # A pump that was still writing for s1 finds its process gone: nothing stored or counted.
     assert plog.append_budgeted("s1", "a", "t", [Line(STDOUT, "late", 2)], 5, budgets) is None
-    assert int(r.get("pdk:tenant:t:outbytes") or 0) == rec + 30
-    assert not [k for k in r.scan_iter("pdk:*s1*")]
+    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 30
+    assert not [k for k in r.scan_iter(f"{keys.PREFIX}:*s1*")]

@@ -13,15 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.session_helpers import (
-    Client,
-    close_code,
-    new_tenant,
-    recv,
-    until,
-    ws_connect,
-)
-from tests.stack import Stack
+from devstack.stack import Stack
+from shared import keys
+from tests.integration.client import Client
+from tests.integration.session_helpers import close_code, new_tenant, recv, until, ws_connect
 
 LLM_KEY = "sk-test-NEVER-IN-SANDBOX-" + "7" * 16
 
@@ -35,7 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> Client:
-    c = Client(stack, new_tenant(stack, "wsuser"))
+    c = Client(stack, new_tenant(stack, "wsuser"), bearer=True)
     c.bundle("llm", {"LLM_API_KEY": LLM_KEY})
     c.bundle("tools", {"GREETING": "hello-from-bundle"})
     return c
@@ -43,13 +38,13 @@ def client(stack: Stack) -> Client:
 
 @pytest.fixture
 def session(client: Client) -> Iterator[dict]:
-    s = client.session(secrets=["llm", "tools"], user_id="usr_abc")
+    s = client.agent_session(secrets=["llm", "tools"], user_id="usr_abc")
     yield s
     client.req("DELETE", f"/v1/sessions/{s['chat_session_id']}")
 
 
 def test_create_answers_the_seed_shape(client: Client, stack: Stack) -> None:
-    s = client.session(secrets=["llm"], user_id="usr_abc")
+    s = client.agent_session(secrets=["llm"], user_id="usr_abc")
     assert set(s) == {"chat_session_id", "jwt", "connect_url", "expires_at"}
     sid = s["chat_session_id"]
     assert sid.startswith("ses_")
@@ -120,7 +115,7 @@ def test_bad_frames_get_error_frames_and_the_socket_stays_open(session: dict) ->
 
 
 def test_close_codes(client: Client, session: dict) -> None:
-    other = client.session(secrets=["llm"])
+    other = client.agent_session(secrets=["llm"])
     ws = ws_connect(session["connect_url"], "not-a-token")
     assert close_code(ws) == 4401
     ws = ws_connect(session["connect_url"], other["jwt"])  # token of another session
@@ -228,7 +223,7 @@ def test_llm_key_never_reaches_the_sandbox(session: dict) -> None:
 
 def test_rotation_is_announced_without_values(client: Client) -> None:
     client.bundle("rotating", {"TOKEN": "v1-secret-value"})
-    s = client.session(secrets=["rotating"])
+    s = client.agent_session(secrets=["rotating"])
     with ws_connect(s["connect_url"], s["jwt"]) as ws:
         recv(ws)
         r = client.req(
@@ -249,7 +244,7 @@ def test_rotation_is_announced_without_values(client: Client) -> None:
 
 
 def test_expiry_ends_everything(client: Client, stack: Stack) -> None:
-    s = client.session(secrets=["llm"], ttl_seconds=60)
+    s = client.agent_session(secrets=["llm"], ttl_seconds=60)
     sid = s["chat_session_id"]
     sandbox = client.req("GET", f"/v1/sessions/{sid}").json()["sandbox_id"]
     with ws_connect(s["connect_url"], s["jwt"]) as ws:
@@ -258,9 +253,9 @@ def test_expiry_ends_everything(client: Client, stack: Stack) -> None:
         until(ws, "task_started")
         # Bring the end forward instead of waiting a minute.
         now = time.time()
-        stack.redis.hset(f"pdk:ses:{sid}", "expires_at", now)
-        stack.redis.zadd("pdk:ses-expiry", {sid: now})
-        stack.redis.zadd("pdk:expiry", {sandbox: now})
+        stack.redis.hset(keys.session(sid), "expires_at", now)
+        stack.redis.zadd(keys.session_expiry(), {sid: now})
+        stack.redis.zadd(keys.expiry_index(), {sandbox: now})
         assert close_code(ws, timeout=30) == 4404
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(
@@ -349,8 +344,8 @@ def test_bad_session_requests_create_nothing(
 def test_agent_commands_time_out(tmp_path_factory: pytest.TempPathFactory) -> None:
     env = {"PADDOCK_AUTH": "on", "PADDOCK_AGENT_COMMAND_TIMEOUT": "2"}
     with Stack(tmp_path_factory.mktemp("cmd-timeout"), env=env) as st:
-        c = Client(st, new_tenant(st, "timeout"))
-        s = c.session()
+        c = Client(st, new_tenant(st, "timeout"), bearer=True)
+        s = c.agent_session()
         with ws_connect(s["connect_url"], s["jwt"]) as ws:
             recv(ws)
             ws.send(json.dumps({"type": "task", "prompt": "echo before; sleep 60 & sleep 60"}))
@@ -365,7 +360,7 @@ def test_agent_commands_time_out(tmp_path_factory: pytest.TempPathFactory) -> No
 
 
 def test_deleting_the_sandbox_ends_its_session(client: Client) -> None:
-    s = client.session()
+    s = client.agent_session()
     sid = s["chat_session_id"]
     sandbox = client.req("GET", f"/v1/sessions/{sid}").json()["sandbox_id"]
     with ws_connect(s["connect_url"], s["jwt"]) as ws:
@@ -382,8 +377,8 @@ def test_worker_restart_closes_the_running_task_and_resumes_the_queue(
     with Stack(
         tmp_path_factory.mktemp("restart"), hosts=("solo",), env={"PADDOCK_AUTH": "on"}
     ) as st:
-        c = Client(st, new_tenant(st, "restart"))
-        s = c.session()
+        c = Client(st, new_tenant(st, "restart"), bearer=True)
+        s = c.agent_session()
         with ws_connect(s["connect_url"], s["jwt"]) as ws:
             recv(ws)
             ws.send(json.dumps({"type": "task", "prompt": "echo go; sleep 600", "id": "lost"}))
@@ -405,8 +400,8 @@ def test_worker_restart_closes_the_running_task_and_resumes_the_queue(
 def test_server_pings_and_drops_a_silent_client(tmp_path_factory: pytest.TempPathFactory) -> None:
     env = {"PADDOCK_AUTH": "on", "PADDOCK_WS_PING_INTERVAL": "1"}
     with Stack(tmp_path_factory.mktemp("heartbeat"), env=env) as st:
-        c = Client(st, new_tenant(st, "heartbeat"))
-        s = c.session()
+        c = Client(st, new_tenant(st, "heartbeat"), bearer=True)
+        s = c.agent_session()
         # A bare client that completes the handshake and then never answers anything.
         path = s["connect_url"].split(str(st.port), 1)[1] + "?token=" + s["jwt"]
         sock = socket.create_connection(("127.0.0.1", st.port), timeout=10)
