@@ -93,3 +93,9 @@ rotate-secrets:                 ## re-encrypt secret bundles with the first PADD
 
 clean:
 	rm -rf .paddock/build .mypy_cache .ruff_cache
+
+# The resident supervisor (supervisor/, issue 12): built in the Go template image, cached by a
+# hash of its source under .paddock/build/supervisor/; prints the binary's path.
+.PHONY: supervisor
+supervisor: bootstrap
+	$(PY) -m workers.backends.supervisor.build

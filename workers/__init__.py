@@ -16,6 +16,7 @@ What lives where, and where a change of each kind goes:
   ``docker/`` implements it with containers (hardening, exec, storage, egress firewall). A new
   operation on a sandbox: the protocol first, then each backend. A new backend: a package
   here and a name in ``backends/__init__.py`` make_backend (``PADDOCK_SANDBOX_BACKEND``).
+  ``supervisor/``: the resident supervisor's build (``make supervisor``) and typed client.
 - ``control/``: work that belongs to no host: the reaper, dead hosts, expired agent sessions,
   the one scheduler of periodic tasks, the login-code mail.
 - ``agent/``: the LLM agent that works inside a sandbox. ``agent/jobs.py`` runs a session's

@@ -1,0 +1,3 @@
+module paddock/supervisor
+
+go 1.19

@@ -1,0 +1,106 @@
+// Command paddock-supervisor runs inside a sandbox and serves the worker over its stdin and
+// stdout: processes and files, multiplexed by request id (PROTOCOL.md).
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"paddock/supervisor/internal/fsops"
+	"paddock/supervisor/internal/proc"
+	"paddock/supervisor/internal/wire"
+)
+
+// Exit statuses: 0 the peer closed stdin, 2 framing was lost (the peer sent a frame length
+// out of bounds or the stream ended inside a frame).
+const exitFraming = 2
+
+// idleRelease hands freed memory back to the OS once the supervisor goes quiet after work,
+// so an idle sandbox's supervisor stays small after a large transfer.
+const idleRelease = 2 * time.Second
+
+var busy atomic.Bool
+
+func releaseWhenIdle() {
+	wasBusy := false
+	for range time.Tick(idleRelease) {
+		now := busy.Swap(false)
+		if wasBusy && !now {
+			debug.FreeOSMemory()
+		}
+		wasBusy = now
+	}
+}
+
+func main() {
+	// A peer gone must surface as a write error, not kill the supervisor mid-frame.
+	signal.Ignore(syscall.SIGPIPE)
+	out := wire.NewWriter(os.Stdout)
+	procs := proc.NewManager(out)
+	writes := fsops.NewWrites()
+	in := bufio.NewReaderSize(os.Stdin, 64<<10)
+	go releaseWhenIdle()
+	for {
+		header, payload, err := wire.ReadFrame(in)
+		busy.Store(true)
+		var bad *wire.BadFrame
+		switch {
+		case err == io.EOF:
+			procs.KillAll()
+			os.Exit(0)
+		case errors.Is(err, wire.ErrFraming):
+			out.Error(0, "framing", err.Error())
+			procs.KillAll()
+			os.Exit(exitFraming)
+		case errors.As(err, &bad):
+			out.Error(bad.ID, "bad_frame", bad.Reason)
+			continue
+		case err != nil:
+			procs.KillAll()
+			os.Exit(exitFraming)
+		}
+		req, err := wire.DecodeRequest(header)
+		if errors.As(err, &bad) {
+			out.Error(bad.ID, "bad_frame", bad.Reason)
+			continue
+		}
+		if len(payload) > 0 && req.Op != "fs.write" && req.Op != "proc.stdin" {
+			out.Error(req.ID, "bad_frame", "op "+req.Op+" takes no payload")
+			continue
+		}
+		switch req.Op {
+		case "proc.spawn":
+			procs.Spawn(req)
+		case "proc.stdin":
+			procs.Stdin(req, payload)
+		case "proc.signal":
+			procs.Signal(req)
+		case "proc.list":
+			procs.List(req)
+		case "fs.write":
+			// In the request loop: a write stream's chunks must stay in order.
+			writes.Chunk(out, req, payload)
+		case "fs.stat":
+			go fsops.Stat(out, req)
+		case "fs.list":
+			go fsops.List(out, req)
+		case "fs.read":
+			go fsops.Read(out, req)
+		case "fs.mkdir":
+			go fsops.Mkdir(out, req)
+		case "fs.move":
+			go fsops.Move(out, req)
+		case "fs.remove":
+			go fsops.Remove(out, req)
+		default:
+			out.Error(req.ID, "unknown_op", "unknown op "+req.Op)
+		}
+	}
+}

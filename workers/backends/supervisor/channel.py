@@ -1,0 +1,336 @@
+"""A typed client of the supervisor: one channel, every operation multiplexed by request id.
+
+A reader thread reads and validates every frame (frames.py) and hands it to the waiter of its
+request id. Each waiter's queue is bounded, so a flooding supervisor blocks on its own stdout
+instead of growing the worker's memory. Any invalid frame ends the channel: every waiter gets
+ChannelClosed, and later calls raise it at once."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from workers.backends.supervisor.frames import MAX_CHUNK, Frame, FrameError, encode, read_frame
+
+logger = logging.getLogger(__name__)
+
+_QUEUE = 256  # frames held per request before the reader thread waits
+
+
+class SupervisorError(Exception):
+    """The supervisor refused a request: ``code`` (e.g. not_found, invalid) and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ChannelClosed(SupervisorError):
+    """The channel is gone: the supervisor exited, or sent an invalid frame."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("closed", message)
+
+
+@dataclass(frozen=True)
+class Output:
+    stream: str
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int | None
+    signal: str | None
+    timed_out: bool
+    started_at: float
+    ended_at: float
+    duration_ms: float
+
+
+class Channel:
+    """The worker's end of a supervisor's stdio: ``reader`` is its stdout, ``writer`` its stdin."""
+
+    def __init__(self, reader: IO[bytes], writer: IO[bytes], timeout: float = 30.0) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # guards _waiters, _closed and writes
+        self._waiters: dict[int, queue.Queue[Frame | None]] = {}
+        self._closed: str | None = None
+        self._thread = threading.Thread(
+            target=self._read_loop, name="supervisor-channel", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def closed(self) -> str | None:
+        """Why the channel ended, or None while it is open."""
+        return self._closed
+
+    def _read_loop(self) -> None:
+        try:
+            while (frame := read_frame(self._reader.read)) is not None:
+                with self._lock:
+                    waiter = self._waiters.get(frame.id)
+                if frame.id == 0:
+                    logger.warning("supervisor: %s", frame.header.get("message"))
+                elif waiter is not None:
+                    waiter.put(frame)
+            self._end("the supervisor closed its stdout")
+        except FrameError as exc:
+            self._end(f"invalid frame from the supervisor: {exc}")
+        except (OSError, ValueError) as exc:
+            self._end(f"reading from the supervisor failed: {exc}")
+
+    def _end(self, reason: str) -> None:
+        with self._lock:
+            if self._closed is None:
+                self._closed = reason
+            waiters = list(self._waiters.values())
+            self._waiters.clear()
+        for waiter in waiters:
+            try:
+                waiter.put_nowait(None)
+            except queue.Full:
+                # The consumer is behind: replace its oldest frame with the end marker.
+                waiter.get_nowait()
+                waiter.put_nowait(None)
+
+    def close(self) -> None:
+        """Close the supervisor's stdin (it then kills its processes and exits)."""
+        with contextlib.suppress(OSError):
+            self._writer.close()
+        self._end("closed by the worker")
+
+    def _open(self) -> tuple[int, queue.Queue[Frame | None]]:
+        request_id = next(self._ids)
+        waiter: queue.Queue[Frame | None] = queue.Queue(_QUEUE)
+        with self._lock:
+            if self._closed is not None:
+                raise ChannelClosed(self._closed)
+            self._waiters[request_id] = waiter
+        return request_id, waiter
+
+    def _forget(self, request_id: int) -> None:
+        with self._lock:
+            self._waiters.pop(request_id, None)
+
+    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        data = encode(header, payload)
+        with self._lock:
+            if self._closed is not None:
+                raise ChannelClosed(self._closed)
+            try:
+                self._writer.write(data)
+                self._writer.flush()
+            except (OSError, ValueError) as exc:
+                raise ChannelClosed(f"writing to the supervisor failed: {exc}") from None
+
+    def _next(self, waiter: queue.Queue[Frame | None], timeout: float | None) -> Frame:
+        try:
+            frame = waiter.get(timeout=self.timeout if timeout is None else timeout)
+        except queue.Empty:
+            raise TimeoutError("the supervisor did not answer in time") from None
+        if frame is None:
+            raise ChannelClosed(self._closed or "closed")
+        if frame.type == "error":
+            raise SupervisorError(frame.header["code"], frame.header["message"])
+        return frame
+
+    def _expect(self, frame: Frame, *types: str) -> Frame:
+        if frame.type not in types:
+            self._end(f"a {frame.type!r} frame where {types} was expected")
+            raise ChannelClosed(self._closed or "closed")
+        return frame
+
+    def call(
+        self, op: str, timeout: float | None = None, payload: bytes = b"", **fields: Any
+    ) -> dict[str, Any]:
+        """One request answered by one ``ok`` frame (its header). Raises SupervisorError,
+        ChannelClosed, TimeoutError."""
+        request_id, waiter = self._open()
+        try:
+            self._send({"id": request_id, "op": op, **fields}, payload)
+            return self._expect(self._next(waiter, timeout), "ok").header
+        finally:
+            self._forget(request_id)
+
+    # Processes
+
+    def spawn(
+        self,
+        argv: list[str] | None = None,
+        cmd: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+    ) -> Process:
+        """Start a process (argv, or cmd for ``/bin/sh -c``) in its own process group.
+        Raises SupervisorError (not_found, invalid, busy), ChannelClosed, TimeoutError."""
+        fields: dict[str, Any] = {"argv": argv} if cmd is None else {"cmd": cmd}
+        if env:
+            fields["env"] = env
+        if cwd:
+            fields["cwd"] = cwd
+        if timeout:
+            fields["timeout"] = timeout
+        request_id, waiter = self._open()
+        try:
+            self._send({"id": request_id, "op": "proc.spawn", "stdin": stdin, **fields})
+            started = self._expect(self._next(waiter, None), "started")
+        except BaseException:
+            self._forget(request_id)
+            raise
+        return Process(self, request_id, waiter, started.header["pid"], started.header["pgid"])
+
+    def processes(self) -> list[dict[str, Any]]:
+        """The running processes (pid, pgid, argv, started_at, stdin)."""
+        return list(self.call("proc.list")["processes"])
+
+    # Files
+
+    def stat(self, path: str) -> dict[str, Any]:
+        """Raises SupervisorError (not_found, permission, ...)."""
+        return dict(self.call("fs.stat", path=path)["entry"])
+
+    def list_dir(self, path: str, depth: int = 1) -> list[dict[str, Any]]:
+        """Entries under ``path`` down to ``depth`` levels (symlinks not followed)."""
+        request_id, waiter = self._open()
+        entries: list[dict[str, Any]] = []
+        try:
+            self._send({"id": request_id, "op": "fs.list", "path": path, "depth": depth})
+            while (
+                frame := self._expect(self._next(waiter, None), "entries", "ok")
+            ).type == "entries":
+                entries.extend(frame.header["entries"])
+            return entries
+        finally:
+            self._forget(request_id)
+
+    def read_file(self, path: str) -> Iterator[bytes]:
+        """The file's bytes, chunk by chunk. Raises SupervisorError (not_found, is_dir, ...)."""
+        request_id, waiter = self._open()
+        try:
+            self._send({"id": request_id, "op": "fs.read", "path": path})
+            while (frame := self._expect(self._next(waiter, None), "data", "ok")).type == "data":
+                yield frame.payload
+        finally:
+            self._forget(request_id)
+
+    def write_file(self, path: str, data: bytes | Iterable[bytes], mode: int | None = None) -> int:
+        """Write a whole file (it replaces the old one atomically); the size written."""
+        chunks = [data] if isinstance(data, bytes) else data
+        request_id, waiter = self._open()
+        try:
+            header: dict[str, Any] = {
+                "id": request_id,
+                "op": "fs.write",
+                "path": path,
+                "more": True,
+            }
+            if mode is not None:
+                header["mode"] = mode
+            for chunk in chunks:
+                for start in range(0, len(chunk), MAX_CHUNK):
+                    self._send(header, chunk[start : start + MAX_CHUNK])
+                    header = {"id": request_id, "op": "fs.write", "more": True}
+                    if not waiter.empty():  # an early error: end the stream, then raise it
+                        self._send({"id": request_id, "op": "fs.write", "more": False})
+                        self._next(waiter, None)
+            self._send({**header, "more": False})
+            size = self._expect(self._next(waiter, None), "ok").header.get("size")
+            if type(size) is not int:
+                self._end("an fs.write answer without a size")
+                raise ChannelClosed(self._closed or "closed")
+            return size
+        finally:
+            self._forget(request_id)
+
+    def mkdir(self, path: str, parents: bool = False) -> None:
+        self.call("fs.mkdir", path=path, parents=parents)
+
+    def move(self, path: str, dst: str) -> None:
+        self.call("fs.move", path=path, dst=dst)
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        self.call("fs.remove", path=path, recursive=recursive)
+
+
+class Process:
+    """A process started by Channel.spawn: its events, stdin and signals."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        request_id: int,
+        waiter: queue.Queue[Frame | None],
+        pid: int,
+        pgid: int,
+    ) -> None:
+        self._channel = channel
+        self._id = request_id
+        self._waiter = waiter
+        self.pid = pid
+        self.pgid = pgid
+        self._seq = 0
+
+    def events(self, timeout: float | None = None) -> Iterator[Output | Exit]:
+        """Output chunks in order, then the Exit. Raises ChannelClosed, TimeoutError."""
+        try:
+            while True:
+                frame = self._channel._expect(
+                    self._channel._next(self._waiter, timeout), "output", "exit"
+                )
+                h = frame.header
+                if h["pid"] != self.pid:
+                    raise ChannelClosed(f"a frame of pid {h['pid']} for process {self.pid}")
+                if frame.type == "exit":
+                    yield Exit(
+                        h["code"],
+                        h["signal"],
+                        h["timed_out"],
+                        h["started_at"],
+                        h["ended_at"],
+                        h["duration_ms"],
+                    )
+                    return
+                if h["seq"] != self._seq + 1:
+                    raise ChannelClosed(f"output seq {h['seq']} after {self._seq}")
+                self._seq = h["seq"]
+                yield Output(h["stream"], h["seq"], frame.payload)
+        finally:
+            self._channel._forget(self._id)
+
+    def wait(self, timeout: float | None = None) -> tuple[bytes, bytes, Exit]:
+        """Collect the whole output: (stdout, stderr, exit)."""
+        out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        for event in self.events(timeout):
+            if isinstance(event, Exit):
+                return b"".join(out["stdout"]), b"".join(out["stderr"]), event
+            out[event.stream].append(event.data)
+        raise ChannelClosed("no exit")
+
+    def write_stdin(self, data: bytes, eof: bool = False) -> None:
+        """Raises SupervisorError (closed, no_such_process)."""
+        for start in range(0, max(len(data), 1), MAX_CHUNK):
+            last = start + MAX_CHUNK >= len(data)
+            chunk = data[start : start + MAX_CHUNK]
+            self._channel.call("proc.stdin", pid=self.pid, eof=eof and last, payload=chunk)
+
+    def close_stdin(self) -> None:
+        self.write_stdin(b"", eof=True)
+
+    def signal(self, name: str) -> None:
+        """Send a signal (e.g. "SIGTERM") to the process group."""
+        self._channel.call("proc.signal", pid=self.pid, signal=name)
