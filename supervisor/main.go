@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"flag"
 	"io"
 	"os"
 	"os/signal"
@@ -19,8 +20,11 @@ import (
 )
 
 // Exit statuses: 0 the peer closed stdin, 2 framing was lost (the peer sent a frame length
-// out of bounds or the stream ended inside a frame).
-const exitFraming = 2
+// out of bounds or the stream ended inside a frame), 64 bad command-line arguments.
+const (
+	exitFraming = 2
+	exitUsage   = 64
+)
 
 // idleRelease hands freed memory back to the OS once the supervisor goes quiet after work,
 // so an idle sandbox's supervisor stays small after a large transfer.
@@ -40,10 +44,23 @@ func releaseWhenIdle() {
 }
 
 func main() {
+	ring := flag.Int("ring-bytes", proc.DefaultRing, "bytes of each process's latest output kept for proc.attach")
+	initMode := flag.Bool("init", false, "reap orphans: be PID 1 or a child subreaper for the process groups")
+	flag.CommandLine.Init(os.Args[0], flag.ContinueOnError)
+	if err := flag.CommandLine.Parse(os.Args[1:]); err != nil || *ring < 0 || flag.NArg() > 0 {
+		flag.Usage()
+		os.Exit(exitUsage)
+	}
 	// A peer gone must surface as a write error, not kill the supervisor mid-frame.
 	signal.Ignore(syscall.SIGPIPE)
 	out := wire.NewWriter(os.Stdout)
-	procs := proc.NewManager(out)
+	procs := proc.NewManager(out, *ring)
+	if *initMode {
+		if err := procs.ReapOrphans(); err != nil {
+			out.Error(0, "io", "cannot become a child subreaper: "+err.Error())
+			os.Exit(exitUsage)
+		}
+	}
 	writes := fsops.NewWrites()
 	in := bufio.NewReaderSize(os.Stdin, 64<<10)
 	go releaseWhenIdle()
@@ -84,6 +101,10 @@ func main() {
 			procs.Signal(req)
 		case "proc.list":
 			procs.List(req)
+		case "proc.resize":
+			procs.Resize(req)
+		case "proc.attach":
+			procs.Attach(req)
 		case "fs.write":
 			// In the request loop: a write stream's chunks must stay in order.
 			writes.Chunk(out, req, payload)

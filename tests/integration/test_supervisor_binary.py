@@ -120,26 +120,28 @@ def test_signal_and_list(ch: Channel) -> None:
     proc.signal("SIGTERM")
     _, _, exit_ = proc.wait()
     assert (exit_.signal, exit_.timed_out) == ("SIGTERM", False)
-    assert proc.pid not in [p["pid"] for p in ch.processes()]
+    listed = {p["pid"]: p for p in ch.processes()}
+    assert (listed[proc.pid]["exited"], listed[proc.pid]["stdin"]) == (True, False)
     with pytest.raises(SupervisorError) as err:
         proc.signal("TERM")
     assert err.value.code == "no_such_process"
 
 
 def test_three_at_once(ch: Channel) -> None:
-    procs: dict[str, Process] = {
-        name: ch.spawn(cmd=f"for i in $(seq 1 3000); do echo {name} $i; done") for name in "abc"
-    }
     results: dict[str, bytes] = {}
 
-    def collect(name: str) -> None:
-        out, _, exit_ = procs[name].wait()
+    def collect(proc: Process, name: str) -> None:
+        out, _, exit_ = proc.wait()
         assert exit_.code == 0
         results[name] = out
 
-    threads = [threading.Thread(target=collect, args=(n,)) for n in procs]
-    for t in threads:
-        t.start()
+    # Each process is consumed from the moment it starts: a request whose frames nobody
+    # reads fills its bounded queue and then holds up the channel's reader for everyone.
+    threads = []
+    for name in "abc":
+        proc = ch.spawn(cmd=f"for i in $(seq 1 3000); do echo {name} $i; done")
+        threads.append(threading.Thread(target=collect, args=(proc, name)))
+        threads[-1].start()
     for t in threads:
         t.join(20)
     for name in "abc":

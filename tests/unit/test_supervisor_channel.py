@@ -69,6 +69,13 @@ def test_bad_framing(data: bytes) -> None:
         ({"type": "exit", "id": 1, "pid": 5, "code": "0", "signal": None, "timed_out": False}, b""),
         ({"type": "error", "id": 1, "code": 3, "message": "x"}, b""),
         ({"type": "entries", "id": 1, "entries": [{"name": 1}]}, b""),
+        ({"type": "attached", "id": 1, "pid": 5, "pgid": 5, "truncated": 0}, b""),
+        (
+            {"type": "attached", "id": 1, "pid": 5, "pgid": 5, "truncated": False}
+            | {"first_seq": 9, "last_seq": 3},
+            b"",
+        ),
+        ({"type": "ok", "id": 1, "processes": [{"pid": 5, "argv": [], "last_seq": -1}]}, b""),
     ],
 )
 def test_invalid_headers(header: dict[str, object], payload: bytes) -> None:
@@ -192,3 +199,39 @@ def test_unexpected_type_closes() -> None:
     _serve(f, [REQ, encode({"type": "data", "id": 1}, b"x")])
     with pytest.raises(ChannelClosed):
         f.channel.processes()
+
+
+def test_attach_follows_from_the_kept_seq() -> None:
+    f = FakeSupervisor()
+    out = {"type": "output", "id": 1, "pid": 9, "stream": "stdout"}
+    attached = {"type": "attached", "id": 1, "pid": 9, "pgid": 9, "truncated": True}
+    frames = [
+        REQ,
+        encode({**attached, "first_seq": 5, "last_seq": 6}),
+        encode({**out, "seq": 5}, b"e"),
+        encode({**out, "seq": 6}, b"f"),
+        encode(
+            {"type": "exit", "id": 1, "pid": 9, "code": 0, "signal": None, "timed_out": False}
+            | {"started_at": 1.0, "ended_at": 2.0, "duration_ms": 1000.0}
+        ),
+    ]
+    _serve(f, frames)
+    proc = f.channel.attach(9, after_seq=2)
+    assert (proc.truncated, proc.first_seq) == (True, 5)
+    out_, _, exit_ = proc.wait()
+    assert (out_, exit_.code) == (b"ef", 0)
+
+
+def test_attach_replay_with_a_gap_closes() -> None:
+    f = FakeSupervisor()
+    attached = {"type": "attached", "id": 1, "pid": 9, "pgid": 9, "truncated": False}
+    _serve(
+        f,
+        [
+            REQ,
+            encode({**attached, "first_seq": 1, "last_seq": 4}),
+            encode({"type": "output", "id": 1, "pid": 9, "stream": "stdout", "seq": 4}, b"x"),
+        ],
+    )
+    with pytest.raises(ChannelClosed):
+        list(f.channel.attach(9, after_seq=2).events())

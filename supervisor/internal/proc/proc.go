@@ -21,7 +21,21 @@ const (
 	maxProcs   = 1024
 	stdinQueue = 64
 	readBuf    = 64 << 10
+	// maxExited bounds the exited processes kept for proc.attach and proc.list, and their
+	// rings may hold at most exitedRings times the ring size together; the oldest exited
+	// process is forgotten beyond either.
+	maxExited   = 64
+	exitedRings = 4
+	// DefaultRing is the default size of each process's replay ring.
+	DefaultRing = 4 << 20
 )
+
+// chunk is one output frame kept in a process's replay ring.
+type chunk struct {
+	stream string
+	seq    uint64
+	data   []byte
+}
 
 type stdinWrite struct {
 	id   uint64
@@ -36,21 +50,40 @@ type Proc struct {
 	argv    []string
 	started time.Time
 	stdin   chan stdinWrite // nil when the process got /dev/null
+	pty     *os.File        // the pty master, or nil
 
-	mu       sync.Mutex
-	seq      uint64
-	timedOut bool
+	exited  bool // under Manager.mu: reaped, reported, kept only for attach and list
+	endedAt time.Time
+
+	// mu orders every output and exit frame of this process: they are recorded and sent
+	// under it, so a replay and the live frames that follow it never overlap or miss.
+	mu        sync.Mutex
+	seq       uint64
+	timedOut  bool
+	ring      []chunk
+	ringBytes int
+	subs      []uint64 // attach request ids that get the live frames too
+	exit      wire.Msg // the exit frame once sent (its id is rewritten per receiver)
 }
 
-// Manager owns the running processes.
+// Manager owns the running processes and the recently exited ones.
 type Manager struct {
-	out   *wire.Writer
-	mu    sync.Mutex
-	procs map[int]*Proc
+	out      *wire.Writer
+	ringSize int
+	mu       sync.Mutex
+	procs    map[int]*Proc // by pid: running and exited
+	running  int
+	// startMu is held from fork until the new process is in unreaped, and by the orphan
+	// reaper while it reaps, so the reaper never takes a spawned process's exit status.
+	startMu  sync.Mutex
+	unreaped map[int]bool
 }
 
-// NewManager makes a manager that reports on out.
-func NewManager(out *wire.Writer) *Manager { return &Manager{out: out, procs: map[int]*Proc{}} }
+// NewManager makes a manager that reports on out and keeps ringSize bytes of each
+// process's latest output for proc.attach.
+func NewManager(out *wire.Writer, ringSize int) *Manager {
+	return &Manager{out: out, ringSize: ringSize, procs: map[int]*Proc{}, unreaped: map[int]bool{}}
+}
 
 func lookPath(name string, env []string) (string, error) {
 	if strings.Contains(name, "/") {
@@ -94,7 +127,7 @@ func (m *Manager) Spawn(req *wire.Request) {
 		return
 	}
 	m.mu.Lock()
-	n := len(m.procs)
+	n := m.running
 	m.mu.Unlock()
 	if n >= maxProcs {
 		m.out.Error(req.ID, "busy", fmt.Sprintf("more than %d processes", maxProcs))
@@ -114,30 +147,65 @@ func (m *Manager) Spawn(req *wire.Request) {
 		return
 	}
 	cmd := &exec.Cmd{Path: path, Args: argv, Env: env, Dir: req.Cwd}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		m.out.Error(req.ID, "io", err.Error())
-		return
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		closeAll(outR, outW)
-		m.out.Error(req.ID, "io", err.Error())
-		return
-	}
-	cmd.Stdout, cmd.Stderr = outW, errW
-	var inR, inW *os.File
-	if req.Stdin {
-		if inR, inW, err = os.Pipe(); err != nil {
-			closeAll(outR, outW, errR, errW)
+	var (
+		streams    = map[string]*os.File{} // output stream name -> the read end
+		afterStart []*os.File              // the child's ends, closed once it has them
+		inW        *os.File
+		pty        *os.File
+	)
+	if req.Pty != nil {
+		if req.Pty.Cols == 0 || req.Pty.Rows == 0 {
+			m.out.Error(req.ID, "invalid", "pty cols and rows must be positive")
+			return
+		}
+		master, slave, err := openPTY(req.Pty.Cols, req.Pty.Rows)
+		if err != nil {
 			m.out.Error(req.ID, "io", err.Error())
 			return
 		}
-		cmd.Stdin = inR
+		// A new session whose controlling terminal is the pty; it leads its process group.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+		streams["pty"], afterStart, pty = master, []*os.File{slave}, master
+	} else {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			m.out.Error(req.ID, "io", err.Error())
+			return
+		}
+		errR, errW, err := os.Pipe()
+		if err != nil {
+			closeAll(outR, outW)
+			m.out.Error(req.ID, "io", err.Error())
+			return
+		}
+		cmd.Stdout, cmd.Stderr = outW, errW
+		streams["stdout"], streams["stderr"] = outR, errR
+		afterStart = []*os.File{outW, errW}
+		if req.Stdin {
+			inR, w, err := os.Pipe()
+			if err != nil {
+				closeAll(outR, outW, errR, errW)
+				m.out.Error(req.ID, "io", err.Error())
+				return
+			}
+			cmd.Stdin, inW = inR, w
+			afterStart = append(afterStart, inR)
+		}
 	}
-	if err := cmd.Start(); err != nil {
-		closeAll(outR, outW, errR, errW, inR, inW)
+	m.startMu.Lock()
+	err = cmd.Start()
+	if err == nil {
+		m.unreaped[cmd.Process.Pid] = true
+	}
+	m.startMu.Unlock()
+	if err != nil {
+		closeAll(afterStart...)
+		closeAll(inW)
+		for _, r := range streams {
+			closeAll(r)
+		}
 		code := "io"
 		var perr *os.PathError
 		if errors.As(err, &perr) && errors.Is(perr.Err, os.ErrNotExist) {
@@ -146,14 +214,19 @@ func (m *Manager) Spawn(req *wire.Request) {
 		m.out.Error(req.ID, code, err.Error())
 		return
 	}
-	closeAll(outW, errW, inR)
-	p := &Proc{id: req.ID, pid: cmd.Process.Pid, argv: argv, started: time.Now()}
-	if inW != nil {
+	closeAll(afterStart...)
+	p := &Proc{id: req.ID, pid: cmd.Process.Pid, argv: argv, started: time.Now(), pty: pty}
+	if inW != nil || pty != nil {
 		p.stdin = make(chan stdinWrite, stdinQueue)
-		go m.feed(p, inW)
+		if pty != nil {
+			go m.feed(p, pty, true)
+		} else {
+			go m.feed(p, inW, false)
+		}
 	}
 	m.mu.Lock()
-	m.procs[p.pid] = p
+	m.procs[p.pid] = p // replaces an exited process whose pid was reused
+	m.running++
 	m.mu.Unlock()
 	_ = m.out.Send(wire.Msg{"type": "started", "id": p.id, "pid": p.pid, "pgid": p.pid}, nil)
 
@@ -167,9 +240,10 @@ func (m *Manager) Spawn(req *wire.Request) {
 		})
 	}
 	var readers sync.WaitGroup
-	readers.Add(2)
-	go m.pump(p, outR, "stdout", &readers)
-	go m.pump(p, errR, "stderr", &readers)
+	readers.Add(len(streams))
+	for name, r := range streams {
+		go m.pump(p, r, name, &readers)
+	}
 	go m.wait(p, cmd, timer, &readers)
 }
 
@@ -190,9 +264,22 @@ func (m *Manager) pump(p *Proc, r *os.File, stream string, done *sync.WaitGroup)
 		if n > 0 {
 			p.mu.Lock()
 			p.seq++
-			seq := p.seq
+			c := chunk{stream: stream, seq: p.seq, data: buf[:n]}
+			if m.ringSize > 0 {
+				c.data = append([]byte(nil), buf[:n]...)
+				p.ring = append(p.ring, c)
+				p.ringBytes += n
+				for p.ringBytes > m.ringSize && len(p.ring) > 0 {
+					p.ringBytes -= len(p.ring[0].data)
+					p.ring[0] = chunk{}
+					p.ring = p.ring[1:]
+				}
+			}
 			// Sent under the lock so that frames leave in seq order.
-			_ = m.out.Send(wire.Msg{"type": "output", "id": p.id, "pid": p.pid, "stream": stream, "seq": seq}, buf[:n])
+			m.sendOutput(p, p.id, c)
+			for _, sub := range p.subs {
+				m.sendOutput(p, sub, c)
+			}
 			p.mu.Unlock()
 		}
 		if err != nil {
@@ -205,13 +292,18 @@ func (m *Manager) pump(p *Proc, r *os.File, stream string, done *sync.WaitGroup)
 // process holding them is gone), so the exit frame is always the last frame of a process.
 func (m *Manager) wait(p *Proc, cmd *exec.Cmd, timer *time.Timer, readers *sync.WaitGroup) {
 	_ = cmd.Wait()
+	m.startMu.Lock()
+	delete(m.unreaped, p.pid)
+	m.startMu.Unlock()
 	readers.Wait()
 	if timer != nil {
 		timer.Stop()
 	}
 	ended := time.Now()
 	m.mu.Lock()
-	delete(m.procs, p.pid)
+	p.exited, p.endedAt = true, ended
+	m.running--
+	m.forgetOldExited()
 	m.mu.Unlock()
 	if p.stdin != nil {
 		close(p.stdin)
@@ -233,14 +325,102 @@ func (m *Manager) wait(p *Proc, cmd *exec.Cmd, timer *time.Timer, readers *sync.
 	}
 	p.mu.Lock()
 	msg["timed_out"] = p.timedOut
+	p.exit = msg
+	m.sendExit(p, p.id)
+	for _, sub := range p.subs {
+		m.sendExit(p, sub)
+	}
+	p.subs = nil
 	p.mu.Unlock()
+}
+
+func (m *Manager) sendOutput(p *Proc, id uint64, c chunk) {
+	_ = m.out.Send(wire.Msg{"type": "output", "id": id, "pid": p.pid, "stream": c.stream, "seq": c.seq}, c.data)
+}
+
+// sendExit sends the exit frame to request id; p.mu is held.
+func (m *Manager) sendExit(p *Proc, id uint64) {
+	msg := make(wire.Msg, len(p.exit))
+	for k, v := range p.exit {
+		msg[k] = v
+	}
+	msg["id"] = id
 	_ = m.out.Send(msg, nil)
+}
+
+// forgetOldExited drops the oldest exited processes beyond maxExited; m.mu is held.
+// An exited process's ring no longer changes (its pumps are done), so ringBytes is read
+// without p.mu.
+func (m *Manager) forgetOldExited() {
+	for {
+		var oldest *Proc
+		count, bytes := 0, 0
+		for _, p := range m.procs {
+			if p.exited {
+				count++
+				bytes += p.ringBytes
+				if oldest == nil || p.endedAt.Before(oldest.endedAt) {
+					oldest = p
+				}
+			}
+		}
+		if oldest == nil || (count <= maxExited && bytes <= exitedRings*m.ringSize) {
+			return
+		}
+		delete(m.procs, oldest.pid)
+	}
+}
+
+// Attach answers proc.attach: "attached" {pid, pgid, truncated, first_seq}, then the output
+// frames still in the ring with seq > after_seq, then the live ones and the exit, all with
+// the attach request's id.
+func (m *Manager) Attach(req *wire.Request) {
+	m.mu.Lock()
+	p := m.procs[req.PID]
+	m.mu.Unlock()
+	if p == nil {
+		m.out.Error(req.ID, "no_such_process", fmt.Sprintf("no process %d", req.PID))
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if req.AfterSeq > p.seq {
+		m.out.Error(req.ID, "invalid", fmt.Sprintf("after_seq %d is beyond the last seq %d", req.AfterSeq, p.seq))
+		return
+	}
+	if req.ID == p.id {
+		m.out.Error(req.ID, "invalid", "the attach request id is the spawn request's id")
+		return
+	}
+	first := p.seq + 1
+	if len(p.ring) > 0 {
+		first = p.ring[0].seq
+	}
+	_ = m.out.Send(wire.Msg{
+		"type": "attached", "id": req.ID, "pid": p.pid, "pgid": p.pid,
+		"truncated": req.AfterSeq+1 < first, "first_seq": first, "last_seq": p.seq,
+	}, nil)
+	for _, c := range p.ring {
+		if c.seq > req.AfterSeq {
+			m.sendOutput(p, req.ID, c)
+		}
+	}
+	if p.exit != nil {
+		m.sendExit(p, req.ID)
+		return
+	}
+	p.subs = append(p.subs, req.ID)
 }
 
 // feed writes stdin in order, off the request loop (a process that does not read its stdin
 // blocks only its own writes), and answers each write once it is done.
-func (m *Manager) feed(p *Proc, w *os.File) {
-	defer w.Close()
+//
+// On a pty, w is the master: the output pump closes it, and eof sends the terminal's EOF
+// character (^D) instead of closing.
+func (m *Manager) feed(p *Proc, w *os.File, pty bool) {
+	if !pty {
+		defer w.Close()
+	}
 	closed := false
 	for sw := range p.stdin {
 		if closed {
@@ -253,7 +433,12 @@ func (m *Manager) feed(p *Proc, w *os.File) {
 				continue
 			}
 		}
-		if sw.eof {
+		if sw.eof && pty {
+			if _, err := w.Write([]byte{4}); err != nil {
+				m.out.Error(sw.id, "closed", "stdin: "+err.Error())
+				continue
+			}
+		} else if sw.eof {
 			_ = w.Close()
 			closed = true
 		}
@@ -264,6 +449,9 @@ func (m *Manager) feed(p *Proc, w *os.File) {
 func (m *Manager) get(req *wire.Request) *Proc {
 	m.mu.Lock()
 	p := m.procs[req.PID]
+	if p != nil && p.exited {
+		p = nil
+	}
 	m.mu.Unlock()
 	if p == nil {
 		m.out.Error(req.ID, "no_such_process", fmt.Sprintf("no running process %d", req.PID))
@@ -276,7 +464,7 @@ func (m *Manager) Stdin(req *wire.Request, payload []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := m.procs[req.PID]
-	if p == nil {
+	if p == nil || p.exited {
 		m.out.Error(req.ID, "no_such_process", fmt.Sprintf("no running process %d", req.PID))
 		return
 	}
@@ -310,6 +498,27 @@ func signalName(s syscall.Signal) string {
 	return strconv.Itoa(int(s))
 }
 
+// Resize answers proc.resize: the process's pty gets the new size.
+func (m *Manager) Resize(req *wire.Request) {
+	if req.Cols == 0 || req.Rows == 0 {
+		m.out.Error(req.ID, "invalid", "cols and rows must be positive")
+		return
+	}
+	p := m.get(req)
+	if p == nil {
+		return
+	}
+	if p.pty == nil {
+		m.out.Error(req.ID, "invalid", "the process has no pty")
+		return
+	}
+	if err := resize(p.pty, req.Cols, req.Rows); err != nil {
+		m.out.Error(req.ID, "no_such_process", "resize: "+err.Error())
+		return
+	}
+	m.out.OK(req.ID, nil)
+}
+
 // Signal answers proc.signal: the signal goes to the whole process group.
 func (m *Manager) Signal(req *wire.Request) {
 	name := strings.TrimPrefix(strings.ToUpper(req.Signal), "SIG")
@@ -333,17 +542,27 @@ func (m *Manager) Signal(req *wire.Request) {
 	m.out.OK(req.ID, nil)
 }
 
-// List answers proc.list.
+// List answers proc.list: the running processes and the recently exited ones.
 func (m *Manager) List(req *wire.Request) {
 	m.mu.Lock()
-	procs := make([]wire.Msg, 0, len(m.procs))
+	all := make([]*Proc, 0, len(m.procs))
+	exited := make([]bool, 0, len(m.procs))
 	for _, p := range m.procs {
-		procs = append(procs, wire.Msg{
-			"id": p.id, "pid": p.pid, "pgid": p.pid, "argv": p.argv,
-			"started_at": float64(p.started.UnixNano()) / 1e9, "stdin": p.stdin != nil,
-		})
+		all = append(all, p)
+		exited = append(exited, p.exited)
 	}
 	m.mu.Unlock()
+	procs := make([]wire.Msg, 0, len(all))
+	for i, p := range all {
+		p.mu.Lock()
+		last := p.seq
+		p.mu.Unlock()
+		procs = append(procs, wire.Msg{
+			"id": p.id, "pid": p.pid, "pgid": p.pid, "argv": p.argv,
+			"started_at": float64(p.started.UnixNano()) / 1e9, "stdin": p.stdin != nil && !exited[i],
+			"exited": exited[i], "last_seq": last,
+		})
+	}
 	m.out.OK(req.ID, wire.Msg{"processes": procs})
 }
 
@@ -351,7 +570,9 @@ func (m *Manager) List(req *wire.Request) {
 func (m *Manager) KillAll() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for pid := range m.procs {
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	for pid, p := range m.procs {
+		if !p.exited {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
 	}
 }

@@ -77,6 +77,16 @@ type Request struct {
 	Recursive bool              `json:"recursive"`
 	More      bool              `json:"more"`
 	Mode      *uint32           `json:"mode"`
+	AfterSeq  uint64            `json:"after_seq"`
+	Pty       *PtySize          `json:"pty"`
+	Cols      uint16            `json:"cols"`
+	Rows      uint16            `json:"rows"`
+}
+
+// PtySize is a terminal's size.
+type PtySize struct {
+	Cols uint16 `json:"cols"`
+	Rows uint16 `json:"rows"`
 }
 
 // DecodeRequest parses and checks a request header. A *BadFrame carries the request id when

@@ -175,10 +175,15 @@ class Channel:
         cwd: str | None = None,
         stdin: bool = False,
         timeout: float | None = None,
+        pty: tuple[int, int] | None = None,
     ) -> Process:
         """Start a process (argv, or cmd for ``/bin/sh -c``) in its own process group.
+        ``pty`` (cols, rows) runs it on a pseudo-terminal: its output comes on stream "pty"
+        and write_stdin always goes to the terminal (eof sends ^D).
         Raises SupervisorError (not_found, invalid, busy), ChannelClosed, TimeoutError."""
         fields: dict[str, Any] = {"argv": argv} if cmd is None else {"cmd": cmd}
+        if pty is not None:
+            fields["pty"] = {"cols": pty[0], "rows": pty[1]}
         if env:
             fields["env"] = env
         if cwd:
@@ -195,8 +200,31 @@ class Channel:
         return Process(self, request_id, waiter, started.header["pid"], started.header["pgid"])
 
     def processes(self) -> list[dict[str, Any]]:
-        """The running processes (pid, pgid, argv, started_at, stdin)."""
+        """The running and recently exited processes (pid, pgid, argv, started_at, stdin,
+        exited, last_seq)."""
         return list(self.call("proc.list")["processes"])
+
+    def attach(self, pid: int, after_seq: int = 0) -> Process:
+        """Follow a process again: the output still kept with seq > ``after_seq``, then the
+        live output and the exit. ``truncated`` on the result says older output was dropped
+        (``first_seq`` is the first kept). Raises SupervisorError (no_such_process, invalid),
+        ChannelClosed, TimeoutError."""
+        request_id, waiter = self._open()
+        try:
+            self._send({"id": request_id, "op": "proc.attach", "pid": pid, "after_seq": after_seq})
+            h = self._expect(self._next(waiter, None), "attached").header
+        except BaseException:
+            self._forget(request_id)
+            raise
+        if h["pid"] != pid or h["last_seq"] < after_seq:
+            self._forget(request_id)
+            self._end(f"an attach answer for pid {h['pid']} that does not fit")
+            raise ChannelClosed(self._closed or "closed")
+        proc = Process(self, request_id, waiter, h["pid"], h["pgid"])
+        proc.truncated = h["truncated"]
+        proc.first_seq = h["first_seq"]
+        proc._seq = max(after_seq, h["first_seq"] - 1)
+        return proc
 
     # Files
 
@@ -284,6 +312,8 @@ class Process:
         self.pid = pid
         self.pgid = pgid
         self._seq = 0
+        self.truncated = False  # attach only: output before first_seq was dropped
+        self.first_seq = 1
 
     def events(self, timeout: float | None = None) -> Iterator[Output | Exit]:
         """Output chunks in order, then the Exit. Raises ChannelClosed, TimeoutError."""
@@ -313,12 +343,12 @@ class Process:
             self._channel._forget(self._id)
 
     def wait(self, timeout: float | None = None) -> tuple[bytes, bytes, Exit]:
-        """Collect the whole output: (stdout, stderr, exit)."""
+        """Collect the whole output: (stdout, stderr, exit); a pty's output counts as stdout."""
         out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         for event in self.events(timeout):
             if isinstance(event, Exit):
                 return b"".join(out["stdout"]), b"".join(out["stderr"]), event
-            out[event.stream].append(event.data)
+            out["stderr" if event.stream == "stderr" else "stdout"].append(event.data)
         raise ChannelClosed("no exit")
 
     def write_stdin(self, data: bytes, eof: bool = False) -> None:
@@ -330,6 +360,10 @@ class Process:
 
     def close_stdin(self) -> None:
         self.write_stdin(b"", eof=True)
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Set the size of the process's pty. Raises SupervisorError (invalid, no_such_process)."""
+        self._channel.call("proc.resize", pid=self.pid, cols=cols, rows=rows)
 
     def signal(self, name: str) -> None:
         """Send a signal (e.g. "SIGTERM") to the process group."""

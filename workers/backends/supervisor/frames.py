@@ -16,7 +16,7 @@ MAX_FRAME = 1 << 20  # a frame's body: header length field + header + payload
 MAX_CHUNK = 256 << 10  # the payload of one output, data or write frame
 
 _U32 = struct.Struct(">I")
-_STREAMS = ("stdout", "stderr")
+_STREAMS = ("stdout", "stderr", "pty")
 _ENTRY_TYPES = ("file", "dir", "symlink", "other")
 
 
@@ -127,11 +127,19 @@ def validate(header: object, payload: bytes) -> None:
             for p in procs:
                 _check(isinstance(p, dict) and _is_int(p.get("pid"), 1), header, "process pid")
                 _check(isinstance(p.get("argv"), list), header, "process argv")
+                _check(_is_int(p.get("last_seq", 0)), header, "process last_seq")
+                _check(type(p.get("exited", False)) is bool, header, "process exited")
     elif kind == "error":
         _check(isinstance(header.get("code"), str), header, "code")
         _check(isinstance(header.get("message"), str), header, "message")
     elif kind == "started":
         _check(_is_int(header.get("pid"), 1) and _is_int(header.get("pgid"), 1), header, "pid")
+    elif kind == "attached":
+        _check(_is_int(header.get("pid"), 1) and _is_int(header.get("pgid"), 1), header, "pid")
+        _check(type(header.get("truncated")) is bool, header, "truncated")
+        _check(_is_int(header.get("first_seq"), 1), header, "first_seq")
+        _check(_is_int(header.get("last_seq")), header, "last_seq")
+        _check(header["first_seq"] <= header["last_seq"] + 1, header, "first_seq > last_seq + 1")
     elif kind == "output":
         _check(_is_int(header.get("pid"), 1), header, "pid")
         _check(header.get("stream") in _STREAMS, header, "stream")
