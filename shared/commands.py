@@ -6,6 +6,8 @@ its task name (``name``, from shared/tasks.py); the host parses it back with ``f
 (workers/host/tasks.py) and answers with the command's ``Result`` as JSON (``to_json``), which
 the web reads back with ``Result.from_json``. The JSON of both is the same as before these
 classes existed, so a web and a worker of different versions still understand each other.
+Both are checked field by field and type by type when read back (``_parse``): what comes out
+of Redis is not trusted to be well-formed.
 
 Every host command names its sandbox and the sandbox's tenant (for the tenant's share of the
 worker; a message without one, from an older web, is looked up by the host).
@@ -14,12 +16,54 @@ worker; a message without one, from an older web, is looked up by the host).
 from __future__ import annotations
 
 import base64
+import types
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from functools import cache
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from shared import tasks
 
 C = TypeVar("C", bound="Command")
+R = TypeVar("R", bound="Reply")
+
+
+@cache
+def _hints(cls: Any) -> dict[str, Any]:
+    """The dataclass's fields and their types (resolved once per class)."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a field's type: plain types, unions (None too) and dicts, the
+    kinds the fields below use."""
+    if hint is Any:
+        return True
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, h) for h in get_args(hint))
+    if origin is dict:
+        k, v = get_args(hint)
+        return isinstance(value, dict) and all(
+            _fits(a, k) and _fits(b, v) for a, b in value.items()
+        )
+    return isinstance(value, hint)
+
+
+def _parse(cls: Any, raw: Any) -> Any:
+    """An instance of the dataclass ``cls`` from the JSON object ``raw``, each value checked
+    against its field's type; keys it does not know are ignored (a newer sender's). Raises
+    TypeError when ``raw`` is not an object, a required field is missing or a value has the
+    wrong type: Redis data is checked before it is used, whoever wrote it."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"{cls.__name__}: not a JSON object")
+    hints = _hints(cls)
+    values = {k: v for k, v in raw.items() if k in hints}
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            want = getattr(hints[name], "__name__", hints[name])
+            raise TypeError(f"{cls.__name__}.{name}: not a {want}")
+    return cls(**values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,10 +77,24 @@ class Command:
 
     @classmethod
     def from_kwargs(cls: type[C], kwargs: dict[str, Any]) -> C:
-        """The command from a task's kwargs; keys it does not know are ignored (a newer
-        sender's). Raises TypeError when a required field is missing."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in kwargs.items() if k in known})
+        """The command from a task's kwargs (see _parse). Raises TypeError when a required
+        field is missing or a value has the wrong type."""
+        parsed: C = _parse(cls, kwargs)
+        return parsed
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A host's answer whose JSON is its fields by name."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls: type[R], raw: Any) -> R:
+        """Raises TypeError when ``raw`` does not have this reply's fields and types."""
+        parsed: R = _parse(cls, raw)
+        return parsed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,15 +105,8 @@ class HostCommand(Command):
 
 # -- sandboxes -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Created:
+class Created(Reply):
     host: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"host": self.host}
-
-    @classmethod
-    def from_json(cls, raw: Any) -> Created:
-        return cls(str(raw["host"]))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +120,8 @@ class SandboxCreate(HostCommand):
 
 
 @dataclass(frozen=True)
-class Destroyed:
-    def to_json(self) -> dict[str, Any]:
-        return {}
+class Destroyed(Reply):
+    pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,15 +243,8 @@ class ProcessStart(HostCommand):
 
 
 @dataclass(frozen=True)
-class Written:
+class Written(Reply):
     written: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {"written": self.written}
-
-    @classmethod
-    def from_json(cls, raw: Any) -> Written:
-        return cls(bool(raw["written"]))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,15 +255,8 @@ class ProcessStdin(HostCommand):
 
 
 @dataclass(frozen=True)
-class Killed:
+class Killed(Reply):
     killed: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {"killed": self.killed}
-
-    @classmethod
-    def from_json(cls, raw: Any) -> Killed:
-        return cls(bool(raw["killed"]))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -112,7 +112,8 @@ class SessionNotFound(NotFound):
 
 class QuotaExceeded(PaddockError):
     """A per-tenant or per-sandbox quota is used up; the message names the quota and its
-    setting. Answered as 429 with ``Retry-After``."""
+    setting. Answered as 429 with ``Retry-After``, which crosses the wire as a detail (for
+    RateLimited too)."""
 
     status = 429
     code = "quota_exceeded"
@@ -127,7 +128,7 @@ class QuotaExceeded(PaddockError):
 
     @classmethod
     def rebuild(cls, message: str, details: dict[str, Any]) -> PaddockError:
-        return cls(message, retry_after=_retry_after(details))
+        return cls(message=message, retry_after=_retry_after(details))
 
 
 class NoCapacity(PaddockError):
@@ -242,21 +243,14 @@ class ApiKeyRevoked(PaddockError):
     message = "This API key has been revoked"
 
 
-class RateLimited(PaddockError):
-    status = 429
+class RateLimited(QuotaExceeded):
+    """Too many requests in a window (a quota of requests): its own code, the same 429."""
+
     code = "rate_limited"
     message = "Too many requests"
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
-
-    def wire_details(self) -> dict[str, Any]:
-        return {"retry_after": self.retry_after}
-
-    @classmethod
-    def rebuild(cls, message: str, details: dict[str, Any]) -> PaddockError:
-        return cls(_retry_after(details), message)
+        super().__init__(message, retry_after=max(1, int(retry_after)))
 
 
 class LimitExceeded(PaddockError):

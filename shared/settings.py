@@ -200,6 +200,7 @@ class Settings:
             "host_cpu_overcommit",
             "sandbox_memory",
             "sandbox_max_flows",
+            "host_dead_after",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PADDOCK_{name.upper()} must be positive")

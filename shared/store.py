@@ -211,17 +211,25 @@ class Store:
     def silent_hosts(self, since: float) -> list[str]:
         """Hosts with sandboxes placed on them whose heartbeat has expired and that have not
         been heard from since ``since`` (a time.time()). A host with no known last heartbeat
-        (recorded before that was kept) counts as heard from now."""
+        (recorded before that was kept) or an unreadable one counts as heard from now."""
+        hids = sorted(self._smembers(keys.hosts()))
+        if not hids:
+            return []
+        pipe = self.r.pipeline(transaction=False)  # one round trip per tick, however many hosts
+        for hid in hids:
+            pipe.exists(keys.host(hid))
+            pipe.scard(keys.host_sandboxes(hid))
+        pipe.hmget(keys.hosts_seen(), hids)
+        *counts, seen_at = pipe.execute()
         out = []
-        for hid in sorted(self._smembers(keys.hosts())):
-            if self.r.exists(keys.host(hid)) or not self.r.scard(keys.host_sandboxes(hid)):
+        for hid, alive, placed, seen in zip(hids, counts[::2], counts[1::2], seen_at, strict=True):
+            if alive or not placed:
                 continue
-            seen = self.r.hget(keys.hosts_seen(), hid)
-            if seen is None:
-                self.r.hsetnx(keys.hosts_seen(), hid, time.time())
-                continue
-            if float(seen) < since:
-                out.append(hid)
+            try:
+                if float(seen) < since:
+                    out.append(hid)
+            except (TypeError, ValueError):  # none yet (or unreadable): heard from now
+                self.r.hset(keys.hosts_seen(), hid, time.time())
         return out
 
     def known_templates(self) -> set[str]:

@@ -46,3 +46,13 @@ def test_a_live_host_or_one_without_sandboxes_is_left_alone() -> None:
     r.hset(keys.hosts_seen(), "h1", 1.0)  # an old last-seen, but the heartbeat is live
     assert reaper.lose_dead_hosts(r, Settings(host_dead_after=30)) == []
     assert store.raw_sandbox("sb1")["status"] == "running"
+
+
+def test_an_unreadable_last_seen_counts_as_now_and_is_mended() -> None:
+    r = fakeredis.FakeRedis()
+    store = _host_with_a_sandbox(r, "h1", "sb1")
+    r.delete(keys.host("h1"))
+    r.hset(keys.hosts_seen(), "h1", "garbage")
+    assert store.silent_hosts(since=1e12) == []  # not a crash, not lost on garbage
+    assert float(r.hget(keys.hosts_seen(), "h1") or 0) > 1.0  # rewritten: lost in due time
+    assert store.silent_hosts(since=1e12) == ["h1"]

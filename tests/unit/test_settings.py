@@ -42,6 +42,7 @@ def test_settings_from_env_parses_types_and_sizes() -> None:
         {"PADDOCK_AUTH": "maybe"},
         {"PADDOCK_SANDBOX_NETWORK": "host"},
         {"PADDOCK_IDLE_TIMEOUT": "0"},
+        {"PADDOCK_HOST_DEAD_AFTER": "0"},  # every restart would lose its host's sandboxes
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:

@@ -54,35 +54,28 @@ def _web(r: fakeredis.FakeRedis) -> Sandboxes:
     return Sandboxes(Settings(task_timeout=1), r, celery=None)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "running_after",
+    [0.0, 0.5],  # the worker started it, then died; a slow engine, the exec under way
+    ids=["started", "starting"],
+)
 def test_the_web_answers_a_started_process_whose_reply_was_lost(
-    r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    plog = ProcessLog(r)
-
-    def worker_started_then_died(*args: Any, **_: Any) -> Any:
-        process_id = args[4]["process_id"]
-        plog.register("sbx1", process_id, "sleep 100", "tenant1")
-        plog.set_fields("sbx1", process_id, status="running")
-        raise WorkerTimeout()
-
-    monkeypatch.setattr(rpc, "call", worker_started_then_died)
-    process_id = _web(r).start_process(SB, "sleep 100", {}, "")
-    assert plog.info("sbx1", process_id)["status"] == "running"
-
-
-def test_the_web_waits_for_a_start_under_way(
-    r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+    r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch, running_after: float
 ) -> None:
     plog = ProcessLog(r)
     monkeypatch.setattr(web_sandboxes, "_STARTING_GRACE", 5.0)
 
-    def slow_engine(*args: Any, **_: Any) -> Any:
+    def reply_lost(*args: Any, **_: Any) -> Any:
         process_id = args[4]["process_id"]
         plog.register("sbx1", process_id, "echo hi", "tenant1")  # "starting"
-        threading.Timer(0.5, plog.set_fields, ("sbx1", process_id), {"status": "running"}).start()
+        if running_after:
+            running = {"status": "running"}
+            threading.Timer(running_after, plog.set_fields, ("sbx1", process_id), running).start()
+        else:
+            plog.set_fields("sbx1", process_id, status="running")
         raise WorkerTimeout()
 
-    monkeypatch.setattr(rpc, "call", slow_engine)
+    monkeypatch.setattr(rpc, "call", reply_lost)
     process_id = _web(r).start_process(SB, "echo hi", {}, "")
     assert plog.info("sbx1", process_id)["status"] == "running"
 
