@@ -16,9 +16,7 @@ from shared.crypto import SecretBox
 from shared.errors import ConfigError
 from shared.redisconn import redis_client as make_redis_client
 from shared.secrets import SecretBundles
-from shared.sessions import Sessions
 from shared.settings import Settings
-from shared.store import Store
 from web import gunicorn_conf
 from web import metrics as web_metrics
 from web.agent_sessions import AgentSessions
@@ -79,9 +77,11 @@ def create_app(
             x_host=settings.proxy_hops,
         )
     sandboxes = Sandboxes(settings, r, celery)
-    sessions = Sessions(r)
+    sessions = sandboxes.sessions
     secret_bundles = SecretBundles(r, box)
-    agent_sessions = AgentSessions(settings, celery, sessions, secret_bundles, sandboxes, Store(r))
+    agent_sessions = AgentSessions(
+        settings, celery, sessions, secret_bundles, sandboxes, sandboxes.store
+    )
     services = Services(
         settings=settings,
         redis=r,
@@ -94,7 +94,7 @@ def create_app(
         agent_sessions=agent_sessions,
     )
     app.extensions["paddock"] = services
-    web_metrics.register(app, settings, r)  # first: its timer sees every other hook's work
+    web_metrics.register(app, r)  # first: its timer sees every other hook's work
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_browser_guards(app, settings)

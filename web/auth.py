@@ -25,7 +25,7 @@ from shared.accounts import Accounts
 from shared.errors import Unauthorized
 from shared.settings import Settings
 from web import tokens
-from web.services import current_services
+from web.services import Services, current_services
 
 LOCAL_TENANT = "local"
 
@@ -84,51 +84,39 @@ def account_user(settings: Settings, accounts: Accounts) -> str:
 # -- decorators ---------------------------------------------------------------------------------
 
 
-def tenant_from_api_key(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
-    """The view gets the API key's tenant id. Raises Unauthorized or ApiKeyRevoked."""
+def _with_caller(
+    view: Callable[Concatenate[str, P], R], caller: Callable[[Services], str]
+) -> Callable[P, R]:
+    """``view`` called with ``caller(services)`` (the request's id) before its own arguments."""
 
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        return view(tenant_for_api_key(current_services().accounts), *args, **kwargs)
+        return view(caller(current_services()), *args, **kwargs)
 
     return wrapper
+
+
+def tenant_from_api_key(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
+    """The view gets the API key's tenant id. Raises Unauthorized or ApiKeyRevoked."""
+    return _with_caller(view, lambda s: tenant_for_api_key(s.accounts))
 
 
 def user_from_account_token(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
     """The view gets the account token's user id. Raises Unauthorized."""
-
-    @functools.wraps(view)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        services = current_services()
-        return view(account_user(services.settings, services.accounts), *args, **kwargs)
-
-    return wrapper
+    return _with_caller(view, lambda s: account_user(s.settings, s.accounts))
 
 
 def tenant_from_e2b_key(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
     """The view gets the E2B caller's tenant id (`e2b_tenant`). Raises Unauthorized or
     ApiKeyRevoked."""
-
-    @functools.wraps(view)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        services = current_services()
-        return view(e2b_tenant(services.settings, services.accounts), *args, **kwargs)
-
-    return wrapper
+    return _with_caller(view, lambda s: e2b_tenant(s.settings, s.accounts))
 
 
 def tenant_from_e2b_key_or_body(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
     """As `tenant_from_e2b_key`, and the key may also come as the body's ``apiKey`` (a later
     E2B client sends it on ``POST /sessions``; headers win). The body itself is validated by
     the view. Raises Unauthorized or ApiKeyRevoked."""
-
-    @functools.wraps(view)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        services = current_services()
-        tenant_id = e2b_tenant(services.settings, services.accounts, _body_api_key())
-        return view(tenant_id, *args, **kwargs)
-
-    return wrapper
+    return _with_caller(view, lambda s: e2b_tenant(s.settings, s.accounts, _body_api_key()))
 
 
 def _body_api_key() -> str | None:

@@ -50,6 +50,7 @@ from shared.redisio import text
 from shared.settings import Settings
 from shared.tasks import CONTROL_QUEUE, host_queue
 from web.auth import bearer
+from web.services import current_services
 
 logger = logging.getLogger(__name__)
 
@@ -259,18 +260,17 @@ def exposition(cluster: Collector) -> bytes:
 @bp.get("/metrics")
 def metrics() -> Response:
     """The page Prometheus scrapes. Raises Unauthorized or MetricsForbidden (check_access)."""
-    state: dict[str, Any] = current_app.extensions["paddock.metrics"]
-    check_access(state["settings"])
+    check_access(current_services().settings)
     return Response(
-        exposition(state["cluster"]),
+        exposition(current_app.extensions["paddock.metrics"]),
         headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
     )
 
 
-def register(app: Flask, settings: Settings, r: redis.Redis) -> None:
+def register(app: Flask, r: redis.Redis) -> None:
     """Serve /metrics and time every request. Call before other before_request hooks, so a
     request a guard refuses is timed too."""
-    app.extensions["paddock.metrics"] = {"settings": settings, "cluster": ClusterCollector(r)}
+    app.extensions["paddock.metrics"] = ClusterCollector(r)
     app.register_blueprint(bp)
 
     @app.before_request

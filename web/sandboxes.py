@@ -4,6 +4,7 @@ command to the owning host's queue."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -258,21 +259,43 @@ class Sandboxes:
     def process_exists(self, sandbox: Sandbox, process_id: str) -> bool:
         return self.plog.exists(sandbox.sandbox_id, process_id)
 
-    def _take(self, kind: str, tenant_id: str, limit: int, refusal: str, retry_after: int) -> str:
-        """One of the tenant's ``limit`` slots of ``kind``. Raises QuotaExceeded (``refusal``)."""
+    def _hold(
+        self, kind: str, tenant_id: str, limit: int, refusal: str, retry_after: int
+    ) -> Callable[[], None]:
+        """Take one of the tenant's ``limit`` slots of ``kind`` and keep it for as long as the
+        request holds it, whatever the request is blocked on (a slow start, a client that
+        stops reading): a keeper refreshes it every _SLOT_TTL/3 until the returned function
+        releases it. If this web process dies, the slot lapses after _SLOT_TTL.
+
+        Raises QuotaExceeded (``refusal``)."""
         token = self.slots.acquire(kind, tenant_id, limit, _SLOT_TTL)
         if token is None:
             raise QuotaExceeded(refusal, retry_after=retry_after)
-        return token
+        done = threading.Event()
+
+        def keep() -> None:  # a greenlet under gunicorn's gevent workers
+            while not done.wait(_SLOT_TTL / 3):
+                try:
+                    self.slots.refresh(kind, tenant_id, token, _SLOT_TTL)
+                except redis.RedisError:
+                    logger.warning("%s slot of tenant %s: refresh failed", kind, tenant_id)
+
+        threading.Thread(target=keep, name=f"slot-{kind}", daemon=True).start()
+
+        def release() -> None:
+            done.set()
+            self.slots.release(kind, tenant_id, token)
+
+        return release
 
     @contextmanager
-    def waiting(self, sandbox: Sandbox) -> Iterator[str]:
+    def waiting(self, sandbox: Sandbox) -> Iterator[None]:
         """Hold one of the tenant's concurrent-wait slots for the block.
 
         Raises QuotaExceeded, before the block runs, when the tenant already has
         ``tenant_max_waits`` requests waiting."""
         limit = self.settings.tenant_max_waits
-        token = self._take(
+        release = self._hold(
             WAITS,
             sandbox.tenant_id,
             limit,
@@ -282,23 +305,20 @@ class Sandboxes:
         )
         try:
             with metrics.OPEN_WAITS.track_inprogress():
-                yield token
+                yield
         finally:
-            self.slots.release(WAITS, sandbox.tenant_id, token)
+            release()
 
-    def wait_done(
-        self, sandbox: Sandbox, process_id: str, slot: str, still_there: Callable[[], bool]
-    ) -> None:
-        """Block until the process ends (or the wait limit passes), keeping ``slot`` (from
-        `waiting`) alive; the sandbox counts as active meanwhile. Reads no output. Stops early
-        once ``still_there()`` says the client went away (checked every few seconds), so a
-        dead client keeps no sandbox alive."""
+    def wait_done(self, sandbox: Sandbox, process_id: str, still_there: Callable[[], bool]) -> None:
+        """Block until the process ends (or the wait limit passes), inside `waiting`; the
+        sandbox counts as active meanwhile. Reads no output. Stops early once
+        ``still_there()`` says the client went away (checked every few seconds), so a dead
+        client keeps no sandbox alive."""
 
         def tick() -> bool:
             if not still_there():
                 return False
             self.store.touch(sandbox.sandbox_id)
-            self.slots.refresh(WAITS, sandbox.tenant_id, slot, _SLOT_TTL)
             return True
 
         self.plog.wait_done(sandbox.sandbox_id, process_id, self.settings.wait_timeout, tick)
@@ -307,15 +327,15 @@ class Sandboxes:
         self, sandbox: Sandbox, answer: Iterator[bytes]
     ) -> tuple[Iterator[bytes], Callable[[], None]]:
         """Hold one of the tenant's stream slots while ``answer`` (an output answer's chunks)
-        is written. Returns the chunks to write, which keep the slot alive and let other
-        requests run between chunks (encoding a big answer is CPU work that would otherwise
-        hold an evented worker's loop), and the function that releases the slot (call it
-        when the response closes, written or not).
+        is written, however slowly the client reads. Returns the chunks to write, which let
+        other requests run between chunks (encoding a big answer is CPU work that would
+        otherwise hold an evented worker's loop), and the function that releases the slot
+        (call it when the response closes, written or not).
 
         Raises QuotaExceeded when the tenant already has ``tenant_max_streams`` answers
         being written."""
         limit = self.settings.tenant_max_streams
-        token = self._take(
+        release = self._hold(
             STREAMS,
             sandbox.tenant_id,
             limit,
@@ -325,15 +345,11 @@ class Sandboxes:
         )
 
         def chunks() -> Iterator[bytes]:
-            refreshed = time.monotonic()
             for chunk in answer:
                 yield chunk
                 time.sleep(0)  # under gevent: other greenlets run between chunks
-                if time.monotonic() - refreshed > _SLOT_TTL / 3:
-                    self.slots.refresh(STREAMS, sandbox.tenant_id, token, _SLOT_TTL)
-                    refreshed = time.monotonic()
 
-        return chunks(), lambda: self.slots.release(STREAMS, sandbox.tenant_id, token)
+        return chunks(), release
 
     def output(self, sandbox: Sandbox, process_id: str) -> Callable[[], Iterator[Entry]]:
         """The process's output so far, read entry by entry (never all at once); the function

@@ -246,3 +246,37 @@ def test_sandbox_states_are_the_ones_sent() -> None:
     props = build_spec()["components"]["schemas"]["SandboxInfo"]["properties"]
     assert props["state"]["enum"] == list(dict.fromkeys(SANDBOX_STATES.values()))
     assert "ended" not in props["state"]["enum"] and "lost" in props["state"]["enum"]
+
+
+# Routes anyone may call (each guards itself, if at all): the documents and docs page, health,
+# /metrics (its own rule: tests/unit/test_metrics.py) and the two steps of logging in.
+PUBLIC = {
+    "static",
+    "metrics.metrics",
+    "e2b.health.health",
+    "e2b.openapi.openapi",
+    "v1.openapi.openapi",
+    "docs.docs",
+    "v1.auth.login",
+    "v1.auth.verify_otp",
+}
+
+
+def test_every_other_route_refuses_a_request_without_credentials() -> None:
+    # Walks the app's own route table, so a route added without its credential decorator
+    # fails here whether or not it is documented. The WebSocket checks its session token
+    # after the handshake (close code 4401: tests/integration/test_agent_sessions.py).
+    app = _app()
+    client = app.test_client()
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC or rule.websocket:
+            continue
+        url = rule.rule
+        for arg in rule.arguments:
+            url = url.replace(f"<{arg}>", "me" if arg == "tenant" else "x")
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            response = client.open(url, method=method, json={"apiKey": 1})
+            assert response.status_code == 401, (method, url, response.status_code)
+            checked += 1
+    assert checked >= 30

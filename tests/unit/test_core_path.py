@@ -117,8 +117,8 @@ def test_a_process_is_started_and_its_output_read(path: Path) -> None:
     proc.feed.put((STDOUT, b"hi\n"))
     proc.feed.put((STDERR, b"oops\n"))
     proc.exit(3)
-    with path.sandboxes.waiting(sandbox) as slot:
-        path.sandboxes.wait_done(sandbox, pid, slot, lambda: True)
+    with path.sandboxes.waiting(sandbox):
+        path.sandboxes.wait_done(sandbox, pid, lambda: True)
     entries = list(path.sandboxes.output(sandbox, pid)())
     lines = [(entry.kind, line) for entry in entries for line in entry.lines]
     assert lines == [(STDOUT, "hi"), (STDERR, "oops")]

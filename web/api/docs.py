@@ -4,6 +4,7 @@ points to both machine-readable documents."""
 from __future__ import annotations
 
 import html
+from functools import cache
 
 from flask import Blueprint, Response
 
@@ -14,6 +15,13 @@ bp = Blueprint("docs", __name__)
 
 @bp.get("/docs")
 def docs() -> Response:
+    return Response(_page(), mimetype="text/html")
+
+
+@cache
+def _page() -> str:
+    """Written once per process: the document it renders never changes while it runs, and
+    anyone may ask for the page."""
     doc = build_spec()
     rows = []
     for path, ops in doc["paths"].items():
@@ -30,7 +38,7 @@ def docs() -> Response:
     for sname, schema in doc["components"]["schemas"].items():
         props = ", ".join(f"<code>{html.escape(p)}</code>" for p in schema.get("properties", {}))
         schemas.append(f"<li><b>{html.escape(sname)}</b>: {props}</li>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Paddock API</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Paddock API</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:72em}}td,th{{padding:4px 8px;
 border-bottom:1px solid #ddd;text-align:left;vertical-align:top}}</style></head><body>
 <h1>{html.escape(doc["info"]["title"])} {html.escape(doc["info"]["version"])}</h1>
@@ -39,4 +47,3 @@ border-bottom:1px solid #ddd;text-align:left;vertical-align:top}}</style></head>
 param?, request_id}}}}</code>.</p>
 <table><tr><th>method</th><th>path</th><th>what</th><th>body</th><th>responses</th></tr>
 {"".join(rows)}</table><h2>Schemas</h2><ul>{"".join(schemas)}</ul></body></html>"""
-    return Response(page, mimetype="text/html")

@@ -34,9 +34,9 @@ def start_process(tenant_id: str, session_id: str) -> Response:
     if not wait:
         process_id = sandboxes.start_process(sandbox, body["cmd"], body["envVars"], body["rootdir"])
         return _answer(sandboxes, sandbox, process_id)
-    with sandboxes.waiting(sandbox) as slot:  # refused before anything starts
+    with sandboxes.waiting(sandbox):  # refused before anything starts
         process_id = sandboxes.start_process(sandbox, body["cmd"], body["envVars"], body["rootdir"])
-        sandboxes.wait_done(sandbox, process_id, slot, _client_connected)
+        sandboxes.wait_done(sandbox, process_id, _client_connected)
     return _answer(sandboxes, sandbox, process_id)
 
 
@@ -49,8 +49,8 @@ def get_process(tenant_id: str, session_id: str, process_id: str) -> Response | 
     if not sandboxes.process_exists(sandbox, process_id):
         return "", 204
     if wait:
-        with sandboxes.waiting(sandbox) as slot:
-            sandboxes.wait_done(sandbox, process_id, slot, _client_connected)
+        with sandboxes.waiting(sandbox):
+            sandboxes.wait_done(sandbox, process_id, _client_connected)
     return _answer(sandboxes, sandbox, process_id)
 
 

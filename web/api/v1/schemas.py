@@ -11,6 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
 
+from shared.egress import MAX_ENTRIES
 from shared.secrets import MAX_KEYS, MAX_VALUE_BYTES
 
 BUNDLE_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -269,7 +270,7 @@ class NetworkSpec(Strict):
     )
     allow_out = fields.List(
         fields.String(),
-        validate=validate.Length(max=64),
+        validate=validate.Length(max=MAX_ENTRIES),
         metadata={
             "description": "IPv4 CIDRs this sandbox may reach even if deny_out covers them "
             "(allowing wins); private ranges only where the operator permits "
@@ -279,7 +280,7 @@ class NetworkSpec(Strict):
     )
     deny_out = fields.List(
         fields.String(),
-        validate=validate.Length(max=64),
+        validate=validate.Length(max=MAX_ENTRIES),
         metadata={
             "description": "IPv4 CIDRs this sandbox may not reach; 0.0.0.0/0 with allow_out "
             "makes an allow-list",
