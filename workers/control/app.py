@@ -14,7 +14,6 @@ from celery.signals import worker_ready, worker_shutdown
 
 from shared import tasks
 from shared.broker import make_celery
-from shared.crypto import SecretBox
 from shared.settings import Settings
 from workers.control import mailer, reaper
 from workers.control.scheduler import Periodic, Scheduler
@@ -29,7 +28,6 @@ def create_control_app(settings: Settings) -> Celery:
     one of them (scheduler.py): no Celery beat, no child process, no schedule file."""
     app = make_celery(settings)
     ctx = WorkerContext(settings)
-    box = SecretBox(settings.secret_key)
 
     # Not acks_late and delivered-twice safe: a reap only reads the indexes and sends destroys,
     # which are idempotent; the scheduler sends a fresh one every interval anyway.
@@ -51,7 +49,7 @@ def create_control_app(settings: Settings) -> Celery:
         max_retries=3,
     )
     def send_login_code(email: str, sealed_code: str) -> None:
-        mailer.send_login_code(settings, email, box.open_text(sealed_code))
+        mailer.send_login_code(settings, email, ctx.box.open_text(sealed_code))
 
     scheduler = Scheduler(
         app,

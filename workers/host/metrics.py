@@ -27,7 +27,9 @@ import hmac
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -83,6 +85,19 @@ RECONCILE_REMOVED = Counter(
     ["host", "kind"],
     registry=REGISTRY,
 )
+
+
+@contextmanager
+def process_start(host: str) -> Iterator[None]:
+    """Count one process start of ``host``, failed if the block raises, and time it if not."""
+    began = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        PROCESS_STARTS.labels(host, "failed").inc()
+        raise
+    PROCESS_STARTS.labels(host, "started").inc()
+    PROCESS_START_SECONDS.labels(host).observe(time.perf_counter() - began)
 
 
 def output_counters(host: str) -> dict[str, Any]:

@@ -77,8 +77,8 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
         seen = states.get(sandbox_id)
         if seen is not None and seen.alive:
             if at_start:
-                _end_processes(
-                    ctx, sandbox_id, "the process's output was lost: its host worker restarted"
+                end_processes(
+                    ctx.plog, sandbox_id, "the process's output was lost: its host worker restarted"
                 )
             continue
         if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
@@ -141,16 +141,14 @@ def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | N
     logger.warning("sandbox %s: lost (%s); slots freed, cleaning up", sandbox_id, reason)
     end_lost_session(ctx.sessions, ctx.store, sandbox_id, reason)
     ctx.processes.forget_sandbox(sandbox_id)
-    _end_processes(ctx, sandbox_id, f"the sandbox was lost ({reason}); the process ended with it")
+    end_processes(
+        ctx.plog, sandbox_id, f"the sandbox was lost ({reason}); the process ended with it"
+    )
     try:
         ctx.backend.destroy(sandbox_id, container_id)
     except SandboxError:  # StorageError included
         logger.exception("sandbox %s: cleanup of the lost sandbox failed; retried", sandbox_id)
     return True
-
-
-def _end_processes(ctx: WorkerContext, sandbox_id: str, why: str) -> None:
-    end_processes(ctx.plog, sandbox_id, why)
 
 
 def end_processes(plog: ProcessLog, sandbox_id: str, why: str) -> None:

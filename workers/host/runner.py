@@ -183,55 +183,39 @@ class ProcessManager:
     ) -> None:
         """Start ``cmd`` and return once it runs. Raises QuotaExceeded when the sandbox already
         runs its most processes, SandboxGone if the sandbox is gone."""
-        began = time.perf_counter()
-        try:
-            self._start(sandbox_id, process_id, cmd, env, cwd, tenant_id)
-        except Exception:
-            metrics.PROCESS_STARTS.labels(self.settings.host_id, "failed").inc()
-            raise
-        metrics.PROCESS_STARTS.labels(self.settings.host_id, "started").inc()
-        took = time.perf_counter() - began
-        metrics.PROCESS_START_SECONDS.labels(self.settings.host_id).observe(took)
-
-    def _start(
-        self,
-        sandbox_id: str,
-        process_id: str,
-        cmd: str,
-        env: dict[str, str],
-        cwd: str,
-        tenant_id: str,
-    ) -> None:
-        self.plog.register(
-            sandbox_id,
-            process_id,
-            cmd,
-            tenant_id,
-            self.settings.sandbox_max_processes,
-            self.budgets,
-        )
-        try:
-            oom_base = self.backend.oom_kills(sandbox_id)
-            handle = self.backend.spawn(sandbox_id, cmd, env, cwd)
-        except Exception:
-            self.plog.forget(sandbox_id, process_id)
-            raise
-        run = Running(
-            sandbox_id,
-            process_id,
-            tenant_id,
-            handle,
-            oom_base=oom_base,
-            pending=Pending(self.pending),
-        )
-        with self._lock:
-            self._running[(sandbox_id, process_id)] = run
-        self.plog.set_fields(sandbox_id, process_id, status="running")
-        threading.Thread(
-            target=self._pump, args=(run,), name=f"pump-{process_id}", daemon=True
-        ).start()
-        # Ids and sizes only: a command can carry a secret.
-        logger.info("sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd))
+        with metrics.process_start(self.settings.host_id):
+            self.plog.register(
+                sandbox_id,
+                process_id,
+                cmd,
+                tenant_id,
+                self.settings.sandbox_max_processes,
+                self.budgets,
+            )
+            try:
+                oom_base = self.backend.oom_kills(sandbox_id)
+                handle = self.backend.spawn(sandbox_id, cmd, env, cwd)
+            except Exception:
+                self.plog.forget(sandbox_id, process_id)
+                raise
+            run = Running(
+                sandbox_id,
+                process_id,
+                tenant_id,
+                handle,
+                oom_base=oom_base,
+                pending=Pending(self.pending),
+            )
+            with self._lock:
+                self._running[(sandbox_id, process_id)] = run
+            self.plog.set_fields(sandbox_id, process_id, status="running")
+            threading.Thread(
+                target=self._pump, args=(run,), name=f"pump-{process_id}", daemon=True
+            ).start()
+            # Ids and sizes only: a command can carry a secret.
+            logger.info(
+                "sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd)
+            )
 
     def count(self) -> int:
         """Processes whose output is pumped now (metrics)."""

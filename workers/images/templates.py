@@ -84,14 +84,6 @@ def template_catalog(client: docker.DockerClient, prefix: str) -> list[TemplateI
     return [found[name] for name in sorted(found)]
 
 
-def available_templates(client: docker.DockerClient, prefix: str) -> dict[str, str]:
-    """Map template name (exact case, e.g. ``Nodejs``) to image ref, for the local images.
-
-    Raises docker.errors.DockerException when the engine cannot be reached.
-    """
-    return {t.name: t.image for t in template_catalog(client, prefix)}
-
-
 def parse_versions_label(raw: str | None) -> dict[str, str]:
     """The versions label as a dict; anything unreadable is an empty dict, never an error."""
     if not raw:

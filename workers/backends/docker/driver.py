@@ -413,10 +413,6 @@ class DockerDriver:
                 return False
             time.sleep(0.2)
 
-    def list_sandboxes(self) -> dict[str, str]:
-        """Sandbox id → container id of every container of this host and instance."""
-        return {sid: cid for sid, (cid, _state) in self.container_states().items()}
-
     def container_states(self) -> dict[str, tuple[str, str]]:
         """Sandbox id → (container id, state: running, exited, paused...) of every container
         of this host and instance, from one listing (never an inspect: a listing does not wait

@@ -409,17 +409,30 @@ def _unpack(tar: Path, mnt: Path, sub: str) -> None:
     no setuid bits (the checks of tarfile's ``data`` filter, made here because Debian 12's
     Python 3.11.2 predates that filter)."""
     dest = os.path.realpath(mnt)
+    refused = 0
     with tarfile.open(tar) as archive:
-        for member in archive:
+        while (member := archive.next()) is not None:
+            # tarfile keeps every member it has read; an archive of millions of entries (most
+            # of them refused, taking no room on the capped disk) must not take the worker's
+            # memory with them. Nothing needs them later: hard links go to what is on disk.
+            archive.members.clear()  # type: ignore[attr-defined]  # (not in typeshed)
             try:
                 placed = _place(member, dest, sub)
             except _Refused as exc:
-                logger.warning("seed %s: skipping %s: %s", tar.parent.name[:12], member.name, exc)
+                refused += 1
+                if refused <= _REFUSALS_LOGGED:
+                    logger.warning(
+                        "seed %s: skipping %s: %s", tar.parent.name[:12], member.name, exc
+                    )
                 continue
             if placed is not None:
                 archive.extract(placed, dest, set_attrs=True, **_TRUSTED)
+    if refused > _REFUSALS_LOGGED:
+        logger.warning("seed %s: %d entries skipped in all", tar.parent.name[:12], refused)
 
 
+# Skipped entries named in the log, per seed; past this only their count.
+_REFUSALS_LOGGED = 20
 # The member is checked by _place already; newer Pythons would otherwise warn (3.12, 3.13) or
 # apply their default filter a second time (3.14).
 _TRUSTED: dict[str, Any] = (
@@ -446,8 +459,13 @@ def _place(member: tarfile.TarInfo, dest: str, sub: str) -> tarfile.TarInfo | No
         raise _Refused("outside the destination")
     if member.islnk():  # hard links name their target by its path in the archive
         placed.linkname = f"{sub}/{member.linkname.lstrip('/').partition('/')[2]}"
-        if not _inside(dest, os.path.join(dest, placed.linkname)):
+        linked = os.path.join(dest, placed.linkname)
+        if not _inside(dest, linked):
             raise _Refused("a hard link to outside the destination")
+        if not os.path.isfile(linked):
+            # Its target was skipped, or comes later: tarfile would look for it among the
+            # members read (KeyError), or copy it from the archive.
+            raise _Refused("a hard link to no file unpacked before it")
     elif member.issym():
         if os.path.isabs(member.linkname):
             raise _Refused("a symlink to an absolute path")
