@@ -32,6 +32,12 @@ const idleRelease = 2 * time.Second
 
 var busy atomic.Bool
 
+// fileOps are the file operations that each answer one request off the request loop.
+var fileOps = map[string]func(*wire.Writer, *wire.Request){
+	"fs.stat": fsops.Stat, "fs.list": fsops.List, "fs.read": fsops.Read,
+	"fs.mkdir": fsops.Mkdir, "fs.move": fsops.Move, "fs.remove": fsops.Remove,
+}
+
 func releaseWhenIdle() {
 	wasBusy := false
 	for range time.Tick(idleRelease) {
@@ -108,20 +114,12 @@ func main() {
 		case "fs.write":
 			// In the request loop: a write stream's chunks must stay in order.
 			writes.Chunk(out, req, payload)
-		case "fs.stat":
-			go fsops.Stat(out, req)
-		case "fs.list":
-			go fsops.List(out, req)
-		case "fs.read":
-			go fsops.Read(out, req)
-		case "fs.mkdir":
-			go fsops.Mkdir(out, req)
-		case "fs.move":
-			go fsops.Move(out, req)
-		case "fs.remove":
-			go fsops.Remove(out, req)
 		default:
-			out.Error(req.ID, "unknown_op", "unknown op "+req.Op)
+			if op := fileOps[req.Op]; op != nil {
+				go op(out, req)
+			} else {
+				out.Error(req.ID, "unknown_op", "unknown op "+req.Op)
+			}
 		}
 	}
 }

@@ -13,26 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from workers.backends.supervisor.build import build
+from tests.integration.supervisor_helpers import binary, running
 from workers.backends.supervisor.channel import Channel, Process, SupervisorError
 from workers.backends.supervisor.frames import MAX_FRAME, encode, read_frame
 
 
-@pytest.fixture(scope="module")
-def binary() -> Path:
-    return build()
-
-
 @pytest.fixture
-def sup(binary: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Channel]]:
-    proc = subprocess.Popen(
-        [str(binary)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert proc.stdin and proc.stdout
-    channel = Channel(proc.stdout, proc.stdin, timeout=10)
-    yield proc, channel
-    channel.close()
-    assert proc.wait(5) == 0
+def sup(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Channel]]:
+    with running(tmp_path) as started:
+        yield started
 
 
 @pytest.fixture
@@ -47,12 +36,12 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_idle_rss(sup: tuple[subprocess.Popen[bytes], Channel], binary: Path) -> None:
+def test_idle_rss(sup: tuple[subprocess.Popen[bytes], Channel]) -> None:
     proc, ch = sup
     ch.processes()  # it answers: it is up
     time.sleep(0.3)
     rss = _rss_kb(proc.pid)
-    print(f"\nsupervisor: binary {binary.stat().st_size / 1e6:.2f} MB, idle RSS {rss} kB")
+    print(f"\nsupervisor: binary {binary().stat().st_size / 1e6:.2f} MB, idle RSS {rss} kB")
     assert rss < 5 * 1024
 
 
@@ -136,7 +125,7 @@ def test_three_at_once(ch: Channel) -> None:
         results[name] = out
 
     # Each process is consumed from the moment it starts: a request whose frames nobody
-    # reads fills its bounded queue and then holds up the channel's reader for everyone.
+    # reads fills its bounded queue, holds up the channel's reader for its stall, then fails.
     threads = []
     for name in "abc":
         proc = ch.spawn(cmd=f"for i in $(seq 1 3000); do echo {name} $i; done")
@@ -201,9 +190,9 @@ def _raw(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def test_garbage_is_refused(binary: Path, tmp_path: Path) -> None:
+def test_garbage_is_refused(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [str(binary)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [str(binary())], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     assert proc.stdin and proc.stdout
 
@@ -253,3 +242,53 @@ def test_rss_after_a_large_transfer(
     idle = _rss_kb(proc.pid)
     print(f"\nsupervisor RSS: {busy} kB after a 3 MiB round trip, {idle} kB once idle")
     assert idle < 5 * 1024
+
+
+def test_an_unread_flood_holds_up_nothing_else(
+    sup: tuple[subprocess.Popen[bytes], Channel],
+) -> None:
+    """A process whose output the worker never reads: the channel fails that one request
+    (overflow) after its stall, other requests keep completing, and the supervisor keeps no
+    more than its ring of the flood."""
+    proc, ch = sup
+    ch.stall = 0.5
+    flood = ch.spawn(["yes"])
+    for _ in range(20):
+        out, _, exit_ = ch.spawn(["echo", "hi"]).wait()
+        assert (out, exit_.code) == (b"hi\n", 0)
+    with pytest.raises(SupervisorError) as err:
+        list(flood.events())
+    assert err.value.code == "overflow"
+    time.sleep(0.5)  # yes keeps flooding; its frames are read and dropped
+    assert ch.stat(".")["type"] == "dir"
+    rss = _rss_kb(proc.pid)
+    print(f"\nsupervisor RSS during an unread flood: {rss} kB")
+    assert rss < 32 * 1024
+    flood.signal("KILL")
+
+
+def test_list_and_read_bounds(ch: Channel, tmp_path: Path) -> None:
+    """A directory past the entry limit fails instead of growing the answer; devices and FIFOs
+    are not read (they may never end or block)."""
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(100_001):
+        (big / str(i)).touch()
+    with pytest.raises(SupervisorError) as err:
+        ch.list_dir(str(big))
+    assert "100000 entries" in err.value.message
+    os.mkfifo(tmp_path / "fifo")
+    for path in ("/dev/zero", str(tmp_path / "fifo")):
+        assert _code(ch.read_file, path) == "invalid"
+    assert ch.stat(str(big / "7"))["type"] == "file"  # still serving
+
+
+def test_write_replaces_a_symlink_not_its_target(ch: Channel, tmp_path: Path) -> None:
+    """The temporary file is created exclusively and renamed onto the path: a symlink there is
+    replaced, never written through."""
+    target = tmp_path / "target"
+    target.write_bytes(b"keep")
+    (tmp_path / "link").symlink_to(target)
+    ch.write_file(str(tmp_path / "link"), b"new")
+    assert not (tmp_path / "link").is_symlink()
+    assert ((tmp_path / "link").read_bytes(), target.read_bytes()) == (b"new", b"keep")

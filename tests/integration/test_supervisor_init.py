@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from workers.backends.supervisor.build import build
+from tests.integration.supervisor_helpers import running
 from workers.backends.supervisor.channel import Channel
 
 
-@pytest.fixture(scope="module")
-def binary() -> Path:
-    return build()
-
-
 @pytest.fixture
-def sup(binary: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Channel]]:
-    proc = subprocess.Popen(
-        [str(binary), "--init"], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert proc.stdin and proc.stdout
-    channel = Channel(proc.stdout, proc.stdin, timeout=10)
-    yield proc, channel
-    channel.close()
-    assert proc.wait(5) == 0
+def sup(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Channel]]:
+    with running(tmp_path, "--init") as started:
+        yield started
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

@@ -3,31 +3,19 @@ run on the host as a local subprocess."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from workers.backends.supervisor.build import build
+from tests.integration.supervisor_helpers import running
 from workers.backends.supervisor.channel import Channel, Exit, SupervisorError
 
 
-@pytest.fixture(scope="module")
-def binary() -> Path:
-    return build()
-
-
 @pytest.fixture
-def ch(binary: Path, tmp_path: Path) -> Iterator[Channel]:
-    proc = subprocess.Popen(
-        [str(binary)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert proc.stdin and proc.stdout
-    channel = Channel(proc.stdout, proc.stdin, timeout=10)
-    yield channel
-    channel.close()
-    assert proc.wait(5) == 0
+def ch(tmp_path: Path) -> Iterator[Channel]:
+    with running(tmp_path) as (_, channel):
+        yield channel
 
 
 def test_stty_size_then_resize(ch: Channel) -> None:

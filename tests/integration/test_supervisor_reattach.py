@@ -5,34 +5,20 @@ as a local subprocess (no container)."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from workers.backends.supervisor.build import build
+from tests.integration.supervisor_helpers import binary, running
 from workers.backends.supervisor.channel import Channel, Exit, Output, SupervisorError
 
 
-@pytest.fixture(scope="module")
-def binary() -> Path:
-    return build()
-
-
-def _start(binary: Path, cwd: Path, *args: str) -> tuple[subprocess.Popen[bytes], Channel]:
-    proc = subprocess.Popen(
-        [str(binary), *args], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert proc.stdin and proc.stdout
-    return proc, Channel(proc.stdout, proc.stdin, timeout=10)
-
-
 @pytest.fixture
-def ch(binary: Path, tmp_path: Path) -> Iterator[Channel]:
-    proc, channel = _start(binary, tmp_path)
-    yield channel
-    channel.close()
-    assert proc.wait(5) == 0
+def ch(tmp_path: Path) -> Iterator[Channel]:
+    with running(tmp_path) as (_, channel):
+        yield channel
 
 
 COUNT = "for i in $(seq 1 300); do echo $i; sleep 0.003; done"
@@ -83,9 +69,8 @@ def test_two_followers_of_a_running_process(ch: Channel) -> None:
     assert out1 == out2 == b"got it\n" and exit1.code == exit2.code == 0
 
 
-def test_truncated_with_a_tiny_ring(binary: Path, tmp_path: Path) -> None:
-    sup, ch = _start(binary, tmp_path, "--ring-bytes", "64")
-    try:
+def test_truncated_with_a_tiny_ring(tmp_path: Path) -> None:
+    with running(tmp_path, "--ring-bytes", "64") as (_, ch):
         proc = ch.spawn(cmd="for i in $(seq 1 50); do echo $i; sleep 0.002; done")
         full, _, _ = proc.wait()
         assert full == "".join(f"{i}\n" for i in range(1, 51)).encode()
@@ -97,13 +82,26 @@ def test_truncated_with_a_tiny_ring(binary: Path, tmp_path: Path) -> None:
         assert outputs and outputs[0].seq == late.first_seq
         kept = b"".join(e.data for e in outputs)
         assert 0 < len(kept) <= 64 and full.endswith(kept)
-    finally:
-        ch.close()
-    assert sup.wait(5) == 0
 
 
-def test_bad_ring_flag(binary: Path, tmp_path: Path) -> None:
+def test_bad_ring_flag(tmp_path: Path) -> None:
     done = subprocess.run(
-        [str(binary), "--ring-bytes", "-1"], cwd=tmp_path, capture_output=True, check=False
+        [str(binary()), "--ring-bytes", "-1"], cwd=tmp_path, capture_output=True, check=False
     )
     assert done.returncode == 64
+
+
+def test_ring_of_tiny_frames_is_bounded(tmp_path: Path) -> None:
+    """A process writing a byte at a time: each frame counts at least 64 bytes in the ring, so
+    the frames kept stay within ring-bytes / 64 however small they are."""
+    ring = 4096
+    writer = "import os, time\nfor _ in range(2000): os.write(1, b'x'); time.sleep(0.0003)"
+    with running(tmp_path, "--ring-bytes", str(ring)) as (_, ch):
+        proc = ch.spawn([sys.executable, "-c", writer])
+        full, _, _ = proc.wait()
+        assert full == b"x" * 2000
+        late = ch.attach(proc.pid)
+        outputs = [e for e in late.events() if isinstance(e, Output)]
+        last = outputs[-1].seq
+        assert last > ring // 64, "the writes were coalesced: nothing to bound"
+        assert len(outputs) <= ring // 64 and last - outputs[0].seq + 1 == len(outputs)

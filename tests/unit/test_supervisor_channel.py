@@ -235,3 +235,22 @@ def test_attach_replay_with_a_gap_closes() -> None:
     )
     with pytest.raises(ChannelClosed):
         list(f.channel.attach(9, after_seq=2).events())
+
+
+@pytest.mark.parametrize(("frames", "size"), [(300, 1), (40, MAX_CHUNK)])
+def test_an_unread_flood_fails_only_its_request(frames: int, size: int) -> None:
+    """A process whose output nobody reads overflows its request's bound (256 frames or
+    8 MiB): after ``stall`` that request fails with ``overflow`` and its frames are dropped,
+    while another request on the same channel is answered."""
+    f = FakeSupervisor()
+    f.channel.stall = 0.2
+    out = {"type": "output", "id": 1, "pid": 9, "stream": "stdout"}
+    flood = [encode({**out, "seq": seq}, b"x" * size) for seq in range(1, frames + 1)]
+    started = encode({"type": "started", "id": 1, "pid": 9, "pgid": 9})
+    _serve(f, [REQ, started, *flood, REQ, _ok(2, processes=[])])
+    proc = f.channel.spawn(["yes"])
+    assert f.channel.processes() == []  # answered although request 1 is never read
+    assert f.channel.closed is None
+    with pytest.raises(SupervisorError) as err:
+        list(proc.events())
+    assert err.value.code == "overflow"

@@ -52,6 +52,15 @@ func Code(err error) string {
 
 func fail(out *wire.Writer, id uint64, err error) { out.Error(id, Code(err), err.Error()) }
 
+// reply ends request id: ok, or the error's code.
+func reply(out *wire.Writer, id uint64, err error) {
+	if err != nil {
+		fail(out, id, err)
+		return
+	}
+	out.OK(id, nil)
+}
+
 // Entry is what stat and list report about one path.
 type Entry struct {
 	Name   string  `json:"name"`
@@ -131,32 +140,43 @@ func List(out *wire.Writer, req *wire.Request) {
 	batch := make([]Entry, 0, entriesBatch)
 	count := 0
 	var walk func(dir string, left int) error
+	// Each directory is read a batch at a time, so a huge one costs no more than the entry
+	// limit; O_NOFOLLOW: a directory swapped for a symlink meanwhile is not followed.
 	walk = func(dir string, left int) error {
-		names, err := os.ReadDir(dir)
+		f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
 		if err != nil {
 			return err
 		}
-		for _, d := range names {
-			p := filepath.Join(dir, d.Name())
-			fi, err := os.Lstat(p)
-			if err != nil {
-				continue // gone meanwhile
-			}
-			if count++; count > maxEntries {
-				return fmt.Errorf("%w: more than %d entries", syscall.E2BIG, maxEntries)
-			}
-			batch = append(batch, entry(p, fi))
-			if len(batch) == entriesBatch {
-				_ = out.Send(wire.Msg{"type": "entries", "id": req.ID, "entries": batch}, nil)
-				batch = batch[:0]
-			}
-			if fi.IsDir() && left > 1 {
-				if err := walk(p, left-1); err != nil && !errors.Is(err, fs.ErrPermission) {
-					return err
+		defer f.Close()
+		for {
+			names, err := f.ReadDir(entriesBatch)
+			for _, d := range names {
+				p := filepath.Join(dir, d.Name())
+				fi, err := os.Lstat(p)
+				if err != nil {
+					continue // gone meanwhile
+				}
+				if count++; count > maxEntries {
+					return fmt.Errorf("%w: more than %d entries", syscall.E2BIG, maxEntries)
+				}
+				batch = append(batch, entry(p, fi))
+				if len(batch) == entriesBatch {
+					_ = out.Send(wire.Msg{"type": "entries", "id": req.ID, "entries": batch}, nil)
+					batch = batch[:0]
+				}
+				if fi.IsDir() && left > 1 {
+					if err := walk(p, left-1); err != nil && !skippable(err) {
+						return err
+					}
 				}
 			}
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
 		}
-		return nil
 	}
 	if err := walk(req.Path, depth); err != nil {
 		fail(out, req.ID, err)
@@ -168,13 +188,21 @@ func List(out *wire.Writer, req *wire.Request) {
 	out.OK(req.ID, wire.Msg{"count": count})
 }
 
+// skippable: a subdirectory that list cannot read, or that changed since it was seen (gone,
+// or swapped for a symlink or a file), is left out rather than failing the whole list.
+func skippable(err error) bool {
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrNotExist) ||
+		errors.Is(err, syscall.ELOOP) || errors.Is(err, syscall.ENOTDIR)
+}
+
 // Read answers fs.read: "data" frames of up to MaxChunk bytes, then ok with the size.
-// Only regular files: a FIFO or device could block or never end.
+// Only regular files: a FIFO or device could block or never end (O_NONBLOCK and O_NOCTTY so
+// that opening one to find out has no effect).
 func Read(out *wire.Writer, req *wire.Request) {
 	if !needPath(out, req) {
 		return
 	}
-	f, err := os.OpenFile(req.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := os.OpenFile(req.Path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
 		fail(out, req.ID, err)
 		return
@@ -315,17 +343,11 @@ func Mkdir(out *wire.Writer, req *wire.Request) {
 	if !needPath(out, req) {
 		return
 	}
-	var err error
+	mkdir := os.Mkdir
 	if req.Parents {
-		err = os.MkdirAll(req.Path, 0o755)
-	} else {
-		err = os.Mkdir(req.Path, 0o755)
+		mkdir = os.MkdirAll
 	}
-	if err != nil {
-		fail(out, req.ID, err)
-		return
-	}
-	out.OK(req.ID, nil)
+	reply(out, req.ID, mkdir(req.Path, 0o755))
 }
 
 // Move answers fs.move (a rename: same filesystem only).
@@ -337,11 +359,7 @@ func Move(out *wire.Writer, req *wire.Request) {
 		out.Error(req.ID, "invalid", "dst is missing")
 		return
 	}
-	if err := os.Rename(req.Path, req.Dst); err != nil {
-		fail(out, req.ID, err)
-		return
-	}
-	out.OK(req.ID, nil)
+	reply(out, req.ID, os.Rename(req.Path, req.Dst))
 }
 
 // Remove answers fs.remove (recursive: a whole tree; otherwise a file or empty directory).
@@ -353,15 +371,9 @@ func Remove(out *wire.Writer, req *wire.Request) {
 		fail(out, req.ID, err)
 		return
 	}
-	var err error
+	remove := os.Remove
 	if req.Recursive {
-		err = os.RemoveAll(req.Path)
-	} else {
-		err = os.Remove(req.Path)
+		remove = os.RemoveAll
 	}
-	if err != nil {
-		fail(out, req.ID, err)
-		return
-	}
-	out.OK(req.ID, nil)
+	reply(out, req.ID, remove(req.Path))
 }

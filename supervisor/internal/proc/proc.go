@@ -28,6 +28,9 @@ const (
 	exitedRings = 4
 	// DefaultRing is the default size of each process's replay ring.
 	DefaultRing = 4 << 20
+	// minChunkCost is what a frame counts for in the ring at least: about its bookkeeping,
+	// so a process writing a byte at a time cannot make the ring many times its size.
+	minChunkCost = 64
 )
 
 // chunk is one output frame kept in a process's replay ring.
@@ -35,6 +38,13 @@ type chunk struct {
 	stream string
 	seq    uint64
 	data   []byte
+}
+
+func ringCost(c chunk) int {
+	if len(c.data) < minChunkCost {
+		return minChunkCost
+	}
+	return len(c.data)
 }
 
 type stdinWrite struct {
@@ -268,9 +278,9 @@ func (m *Manager) pump(p *Proc, r *os.File, stream string, done *sync.WaitGroup)
 			if m.ringSize > 0 {
 				c.data = append([]byte(nil), buf[:n]...)
 				p.ring = append(p.ring, c)
-				p.ringBytes += n
+				p.ringBytes += ringCost(c)
 				for p.ringBytes > m.ringSize && len(p.ring) > 0 {
-					p.ringBytes -= len(p.ring[0].data)
+					p.ringBytes -= ringCost(p.ring[0])
 					p.ring[0] = chunk{}
 					p.ring = p.ring[1:]
 				}

@@ -1,8 +1,11 @@
 """A typed client of the supervisor: one channel, every operation multiplexed by request id.
 
 A reader thread reads and validates every frame (frames.py) and hands it to the waiter of its
-request id. Each waiter's queue is bounded, so a flooding supervisor blocks on its own stdout
-instead of growing the worker's memory. Any invalid frame ends the channel: every waiter gets
+request id. Each waiter holds at most 256 frames and 8 MiB: when one is full the reader waits
+(the supervisor then blocks on its own stdout, and the process on its pipe) but only for
+``stall`` seconds; then that request fails with SupervisorError ``overflow`` and its frames
+are dropped, so a request nobody reads holds up the others on the channel once and briefly,
+and the worker's memory stays bounded. Any invalid frame ends the channel: every waiter gets
 ChannelClosed, and later calls raise it at once."""
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -20,7 +23,9 @@ from workers.backends.supervisor.frames import MAX_CHUNK, Frame, FrameError, enc
 
 logger = logging.getLogger(__name__)
 
-_QUEUE = 256  # frames held per request before the reader thread waits
+_QUEUE_FRAMES = 256  # frames held per request before the reader thread waits
+_QUEUE_BYTES = 8 << 20  # bytes held per request (a frame may be 1 MiB)
+_STALL = 2.0  # seconds the reader waits for a request's consumer before failing it
 
 
 class SupervisorError(Exception):
@@ -56,16 +61,74 @@ class Exit:
     duration_ms: float
 
 
-class Channel:
-    """The worker's end of a supervisor's stdio: ``reader`` is its stdout, ``writer`` its stdin."""
+class _Waiter:
+    """One request's frames in arrival order, bounded in count and bytes, then its end."""
 
-    def __init__(self, reader: IO[bytes], writer: IO[bytes], timeout: float = 30.0) -> None:
+    def __init__(self) -> None:
+        self._frames: deque[Frame] = deque()
+        self._bytes = 0
+        self._error: SupervisorError | None = None  # raised once the frames are consumed
+        self._cond = threading.Condition()
+
+    def _room(self, size: int) -> bool:
+        return (
+            self._error is not None
+            or not self._frames
+            or (len(self._frames) < _QUEUE_FRAMES and self._bytes + size <= _QUEUE_BYTES)
+        )
+
+    def put(self, frame: Frame, stall: float) -> bool:
+        """Queue a frame (dropped once ended); False when no room came within ``stall`` s."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._room(frame.size), stall):
+                return False
+            if self._error is None:
+                self._frames.append(frame)
+                self._bytes += frame.size
+                self._cond.notify_all()
+            return True
+
+    def end(self, error: SupervisorError, drop: bool = False) -> None:
+        """Raise ``error`` after the queued frames (or at once with ``drop``)."""
+        with self._cond:
+            self._error = self._error or error
+            if drop:
+                self._frames.clear()
+                self._bytes = 0
+            self._cond.notify_all()
+
+    def pending(self) -> bool:
+        return bool(self._frames)
+
+    def get(self, timeout: float | None) -> Frame:
+        """Raises the end's error, TimeoutError."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._frames or self._error, timeout):
+                raise TimeoutError("the supervisor did not answer in time")
+            if not self._frames:
+                assert self._error is not None
+                raise self._error
+            frame = self._frames.popleft()
+            self._bytes -= frame.size
+            self._cond.notify_all()
+            return frame
+
+
+class Channel:
+    """The worker's end of a supervisor's stdio: ``reader`` is its stdout, ``writer`` its stdin.
+    ``timeout`` bounds each wait for an answer; ``stall`` how long the reader waits for one
+    request's consumer to make room (see the module's docstring)."""
+
+    def __init__(
+        self, reader: IO[bytes], writer: IO[bytes], timeout: float = 30.0, stall: float = _STALL
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
+        self.stall = stall
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # guards _waiters, _closed and writes
-        self._waiters: dict[int, queue.Queue[Frame | None]] = {}
+        self._waiters: dict[int, _Waiter] = {}
         self._closed: str | None = None
         self._thread = threading.Thread(
             target=self._read_loop, name="supervisor-channel", daemon=True
@@ -84,27 +147,32 @@ class Channel:
                     waiter = self._waiters.get(frame.id)
                 if frame.id == 0:
                     logger.warning("supervisor: %s", frame.header.get("message"))
-                elif waiter is not None:
-                    waiter.put(frame)
+                elif waiter is not None and not waiter.put(frame, self.stall):
+                    self._overflow(frame.id, waiter)
             self._end("the supervisor closed its stdout")
         except FrameError as exc:
             self._end(f"invalid frame from the supervisor: {exc}")
         except (OSError, ValueError) as exc:
             self._end(f"reading from the supervisor failed: {exc}")
 
+    def _overflow(self, request_id: int, waiter: _Waiter) -> None:
+        self._forget(request_id)
+        message = (
+            f"request {request_id} was not read: {_QUEUE_FRAMES} frames or {_QUEUE_BYTES} bytes"
+            f" waited {self.stall} s; its frames are dropped"
+        )
+        logger.warning("supervisor: %s", message)
+        waiter.end(SupervisorError("overflow", message), drop=True)
+
     def _end(self, reason: str) -> None:
         with self._lock:
             if self._closed is None:
                 self._closed = reason
+            reason = self._closed
             waiters = list(self._waiters.values())
             self._waiters.clear()
         for waiter in waiters:
-            try:
-                waiter.put_nowait(None)
-            except queue.Full:
-                # The consumer is behind: replace its oldest frame with the end marker.
-                waiter.get_nowait()
-                waiter.put_nowait(None)
+            waiter.end(ChannelClosed(reason))
 
     def close(self) -> None:
         """Close the supervisor's stdin (it then kills its processes and exits)."""
@@ -112,9 +180,9 @@ class Channel:
             self._writer.close()
         self._end("closed by the worker")
 
-    def _open(self) -> tuple[int, queue.Queue[Frame | None]]:
+    def _open(self) -> tuple[int, _Waiter]:
         request_id = next(self._ids)
-        waiter: queue.Queue[Frame | None] = queue.Queue(_QUEUE)
+        waiter = _Waiter()
         with self._lock:
             if self._closed is not None:
                 raise ChannelClosed(self._closed)
@@ -136,13 +204,8 @@ class Channel:
             except (OSError, ValueError) as exc:
                 raise ChannelClosed(f"writing to the supervisor failed: {exc}") from None
 
-    def _next(self, waiter: queue.Queue[Frame | None], timeout: float | None) -> Frame:
-        try:
-            frame = waiter.get(timeout=self.timeout if timeout is None else timeout)
-        except queue.Empty:
-            raise TimeoutError("the supervisor did not answer in time") from None
-        if frame is None:
-            raise ChannelClosed(self._closed or "closed")
+    def _next(self, waiter: _Waiter, timeout: float | None) -> Frame:
+        frame = waiter.get(self.timeout if timeout is None else timeout)
         if frame.type == "error":
             raise SupervisorError(frame.header["code"], frame.header["message"])
         return frame
@@ -220,11 +283,10 @@ class Channel:
             self._forget(request_id)
             self._end(f"an attach answer for pid {h['pid']} that does not fit")
             raise ChannelClosed(self._closed or "closed")
-        proc = Process(self, request_id, waiter, h["pid"], h["pgid"])
-        proc.truncated = h["truncated"]
-        proc.first_seq = h["first_seq"]
-        proc._seq = max(after_seq, h["first_seq"] - 1)
-        return proc
+        seq = max(after_seq, h["first_seq"] - 1)
+        return Process(
+            self, request_id, waiter, h["pid"], h["pgid"], h["truncated"], h["first_seq"], seq
+        )
 
     # Files
 
@@ -273,7 +335,7 @@ class Channel:
                 for start in range(0, len(chunk), MAX_CHUNK):
                     self._send(header, chunk[start : start + MAX_CHUNK])
                     header = {"id": request_id, "op": "fs.write", "more": True}
-                    if not waiter.empty():  # an early error: end the stream, then raise it
+                    if waiter.pending():  # an early error: end the stream, then raise it
                         self._send({"id": request_id, "op": "fs.write", "more": False})
                         self._next(waiter, None)
             self._send({**header, "more": False})
@@ -295,28 +357,24 @@ class Channel:
         self.call("fs.remove", path=path, recursive=recursive)
 
 
+@dataclass(eq=False)
 class Process:
-    """A process started by Channel.spawn: its events, stdin and signals."""
+    """A process started by Channel.spawn or followed by Channel.attach: its events, stdin and
+    signals."""
 
-    def __init__(
-        self,
-        channel: Channel,
-        request_id: int,
-        waiter: queue.Queue[Frame | None],
-        pid: int,
-        pgid: int,
-    ) -> None:
-        self._channel = channel
-        self._id = request_id
-        self._waiter = waiter
-        self.pid = pid
-        self.pgid = pgid
-        self._seq = 0
-        self.truncated = False  # attach only: output before first_seq was dropped
-        self.first_seq = 1
+    _channel: Channel
+    _id: int
+    _waiter: _Waiter
+    pid: int
+    pgid: int
+    truncated: bool = False  # attach only: output before first_seq was dropped
+    first_seq: int = 1
+    _seq: int = 0
 
-    def events(self, timeout: float | None = None) -> Iterator[Output | Exit]:
-        """Output chunks in order, then the Exit. Raises ChannelClosed, TimeoutError."""
+    def events(self, timeout: float | None = None) -> Generator[Output | Exit, None, None]:
+        """Output chunks in order, then the Exit. Raises ChannelClosed, TimeoutError,
+        SupervisorError ``overflow`` when they were not read in time (Channel.attach with
+        ``after_seq`` the last seq seen follows on from the supervisor's replay ring)."""
         try:
             while True:
                 frame = self._channel._expect(

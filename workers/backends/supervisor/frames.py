@@ -28,6 +28,7 @@ class FrameError(Exception):
 class Frame:
     header: dict[str, Any]
     payload: bytes
+    size: int  # the body's length on the wire: what holding this frame costs
 
     @property
     def type(self) -> str:
@@ -82,7 +83,7 @@ def read_frame(read: Callable[[int], bytes]) -> Frame | None:
         raise FrameError(f"the header is not JSON: {exc}") from None
     payload = body[4 + head_len :]
     validate(header, payload)
-    return Frame(header, payload)
+    return Frame(header, payload, size)
 
 
 def _is_int(value: object, low: int = 0) -> bool:
