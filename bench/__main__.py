@@ -15,11 +15,18 @@ from typing import Any
 
 import docker
 import docker.errors
-import requests
 
 from bench.concurrency import bench_concurrency
 from bench.report import HIGHER_IS_BETTER, Figure, Report, latency_figures, machine_info
-from bench.targets import BenchError, Flood, PaddockTarget, RawDocker
+from bench.targets import (
+    RUN_ERRORS,
+    BenchError,
+    Flood,
+    PaddockTarget,
+    RawDocker,
+    logs_on_failure,
+    template_image,
+)
 from devstack.stack import Stack
 
 
@@ -136,11 +143,7 @@ def bench_flood(
 
 def run(args: argparse.Namespace) -> Report:
     client = docker.from_env(timeout=600)
-    image = f"paddock/tpl-{args.env.lower()}:latest"
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound as exc:
-        raise BenchError(f"image {image} is missing; build it with `make images`") from exc
+    image = template_image(client, args.env)
     report = Report(machine=machine_info(str(client.version().get("Version", "?"))))
     if args.only != "concurrency":
         run_latency(args, client, image, report)
@@ -167,20 +170,14 @@ def run_latency(args: argparse.Namespace, client: Any, image: str, report: Repor
         stack = Stack(Path(tmp), hosts=("bench",), env=env)
         raw = RawDocker(client, image, stack.instance)
         try:
-            with stack:
+            with stack, logs_on_failure(stack, ("web", "worker-bench"), log):
                 pd = PaddockTarget(stack.url, stack.http, args.env)
-                try:
-                    bench_create(pd, raw, args.creates, report)
-                    sid = pd.create()
-                    container = raw.create()
-                    bench_exec(pd, raw, sid, container, args.execs, args.warmups, report)
-                    bench_flood(pd, raw, sid, container, flood, args.flood_runs, report)
-                    pd.delete(sid)
-                except Exception:
-                    for name in ("web", "worker-bench"):
-                        tail = stack.log(name)[-1500:]
-                        log(f"last lines of {name}.log:\n{tail}")
-                    raise
+                bench_create(pd, raw, args.creates, report)
+                sid = pd.create()
+                container = raw.create()
+                bench_exec(pd, raw, sid, container, args.execs, args.warmups, report)
+                bench_flood(pd, raw, sid, container, flood, args.flood_runs, report)
+                pd.delete(sid)
         finally:
             raw.remove_all()
     report.notes = [
@@ -233,12 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    except (
-        BenchError,
-        RuntimeError,
-        docker.errors.DockerException,
-        requests.RequestException,
-    ) as exc:
+    except RUN_ERRORS as exc:
         log(f"FAILED: {exc}")
         return 1
     print(report.header())

@@ -25,7 +25,7 @@ import requests
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.report import LoadFigure, percentile
-from bench.targets import BenchError
+from bench.targets import BenchError, bearer_session, create_sandbox, logs_on_failure
 from devstack.stack import Stack, raise_open_files
 from shared.accounts import Accounts
 from shared.slots import SOCKETS, WAITS, Slots
@@ -196,13 +196,11 @@ def bench_concurrency(
         "PADDOCK_WS_MAX_CONNECTIONS": str(sockets // SESSIONS + 50),
         "PADDOCK_LOG_LEVEL": "WARNING",  # thousands of requests: keep the log small
     }
-    with Stack(workdir, hosts=("bench",), env=env) as stack:
-        try:
-            return _run(stack, waits, sockets, n_health, n_exec, template)
-        except Exception:
-            for name in ("web", "redis"):
-                log(f"last lines of {name}.log:\n{stack.log(name)[-3000:]}")
-            raise
+    with (
+        Stack(workdir, hosts=("bench",), env=env) as stack,
+        logs_on_failure(stack, ("web", "redis"), log, chars=3000),
+    ):
+        return _run(stack, waits, sockets, n_health, n_exec, template)
 
 
 def _run(
@@ -211,16 +209,16 @@ def _run(
     accounts = Accounts(stack.redis, "unused")
     _, key_a = accounts.create_api_key("usr_holder", "holder", 10)
     _, key_b = accounts.create_api_key("usr_victim", "victim", 10)
-    a = _session(key_a)
-    b = _session(key_b)
-    sid_b = _create(stack, b, template)
+    a = bearer_session(key_a)
+    b = bearer_session(key_b)
+    sid_b = create_sandbox(stack.url, b, template)
     log("concurrency: warming up")
     measure(stack, b, sid_b, 20, 5)
     log(f"concurrency: idle ({n_health} /health, {n_exec} exec)")
     idle = measure(stack, b, sid_b, n_health, n_exec)
     idle_rss = web_rss_mib(stack)
     # The load: long-polls on `sleep` processes, WebSockets on shell-agent sessions.
-    sid_a = _create(stack, a, template)
+    sid_a = create_sandbox(stack.url, a, template)
     pids = []
     for _ in range(SLEEPERS):
         r = a.post(
@@ -302,19 +300,6 @@ def _pair(name: str, idle: list[float], loaded: list[float]) -> list[LoadFigure]
         )
         for p in (50, 99)
     ]
-
-
-def _session(key: str) -> requests.Session:
-    s = requests.Session()
-    s.headers["Authorization"] = f"Bearer {key}"
-    return s
-
-
-def _create(stack: Stack, http: requests.Session, template: str) -> str:
-    r = http.post(f"{stack.url}/sessions", json={"envID": template}, timeout=180)
-    if r.status_code != 200:
-        raise BenchError(f"POST /sessions answered {r.status_code}: {r.text[:300]}")
-    return str(r.json()["id"])
 
 
 def _server_holds(stack: Stack, tenant: str, waits: int, sockets: int) -> dict[str, Any]:

@@ -44,7 +44,14 @@ import requests
 
 from bench.concurrency import web_rss_mib
 from bench.report import _num, machine_info, percentile
-from bench.targets import BenchError
+from bench.targets import (
+    RUN_ERRORS,
+    BenchError,
+    bearer_session,
+    create_sandbox,
+    logs_on_failure,
+    template_image,
+)
 from devstack.stack import Stack, raise_open_files
 from shared.accounts import Accounts
 from shared.slots import WAITS, Slots
@@ -206,30 +213,17 @@ async def _long_poll(host: str, port: int, key: str, poll: Poll, gate: asyncio.S
 
 
 # -- the phases --------------------------------------------------------------------------------
-def _session(key: str) -> requests.Session:
-    s = requests.Session()
-    s.headers["Authorization"] = f"Bearer {key}"
-    return s
-
-
 def _tenants(stack: Stack, prefix: str, n: int) -> list[requests.Session]:
     """``n`` tenants with one API key each, as HTTP sessions."""
     accounts = Accounts(stack.redis, "unused")
     return [
-        _session(accounts.create_api_key(f"usr_{prefix}{i}", f"load {prefix}{i}", 10)[1])
+        bearer_session(accounts.create_api_key(f"usr_{prefix}{i}", f"load {prefix}{i}", 10)[1])
         for i in range(n)
     ]
 
 
 def _failure(exc: Exception) -> str:
     return "timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
-
-
-def _create(stack: Stack, http: requests.Session, template: str) -> str:
-    r = http.post(f"{stack.url}/sessions", json={"envID": template}, timeout=300)
-    if r.status_code != 200:
-        raise BenchError(f"POST /sessions answered {r.status_code}: {r.text[:300]}")
-    return str(r.json()["id"])
 
 
 def _in_parallel(n: int, fn: Callable[[int], None]) -> float:
@@ -303,7 +297,7 @@ def exec_throughput(stack: Stack, clients: int, duration: float, template: str) 
     sids: list[str] = [""] * clients
 
     def setup(i: int) -> None:
-        sids[i] = _create(stack, sessions[i], template)
+        sids[i] = create_sandbox(stack.url, sessions[i], template, 300)
         _echo(stack, sessions[i], sids[i])  # warm-up: connection, first exec in the sandbox
 
     def setup_share(k: int) -> None:  # ten at a time: setup is not what is measured
@@ -354,7 +348,7 @@ def long_polls(stack: Stack, waits: int, template: str) -> tuple[Phase, dict[str
     Raises BenchError when the polls cannot all be opened within a few minutes."""
     (http,) = _tenants(stack, "poll", 1)
     key = str(http.headers["Authorization"]).removeprefix("Bearer ")
-    sid = _create(stack, http, template)
+    sid = create_sandbox(stack.url, http, template, 300)
     try:
         polls = _start_waiters(stack, http, sid, waits)
         log(f"long-polls: opening {waits}")
@@ -483,30 +477,24 @@ def run(args: argparse.Namespace, workdir: Path) -> Result:
 
     Raises BenchError, RuntimeError (the stack did not start), Docker and requests errors."""
     client = docker.from_env(timeout=600)
-    image = f"paddock/tpl-{args.env.lower()}:latest"
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound as exc:
-        raise BenchError(f"image {image} is missing; build it with `make images`") from exc
+    template_image(client, args.env)
     env = stack_settings(args)
     result = Result(machine_info(str(client.version().get("Version", "?"))), env)
     # Other work on the machine moves every figure: the reader needs to see how much there was.
     result.machine["loadavg_start"] = os.getloadavg()[0]
     log("starting a stack (redis-server, host worker, control worker, gunicorn)")
-    with Stack(workdir, hosts=("load",), env=env) as stack:
-        try:
-            create, delete, left = create_ramp(stack, args.create_clients, args.creates, args.env)
-            result.phases += [create, delete]
-            if any(left.values()):
-                log(f"create ramp: {sum(map(len, left.values()))} sandboxes not deleted")
-            result.phases.append(exec_throughput(stack, args.exec_clients, args.duration, args.env))
-            if args.waits:
-                polls, result.holding = long_polls(stack, args.waits, args.env)
-                result.phases.append(polls)
-        except Exception:
-            for name in ("web", "worker-load"):
-                log(f"last lines of {name}.log:\n{stack.log(name)[-2000:]}")
-            raise
+    with (
+        Stack(workdir, hosts=("load",), env=env) as stack,
+        logs_on_failure(stack, ("web", "worker-load"), log),
+    ):
+        create, delete, left = create_ramp(stack, args.create_clients, args.creates, args.env)
+        result.phases += [create, delete]
+        if any(left.values()):
+            log(f"create ramp: {sum(map(len, left.values()))} sandboxes not deleted")
+        result.phases.append(exec_throughput(stack, args.exec_clients, args.duration, args.env))
+        if args.waits:
+            polls, result.holding = long_polls(stack, args.waits, args.env)
+            result.phases.append(polls)
     result.machine["loadavg_end"] = os.getloadavg()[0]
     h = result.holding
     result.notes = [
@@ -561,12 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    except (
-        BenchError,
-        RuntimeError,
-        docker.errors.DockerException,
-        requests.RequestException,
-    ) as exc:
+    except RUN_ERRORS as exc:
         log(f"FAILED: {exc}")
         return 2
     m = result.machine

@@ -7,14 +7,18 @@ winning it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import docker
+import docker.errors
 import requests
 
+from devstack.stack import Stack
 from shared.settings import Settings
 from workers.backends.base import SANDBOX_USER
 from workers.backends.docker.driver import hardening
@@ -22,6 +26,48 @@ from workers.backends.docker.driver import hardening
 
 class BenchError(Exception):
     """A measured operation failed or answered something other than expected."""
+
+
+# What a bench run may fail with, reported as a failed run rather than a traceback.
+RUN_ERRORS = (BenchError, RuntimeError, docker.errors.DockerException, requests.RequestException)
+
+
+def template_image(client: docker.DockerClient, env: str) -> str:
+    """The image of template ``env``. Raises BenchError when it is not built."""
+    image = f"paddock/tpl-{env.lower()}:latest"
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound as exc:
+        raise BenchError(f"image {image} is missing; build it with `make images`") from exc
+    return image
+
+
+@contextlib.contextmanager
+def logs_on_failure(
+    stack: Stack, names: tuple[str, ...], log: Callable[[str], None], chars: int = 2000
+) -> Iterator[None]:
+    """On any exception in the block, log the end of each of the stack's ``names`` logs."""
+    try:
+        yield
+    except Exception:
+        for name in names:
+            log(f"last lines of {name}.log:\n{stack.log(name)[-chars:]}")
+        raise
+
+
+def bearer_session(key: str) -> requests.Session:
+    """HTTP requests as the tenant of API key ``key``."""
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {key}"
+    return http
+
+
+def create_sandbox(url: str, http: requests.Session, env_id: str, timeout: float = 180) -> str:
+    """``POST /sessions``: the new sandbox's id. Raises BenchError on any other answer."""
+    r = http.post(f"{url}/sessions", json={"envID": env_id}, timeout=timeout)
+    if r.status_code != 200:
+        raise BenchError(f"POST /sessions answered {r.status_code}: {r.text[:500]}")
+    return str(r.json()["id"])
 
 
 @dataclass(frozen=True)
@@ -54,10 +100,7 @@ class PaddockTarget:
         self.env_id = env_id
 
     def create(self) -> str:
-        r = self.http.post(f"{self.url}/sessions", json={"envID": self.env_id}, timeout=180)
-        if r.status_code != 200:
-            raise BenchError(f"POST /sessions answered {r.status_code}: {r.text[:500]}")
-        return str(r.json()["id"])
+        return create_sandbox(self.url, self.http, self.env_id)
 
     def delete(self, sid: str) -> None:
         r = self.http.delete(f"{self.url}/sessions/{sid}", timeout=120)

@@ -111,7 +111,7 @@ LOCK=requirements.lock
 if [[ "$NO_VENV" -eq 1 ]]; then
     say "venv: skipped (--no-venv)"
 else
-    "$PYTHON" scripts/lock.py check || die "the lock is out of date (above)"
+    "$PYTHON" scripts/lock.py check || die "$LOCK cannot be used (the reason is above)"
     lock_sum="$(sha256sum "$LOCK" | cut -d' ' -f1)"
     if [[ -x .venv/bin/python && "$(cat .venv/.installed 2>/dev/null || true)" == "$lock_sum" ]]; then
         say "venv: up to date"

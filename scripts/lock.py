@@ -2,7 +2,8 @@
 backend) pinned, with the hashes of its files.
 
     python3 scripts/lock.py compile   # `make lock` (keeps pins; `make lock UPGRADE=1` lifts them)
-    python3 scripts/lock.py check     # bootstrap: fail if pyproject.toml changed since
+    python3 scripts/lock.py check     # bootstrap: fail if pyproject.toml changed since, or
+                                      # the lock holds anything but pins and hashes
 
 The lock is universal (uv's resolver, for every Python 3.11 and platform, with environment
 markers): the host's Python (3.11.7 here) and the image's (Debian's 3.11.2) need different
@@ -13,7 +14,10 @@ the system Python before any virtualenv exists.
 
 The lock's first lines record a digest of the parts of pyproject.toml it was made from
 (dependencies, extras, build requirements, requires-python), so `check` notices an edit that
-was not followed by `make lock` without needing the resolver.
+was not followed by `make lock` without needing the resolver. `check` also refuses any line
+pip would read that uv does not write (an option such as --index-url, -r or -e; a URL or a
+path instead of a pin): the digest says nothing about the rest of the file, and pip follows
+such lines before any hash is checked.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +39,10 @@ LOCK = ROOT / "requirements.lock"
 UV_VERSION = "0.13.9"
 TOOLS = ROOT / ".paddock" / "tools" / "uv"
 DIGEST_PREFIX = "# pyproject-deps-sha256: "
+# The only lines uv writes besides comments: a pin (name==version, maybe an environment
+# marker) and its hashes, each but the last continued with a backslash.
+PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.!+_-]+( ; [^\\#]+)? \\")
+HASH = re.compile(r"    --hash=sha256:[0-9a-f]{64}( \\)?")
 
 
 def deps_digest(pyproject: Path = PYPROJECT) -> str:
@@ -49,26 +58,50 @@ def deps_digest(pyproject: Path = PYPROJECT) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
-def recorded_digest(lock: Path = LOCK) -> str | None:
-    if not lock.exists():
-        return None
-    for line in lock.read_text().splitlines():
+def recorded_digest(text: str) -> str | None:
+    for line in text.splitlines():
         if line.startswith(DIGEST_PREFIX):
             return line[len(DIGEST_PREFIX) :].strip()
     return None
 
 
-def check() -> int:
-    """0 if the lock matches pyproject.toml; 1 with the reason on stderr."""
-    recorded = recorded_digest()
-    if recorded is None:
+def foreign_lines(text: str) -> list[str]:
+    """The lines of a lock that are neither a comment, a pin nor a hash, as uv writes them."""
+    return [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+        if not (PIN.fullmatch(line) or HASH.fullmatch(line))
+    ]
+
+
+def check(lock: Path = LOCK, pyproject: Path = PYPROJECT) -> int:
+    """0 if the lock matches pyproject.toml and holds only pins and hashes; 1 with the reason
+    on stderr."""
+    try:
+        text = lock.read_text(encoding="utf-8")
+        digest = deps_digest(pyproject)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         print(
-            f"lock: {LOCK.name} is missing or has no digest line: run `make lock`", file=sys.stderr
+            f"lock: cannot read {lock.name} or {pyproject.name} ({exc}): run `make lock`",
+            file=sys.stderr,
         )
         return 1
-    if recorded != deps_digest():
+    recorded = recorded_digest(text)
+    if recorded is None:
+        print(f"lock: {lock.name} has no digest line: run `make lock`", file=sys.stderr)
+        return 1
+    foreign = foreign_lines(text)
+    if foreign:
         print(
-            f"lock: pyproject.toml's dependencies changed since {LOCK.name} was made: "
+            f"lock: {lock.name} holds {len(foreign)} line(s) that are not a pin or a hash "
+            f"(the first: {foreign[0][:200]!r}): run `make lock`",
+            file=sys.stderr,
+        )
+        return 1
+    if recorded != digest:
+        print(
+            f"lock: pyproject.toml's dependencies changed since {lock.name} was made: "
             "run `make lock` and commit requirements.lock",
             file=sys.stderr,
         )

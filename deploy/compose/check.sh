@@ -77,9 +77,14 @@ cleanup() {
         say "failed; the services' last log lines:"
         compose logs --no-color --tail=40 2>&1 | tail -n 120
     fi
-    compose down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
-    # Sandboxes the worker could not remove itself (it marks each with its host id).
+    # Sandboxes left running (a failed smoke) first, each marked with the host id: a worker
+    # that stops with none left removes its egress network and iptables rules itself, but
+    # keeps both while sandboxes run behind them.
     docker ps -aq --filter "label=paddock.host=$HOST_ID" | xargs -r docker rm -f >/dev/null 2>&1
+    compose down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
+    docker ps -aq --filter "label=paddock.host=$HOST_ID" | xargs -r docker rm -f >/dev/null 2>&1
+    docker network ls -q --filter "label=paddock.host=$HOST_ID" \
+        | xargs -r docker network rm >/dev/null 2>&1
     grep -F " $STORAGE/" /proc/self/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l
     if [[ "$mounted" -eq 1 ]]; then umount -l "$STORAGE"; fi
     rm -rf "$STORAGE"
@@ -101,12 +106,15 @@ say "building and starting project $PROJECT (web on 127.0.0.1:$PADDOCK_PORT)"
 compose build --quiet >/dev/null
 compose up -d
 say "up after $((SECONDS - start)) s; waiting for the web's health check"
+healthy=0
 for _ in $(seq 1 90); do
     if curl -fsS "http://127.0.0.1:$PADDOCK_PORT/health" >/dev/null 2>&1; then
+        healthy=1
         break
     fi
     sleep 1
 done
+[[ "$healthy" -eq 1 ]] || { say "the web did not answer /health within 90 s" >&2; exit 1; }
 "$PY" "$ROOT/deploy/compose/smoke.py" "http://127.0.0.1:$PADDOCK_PORT" \
     "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/compose.yaml" logs --no-color control
 say "passed in $((SECONDS - start)) s"

@@ -41,48 +41,24 @@ def _fixtures(
     jwt_a, key_a = v1.tenant("fuzz-a@example.com")
     _jwt_b, key_b = v1.tenant("fuzz-b@example.com")
     spare = v1.req("POST", "/v1/api-keys", token=jwt_a, json={"name": "spare"}).json()
-    auth = {"Authorization": f"Bearer {key_a}"}
-    http = requests.Session()
-    http.headers.update(auth)
+    a = Client(stack, key_a, bearer=True, timeout=180)
 
     def ok(r: requests.Response, status: int = 200) -> dict:
         assert r.status_code == status, f"{r.request.method} {r.url}: {r.status_code} {r.text}"
         return dict(r.json())
 
-    sandbox = ok(http.post(stack.url + "/sessions", json={"envID": "Bash"}, timeout=180))["id"]
-    other = requests.post(
-        stack.url + "/sessions", json={"envID": "Bash"}, headers={"X-API-Key": key_b}, timeout=180
-    )
-    processes = [
-        ok(http.post(f"{stack.url}/sessions/{sandbox}/processes", json={"cmd": cmd}, timeout=60))[
-            "processID"
-        ]
-        for cmd in ("sleep 3600", "echo fuzz")
-    ]
+    sandbox = a.sandbox("Bash")
+    processes = [ok(a.start(sandbox, cmd))["processID"] for cmd in ("sleep 3600", "echo fuzz")]
     # Hypothesis' simplest path is "0": a file there (relative to the sandbox's working
     # directory) makes some generated reads and removes find something.
-    r = http.put(
-        f"{stack.url}/sessions/{sandbox}/filesystem/file",
-        params={"path": "0"},
-        json={"content": "fuzz"},
-        timeout=60,
-    )
+    r = a.write(sandbox, "0", "fuzz")
     assert r.status_code == 204, r.text
     for name in ("fuzz-bundle", "fuzz-spare-1", "fuzz-spare-2"):
-        ok(
-            http.post(
-                stack.url + "/v1/tenants/me/secrets",
-                json={"name": name, "values": {"FUZZ": "1"}},
-                timeout=30,
-            ),
-            201,
-        )
-    session = ok(
-        http.post(stack.url + "/v1/sessions", json={"agent": {"kind": "shell"}}, timeout=180), 201
-    )["chat_session_id"]
+        a.bundle(name, {"FUZZ": "1"})
+    session = a.agent_session()["chat_session_id"]
     fixed = {
         # B's sandbox is there so that A's key meets an id that exists but is not A's.
-        "sandbox": [sandbox, sandbox, sandbox, ok(other)["id"]],
+        "sandbox": [sandbox, sandbox, sandbox, Client(stack, key_b).sandbox("Bash")],
         "process": processes,
         "session": [session],
         "key": [spare["key_id"]],

@@ -4,7 +4,9 @@ log in through the mail inbox, make an agent session)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -123,9 +125,42 @@ class Client:
         return jwt, self.api_key(jwt)
 
 
+class LongPoll(threading.Thread):
+    """One ``GET /sessions/ID/processes/PID?wait=true`` on a thread of its own, as a client
+    waiting across a fault would: its ``status`` and JSON ``body``, or the ``error`` raised."""
+
+    def __init__(self, api: Client, sid: str, pid: str, timeout: float | None = None) -> None:
+        super().__init__(daemon=True)
+        self.api, self.path = api, f"/sessions/{sid}/processes/{pid}?wait=true"
+        self.timeout = timeout or api.timeout
+        self.status: int | None = None
+        self.body: Any = None
+        self.error: requests.RequestException | None = None
+
+    def run(self) -> None:
+        try:
+            r = self.api.req("GET", self.path, timeout=self.timeout)
+            self.status, self.body = r.status_code, r.json()
+        except requests.RequestException as exc:
+            self.error = exc
+
+
 def stdout_lines(process: dict[str, Any]) -> list[str]:
     return [o["line"] for o in process["stdout"]]
 
 
 def stderr_lines(process: dict[str, Any]) -> list[str]:
     return [o["line"] for o in process["stderr"]]
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll ``check`` until it returns something truthy, and return that.
+
+    Raises AssertionError naming ``what`` when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.2)

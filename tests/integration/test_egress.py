@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from devstack.stack import Stack
-from tests.integration.client import Client, stdout_lines
+from tests.integration.client import Client, stdout_lines, wait_until
 from tests.integration.session_helpers import new_tenant
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -325,7 +325,7 @@ def test_a_sandbox_holds_at_most_its_share_of_connections(
     # All closed (the process ended): once the peer has closed too, a new batch gets its
     # whole share again.
     again = _HOLD.format(host=private_net["ip"], port=HOLD_PORT, n=MAX_FLOWS)
-    _until(lambda: stdout_lines(api.run(sid, again)) == [f"{MAX_FLOWS} 0 []"], "flows freed")
+    wait_until(lambda: stdout_lines(api.run(sid, again)) == [f"{MAX_FLOWS} 0 []"], "flows freed")
     api.req("DELETE", f"/sessions/{sid}")
 
 
@@ -396,14 +396,14 @@ def test_rules_come_back_and_survive_a_worker_restart(
     jump = ["DOCKER-USER", "-i", f"pdk{tag}", "-j", f"PDK-{tag}-FWD"]
     # Someone flushes our jump: the next heartbeat puts it back, and the policy holds.
     subprocess.run(["iptables", "-D", *jump], check=True)
-    _until(lambda: _iptables_ok(["-C", *jump]), "the rules to be reinstalled")
+    wait_until(lambda: _iptables_ok(["-C", *jump]), "the rules to be reinstalled")
     assert probe(api, default_sid, private_net["ip"]) == BLOCKED
     # The worker stops while sandboxes run: its rules stay (removing them would open the
     # sandboxes); restarted, it rebuilds every sandbox's rules from the engine.
     stack.stop_process("worker-host-a")
     assert _iptables_ok(["-C", *jump])
     stack.start_host("host-a")
-    _until(lambda: "host-a" in stack.alive_hosts(), "the worker to come back")
+    wait_until(lambda: "host-a" in stack.alive_hosts(), "the worker to come back")
     assert probe(api, default_sid, private_net["ip"]) == BLOCKED
     assert probe(api, opened, private_net["ip"]) == "open HTTP/1.0"
     api.req("DELETE", f"/sessions/{opened}")
@@ -417,13 +417,6 @@ def _iptables_ok(args: list[str]) -> bool:
     return subprocess.run(["iptables", "-w", "5", *args], capture_output=True).returncode == 0
 
 
-def _until(check: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def test_a_host_without_rules_refuses_internet_and_says_why(tmp_path: Path) -> None:
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -435,7 +428,7 @@ def test_a_host_without_rules_refuses_internet_and_says_why(tmp_path: Path) -> N
     with Stack(tmp_path / "st", env=env) as st:
         api = Client(st)
         # /health reads the hosts at most once a second per web process.
-        _until(
+        wait_until(
             lambda: "host-a:" in requests.get(st.url + "/health", timeout=10).text,
             "/health to name the host",
         )

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ import pytest
 from devstack.stack import Stack
 from shared import keys
 from shared.settings import Settings
-from tests.integration.client import Client, stdout_lines
+from tests.integration.client import Client, stdout_lines, wait_until
 from tests.integration.session_helpers import close_code, new_tenant, recv, until, ws_connect
 from workers.backends.docker.storage import SandboxStorage
 
@@ -41,16 +41,6 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     with Stack(tmp_path_factory.mktemp("faults"), hosts=(HOST,), env=env) as s:
         yield s
-
-
-def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _container(st: Stack, sid: str) -> Any:
@@ -81,7 +71,7 @@ def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: St
     assert "message" in r.json()
     # Both are lost within seconds: `a` from that refusal, `b` by the periodic reconcile.
     for sid in (a, b):
-        _until(lambda sid=sid: _state(api, sid) != "running", 20, f"{sid} noticed")
+        wait_until(lambda sid=sid: _state(api, sid) != "running", f"{sid} noticed", 20)
         assert _state(api, sid) == "lost"
         assert api.req("GET", f"/sessions/{sid}").status_code == 404
         assert api.start(sid, "echo hi").status_code == 404
@@ -94,13 +84,14 @@ def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: St
     assert st.redis.smembers(keys.host_sandboxes(HOST)) == set()
     usage = api.req("GET", "/v1/tenants/me/usage").json()["quotas"]["sandboxes"]
     assert usage["used"] == 0
-    # Cleaned up: containers removed, storage released.
-    _until(
+    # Cleaned up: containers removed, storage released (after the container and the egress
+    # rules: not at the same instant).
+    wait_until(
         lambda: not any(c.labels["paddock.sandbox"] in (a, b) for c in st.containers()),
-        20,
         "containers removed",
+        20,
     )
-    assert a not in _storage_ids(st) and b not in _storage_ids(st)
+    wait_until(lambda: not {a, b} & set(_storage_ids(st)), "storage released", 20)
     # The full capacity (3) and quota (3) are usable again.
     fresh = [api.sandbox("Bash") for _ in range(3)]
     assert stdout_lines(api.run(fresh[0], "echo ok")) == ["ok"]
@@ -110,7 +101,7 @@ def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: St
     # The lost records are purged by the reaper after PADDOCK_LOST_KEEP (60 s here): still
     # shown now, and a delete of one is accepted and purges it.
     assert api.req("DELETE", f"/v1/sandboxes/{a}").status_code == 204
-    _until(lambda: not st.redis.exists(keys.sandbox(a)), 30, "lost record deleted")
+    wait_until(lambda: not st.redis.exists(keys.sandbox(a)), "lost record deleted", 30)
 
 
 def test_a_paused_container_is_frozen_not_lost(st: Stack) -> None:
@@ -175,7 +166,7 @@ def _ticks(st: Stack) -> int:
 
 def test_two_control_workers_tick_once_and_a_killed_one_leaves_nothing(st: Stack) -> None:
     st._spawn("control2", [sys.executable, "-m", "workers", "control"])
-    _until(lambda: "scheduler started" in st.log("control2"), 60, "second control worker")
+    wait_until(lambda: "scheduler started" in st.log("control2"), "second control worker", 60)
     # The reaper ticks every second (devstack/stack.py): once per tick with two schedulers.
     before, started = _ticks(st), time.monotonic()
     time.sleep(8)

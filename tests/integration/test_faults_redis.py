@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from devstack.stack import RedisOptions, Stack
-from tests.integration.client import Client, stdout_lines
+from tests.integration.client import Client, LongPoll, stdout_lines
 from tests.integration.session_helpers import new_tenant, recv, ws_connect
 
 N = 60  # lines per process, one every 100 ms: the restart falls in the middle
@@ -73,25 +71,16 @@ def test_a_redis_restart_loses_nothing_and_wedges_nothing(stack: Stack, sig: int
         pids.append(r.json()["processID"])
 
     # A long-poll held across the restart.
-    waited: dict[str, Any] = {}
-
-    def long_poll() -> None:
-        try:
-            r = api.req("GET", f"/sessions/{sids[0]}/processes/{pids[0]}?wait=true")
-            waited["status"], waited["body"] = r.status_code, r.json()
-        except requests.RequestException as exc:
-            waited["error"] = exc
-
-    poller = threading.Thread(target=long_poll, daemon=True)
+    poller = LongPoll(api, sids[0], pids[0])
     poller.start()
     time.sleep(1.5)
     stack.restart_redis(down_seconds=1.0, sig=sig)
 
     poller.join(60)
     assert not poller.is_alive(), "the long-poll outlived the restart by a minute"
-    assert waited.get("status") == 200, waited
-    assert waited["body"]["finished"] is True
-    assert stdout_lines(waited["body"]) == [str(i) for i in range(1, N + 1)]
+    assert poller.status == 200, (poller.error, poller.body)
+    assert poller.body["finished"] is True
+    assert stdout_lines(poller.body) == [str(i) for i in range(1, N + 1)]
 
     for sid, pid in zip(sids, pids, strict=True):
         done = api.req("GET", f"/sessions/{sid}/processes/{pid}?wait=true", timeout=60)

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ import requests
 from websockets.exceptions import ConnectionClosed
 
 from devstack.stack import Stack
-from tests.integration.client import Client, stderr_lines, stdout_lines
+from tests.integration.client import Client, stderr_lines, stdout_lines, wait_until
 from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 HOST = "host-a"
@@ -46,16 +46,6 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def _children(pid: int) -> set[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return {int(x) for x in f.read().split()}
-
-
-def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
 
 
 class Poller(threading.Thread):
@@ -118,7 +108,7 @@ def test_kill_9_of_the_web_workers_loses_no_line_and_the_socket_resumes(st: Stac
     for pid in workers:  # the ones holding the socket and the long-polls among them
         os.kill(pid, signal.SIGKILL)
     # The master starts new workers, which serve at once.
-    _until(lambda: len(_children(master) - workers) == 2, 15, "new web workers")
+    wait_until(lambda: len(_children(master) - workers) == 2, "new web workers", 15)
     assert api.req("GET", "/health", timeout=10).ok
 
     # The socket broke; resumed from the last frame seen, it misses and repeats nothing.
@@ -158,7 +148,7 @@ def test_kill_9_of_the_host_worker_closes_every_wait_and_says_what_was_lost(st: 
     st.stop_process(f"worker-{HOST}", signal.SIGKILL)
     time.sleep(1)
     st.start_host(HOST)  # as a supervisor would
-    _until(lambda: HOST in st.alive_hosts(), 60, "the worker back")
+    wait_until(lambda: HOST in st.alive_hosts(), "the worker back", 60)
     back = time.monotonic()
 
     # The API answers within seconds of the worker's return.

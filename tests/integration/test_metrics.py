@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import Stack
-from tests.integration.client import Client
+from tests.integration.client import Client, wait_until
 
 Labels = frozenset[tuple[str, str]]
 Samples = dict[tuple[str, Labels], float]
@@ -44,15 +42,6 @@ def host(stack: Stack, host_id: str = "host-a") -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 ROUTE = "/sessions/<session_id>/processes"
@@ -112,7 +101,7 @@ def test_requests_and_processes_are_counted(stack: Stack, api: Client) -> None:
     assert ("paddock_queue_length", frozenset({("queue", "control")})) in after_web
     assert ("paddock_queue_length", frozenset({("queue", "host.host-a")})) in after_web
     assert api.req("DELETE", f"/sessions/{sid}").status_code == 204
-    eventually(
+    wait_until(
         lambda: (
             value(web(stack), "paddock_sandboxes", **running)
             == value(after_web, "paddock_sandboxes", **running) - 1
@@ -127,10 +116,10 @@ def test_open_long_polls_are_a_gauge(stack: Stack, api: Client) -> None:
     done: list[bool] = []
     t = threading.Thread(target=lambda: done.append(api.run(sid, "sleep 4")["finished"]))
     t.start()
-    eventually(lambda: value(web(stack), "paddock_http_open_waits") == base + 1, "the wait")
+    wait_until(lambda: value(web(stack), "paddock_http_open_waits") == base + 1, "the wait")
     t.join(60)
     assert done == [True]
-    eventually(lambda: value(web(stack), "paddock_http_open_waits") == base, "the wait to end")
+    wait_until(lambda: value(web(stack), "paddock_http_open_waits") == base, "the wait to end")
     api.req("DELETE", f"/sessions/{sid}")
 
 
@@ -139,7 +128,7 @@ def test_a_lost_sandbox_is_a_reconcile_finding(stack: Stack, api: Client) -> Non
     before = value(host(stack), "paddock_reconcile_lost_total", host="host-a")
     [container] = [c for c in stack.containers() if c.labels.get("paddock.sandbox") == sid]
     container.kill()
-    eventually(
+    wait_until(
         lambda: value(host(stack), "paddock_reconcile_lost_total", host="host-a") == before + 1,
         "the reconcile to find the sandbox lost",
     )

@@ -10,8 +10,7 @@ import ipaddress
 import json
 import secrets
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from devstack.stack import VENV_BIN, RedisOptions, Stack, free_port
 from shared.redisconn import redis_client
 from tests.fake_llm import FakeLLM
-from tests.integration.client import Client
+from tests.integration.client import Client, wait_until
 from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 # Characters a URL must percent-encode, so the encoding is exercised end to end.
@@ -40,15 +39,6 @@ def _no_log_names(stack: Stack, *secret_values: str) -> None:
         text = log.read_text(errors="replace")
         for value in secret_values:
             assert value not in text and quote(value, safe="") not in text, log.name
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _create_and_exec(client: Client, marker: str) -> None:
@@ -80,7 +70,7 @@ def _flower_sees_the_workers(stack: Stack) -> None:
                 return False
             return r.ok and any(name.startswith("host-host-a@") for name in r.json())
 
-        _wait_for(sees_host, "Flower to list the host worker", timeout=90)
+        wait_until(sees_host, "Flower to list the host worker", timeout=90)
         r = requests.get(f"{url}/queues/length", auth=login, timeout=10)
         assert r.status_code == 200, r.text
         assert "host.host-a" in {q["name"] for q in r.json()["active_queues"]}
@@ -191,9 +181,10 @@ def test_a_wrong_password_fails_with_an_auth_error_and_is_not_logged(
         {"PADDOCK_REDIS_URL": url},
     )
     try:
-        _wait_for(
+        wait_until(
             lambda: "invalid username-password pair" in stack.log("worker-intruder"),
             "the worker's auth error",
+            timeout=60,
         )
         assert f"redis://{USER}:**@127.0.0.1:{stack.redis_port}/0" in stack.log("worker-intruder")
 
@@ -212,7 +203,11 @@ def test_a_wrong_password_fails_with_an_auth_error_and_is_not_logged(
             )
 
         # /health still answers (the process serves) and says why it is degraded.
-        _wait_for(health_names_the_auth_error, "/health of the second web to name the auth error")
+        wait_until(
+            health_names_the_auth_error,
+            "/health of the second web to name the auth error",
+            timeout=60,
+        )
         r = requests.post(
             f"http://127.0.0.1:{port}/sessions",
             json={"envID": "Bash"},

@@ -15,19 +15,16 @@ a network that reaches nothing; egress has its own tests.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
-import requests
 
 from devstack.stack import Stack
 from shared import keys
-from tests.integration.client import Client, stderr_lines, stdout_lines
+from tests.integration.client import Client, LongPoll, stderr_lines, stdout_lines, wait_until
 from tests.integration.engine_helpers import Engine
 from tests.integration.session_helpers import new_tenant
 
@@ -97,7 +94,7 @@ def _on(st: Stack, api: Client, host: str) -> str:
     """A new Bash sandbox on ``host``. Placement picks the freest host (ties always to the
     same one): the ones that land elsewhere are kept until one lands there, then deleted."""
     # After an engine restart its host skips a heartbeat or two: placed only once back.
-    _until(lambda: host in st.alive_hosts(), 30, f"{host} alive")
+    wait_until(lambda: host in st.alive_hosts(), f"{host} alive", 30)
     elsewhere = []
     try:
         for _ in range(6):
@@ -115,16 +112,6 @@ def _state(api: Client, sid: str) -> str | int:
     r = api.req("GET", f"/v1/sandboxes/{sid}")
     assert r.status_code != 500, r.text
     return str(r.json()["state"]) if r.status_code == 200 else r.status_code
-
-
-def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_sandboxes_land_on_both_engines_and_both_replicas_answer_for_each(
@@ -152,7 +139,7 @@ def test_sandboxes_land_on_both_engines_and_both_replicas_answer_for_each(
         assert _state(a, sid) == _state(b, sid) == "running"
     for i, sid in enumerate(sids):
         assert (a, b)[i % 2].req("DELETE", f"/sessions/{sid}").status_code in (200, 204)
-    _until(lambda: not st.containers(), 30, "containers removed on both engines")
+    wait_until(lambda: not st.containers(), "containers removed on both engines", 30)
 
 
 def test_an_engine_restart_with_live_restore_keeps_the_sandbox_working(
@@ -163,7 +150,7 @@ def test_an_engine_restart_with_live_restore_keeps_the_sandbox_working(
     assert a.write(sid, "/home/user/kept", "before").status_code in (200, 204)
     engine.restart(live_restore=True)
     # Back within seconds, same sandbox, same files, new commands run; never lost.
-    got = _until(
+    got = wait_until(
         lambda: (
             (
                 r := b.req("POST", f"/sessions/{sid}/processes?wait=true", json={"cmd": "echo up"})
@@ -171,8 +158,8 @@ def test_an_engine_restart_with_live_restore_keeps_the_sandbox_working(
             == 200
             and r
         ),
-        30,
         "an exec on the restarted engine",
+        30,
     )
     assert stdout_lines(got.json()) == ["up"]
     assert b.read(sid, "/home/user/kept").json()["content"] == "before"
@@ -192,7 +179,7 @@ def test_an_engine_restart_without_live_restore_loses_the_sandbox_never_a_500(
     # pass): lost on /v1 through either replica, 404 on the E2B API, slot freed.
     first = b.start(sid, "echo hi")
     assert first.status_code in (404, 410), first.text
-    _until(lambda: _state(a, sid) == "lost", 20, "the sandbox marked lost")
+    wait_until(lambda: _state(a, sid) == "lost", "the sandbox marked lost", 20)
     assert _state(b, sid) == "lost"
     assert b.req("GET", f"/sessions/{sid}").status_code == 404
     assert sid not in st.redis.smembers(keys.host_sandboxes(TWO))
@@ -217,16 +204,7 @@ def test_a_dead_host_loses_its_sandboxes_and_new_ones_go_to_the_other(
     doomed = _on(st, a, TWO)
     survivor = _on(st, a, ONE)
     pid = a.start(doomed, "for i in $(seq 1 600); do echo $i; sleep 0.1; done").json()["processID"]
-    waited: dict[str, Any] = {}
-
-    def long_poll() -> None:
-        try:
-            r = b.req("GET", f"/sessions/{doomed}/processes/{pid}?wait=true", timeout=120)
-            waited["status"], waited["body"] = r.status_code, r.json()
-        except requests.RequestException as exc:
-            waited["error"] = exc
-
-    poller = threading.Thread(target=long_poll, daemon=True)
+    poller = LongPoll(b, doomed, pid, timeout=120)
     poller.start()
     time.sleep(1)
 
@@ -235,10 +213,10 @@ def test_a_dead_host_loses_its_sandboxes_and_new_ones_go_to_the_other(
     engine.stop()
     # Heartbeat gone (3 intervals), then PADDOCK_HOST_DEAD_AFTER, then a reaper tick.
     bound = 3 + DEAD_AFTER + 10
-    _until(lambda: _state(a, doomed) == "lost", bound, "the dead host's sandbox marked lost")
+    wait_until(lambda: _state(a, doomed) == "lost", "the dead host's sandbox marked lost", bound)
     took = time.monotonic() - stopped
     assert _state(b, doomed) == "lost"
-    assert b"heartbeat" in st.redis.hget(keys.sandbox(doomed), "lost_reason") or b""
+    assert b"heartbeat" in (st.redis.hget(keys.sandbox(doomed), "lost_reason") or b"")
     for api in (a, b):
         assert api.req("GET", f"/sessions/{doomed}").status_code == 404
         assert api.start(doomed, "echo hi").status_code == 404
@@ -248,9 +226,9 @@ def test_a_dead_host_loses_its_sandboxes_and_new_ones_go_to_the_other(
     # The waiter is answered: the process closed with a line saying why.
     poller.join(20)
     assert not poller.is_alive(), "a long-poll on the dead host's process still hangs"
-    assert waited.get("status") == 200, waited
-    assert waited["body"]["finished"] is True
-    assert any("lost" in line for line in stderr_lines(waited["body"]))
+    assert poller.status == 200, (poller.error, poller.body)
+    assert poller.body["finished"] is True
+    assert any("lost" in line for line in stderr_lines(poller.body))
 
     # New sandboxes go to the live host, and the other sandbox never noticed.
     fresh = [(a, b)[i % 2].sandbox("Bash") for i in range(3)]
@@ -263,7 +241,7 @@ def test_a_dead_host_loses_its_sandboxes_and_new_ones_go_to_the_other(
     # The host comes back: its worker removes the lost sandbox's leftover container.
     engine.start(live_restore=True)
     st.start_host(TWO)
-    _until(lambda: TWO in st.alive_hosts(), 60, "the host back")
-    _until(
-        lambda: not engine.client().containers.list(all=True), 30, "the leftover container removed"
+    wait_until(lambda: TWO in st.alive_hosts(), "the host back", 60)
+    wait_until(
+        lambda: not engine.client().containers.list(all=True), "the leftover container removed", 30
     )
