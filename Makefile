@@ -28,6 +28,9 @@ install-service: bootstrap images   ## run Paddock as systemd services (paddock.
 # Two test modules at a time (pytest-xdist, whole files per worker so a module's stack is
 # started once): most of an integration test's time is waiting on containers and timers.
 PYTEST_PAR ?= -n 2 --dist loadfile --durations=15
+# The browser tests (tests/integration/test_console_*.py, test_docs_browser.py) drive Debian's
+# headless chromium: the test targets have bootstrap install it when missing.
+test integration: BOOTSTRAP_ARGS := --browser
 test: bootstrap images lint     ## the whole test suite against real Redis and Docker
 	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests
 
@@ -57,7 +60,7 @@ images: bootstrap               ## build the base and template images that chang
 	$(PY) -m workers.images build
 
 bootstrap:
-	@bash scripts/bootstrap.sh
+	@bash scripts/bootstrap.sh $(BOOTSTRAP_ARGS)
 
 # requirements.lock: every dependency pinned with its files' hashes (scripts/lock.py, uv in
 # .paddock/tools); bootstrap installs from it and refuses a pyproject.toml edited since.

@@ -3,7 +3,8 @@
 # run: system packages, the Python virtualenv, a Docker engine and a Redis server.
 # Idempotent: every step is skipped quickly when it is already satisfied.
 #
-# Usage: scripts/bootstrap.sh [--no-venv] [--quiet]
+# Usage: scripts/bootstrap.sh [--no-venv] [--quiet] [--browser]
+# (--browser: also Debian's chromium and chromium-driver, for the browser tests; `make test`)
 #
 # Daemons this script starts itself get their pid recorded in .paddock/run/<name>.pid, so that
 # `make up` (scripts/up.sh, on Ctrl-C or SIGTERM) stops exactly what was started here and
@@ -12,12 +13,14 @@ set -euo pipefail
 
 NO_VENV=0
 QUIET=0
+BROWSER=0
 for arg in "$@"; do
     case "$arg" in
         --no-venv) NO_VENV=1 ;;
         --quiet) QUIET=1 ;;
+        --browser) BROWSER=1 ;;
         -h|--help)
-            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -82,7 +85,13 @@ fi
 # --- apt ---------------------------------------------------------------------------------------
 # dpkg-query is local and instant; apt-get update only runs when something is actually missing.
 missing=()
-for pkg in docker.io redis-server debootstrap e2fsprogs mount; do
+apt_wanted=(docker.io redis-server debootstrap e2fsprogs mount)
+if [[ "$BROWSER" -eq 1 ]]; then
+    # Headless Chromium and its WebDriver for tests/browser (Selenium drives them); only the
+    # test targets ask for them, a server running Paddock does not need a browser.
+    apt_wanted+=(chromium chromium-driver)
+fi
+for pkg in "${apt_wanted[@]}"; do
     status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
     if [[ "$status" != "installed" ]]; then
         missing+=("$pkg")
@@ -99,7 +108,7 @@ if [[ "${#missing[@]}" -gt 0 ]]; then
     apt-get "${apt_quiet[@]}" install -y --no-install-recommends "${missing[@]}"
     say "apt: installed ${missing[*]}"
 else
-    say "apt: docker.io redis-server debootstrap e2fsprogs mount already installed"
+    say "apt: ${apt_wanted[*]} already installed"
 fi
 
 # --- Python virtualenv -------------------------------------------------------------------------

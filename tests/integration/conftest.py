@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from devstack.stack import Stack
 from tests.integration.accounts_helpers import Inbox, smtp_server
+from tests.integration.browser import start_chromium
 from tests.integration.client import Client
 
 
@@ -34,3 +36,11 @@ def smtp() -> Iterator[tuple[str, Inbox]]:
     controller, inbox = smtp_server()
     yield f"smtp://127.0.0.1:{controller.port}", inbox
     controller.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[WebDriver]:
+    """One headless Chromium per test module (tests/integration/browser.py)."""
+    chrome = start_chromium()
+    yield chrome
+    chrome.quit()

@@ -285,3 +285,9 @@ def test_openapi_and_docs(v1: Client) -> None:
     page = v1.req("GET", "/docs")
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
     assert "/v1/tenants/me/secrets" in page.text
+    # Swagger UI from this server's own files (tests/integration/test_docs_browser.py runs it).
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "docs.js"):
+        assert f'"/docs/assets/{asset}"' in page.text
+        assert v1.req("GET", f"/docs/assets/{asset}").status_code == 200
+    assert v1.req("GET", "/docs/assets/swagger-ui-bundle.js.map").status_code == 404

@@ -1,0 +1,49 @@
+"""``/console``: the web console, a same-origin page of our own HTML, CSS and JavaScript.
+
+The console is a client of the public APIs and nothing else: it logs in with the v1 email
+code, keeps the account token and the API key it works with in the tab's ``sessionStorage``
+and sends them as ``Authorization`` headers (never in a URL or a cookie, so no request another
+site makes carries them and the browser guards of web/browser.py stay as they are). Sandboxes'
+processes and files go through the E2B-compatible ``/sessions`` routes, the rest through
+``/v1``; the session WebSocket is the only URL with a token, the session JWT that the spec
+has browsers pass as ``?token=`` (scoped to one session, never logged).
+
+What the server adds here is only files and headers: a strict Content-Security-Policy (no
+inline script, same-origin requests only, no framing) on every response.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, redirect, send_from_directory
+from werkzeug.wrappers import Response as BaseResponse
+
+from web.console.headers import page_headers
+
+bp = Blueprint("console", __name__, url_prefix="/console")
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Served by name from this list only (nothing else in the folder is reachable).
+FILES = frozenset({"console.js", "console.css"})
+ASSET_MAX_AGE = 300  # seconds: a deploy's new console reaches open tabs on their next load
+
+
+@bp.get("")
+def root() -> BaseResponse:
+    return redirect("/console/", code=308)
+
+
+@bp.get("/")
+def index() -> Response:
+    # The page itself is never cached: it names the scripts, which may change with a deploy.
+    resp = send_from_directory(STATIC_DIR, "index.html", max_age=0)
+    resp.headers["Cache-Control"] = "no-store"
+    return page_headers(resp)
+
+
+@bp.get("/assets/<name>")
+def asset(name: str) -> Response:
+    if name not in FILES:
+        abort(404)
+    return page_headers(send_from_directory(STATIC_DIR, name, max_age=ASSET_MAX_AGE))
