@@ -158,6 +158,46 @@ class SandboxPorts(HostCommand):
     name: ClassVar[str] = tasks.SANDBOX_PORTS
 
 
+@dataclass(frozen=True)
+class Paused(Reply):
+    """``changed``: False when the sandbox was already in the state asked for."""
+
+    changed: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxPause(HostCommand):
+    """Freeze every process of the sandbox (the cgroup freezer); nothing is written to disk."""
+
+    name: ClassVar[str] = tasks.SANDBOX_PAUSE
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxResume(HostCommand):
+    """Let a paused sandbox's processes run on."""
+
+    name: ClassVar[str] = tasks.SANDBOX_RESUME
+
+
+@dataclass(frozen=True)
+class Usage(Reply):
+    """What a sandbox uses now, read by its host from the container's cgroup and storage
+    (where the tenant cannot fake it). CPU in percent of the sandbox's CPUs over a short
+    sample; bytes otherwise."""
+
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    mem_cache: int
+    disk_used: int
+    disk_total: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxUsage(HostCommand):
+    name: ClassVar[str] = tasks.SANDBOX_USAGE
+
+
 # -- files ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DirEntry:

@@ -131,6 +131,15 @@ class QuotaExceeded(PaddockError):
         return cls(message=message, retry_after=_retry_after(details))
 
 
+class SandboxStateConflict(PaddockError):
+    """The sandbox is not in a state the request can act on (pausing a paused sandbox,
+    resuming a running one, changing the lifetime of an agent session's sandbox)."""
+
+    status = 409
+    code = "sandbox_state_conflict"
+    message = "The sandbox is not in a state this request can act on"
+
+
 class NoCapacity(PaddockError):
     status = 503
     code = "no_capacity"

@@ -32,6 +32,13 @@ def sandbox(sandbox_id: str) -> str:
     return f"{PREFIX}:sbx:{sandbox_id}"
 
 
+def e2b_sandbox(sandbox_id: str) -> str:
+    """Hash: what the E2B control API keeps of a sandbox (metadata, sealed env vars and access
+    token, its digest, paused, the timeout asked). Expires on its own after the sandbox's
+    maximum lifetime (web/api/e2b_control/state.py)."""
+    return f"{PREFIX}:e2b:{sandbox_id}"
+
+
 def sandbox_processes(sandbox_id: str) -> str:
     """Set of process ids started in a sandbox."""
     return f"{PREFIX}:sbx:{sandbox_id}:procs"

@@ -20,8 +20,9 @@ from shared.settings import Settings
 from web import gunicorn_conf
 from web import metrics as web_metrics
 from web.agent_sessions import AgentSessions
-from web.api import docs, e2b, v1
+from web.api import docs, e2b, e2b_control, v1
 from web.browser import register_browser_guards
+from web.console import bp as console_bp
 from web.errors import register_error_handlers
 from web.jsonprovider import OrjsonProvider
 from web.sandboxes import Sandboxes
@@ -32,8 +33,10 @@ from web.ws import init_ws
 # WebSocket is web/ws.py; /metrics is web/metrics.py).
 BLUEPRINTS = (
     e2b.bp,  # /health, /openapi.json, /sessions/... (E2B-compatible)
+    e2b_control.bp,  # /sandboxes, /v2/sandboxes... (today's E2B SDKs' control API)
     v1.bp,  # /v1/...
-    docs.bp,  # /docs
+    docs.bp,  # /docs (Swagger UI)
+    console_bp,  # /console (web/console/: the web console's page and assets)
 )
 
 

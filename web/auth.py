@@ -8,6 +8,8 @@ as its first argument (before the URL's values):
 - ``@user_from_account_token``: v1 account routes (an account JWT from verify-otp);
 - ``@tenant_from_e2b_key`` / ``@tenant_from_e2b_key_or_body``: the E2B API (an API key, or
   nobody's key with ``PADDOCK_AUTH=off``: the local tenant).
+- ``@tenant_from_e2b_sdk_key``: today's E2B control API (the same, but with
+  ``PADDOCK_AUTH=off`` a key that is not Paddock's is nobody's: the SDKs always send one).
 
 The session WebSocket takes a session JWT instead (web/ws.py).
 """
@@ -22,6 +24,7 @@ import orjson
 from flask import request
 
 from shared.accounts import Accounts
+from shared.crypto import API_KEY_PREFIX
 from shared.errors import Unauthorized
 from shared.settings import Settings
 from web import tokens
@@ -67,6 +70,18 @@ def e2b_tenant(settings: Settings, accounts: Accounts, body_key: str | None = No
     return tenant_for_api_key(accounts, body_key)
 
 
+def e2b_sdk_tenant(settings: Settings, accounts: Accounts) -> str:
+    """Today's E2B SDKs (the control API): as `e2b_tenant`, except that with
+    ``PADDOCK_AUTH=off`` a key that is not a Paddock key counts as none. The SDKs refuse to
+    send a request without a key, so ``E2B_API_KEY=anything`` must work where no key is
+    needed; a Paddock key is still that key's tenant, and a bad one is still refused. Raises
+    Unauthorized or ApiKeyRevoked."""
+    key = presented_key()
+    if not settings.auth and key and not key.startswith(API_KEY_PREFIX):
+        return LOCAL_TENANT
+    return e2b_tenant(settings, accounts)
+
+
 def account_user(settings: Settings, accounts: Accounts) -> str:
     """Account routes: the user id of a valid account JWT. Raises Unauthorized."""
     token = bearer()
@@ -110,6 +125,12 @@ def tenant_from_e2b_key(view: Callable[Concatenate[str, P], R]) -> Callable[P, R
     """The view gets the E2B caller's tenant id (`e2b_tenant`). Raises Unauthorized or
     ApiKeyRevoked."""
     return _with_caller(view, lambda s: e2b_tenant(s.settings, s.accounts))
+
+
+def tenant_from_e2b_sdk_key(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:
+    """The view gets the E2B SDK caller's tenant id (`e2b_sdk_tenant`). Raises Unauthorized
+    or ApiKeyRevoked."""
+    return _with_caller(view, lambda s: e2b_sdk_tenant(s.settings, s.accounts))
 
 
 def tenant_from_e2b_key_or_body(view: Callable[Concatenate[str, P], R]) -> Callable[P, R]:

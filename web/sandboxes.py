@@ -204,6 +204,25 @@ class Sandboxes:
         value = self._call(commands.SandboxPorts(**self._ids(sandbox)), sandbox)
         return commands.Ports.from_json(value).to_json()
 
+    def pause(self, sandbox: Sandbox) -> bool:
+        """Freeze the sandbox on its host (docker pause). False when it was paused already.
+        Raises SandboxGone, EngineUnavailable, WorkerTimeout."""
+        value = self._call(commands.SandboxPause(**self._ids(sandbox)), sandbox)
+        return commands.Paused.from_json(value).changed
+
+    def resume(self, sandbox: Sandbox) -> bool:
+        """Let a paused sandbox run on. False when it was not paused. Raises SandboxGone,
+        EngineUnavailable, WorkerTimeout."""
+        value = self._call(commands.SandboxResume(**self._ids(sandbox)), sandbox)
+        return commands.Paused.from_json(value).changed
+
+    def usage(self, sandbox: Sandbox) -> commands.Usage:
+        """CPU, memory and disk the sandbox uses now, read by its host. Raises SandboxError
+        (unreadable there), WorkerTimeout."""
+        return commands.Usage.from_json(
+            self._call(commands.SandboxUsage(**self._ids(sandbox)), sandbox)
+        )
+
     def list_dir(self, sandbox: Sandbox, path: str) -> list[dict[str, Any]]:
         value = self._call(commands.FsList(**self._ids(sandbox), path=path), sandbox)
         return commands.Listing.from_json(value).to_json()

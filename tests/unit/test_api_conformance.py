@@ -6,6 +6,7 @@ wire cannot drift. Fast: no server, no worker, no Docker."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -19,6 +20,8 @@ import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from shared import keys
+from shared.commands import Usage
 from shared.crypto import new_fernet_key
 from shared.egress import NetworkPolicy
 from shared.output import END, STDERR, STDOUT, Entry
@@ -67,6 +70,9 @@ def _app() -> Flask:
         "write_stdin": lambda *_a: None,
         "stop_process": lambda *_a: None,
         "forget_process": lambda *_a: None,
+        "pause": lambda *_a: True,
+        "resume": lambda *_a: True,
+        "usage": lambda *_a: Usage(12.5, 1 << 20, 1 << 30, 1 << 19, 1 << 22, 1 << 31),
         "template_catalog": lambda: [
             {"name": "Bash", "image": "paddock/bash", "size_bytes": 10, "built_at": 0,
              "versions": {"bash": "5.2"}, "hash": "abc", "hosts": ["h1"]},
@@ -187,6 +193,7 @@ def _e2b_calls(c: Caller) -> dict[tuple[str, str], Callable[[], Any]]:
             "POST", p + "/stdin", json={"stdin": "x"}
         ),
     }
+    calls.update(_e2b_control_calls(c))
     for word in ("dir", "dirs"):
         path = f"/sessions/{{sessionID}}/filesystem/{word}"
         url = f"{s}/filesystem/{word}?path=/"
@@ -198,6 +205,45 @@ def _e2b_calls(c: Caller) -> dict[tuple[str, str], Callable[[], Any]]:
         calls[(path, "GET")] = functools.partial(c.call, "GET", url)
         calls[(path, "PUT")] = functools.partial(c.call, "PUT", url, json={"content": "hi"})
     return calls
+
+
+def _e2b_control_calls(c: Caller) -> dict[tuple[str, str], Callable[[], Any]]:
+    """Today's SDKs' control API (web/api/e2b_control/): sent with X-API-Key, as they do, on
+    a running sandbox (its record in Redis: the timers move only for a running one)."""
+    c.services.redis.hset(keys.sandbox("sbx1"), mapping={"status": "running"})
+    running = dataclasses.replace(SANDBOX, status="running")
+    c.services.sandboxes.of_tenant = lambda *_a: [running]  # type: ignore[method-assign]
+
+    def call(method: str, path: str, **kw: Any) -> Any:
+        return c.client.open(path, method=method, headers={"X-API-Key": c.key}, **kw)
+
+    s = "/sandboxes/sbx1"
+    new = {"templateID": "base", "metadata": {"a": "b"}, "envVars": {"A": "1"}, "timeout": 60}
+    return {  # in order: pause before resume, delete last
+        ("/sandboxes", "POST"): lambda: call("POST", "/sandboxes", json=new),
+        ("/v2/sandboxes", "POST"): lambda: call("POST", "/v2/sandboxes", json=new),
+        ("/v2/sandboxes", "GET"): lambda: call("GET", "/v2/sandboxes?limit=1&state=running"),
+        ("/sandboxes", "GET"): lambda: call("GET", "/sandboxes?metadata=a%3Db"),
+        ("/sandboxes/{sandboxID}", "GET"): lambda: call("GET", s),
+        ("/sandboxes/{sandboxID}/timeout", "POST"): lambda: call(
+            "POST", f"{s}/timeout", json={"timeout": 30}
+        ),
+        ("/sandboxes/{sandboxID}/refreshes", "POST"): lambda: call(
+            "POST", f"{s}/refreshes", json={"duration": 10}
+        ),
+        ("/sandboxes/{sandboxID}/connect", "POST"): lambda: call(
+            "POST", f"{s}/connect", json={"timeout": 30}
+        ),
+        ("/v2/sandboxes/{sandboxID}/connect", "POST"): lambda: call(
+            "POST", f"/v2{s}/connect", json={}
+        ),
+        ("/sandboxes/{sandboxID}/metrics", "GET"): lambda: call("GET", f"{s}/metrics"),
+        ("/sandboxes/{sandboxID}/pause", "POST"): lambda: call("POST", f"{s}/pause", json={}),
+        ("/sandboxes/{sandboxID}/resume", "POST"): lambda: call(
+            "POST", f"{s}/resume", json={"timeout": 30}
+        ),
+        ("/sandboxes/{sandboxID}", "DELETE"): lambda: call("DELETE", s),
+    }
 
 
 def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -257,6 +303,10 @@ PUBLIC = {
     "e2b.openapi.openapi",
     "v1.openapi.openapi",
     "docs.docs",
+    "docs.asset",
+    "console.root",
+    "console.index",
+    "console.asset",
     "v1.auth.login",
     "v1.auth.verify_otp",
 }

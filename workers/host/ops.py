@@ -64,6 +64,31 @@ def ports(ctx: WorkerContext, cmd: c.SandboxPorts) -> c.Ports:
     return c.Ports([c.Port(str(p["Ip"]), int(p["Port"]), str(p["State"])) for p in found])
 
 
+def pause_sandbox(ctx: WorkerContext, cmd: c.SandboxPause) -> c.Paused:
+    """Raises SandboxGone, EngineUnavailable."""
+    return c.Paused(ctx.backend.pause(cmd.sandbox_id))
+
+
+def resume_sandbox(ctx: WorkerContext, cmd: c.SandboxResume) -> c.Paused:
+    """Raises SandboxGone, EngineUnavailable."""
+    return c.Paused(ctx.backend.resume(cmd.sandbox_id))
+
+
+def sandbox_usage(ctx: WorkerContext, cmd: c.SandboxUsage) -> c.Usage:
+    """Raises SandboxError when the sandbox's cgroup cannot be read on this host."""
+    found = ctx.backend.usage(cmd.sandbox_id)
+    if found is None:
+        raise SandboxError("the sandbox's usage cannot be read on its host")
+    return c.Usage(
+        float(found.cpu_used_pct),
+        found.mem_used,
+        found.mem_total,
+        found.mem_cache,
+        found.disk_used,
+        found.disk_total,
+    )
+
+
 def list_dir(ctx: WorkerContext, cmd: c.FsList) -> c.Listing:
     entries = ctx.backend.list_dir(cmd.sandbox_id, cmd.path)
     return c.Listing([c.DirEntry(name, is_dir) for name, is_dir in entries])

@@ -15,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
 from web.api.e2b import schemas as s
+from web.api.e2b_control import openapi as e2b_control_openapi
 
 bp = Blueprint("openapi", __name__)
 
@@ -201,6 +202,7 @@ def build_document() -> dict[str, Any]:
             "post": _op("writeProcessStdin", [_SID, _PID], _NO_CONTENT, "WriteProcessStdinRequest")
         },
     )
+    e2b_control_openapi.add_paths(spec)  # today's SDKs' control API (/sandboxes...)
     return spec.to_dict()
 
 
