@@ -119,6 +119,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def backend_env() -> dict[str, str]:
+    """PADDOCK_SANDBOX_BACKEND from PADDOCK_TEST_BACKEND (default: the product's), and for
+    the supervisor backend its binary, built here once rather than by each worker (or taken
+    from PADDOCK_TEST_SUPERVISOR_BINARY)."""
+    backend = os.environ.get("PADDOCK_TEST_BACKEND") or Settings().sandbox_backend
+    env = {"PADDOCK_SANDBOX_BACKEND": backend}
+    if backend == "supervisor":
+        from workers.backends.supervisor.build import build
+
+        binary = os.environ.get("PADDOCK_TEST_SUPERVISOR_BINARY") or str(build())
+        env["PADDOCK_SUPERVISOR_BINARY"] = binary
+    return env
+
+
 class Stack:
     def __init__(
         self,
@@ -159,6 +173,9 @@ class Stack:
             # Tests make many short-lived sandboxes; the capacity a host derives from its
             # memory and CPUs (16 on a 2-core machine) is tested in test_hosts.py.
             "PADDOCK_HOST_CAPACITY": "32",
+            # The backend under test: the product's default unless PADDOCK_TEST_BACKEND says
+            # otherwise (`make test` runs the E2B API's tests on both).
+            **backend_env(),
             "PADDOCK_JWT_SECRET": secrets.token_hex(32),
             "PADDOCK_SECRET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "PYTHONUNBUFFERED": "1",

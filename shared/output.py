@@ -73,7 +73,8 @@ return ''
 # Append one chunk if the sandbox's and the tenant's budgets have room for all of it; a chunk
 # of 0 bytes (Paddock's own notice) is outside the budgets and always stored.
 # KEYS: output stream, process hash, sandbox counter, tenant counter
-# ARGV: bytes, sandbox cap, tenant cap, seq, then (kind, text, ts) per entry
+# ARGV: bytes, sandbox cap, tenant cap, seq, resume ("" none: where a restarted worker takes the
+# output up again, kept with what it follows), then (kind, text, ts) per entry
 # Returns {1, room left} when stored (or dropped because the process was forgotten meanwhile,
 # or already stored: a write carries the writer's next seq (0: none), and one whose seq is not
 # past the last stored one was stored before its reply was lost, so a retry never doubles it),
@@ -102,7 +103,8 @@ if n > 0 then
   room = room - n
 end
 if seq > 0 then redis.call('HSET', KEYS[2], 'wseq', seq) end
-for i = 5, #ARGV, 3 do
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'resume', ARGV[5]) end
+for i = 6, #ARGV, 3 do
   redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'l', ARGV[i + 1], 't', ARGV[i + 2])
 end
 return {1, room}
@@ -333,17 +335,19 @@ class ProcessLog:
         size: int,
         budgets: Budgets,
         seq: int = 0,
+        resume: str = "",
     ) -> Refused | None:
         """Store lines worth ``size`` bytes if the sandbox's and the tenant's budgets both have
         room for all of them; otherwise store nothing and say how much would fit.
 
         ``seq`` (> 0, growing with each write of the process) makes the write safe to send
         again when its reply was lost (Redis restarted): a seq already stored is not stored
-        twice."""
-        args: list[Any] = [size, budgets.sandbox, budgets.tenant, seq]
+        twice. ``resume`` is kept in the record with the lines (workers/host/runner.py
+        Resume)."""
+        args: list[Any] = [size, budgets.sandbox, budgets.tenant, seq, resume]
         for kind, ts, joined in _entries(lines):
             args += [kind, joined, ts]
-        if len(args) == 4:
+        if len(args) == 5:
             return None
         got = self._append(
             keys=[

@@ -14,7 +14,7 @@ from shared.redisconn import redact_url
 
 SANDBOX_NETWORKS = ("none", "internet")
 # What runs the sandboxes (workers/backends/): only Docker containers so far.
-SANDBOX_BACKENDS = ("docker",)
+SANDBOX_BACKENDS = ("docker", "supervisor")
 
 
 def _bool(raw: str) -> bool:
@@ -74,8 +74,13 @@ class Settings:
     # Sandboxes
     idle_timeout: int = 600
     sandbox_max_lifetime: int = 86400
-    # What runs the sandboxes on a host: docker (workers/backends/docker/).
+    # What runs the sandboxes on a host: supervisor (workers/backends/supervisor/: containers
+    # with Paddock's resident supervisor, one channel per sandbox) or docker
+    # (workers/backends/docker/: a `docker exec` per operation).
     sandbox_backend: str = "docker"
+    # The supervisor binary sandboxes mount (a path on the engine's host); empty: built from
+    # supervisor/ and cached by its source's hash (workers/backends/supervisor/build.py).
+    supervisor_binary: str = ""
     # internet (through the host's egress policy, workers/backends/docker/egress.py) or none:
     # the mode of a sandbox whose create does not say.
     sandbox_network: str = "internet"

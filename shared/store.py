@@ -146,6 +146,7 @@ class Sandbox:
     created_at: float
     # Its network as created (records from before the egress policy had none: no network).
     network: NetworkPolicy = NO_NETWORK
+    lost_reason: str | None = None  # why it was lost (status "lost")
 
 
 class Store:
@@ -346,6 +347,7 @@ class Store:
             status=data["status"],
             created_at=float(data["created_at"]),
             network=_network(data.get("network")),
+            lost_reason=data.get("lost_reason") or None,
         )
 
     def raw_sandbox(self, sandbox_id: str) -> dict[str, str]:

@@ -81,7 +81,9 @@ def sandbox_containers(stack: Stack, sid: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"PADDOCK_FS_TIMEOUT": str(FS_TIMEOUT)}
+    # The attack freezes a `docker exec`: the Docker backend's (the supervisor backend has
+    # none; a stopped supervisor is test_abuse_supervisor.py's).
+    env = {"PADDOCK_FS_TIMEOUT": str(FS_TIMEOUT), "PADDOCK_SANDBOX_BACKEND": "docker"}
     with Stack(tmp_path_factory.mktemp("abuse-frozen"), hosts=(HOST,), env=env) as st:
         try:
             yield st

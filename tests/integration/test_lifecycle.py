@@ -45,7 +45,8 @@ def test_sandbox_is_hardened(api: Client) -> None:
     # Read-only image; the writable paths are the sandbox's own capped storage, no tmpfs.
     assert hc["ReadonlyRootfs"] is True
     assert not hc.get("Tmpfs") and not hc.get("StorageOpt")
-    assert sorted(m["Target"] for m in hc["Mounts"]) == [
+    writable = [m for m in hc["Mounts"] if not m.get("ReadOnly")]
+    assert sorted(m["Target"] for m in writable) == [
         "/dev/shm",
         "/home/user",
         "/tmp",
@@ -53,6 +54,11 @@ def test_sandbox_is_hardened(api: Client) -> None:
         "/workspace",
     ]
     assert all(m["Type"] == "bind" for m in hc["Mounts"])
+    # Besides them only the supervisor's binary (supervisor backend), read-only.
+    assert [m["Target"] for m in hc["Mounts"] if m.get("ReadOnly")] in (
+        [],
+        ["/opt/paddock/paddock-supervisor"],
+    )
     assert container.attrs["Config"]["User"] == "user"
     out = api.run(sid, "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status")
     assert stdout_lines(out) == ["1000", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"]

@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.supervisor_helpers import binary, running
 from workers.backends.supervisor.channel import Channel, Process, SupervisorError
-from workers.backends.supervisor.frames import MAX_FRAME, encode, read_frame
+from workers.backends.supervisor.frames import MAX_FRAME, SYNC, encode, read_frame
 
 
 @pytest.fixture
@@ -223,11 +223,15 @@ def test_garbage_is_refused(tmp_path: Path) -> None:
         assert reply["code"] in ("bad_frame", "unknown_op")
     send(encode({"id": 9, "op": "proc.list"}))  # still serving
     assert answer() == {"type": "ok", "id": 9, "processes": []}
-    # An oversized length prefix: framing is lost, so it says so and exits with status 2.
-    send(struct.pack(">I", MAX_FRAME + 1) + b"x" * 64)
+    # An oversized length prefix: framing is lost, so it says so once and skips to the next
+    # SYNC marker (a request before the marker is skipped with the garbage), then serves on.
+    send(struct.pack(">I", MAX_FRAME + 1) + b"x" * 64 + encode({"id": 10, "op": "proc.list"}))
     reply = answer()
-    assert (reply["type"], reply["code"]) == ("error", "framing")
-    assert proc.wait(5) == 2
+    assert (reply["type"], reply["id"], reply["code"]) == ("error", 0, "framing")
+    send(SYNC + encode({"id": 11, "op": "proc.list"}))
+    assert answer() == {"type": "ok", "id": 11, "processes": []}
+    proc.stdin.close()
+    assert proc.wait(5) == 0
 
 
 def test_rss_after_a_large_transfer(

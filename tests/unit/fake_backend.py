@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from shared.egress import NetworkPolicy
-from shared.errors import PathNotFound, SandboxGone
+from shared.errors import PathNotFound, SandboxError, SandboxGone
 from workers.backends.base import Machine, ProcessHandle, SandboxState, TemplateImage
 
 
@@ -26,14 +26,39 @@ class FakeProcess:
         self.killed = False
         self.closed = False
         self._pgid: int | None = 42
+        self.history: list[tuple[str, bytes]] = []
+        self.followers: list[FakeProcess] = []
 
     @property
     def pgid(self) -> int | None:
         return self._pgid
 
+    ref = ""  # set when the backend numbers its chunks (FakeBackend(numbered=True))
+    seq = 0  # chunks yielded so far (numbered backends count on from where a follower began)
+
+    def say(self, kind: str, data: bytes) -> None:
+        """The process prints ``data``: kept (for followers after a restart) and fed."""
+        self.history.append((kind, data))
+        self.feed.put((kind, data))
+        for follower in self.followers:
+            follower.feed.put((kind, data))
+
+    def follow(self, after_seq: int) -> FakeProcess:
+        """A handle on this process from chunk ``after_seq + 1`` on, as after a restart."""
+        follower = FakeProcess(self.sandbox_id, self.cmd)
+        follower.ref, follower.seq = self.ref, after_seq
+        for item in self.history[after_seq:]:
+            follower.feed.put(item)
+        self.followers.append(follower)
+        if self.code is not None:
+            follower.exit(self.code)
+        return follower
+
     def exit(self, code: int) -> None:
         self.code = code
         self.feed.put(None)
+        for follower in self.followers:
+            follower.exit(code)
 
     def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
         while True:
@@ -45,6 +70,7 @@ class FakeProcess:
                 continue
             if item is None:
                 return
+            self.seq += 1
             yield item
 
     def poll_every(self, seconds: float) -> None:
@@ -70,7 +96,9 @@ class FakeBackend:
     """Sandboxes as dicts of files; processes as FakeProcess. Raises SandboxGone for a sandbox
     it does not have, as a real backend does for a container that is gone."""
 
-    def __init__(self) -> None:
+    def __init__(self, numbered: bool = False) -> None:
+        # numbered: its processes number their chunks and can be followed again (adopt).
+        self.numbered = numbered
         self.on_gone: Callable[[str], None] | None = None
         self.sandboxes: dict[str, dict[str, bytes]] = {}
         self.dirs: dict[str, set[str]] = {}
@@ -165,8 +193,15 @@ class FakeBackend:
     def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
         self._box(sandbox_id)
         proc = FakeProcess(sandbox_id, cmd)
+        if self.numbered:
+            proc.ref = str(len(self.spawned))
         self.spawned.append(proc)
         return proc
+
+    def adopt(self, sandbox_id: str, ref: str, after_seq: int) -> ProcessHandle:
+        if not self.numbered or not ref.isdigit() or int(ref) >= len(self.spawned):
+            raise SandboxError("the fake backend does not follow this process again")
+        return self.spawned[int(ref)].follow(after_seq)
 
     def oom_kills(self, sandbox_id: str) -> int | None:
         return self.ooms

@@ -223,6 +223,9 @@ def test_every_host_task_has_its_command_and_they_round_trip() -> None:
         tasks.PROCESS_START,
         tasks.PROCESS_STDIN,
         tasks.PROCESS_KILL,
+        tasks.SANDBOX_PAUSE,
+        tasks.SANDBOX_RESUME,
+        tasks.SANDBOX_USAGE,
     }
     start = _start("sb1", "p1", "ls")
     kwargs = start.to_kwargs()
@@ -250,6 +253,8 @@ def test_results_read_back_what_the_host_sent() -> None:
     assert c.FileData.from_json(c.FileData(b"\x00").to_json()).data == b"\x00"
     assert c.Written.from_json({"written": True}) == c.Written(True)
     assert c.Killed.from_json({"killed": False}) == c.Killed(False)
+    usage = c.Usage(1.5, 2, 3, 4, 5, 6)
+    assert c.Usage.from_json(usage.to_json()) == usage
     assert c.Created.from_json({"host": "h"}) == c.Created("h")
 
 
@@ -264,3 +269,49 @@ def test_the_runner_never_waits_on_a_pgid_after_the_process_ended(
     done = threading.Event()
     threading.Thread(target=lambda: (ctx.processes.kill(sid, "p1"), done.set())).start()
     assert done.wait(2) and time.monotonic() - started < 2
+
+
+def test_a_restarted_worker_follows_a_running_process_and_stores_each_byte_once() -> None:
+    """The worker dies while a process prints (its last chunks taken but not stored, lines
+    left unfinished on both streams); the next worker adopts the process from the resume
+    point kept with the stored output: every line arrives once, unfinished ones whole."""
+    backend = FakeBackend(numbered=True)
+    redis = fakeredis.FakeRedis()
+    first = WorkerContext(Settings(host_id=HOST))
+    first.redis = redis  # type: ignore[misc]
+    first.backend = backend  # type: ignore[misc]
+    first.store.heartbeat(HOST, 10, ["Bash"], ttl=60)
+    sid = _sandbox(first)
+    ops.start_process(first, _start(sid, "p1", "printer"))
+    proc = backend.spawned[0]
+    proc.say(STDOUT, b"a1\na2-par")
+    proc.say(STDERR, b"e1\ne2-")
+    proc.say(STDOUT, b"tial\nb-un")
+    _until(lambda: len(first.plog.read(sid, "p1").stdout) == 2)
+    # The worker dies: what its pump takes from now on is never stored.
+    run = first.processes._get(sid, "p1")
+    assert run is not None
+    run.forgotten = True
+    proc.say(STDOUT, b"finished\n")
+    proc.say(STDERR, b"half\n")
+    _until(lambda: proc.feed.empty())
+
+    second = WorkerContext(Settings(host_id=HOST))
+    second.redis = redis  # type: ignore[misc]
+    second.backend = backend  # type: ignore[misc]
+    assert second.processes.adopt(sid, "p1")
+    proc.say(STDOUT, b"c\n")
+    proc.exit(0)
+    _until(lambda: second.plog.read(sid, "p1").finished)
+    out = second.plog.read(sid, "p1")
+    assert [line.text for line in out.stdout] == ["a1", "a2-partial", "b-unfinished", "c"]
+    assert [line.text for line in out.stderr] == ["e1", "e2-half"]
+    assert out.exit_code == 0
+
+
+def test_a_process_the_backend_cannot_follow_is_closed_at_restart(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    sid = _sandbox(ctx)
+    ops.start_process(ctx, _start(sid, "p1", "sleep"))
+    assert not ctx.processes.adopt(sid, "p1")  # an unnumbered backend: no ref kept

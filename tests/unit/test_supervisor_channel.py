@@ -1,11 +1,15 @@
-"""The supervisor channel's framing and validation, against a fake supervisor on a pipe."""
+"""The supervisor channel's framing, validation and resynchronisation, against a fake
+supervisor on a pipe."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -15,12 +19,16 @@ from workers.backends.supervisor.channel import (
     Exit,
     Output,
     SupervisorError,
+    WatchEvent,
+    scan_for,
 )
 from workers.backends.supervisor.frames import (
     MAX_CHUNK,
     MAX_FRAME,
+    SYNC,
     FrameError,
     encode,
+    hello_header,
     read_exactly,
     read_frame,
 )
@@ -96,7 +104,9 @@ class FakeSupervisor:
         resp_r, resp_w = os.pipe()
         self.requests = os.fdopen(req_r, "rb")
         self.out = os.fdopen(resp_w, "wb")
-        self.channel = Channel(os.fdopen(resp_r, "rb"), os.fdopen(req_w, "wb"), timeout=5)
+        self.channel = Channel(
+            os.fdopen(resp_r, "rb"), os.fdopen(req_w, "wb"), timeout=5, first_id=1
+        )
 
     def request(self) -> bytes:
         (size,) = struct.unpack(">I", read_exactly(self.requests.read, 4))
@@ -254,3 +264,162 @@ def test_an_unread_flood_fails_only_its_request(frames: int, size: int) -> None:
     with pytest.raises(SupervisorError) as err:
         list(proc.events())
     assert err.value.code == "overflow"
+
+
+# Resynchronisation, hello, cancel, watch
+
+
+def _hello_answer(request_id: int, nonce: str, processes: int = 0) -> bytes:
+    head = hello_header(request_id, nonce)
+    info = json.dumps({"version": "2", "pid": 7, "processes": processes, "uptime_s": 1.5})
+    body = struct.pack(">I", len(head)) + head + info.encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def _chunks(data: bytes, size: int) -> Callable[[int], bytes]:
+    stream = io.BytesIO(data)
+    return lambda n: stream.read(min(n, size))
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_scan_finds_the_answer_across_reads(size: int) -> None:
+    needle = hello_header(5, "a" * 32)
+    noise = os.urandom(3000) + needle  # the header without a fitting prefix: not it
+    answer = _hello_answer(5, "a" * 32)
+    rest = encode({"type": "ok", "id": 6})
+    read = _chunks(noise + answer + rest, size)
+    found = scan_for(read, needle)
+    assert found is not None
+    tail = b"".join(iter(lambda: read(4096), b""))
+    assert found + tail == answer + rest  # the bytes from the answer on, none lost
+
+
+def test_scan_ends_with_the_stream() -> None:
+    assert scan_for(_chunks(os.urandom(10000), 4096), hello_header(1, "b" * 16)) is None
+
+
+def test_scan_holds_a_bounded_window() -> None:
+    held: list[int] = []
+    needle = hello_header(1, "c" * 16)
+    stream = io.BytesIO(b"\x00" * 200_000 + _hello_answer(1, "c" * 16))
+
+    def read(n: int) -> bytes:
+        held.append(n)
+        return stream.read(n)
+
+    assert scan_for(read, needle) is not None
+    assert max(held) <= 4096
+
+
+class ResyncingFake(FakeSupervisor):
+    """A fake supervisor for a channel that resynchronises: the channel is made in a
+    thread, as its constructor waits for the hello answer."""
+
+    def __init__(self) -> None:  # the pipes only: the test makes the channel
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        self.requests = os.fdopen(req_r, "rb")
+        self.out = os.fdopen(resp_w, "wb")
+        self.ends = (os.fdopen(resp_r, "rb"), os.fdopen(req_w, "wb"))
+
+    def hello(self) -> dict[str, Any]:
+        """The next SYNC marker and hello request."""
+        assert read_exactly(self.requests.read, len(SYNC)) == SYNC
+        request: dict[str, Any] = json.loads(self.request()[4:])
+        assert request["op"] == "hello"
+        return request
+
+
+def _open(fake: ResyncingFake, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["channel"] = Channel(*fake.ends, timeout=5, resync=True, **kwargs)
+        except ChannelClosed as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, result
+
+
+def test_resync_skips_to_the_hello_answer() -> None:
+    f = ResyncingFake()
+    t, result = _open(f)
+    first = f.hello()
+    # The tail of some frame, a whole stale frame of another request, then the answer.
+    f.send(b"\x12\x34" + encode({"type": "ok", "id": 3}) + b"x" * 10)
+    second = f.hello()  # resent after a second without an answer
+    assert (second["id"], second["nonce"]) == (first["id"], first["nonce"])
+    f.send(_hello_answer(first["id"], first["nonce"], processes=2))
+    t.join(5)
+    ch = result["channel"]
+    assert ch.info == {"version": "2", "pid": 7, "processes": 2, "uptime_s": 1.5}
+    _serve(f, [REQ, _ok(first["id"] + 1, processes=[])])  # then framing as usual
+    assert ch.processes() == []
+
+
+def test_resync_gives_up_after_its_deadline() -> None:
+    f = ResyncingFake()
+    t, result = _open(f, resync_deadline=1.5)
+    f.hello()
+    t.join(5)
+    assert isinstance(result.get("error"), ChannelClosed)
+
+
+def test_a_hello_answer_with_another_nonce_closes() -> None:
+    f = ResyncingFake()
+    t, result = _open(f)
+    request = f.hello()
+    f.send(_hello_answer(request["id"], request["nonce"]))
+    t.join(5)
+    ch = result["channel"]
+    other = _hello_answer(request["id"] + 1, "z" * 32)
+    _serve(f, [REQ, other])
+    with pytest.raises(ChannelClosed):
+        ch.hello()
+
+
+def test_closing_a_read_early_sends_cancel() -> None:
+    f = FakeSupervisor()
+    _serve(f, [REQ, encode({"type": "data", "id": 1}, b"abc")])
+    chunks = f.channel.read_file("/x")
+    assert next(chunks) == b"abc"
+    chunks.close()
+    assert json.loads(f.request()[4:]) == {"id": 2, "op": "cancel", "target": 1}
+
+
+def test_watch_events() -> None:
+    f = FakeSupervisor()
+    event = {"type": "event", "id": 1, "is_dir": False}
+    frames = [
+        REQ,
+        encode({"type": "watching", "id": 1, "dirs": 1}),
+        encode({**event, "kind": "create", "path": "/d/a"}),
+        encode({**event, "kind": "overflow", "path": ""}),
+        _ok(1),
+    ]
+    _serve(f, frames)
+    watch = f.channel.watch("/d")
+    assert list(watch.events(timeout=5)) == [
+        WatchEvent("create", "/d/a", False),
+        WatchEvent("overflow", "", False),
+    ]
+    assert watch.ended
+
+
+@pytest.mark.parametrize(
+    ("header", "payload"),
+    [
+        ({"type": "event", "id": 1, "kind": "explode", "path": "/", "is_dir": False}, b""),
+        ({"type": "event", "id": 1, "kind": "create", "path": "/", "is_dir": 1}, b""),
+        ({"type": "watching", "id": 1, "dirs": 0}, b""),
+        ({"id": 1, "nonce": "n", "type": "hello"}, b"[]"),
+        ({"id": 1, "nonce": "n", "type": "hello"}, b'{"version": "2"}'),
+        ({"id": 1, "nonce": "n", "type": "hello", "extra": 1}, b"{}"),
+    ],
+)
+def test_invalid_new_frames(header: dict[str, object], payload: bytes) -> None:
+    with pytest.raises(FrameError):
+        _read(encode(header, payload))

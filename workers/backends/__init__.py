@@ -1,5 +1,5 @@
 """Sandbox backends: the protocol (base.py) and its implementations, one package each
-(docker/). ``make_backend`` builds the one ``PADDOCK_SANDBOX_BACKEND`` names."""
+(docker/, supervisor/). ``make_backend`` builds the one ``PADDOCK_SANDBOX_BACKEND`` names."""
 
 from __future__ import annotations
 
@@ -16,4 +16,8 @@ def make_backend(settings: Settings) -> SandboxBackend:
         from workers.backends.docker.backend import DockerBackend
 
         return DockerBackend(settings)
+    if settings.sandbox_backend == "supervisor":
+        from workers.backends.supervisor.backend import SupervisorBackend
+
+        return SupervisorBackend(settings)
     raise ConfigError(f"PADDOCK_SANDBOX_BACKEND: no backend named {settings.sandbox_backend!r}")

@@ -44,6 +44,7 @@ class SandboxState:
     ref: str
     state: str
     alive: bool
+    reason: str | None = None  # why it is not alive, when the backend knows better than state
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ class TemplateImage:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ResourceUsage:
+    """What a sandbox uses now (``SandboxBackend.usage``): CPU in percent of its CPUs over a
+    short sample, memory and disk in bytes."""
+
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    mem_cache: int
+    disk_used: int
+    disk_total: int
+
+
 class ProcessHandle(Protocol):
     """A process started by ``SandboxBackend.spawn``: its output, stdin, exit status and kill.
 
@@ -69,6 +83,18 @@ class ProcessHandle(Protocol):
     @property
     def pgid(self) -> int | None:
         """The process group inside the sandbox (the process is its leader), once known."""
+        ...
+
+    @property
+    def ref(self) -> str:
+        """What ``SandboxBackend.adopt`` needs to follow the process again after the worker
+        restarted ("" when the backend cannot)."""
+        ...
+
+    @property
+    def seq(self) -> int:
+        """The number of the last chunk ``frames`` yielded (1, 2, ...; 0 when the backend
+        does not number them): ``adopt`` follows on after such a number."""
         ...
 
     def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
@@ -189,7 +215,29 @@ class SandboxBackend(Protocol):
         """Start ``cmd`` (bash) in ``cwd`` as the sandbox user, in its own process group."""
         ...
 
+    def adopt(self, sandbox_id: str, ref: str, after_seq: int) -> ProcessHandle:
+        """The handle of a process a previous worker started (``ref`` from its handle), its
+        output from the chunk after ``after_seq`` on. Raises SandboxError when the backend
+        cannot (the process's output is then closed with a line saying it was lost)."""
+        ...
+
     def oom_kills(self, sandbox_id: str) -> int | None:
         """How many processes the kernel's OOM killer ended in the sandbox so far, read where
         the tenant cannot fake it; None when it cannot be read."""
+        ...
+
+    # -- pause and usage (the E2B control API) ---------------------------------------------
+    def pause(self, sandbox_id: str) -> bool:
+        """Freeze every process of the sandbox where it stands (memory kept, nothing written
+        to disk). False when it was paused already. Raises SandboxGone, EngineUnavailable."""
+        ...
+
+    def resume(self, sandbox_id: str) -> bool:
+        """Let a paused sandbox run on. False when it was not paused. Raises SandboxGone,
+        EngineUnavailable."""
+        ...
+
+    def usage(self, sandbox_id: str) -> ResourceUsage | None:
+        """CPU, memory and disk the sandbox uses now, read where the tenant cannot fake it;
+        None when it cannot be read (e.g. the worker runs in a container)."""
         ...

@@ -77,9 +77,7 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
         seen = states.get(sandbox_id)
         if seen is not None and seen.alive:
             if at_start:
-                end_processes(
-                    ctx.plog, sandbox_id, "the process's output was lost: its host worker restarted"
-                )
+                adopt_processes(ctx, sandbox_id)
             continue
         if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
             continue
@@ -151,21 +149,47 @@ def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | N
     return True
 
 
+def adopt_processes(ctx: WorkerContext, sandbox_id: str) -> None:
+    """At start: follow again the processes the previous worker was pumping, where the backend
+    can (workers/host/runner.py ProcessManager.adopt); close the others' output with a line
+    saying it was lost."""
+    for process_id in ctx.plog.process_ids(sandbox_id):
+        if ctx.plog.info(sandbox_id, process_id).get("status") not in ("starting", "running"):
+            continue
+        try:
+            if ctx.processes.adopt(sandbox_id, process_id):
+                continue
+        except Exception:
+            logger.exception("sandbox %s process %s: not followed again", sandbox_id, process_id)
+        _end(
+            ctx.plog,
+            sandbox_id,
+            process_id,
+            "the process's output was lost: its host worker restarted",
+        )
+
+
 def end_processes(plog: ProcessLog, sandbox_id: str, why: str) -> None:
     """Finish the output of the sandbox's processes still shown running, with ``why`` on
     stderr (no exit code: nobody saw it). Also used by the control worker for the sandboxes
     of a dead host (workers/control/reaper.py)."""
     for process_id in plog.process_ids(sandbox_id):
         if plog.info(sandbox_id, process_id).get("status") in ("starting", "running"):
-            logger.warning("sandbox %s process %s: %s", sandbox_id, process_id, why)
-            line = Line(STDERR, f"[paddock] {why}", time.time_ns())
-            plog.append(sandbox_id, process_id, [line])
-            plog.finish(sandbox_id, process_id, None)
+            _end(plog, sandbox_id, process_id, why)
+
+
+def _end(plog: ProcessLog, sandbox_id: str, process_id: str, why: str) -> None:
+    logger.warning("sandbox %s process %s: %s", sandbox_id, process_id, why)
+    line = Line(STDERR, f"[paddock] {why}", time.time_ns())
+    plog.append(sandbox_id, process_id, [line])
+    plog.finish(sandbox_id, process_id, None)
 
 
 def _why_lost(seen: SandboxState | None) -> str:
     if seen is None:
         return "its container is gone"
+    if seen.reason:
+        return seen.reason
     return f"its container is {seen.state or 'not running'}"
 
 

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from shared.errors import SandboxError
 from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
 from shared.redisconn import REDIS_DOWN, WRITER_BACKOFF, persist
 from shared.settings import Settings
@@ -66,6 +67,51 @@ class HostPending:
             self.size -= n
 
 
+class Resume:
+    """Where a restarted worker takes a process's output up again, exactly: kept in the
+    process's record with each write (ProcessLog.append_budgeted ``resume``).
+
+    A backend that can follow a process again (the supervisor's ``proc.attach``) numbers its
+    output chunks 1, 2, ...; a chunk's bytes are either stored or held in ``partial`` (an
+    unfinished line). The point is ``after:skip_out:skip_err``: replay the chunks after
+    ``after`` and drop the first ``skip`` bytes of each stream there, which were stored. It
+    starts before the oldest unfinished line, so that line is rebuilt whole."""
+
+    def __init__(self, seq: int = 0) -> None:
+        self.seq = seq
+        self.consumed = {STDOUT: 0, STDERR: 0}  # bytes of each stream taken, from ``seq`` on
+        # Per stream with an unfinished line: the chunk it began in, and ``consumed`` before it.
+        self.starts: dict[str, tuple[int, dict[str, int]]] = {}
+
+    def chunk(self, seq: int, kind: str, size: int, before: int, after: int, fresh: bool) -> None:
+        """Chunk ``seq`` of ``size`` bytes on ``kind`` was taken; its stream's unfinished line
+        was ``before`` bytes and is ``after`` now; ``fresh``: that line began in this chunk."""
+        taken = dict(self.consumed)
+        self.consumed[kind] += size
+        self.seq = seq
+        if after == 0:
+            self.starts.pop(kind, None)
+        elif before == 0 or fresh:
+            self.starts[kind] = (seq, taken)
+
+    def point(self, partial: dict[str, bytearray]) -> str:
+        if self.starts:
+            first, base = min(self.starts.values(), key=lambda start: start[0])
+            after = first - 1
+        else:
+            after, base = self.seq, self.consumed
+        skip = [self.consumed[k] - len(partial[k]) - base[k] for k in (STDOUT, STDERR)]
+        return f"{after}:{skip[0]}:{skip[1]}"
+
+
+def parse_resume(text: str) -> tuple[int, dict[str, int]] | None:
+    """``after:skip_out:skip_err`` (Resume.point) as (after, skips); None when malformed."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), {STDOUT: int(parts[1]), STDERR: int(parts[2])}
+
+
 @dataclass(frozen=True)
 class Write:
     """One write of a pump, kept until Redis took it. ``seq`` (and seq + 1, seq + 2 for the
@@ -77,6 +123,7 @@ class Write:
     budgeted: bool  # the process's output; else Paddock's notice (outside the budgets)
     unless_cut: bool = False  # a notice that a budget refusal, already noted, makes moot
     held: bool = True  # its bytes count in the HostPending (False: it had no room)
+    resume: str = ""  # Resume.point after these lines ("" none)
 
 
 @dataclass
@@ -93,9 +140,16 @@ class Pending:
     delays: Iterator[float] = field(default_factory=WRITER_BACKOFF.delays)
     down_since: float | None = None
 
-    def add(self, lines: list[Line], size: int, budgeted: bool, unless_cut: bool = False) -> None:
+    def add(
+        self,
+        lines: list[Line],
+        size: int,
+        budgeted: bool,
+        unless_cut: bool = False,
+        resume: str = "",
+    ) -> None:
         held = self.host.take(size + WRITE_OVERHEAD)
-        self.writes.append(Write(self.next_seq, lines, size, budgeted, unless_cut, held))
+        self.writes.append(Write(self.next_seq, lines, size, budgeted, unless_cut, held, resume))
         self.next_seq += 4
         self.size += size
         if not held:
@@ -151,6 +205,9 @@ class Running:
     stdin_lock: threading.Lock = field(default_factory=threading.Lock)
     pending: Pending = field(default_factory=Pending)
     cut: bool = False  # a budget refused output: the rest is discarded (a marker says so)
+    resume: Resume | None = None  # for a handle a restarted worker can follow again
+    skip: dict[str, int] = field(default_factory=dict)  # bytes already stored (adopted)
+    stored: int = 0  # output bytes stored before this worker (adopted)
 
 
 class ProcessManager:
@@ -205,17 +262,57 @@ class ProcessManager:
                 handle,
                 oom_base=oom_base,
                 pending=Pending(self.pending),
+                resume=Resume() if handle.ref else None,
             )
-            with self._lock:
-                self._running[(sandbox_id, process_id)] = run
-            self.plog.set_fields(sandbox_id, process_id, status="running")
-            threading.Thread(
-                target=self._pump, args=(run,), name=f"pump-{process_id}", daemon=True
-            ).start()
+            self.plog.set_fields(sandbox_id, process_id, status="running", ref=handle.ref)
+            self._run(run)
             # Ids and sizes only: a command can carry a secret.
             logger.info(
                 "sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd)
             )
+
+    def adopt(self, sandbox_id: str, process_id: str) -> bool:
+        """Follow again a process a previous worker of this host started (its record says
+        ``ref``, and ``resume`` where its stored output ends), storing each byte once. False
+        when the backend cannot (the record is then closed by the caller)."""
+        info = self.plog.info(sandbox_id, process_id)
+        ref, tenant_id = info.get("ref", ""), info.get("tenant", "")
+        point = parse_resume(info.get("resume") or "0:0:0")
+        if not ref or not tenant_id or point is None:
+            return False
+        after, skip = point
+        try:
+            handle = self.backend.adopt(sandbox_id, ref, after)
+        except (SandboxError, NotImplementedError) as exc:
+            logger.warning(
+                "sandbox %s process %s: not followed again: %s", sandbox_id, process_id, exc
+            )
+            return False
+        pending = Pending(self.pending)
+        pending.next_seq = int(info.get("wseq") or 0) + 4
+        run = Running(
+            sandbox_id,
+            process_id,
+            tenant_id,
+            handle,
+            oom_base=self.backend.oom_kills(sandbox_id),
+            pending=pending,
+            resume=Resume(after),
+            skip=skip,
+            stored=int(info.get("bytes") or 0),
+        )
+        logger.info(
+            "sandbox %s process %s: followed again after chunk %d", sandbox_id, process_id, after
+        )
+        self._run(run)
+        return True
+
+    def _run(self, run: Running) -> None:
+        with self._lock:
+            self._running[(run.sandbox_id, run.process_id)] = run
+        threading.Thread(
+            target=self._pump, args=(run,), name=f"pump-{run.process_id}", daemon=True
+        ).start()
 
     def count(self) -> int:
         """Processes whose output is pumped now (metrics)."""
@@ -269,7 +366,7 @@ class ProcessManager:
         s = self.settings
         limit = s.max_output_bytes
         partial = {STDOUT: bytearray(), STDERR: bytearray()}
-        stored = 0
+        stored = run.stored
         truncated = False
         printed = metrics.output_counters(s.host_id)
 
@@ -281,17 +378,26 @@ class ProcessManager:
         try:
             for kind, data in run.handle.frames(stop):
                 printed[kind].inc(len(data))
+                size, before = len(data), len(partial[kind])
+                if run.skip.get(kind):  # stored by the worker before this one
+                    dropped = min(run.skip[kind], size)
+                    run.skip[kind] -= dropped
+                    data = data[dropped:]
                 if run.cut and not truncated:
                     truncated = True
                     for buf in partial.values():
                         buf.clear()
-                if truncated:
-                    continue  # keep draining so the process never blocks on a full pipe
+                if truncated or not data:
+                    # keep draining so the process never blocks on a full pipe
+                    self._chunk(run, kind, size, before, partial, False)
+                    continue
                 if stored + len(data) > limit:
                     # Keep what fits, up to the last whole line, then say so once.
                     room = data[: max(0, limit - stored)]
                     keep = room[: room.rfind(b"\n") + 1]
-                    self._store_budgeted(run, _split(partial[kind], keep, kind), len(keep))
+                    lines = _split(partial[kind], keep, kind)
+                    self._chunk(run, kind, size, before, partial, b"\n" in keep)
+                    self._store_budgeted(run, lines, len(keep), partial)
                     self._truncated(
                         run,
                         partial,
@@ -300,7 +406,9 @@ class ProcessManager:
                     truncated = True
                     continue
                 stored += len(data)
-                self._store_budgeted(run, _split(partial[kind], data, kind), len(data))
+                lines = _split(partial[kind], data, kind)
+                self._chunk(run, kind, size, before, partial, b"\n" in data)
+                self._store_budgeted(run, lines, len(data), partial)
             if not run.forgotten:
                 now = time.time_ns()
                 tail = [
@@ -309,7 +417,10 @@ class ProcessManager:
                     if b
                 ]
                 if tail and not truncated:
-                    self._store_budgeted(run, tail, sum(len(b) for b in partial.values()))
+                    size = sum(len(b) for b in partial.values())
+                    for buf in partial.values():
+                        buf.clear()
+                    self._store_budgeted(run, tail, size, partial)
                 code = run.handle.exit_code()
                 oom = self._oom_killed(run, code)
                 if oom:
@@ -382,13 +493,33 @@ class ProcessManager:
             run.pending.add(lines, 0, budgeted=False, unless_cut=unless_cut)
             self._flush(run)
 
-    def _store_budgeted(self, run: Running, lines: list[Line], size: int) -> None:
+    @staticmethod
+    def _chunk(
+        run: Running, kind: str, size: int, before: int, partial: dict[str, bytearray], nl: bool
+    ) -> None:
+        """Count a chunk taken from the handle in the run's Resume (``nl``: it ended a line,
+        so the unfinished one now began in it)."""
+        if run.resume is not None:
+            after = len(partial[kind])
+            run.resume.chunk(run.handle.seq, kind, size, before, after, nl)
+
+    def _store_budgeted(
+        self,
+        run: Running,
+        lines: list[Line],
+        size: int,
+        partial: dict[str, bytearray] | None = None,
+    ) -> None:
         """Store the process's own output against the sandbox's and the tenant's budgets,
-        now or once Redis is back. When a budget runs out, what fits (whole lines) is kept,
-        a marker says why, ``run.cut`` is set and later output is discarded."""
+        now or once Redis is back (with the run's Resume point, ``partial`` being the
+        unfinished lines after ``lines``). When a budget runs out, what fits (whole lines) is
+        kept, a marker says why, ``run.cut`` is set and later output is discarded."""
         if not lines or run.forgotten or run.cut:
             return
-        run.pending.add(lines, size, budgeted=True)
+        resume = ""
+        if run.resume is not None and partial is not None:
+            resume = run.resume.point(partial)
+        run.pending.add(lines, size, budgeted=True, resume=resume)
         self._flush(run)
 
     def _flush(self, run: Running, wait: bool = False) -> None:
@@ -451,7 +582,7 @@ class ProcessManager:
             return
         budgets = self.budgets
         refused = self.plog.append_budgeted(
-            sid, pid, run.tenant_id, write.lines, write.size, budgets, seq=write.seq
+            sid, pid, run.tenant_id, write.lines, write.size, budgets, write.seq, write.resume
         )
         if refused is None:
             return

@@ -9,7 +9,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
+	"time"
 
 	"paddock/supervisor/internal/wire"
 )
@@ -46,6 +48,8 @@ func Code(err error) string {
 		return "exists"
 	case errors.Is(err, fs.ErrPermission):
 		return "permission"
+	case err == errCancelled:
+		return "cancelled"
 	}
 	return "io"
 }
@@ -115,8 +119,12 @@ func Stat(out *wire.Writer, req *wire.Request) {
 	out.OK(req.ID, wire.Msg{"entry": entry(req.Path, info)})
 }
 
+// errCancelled ends a stream whose request was cancelled.
+var errCancelled = errors.New("cancelled")
+
 // List answers fs.list: "entries" frames of up to 256 entries, then ok with the count.
-func List(out *wire.Writer, req *wire.Request) {
+// A cancel ends it with error cancelled.
+func List(out *wire.Writer, req *wire.Request, stop wire.Stop) {
 	if !needPath(out, req) {
 		return
 	}
@@ -161,6 +169,9 @@ func List(out *wire.Writer, req *wire.Request) {
 				}
 				batch = append(batch, entry(p, fi))
 				if len(batch) == entriesBatch {
+					if stop.Stopped() {
+						return errCancelled
+					}
 					_ = out.Send(wire.Msg{"type": "entries", "id": req.ID, "entries": batch}, nil)
 					batch = batch[:0]
 				}
@@ -182,6 +193,10 @@ func List(out *wire.Writer, req *wire.Request) {
 		fail(out, req.ID, err)
 		return
 	}
+	if stop.Stopped() {
+		fail(out, req.ID, errCancelled)
+		return
+	}
 	if len(batch) > 0 {
 		_ = out.Send(wire.Msg{"type": "entries", "id": req.ID, "entries": batch}, nil)
 	}
@@ -197,8 +212,9 @@ func skippable(err error) bool {
 
 // Read answers fs.read: "data" frames of up to MaxChunk bytes, then ok with the size.
 // Only regular files: a FIFO or device could block or never end (O_NONBLOCK and O_NOCTTY so
-// that opening one to find out has no effect).
-func Read(out *wire.Writer, req *wire.Request) {
+// that opening one to find out has no effect). It reads to the end of the file, not to its
+// stat size: /proc and /sys files say size 0. A cancel ends it with error cancelled.
+func Read(out *wire.Writer, req *wire.Request, stop wire.Stop) {
 	if !needPath(out, req) {
 		return
 	}
@@ -224,6 +240,10 @@ func Read(out *wire.Writer, req *wire.Request) {
 	buf := make([]byte, wire.MaxChunk)
 	var size int64
 	for {
+		if stop.Stopped() {
+			fail(out, req.ID, errCancelled)
+			return
+		}
 		n, err := f.Read(buf)
 		if n > 0 {
 			size += int64(n)
@@ -243,29 +263,98 @@ func Read(out *wire.Writer, req *wire.Request) {
 }
 
 // Writes holds the fs.write streams in progress: one temporary file each, renamed onto the
-// path when the last chunk (more=false) arrives, so a reader never sees half a file.
+// path when the last chunk (more=false) arrives, so a reader never sees half a file. A write
+// that is cancelled, or gets no frame for its idle time (its peer is gone), is aborted: its
+// temporary file removed, its slot freed.
 type Writes struct {
+	out    *wire.Writer
+	idle   time.Duration
+	mu     sync.Mutex
 	open   map[uint64]*pending
-	failed map[uint64]bool
+	failed map[uint64]time.Time // ended by an error: later frames dropped until more=false
 }
 
 type pending struct {
 	f    *os.File
 	path string
 	size int64
+	last time.Time // the last frame
 }
 
-// NewWrites makes an empty set of write streams.
-func NewWrites() *Writes {
-	return &Writes{open: map[uint64]*pending{}, failed: map[uint64]bool{}}
+// NewWrites makes an empty set of write streams; a write idle for longer than idle is
+// aborted.
+func NewWrites(out *wire.Writer, idle time.Duration) *Writes {
+	w := &Writes{out: out, idle: idle, open: map[uint64]*pending{}, failed: map[uint64]time.Time{}}
+	go w.expire()
+	return w
+}
+
+// expire aborts the writes idle for too long and forgets old failed ones.
+func (w *Writes) expire() {
+	tick := w.idle / 4
+	if tick < 50*time.Millisecond {
+		tick = 50 * time.Millisecond
+	}
+	for range time.Tick(tick) {
+		now := time.Now()
+		w.mu.Lock()
+		for id, p := range w.open {
+			if now.Sub(p.last) > w.idle {
+				w.drop(id, p)
+				w.out.Error(id, "cancelled", fmt.Sprintf("no frame for %v: the write is aborted", w.idle))
+			}
+		}
+		for id, at := range w.failed {
+			if now.Sub(at) > w.idle {
+				delete(w.failed, id)
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+// drop removes write id and its temporary file; w.mu is held.
+func (w *Writes) drop(id uint64, p *pending) {
+	delete(w.open, id)
+	w.failed[id] = time.Now()
+	_ = p.f.Close()
+	_ = os.Remove(p.f.Name())
+}
+
+// Cancel aborts write id (answering it error cancelled); false when no such write runs.
+func (w *Writes) Cancel(id uint64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.open[id]
+	if p == nil {
+		return false
+	}
+	w.drop(id, p)
+	w.out.Error(id, "cancelled", "the write was cancelled")
+	return true
+}
+
+// AbortAll aborts every write silently (their peer is gone) and forgets the failed ones.
+func (w *Writes) AbortAll() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id, p := range w.open {
+		w.drop(id, p)
+	}
+	w.failed = map[uint64]time.Time{}
 }
 
 // Chunk handles one fs.write frame. The first frame of an id names the path (and mode);
 // after an error, the rest of that id's chunks are dropped silently.
-func (w *Writes) Chunk(out *wire.Writer, req *wire.Request, payload []byte) {
-	if w.failed[req.ID] {
+func (w *Writes) Chunk(req *wire.Request, payload []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.out
+	if _, ok := w.failed[req.ID]; ok {
 		if !req.More {
 			delete(w.failed, req.ID)
+		} else {
+			w.failed[req.ID] = time.Now()
 		}
 		return
 	}
@@ -296,15 +385,16 @@ func (w *Writes) Chunk(out *wire.Writer, req *wire.Request, payload []byte) {
 			return
 		}
 		if err := f.Chmod(mode); err != nil {
-			w.abort(out, req, &pending{f: f}, err)
+			w.abort(req, &pending{f: f}, err)
 			return
 		}
 		p = &pending{f: f, path: req.Path}
 		w.open[req.ID] = p
 	}
+	p.last = time.Now()
 	if _, err := p.f.Write(payload); err != nil {
 		delete(w.open, req.ID)
-		w.abort(out, req, p, err)
+		w.abort(req, p, err)
 		return
 	}
 	p.size += int64(len(payload))
@@ -327,14 +417,14 @@ func (w *Writes) Chunk(out *wire.Writer, req *wire.Request, payload []byte) {
 
 func (w *Writes) markFailed(req *wire.Request) {
 	if req.More {
-		w.failed[req.ID] = true
+		w.failed[req.ID] = time.Now()
 	}
 }
 
-func (w *Writes) abort(out *wire.Writer, req *wire.Request, p *pending, err error) {
+func (w *Writes) abort(req *wire.Request, p *pending, err error) {
 	_ = p.f.Close()
 	_ = os.Remove(p.f.Name())
-	fail(out, req.ID, err)
+	fail(w.out, req.ID, err)
 	w.markFailed(req)
 }
 

@@ -73,6 +73,7 @@ type Proc struct {
 	ring      []chunk
 	ringBytes int
 	subs      []uint64 // attach request ids that get the live frames too
+	detached  bool     // the spawn request was cancelled: its id gets no more frames
 	exit      wire.Msg // the exit frame once sent (its id is rewritten per receiver)
 }
 
@@ -286,7 +287,9 @@ func (m *Manager) pump(p *Proc, r *os.File, stream string, done *sync.WaitGroup)
 				}
 			}
 			// Sent under the lock so that frames leave in seq order.
-			m.sendOutput(p, p.id, c)
+			if !p.detached {
+				m.sendOutput(p, p.id, c)
+			}
 			for _, sub := range p.subs {
 				m.sendOutput(p, sub, c)
 			}
@@ -336,7 +339,9 @@ func (m *Manager) wait(p *Proc, cmd *exec.Cmd, timer *time.Timer, readers *sync.
 	p.mu.Lock()
 	msg["timed_out"] = p.timedOut
 	p.exit = msg
-	m.sendExit(p, p.id)
+	if !p.detached {
+		m.sendExit(p, p.id)
+	}
 	for _, sub := range p.subs {
 		m.sendExit(p, sub)
 	}
@@ -577,12 +582,82 @@ func (m *Manager) List(req *wire.Request) {
 }
 
 // KillAll SIGKILLs every process group (the supervisor's peer is gone).
-func (m *Manager) KillAll() {
+func (m *Manager) KillAll() { m.signalAll(syscall.SIGKILL) }
+
+func (m *Manager) signalAll(sig syscall.Signal) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for pid, p := range m.procs {
 		if !p.exited {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			_ = syscall.Kill(-pid, sig)
 		}
+	}
+}
+
+// Running is the number of processes not yet exited.
+func (m *Manager) Running() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.running
+}
+
+// TermAll SIGTERMs every process group, waits up to grace for them to exit, then SIGKILLs
+// the rest (the supervisor is being stopped).
+func (m *Manager) TermAll(grace time.Duration) {
+	m.signalAll(syscall.SIGTERM)
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); {
+		if m.Running() == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m.KillAll()
+}
+
+func (m *Manager) all() []*Proc {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	all := make([]*Proc, 0, len(m.procs))
+	for _, p := range m.procs {
+		all = append(all, p)
+	}
+	return all
+}
+
+// Detach stops the frames of request id, a proc.spawn or proc.attach still following its
+// process (the process keeps running; proc.attach follows it again), and ends it with error
+// cancelled. False when no such request follows a process.
+func (m *Manager) Detach(id uint64) bool {
+	for _, p := range m.all() {
+		p.mu.Lock()
+		found := p.id == id && !p.detached && p.exit == nil
+		if found {
+			p.detached = true
+		}
+		for i, sub := range p.subs {
+			if sub == id {
+				p.subs = append(p.subs[:i:i], p.subs[i+1:]...)
+				found = true
+				break
+			}
+		}
+		if found {
+			m.out.Error(id, "cancelled", fmt.Sprintf("stopped following process %d", p.pid))
+		}
+		p.mu.Unlock()
+		if found {
+			return true
+		}
+	}
+	return false
+}
+
+// DetachAll stops every request following a process, silently: their peer is gone. The
+// processes keep running and recording their output for proc.attach.
+func (m *Manager) DetachAll() {
+	for _, p := range m.all() {
+		p.mu.Lock()
+		p.detached, p.subs = true, nil
+		p.mu.Unlock()
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -20,9 +19,6 @@ const (
 	MaxChunk = 256 << 10
 )
 
-// ErrFraming means the stream can no longer be split into frames: the peer must be dropped.
-var ErrFraming = errors.New("framing lost")
-
 // BadFrame is a frame whose bounds were fine but whose content was not: the stream is still
 // in sync, so the frame is refused and the next one read.
 type BadFrame struct {
@@ -31,31 +27,6 @@ type BadFrame struct {
 }
 
 func (e *BadFrame) Error() string { return e.Reason }
-
-// ReadFrame reads one frame. io.EOF at a frame boundary is a clean end; ErrFraming (wrapped)
-// when the length prefix is out of bounds or the stream ends inside a frame.
-func ReadFrame(r io.Reader) (header, payload []byte, err error) {
-	var prefix [4]byte
-	if _, err := io.ReadFull(r, prefix[:]); err != nil {
-		if err == io.EOF {
-			return nil, nil, io.EOF
-		}
-		return nil, nil, fmt.Errorf("%w: truncated length prefix", ErrFraming)
-	}
-	n := binary.BigEndian.Uint32(prefix[:])
-	if n < 4 || n > MaxFrame {
-		return nil, nil, fmt.Errorf("%w: frame length %d outside [4, %d]", ErrFraming, n, MaxFrame)
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return nil, nil, fmt.Errorf("%w: stream ended inside a frame", ErrFraming)
-	}
-	h := binary.BigEndian.Uint32(body[:4])
-	if h == 0 || uint64(h) > uint64(n-4) {
-		return nil, nil, &BadFrame{Reason: fmt.Sprintf("header length %d outside [1, %d]", h, n-4)}
-	}
-	return body[4 : 4+h], body[4+h:], nil
-}
 
 // Request is every field any operation may carry; DecodeRequest refuses unknown ones.
 type Request struct {
@@ -81,6 +52,8 @@ type Request struct {
 	Pty       *PtySize          `json:"pty"`
 	Cols      uint16            `json:"cols"`
 	Rows      uint16            `json:"rows"`
+	Nonce     string            `json:"nonce"`
+	Target    uint64            `json:"target"`
 }
 
 // PtySize is a terminal's size.
@@ -129,6 +102,11 @@ func (w *Writer) Send(header any, payload []byte) error {
 	if err != nil {
 		return err
 	}
+	return w.SendRaw(h, payload)
+}
+
+// SendRaw writes one frame whose header is already encoded (byte for byte as given).
+func (w *Writer) SendRaw(h, payload []byte) error {
 	n := 4 + len(h) + len(payload)
 	if n > MaxFrame {
 		return fmt.Errorf("frame of %d bytes exceeds %d", n, MaxFrame)

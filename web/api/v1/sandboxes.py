@@ -28,6 +28,7 @@ def _info(sandboxes: Sandboxes, sandbox: Sandbox) -> dict[str, Any]:
         "expires_at": expires_at,
         "metadata": {},
         "network": sandbox.network.to_json(),
+        "lost_reason": sandbox.lost_reason,
     }
 
 

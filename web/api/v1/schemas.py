@@ -201,6 +201,9 @@ class SandboxInfo(Schema):
     expires_at = Timestamp(allow_none=True)
     metadata = fields.Dict()
     network = fields.Nested(NetworkInfo)
+    # Why the sandbox was lost (state "lost": its host died, its container or supervisor
+    # ended, ...); null otherwise.
+    lost_reason = fields.String(allow_none=True)
 
 
 class SandboxList(Schema):

@@ -20,7 +20,13 @@ import docker.errors
 from shared.egress import NetworkPolicy
 from shared.errors import EngineUnavailable, SandboxError
 from shared.settings import Settings
-from workers.backends.base import Machine, SandboxState, TemplateImage
+from workers.backends.base import (
+    Machine,
+    ProcessHandle,
+    ResourceUsage,
+    SandboxState,
+    TemplateImage,
+)
 from workers.backends.docker.driver import ALIVE_STATES, ENGINE_ERRORS, DockerDriver
 from workers.backends.docker.egress import Egress
 from workers.backends.docker.process import DockerProcess
@@ -121,8 +127,20 @@ class DockerBackend:
     def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         self.driver.write_file(sandbox_id, path, data)
 
-    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> DockerProcess:
+    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
         return DockerProcess(self.driver, sandbox_id, self.driver.spawn(sandbox_id, cmd, env, cwd))
+
+    def adopt(self, sandbox_id: str, ref: str, after_seq: int) -> ProcessHandle:
+        raise SandboxError("a docker exec's output cannot be followed again")
 
     def oom_kills(self, sandbox_id: str) -> int | None:
         return self.driver.oom_kills(sandbox_id)
+
+    def pause(self, sandbox_id: str) -> bool:
+        return self.driver.pause(sandbox_id)
+
+    def resume(self, sandbox_id: str) -> bool:
+        return self.driver.resume(sandbox_id)
+
+    def usage(self, sandbox_id: str) -> ResourceUsage | None:
+        return self.driver.usage(sandbox_id)

@@ -38,7 +38,7 @@ from shared.errors import (
     SandboxTimeout,
 )
 from shared.settings import Settings
-from workers.backends.base import SANDBOX_HOME, SANDBOX_USER
+from workers.backends.base import SANDBOX_HOME, SANDBOX_USER, ResourceUsage
 from workers.backends.docker import docker_exec
 from workers.backends.docker.egress import LABEL_NETWORK, Egress, attached_from, policy_label
 from workers.backends.docker.storage import ImageSeeds, SandboxStorage
@@ -62,7 +62,7 @@ _EXIT_ERRORS: dict[int, type[SandboxError]] = {
     86: PermissionDenied,  # _REMOVE: rm refused
     87: PathExists,
 }
-_STDERR_ERRORS: list[tuple[str, type[SandboxError]]] = [
+MESSAGE_ERRORS: list[tuple[str, type[SandboxError]]] = [
     ("No such file or directory", PathNotFound),
     ("Not a directory", NotADirectory),
     ("Is a directory", IsADirectory),
@@ -191,6 +191,11 @@ class DockerDriver:
         self.egress = egress or Egress(client, settings)
         self.seeds = ImageSeeds(client, self.storage.seed_dir)
         self._container_ids: dict[str, str] = {}
+        # What the container runs, and what a backend built on this driver adds to it (the
+        # supervisor backend: its binary's mount and the attached stdin it talks over).
+        self.command: list[str] = ["sleep", "infinity"]
+        self.extra_mounts: list[docker.types.Mount] = []
+        self.extra_options: dict[str, Any] = {}
         # Called with the sandbox id when the engine says its container is gone or not
         # running (workers/host/reconcile.py wakes its reconcile, which marks the sandbox lost).
         self.on_gone: Callable[[str], None] | None = None
@@ -237,7 +242,7 @@ class DockerDriver:
         try:
             container = self.client.containers.run(
                 image,
-                command=["sleep", "infinity"],
+                command=self.command,
                 name=self.container_name(sandbox_id),
                 hostname="sandbox",
                 detach=True,
@@ -257,10 +262,12 @@ class DockerDriver:
                     docker.types.Mount(target, source, type="bind")
                     for target, source in binds.items()
                 ]
-                + self._ca_mounts(),
+                + self._ca_mounts()
+                + self.extra_mounts,
                 environment=self._ca_env(),
                 **self._network_options(network),
                 **hardening(s),
+                **self.extra_options,
             )
             self._remember_id(sandbox_id, str(container.id))
             if network.internet:
@@ -567,6 +574,76 @@ class DockerDriver:
                 continue
         return None
 
+    # -- pause and usage -----------------------------------------------------------------------
+    def pause(self, sandbox_id: str) -> bool:
+        """`docker pause`: the cgroup freezer stops every process of the sandbox where it
+        stands; memory stays allocated, nothing is written to disk (a host that dies loses
+        it). False when it was paused already. Raises SandboxGone, EngineUnavailable."""
+        return self._freeze(sandbox_id, pause=True)
+
+    def resume(self, sandbox_id: str) -> bool:
+        """`docker unpause`. False when it was not paused. Raises SandboxGone,
+        EngineUnavailable."""
+        return self._freeze(sandbox_id, pause=False)
+
+    def _freeze(self, sandbox_id: str, pause: bool) -> bool:
+        name = self.container_name(sandbox_id)
+        try:
+            if pause:
+                self.control_client.api.pause(name)
+            else:
+                self.control_client.api.unpause(name)
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc).lower()
+            # The engine's words (409 "is already paused", 500 "is not paused"): nothing to do.
+            if ("already paused" if pause else "is not paused") in text:
+                return False
+            if exc.status_code == 404 or "is not running" in text:
+                raise self._gone(sandbox_id, exc) from exc
+            raise EngineUnavailable(f"the engine refused: {exc.explanation or exc}") from exc
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable() from exc
+        logger.info("sandbox %s: %s", sandbox_id, "paused" if pause else "resumed")
+        return True
+
+    def usage(self, sandbox_id: str) -> ResourceUsage | None:
+        """CPU (two readings of the cgroup's counter _USAGE_SAMPLE seconds apart), memory
+        (the cgroup's, page cache apart as ``docker stats`` counts it) and disk (the
+        sandbox's storage filesystem), all read on the host; None when the container's
+        cgroup is not visible here."""
+        cid = self._container_id(sandbox_id)
+        if cid is None or not _CONTAINER_ID.match(cid):
+            return None
+        first = _cpu_ns(cid)
+        started = time.monotonic()
+        if first is None:
+            return None
+        time.sleep(_USAGE_SAMPLE)
+        second = _cpu_ns(cid)
+        elapsed = time.monotonic() - started
+        if second is None:
+            return None
+        cpus = max(self.settings.sandbox_cpus, 0.01)
+        pct = min(100.0, max(0.0, (second - first) / (elapsed * 1e9 * cpus) * 100))
+        mem = _memory(cid)
+        if mem is None:
+            return None
+        used, cache, limit = mem
+        limit = min(limit or self.settings.sandbox_memory, self.settings.sandbox_memory)
+        disk_used, disk_total = self._disk(sandbox_id)
+        return ResourceUsage(round(pct, 2), used, limit, cache, disk_used, disk_total)
+
+    def _disk(self, sandbox_id: str) -> tuple[int, int]:
+        """(used, size) of the sandbox's storage filesystem; (0, 0) when it has none here."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", sandbox_id):
+            return 0, 0
+        try:
+            st = os.statvfs(self.storage.host_dir / sandbox_id / "mnt")
+        except OSError:
+            return 0, 0
+        total = st.f_blocks * st.f_frsize
+        return total - st.f_bfree * st.f_frsize, total
+
     def kill_group(self, sandbox_id: str, pgid: int) -> None:
         """SIGKILL a process group inside the sandbox (as the sandbox user: no capability)."""
         self._run(sandbox_id, ["kill", "-KILL", "--", f"-{pgid}"])
@@ -643,7 +720,7 @@ class DockerDriver:
         text = re.sub(r"^(/bin/sh|sh|paddock|mkdir|rm|cat|dd|find|timeout): (\d+: )?", "", text)
         cls = _EXIT_ERRORS.get(code)
         if cls is None:
-            cls = next((c for needle, c in _STDERR_ERRORS if needle in text), SandboxError)
+            cls = next((c for needle, c in MESSAGE_ERRORS if needle in text), SandboxError)
         raise cls(text)
 
 
@@ -666,6 +743,84 @@ def _cgroup_dirs(container_id: str) -> list[str]:
         f"{base}/docker/{container_id}",
         f"{base}/system.slice/docker-{container_id}.scope",
     ]
+
+
+# Seconds between the two readings of a sandbox's CPU counter (DockerDriver.usage).
+_USAGE_SAMPLE = 0.2
+
+
+def _read_first(paths: list[str]) -> str | None:
+    for path in paths:
+        try:
+            with open(path, encoding="ascii") as f:
+                return f.read(1 << 16)
+        except (OSError, UnicodeDecodeError):
+            continue
+    return None
+
+
+def _stat_lines(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            out[name] = int(value)
+    return out
+
+
+def _cpu_ns(container_id: str) -> int | None:
+    """The container's CPU time so far, in ns: cgroup v1 ``cpuacct.usage`` or v2
+    ``cpu.stat`` usage_usec (cgroupfs or systemd driver)."""
+    base = _CGROUP_ROOT
+    v1 = _read_first(
+        [
+            f"{base}/cpuacct/docker/{container_id}/cpuacct.usage",
+            f"{base}/cpuacct/system.slice/docker-{container_id}.scope/cpuacct.usage",
+            f"{base}/cpu,cpuacct/docker/{container_id}/cpuacct.usage",
+            f"{base}/cpu,cpuacct/system.slice/docker-{container_id}.scope/cpuacct.usage",
+        ]
+    )
+    if v1 is not None:
+        try:
+            return int(v1.strip())
+        except ValueError:
+            return None
+    v2 = _read_first(
+        [
+            f"{base}/docker/{container_id}/cpu.stat",
+            f"{base}/system.slice/docker-{container_id}.scope/cpu.stat",
+        ]
+    )
+    if v2 is None:
+        return None
+    usec = _stat_lines(v2).get("usage_usec")
+    return None if usec is None else usec * 1000
+
+
+def _memory(container_id: str) -> tuple[int, int, int] | None:
+    """(used without reclaimable page cache, page cache, limit or 0) of the container's
+    memory cgroup, v1 or v2."""
+    for d in _cgroup_dirs(container_id):
+        v1 = _read_first([f"{d}/memory.usage_in_bytes"])
+        v2 = None if v1 is not None else _read_first([f"{d}/memory.current"])
+        if v1 is None and v2 is None:
+            continue
+        stat = _stat_lines(_read_first([f"{d}/memory.stat"]) or "")
+        try:
+            current = int((v1 or v2 or "0").strip())
+        except ValueError:
+            return None
+        if v1 is not None:
+            cache = stat.get("total_cache", stat.get("cache", 0))
+            inactive = stat.get("total_inactive_file", 0)
+            raw_limit = (_read_first([f"{d}/memory.limit_in_bytes"]) or "0").strip()
+        else:
+            cache = stat.get("file", 0)
+            inactive = stat.get("inactive_file", 0)
+            raw_limit = (_read_first([f"{d}/memory.max"]) or "0").strip()
+        limit = int(raw_limit) if raw_limit.isdigit() else 0
+        return max(0, current - inactive), cache, limit
+    return None
 
 
 def kill_container_processes(container_id: str) -> int | None:
@@ -707,8 +862,13 @@ def _cgroup_pids(group: str) -> list[int]:
 
 
 def _kill(pid: int, container_id: str) -> bool:
-    """SIGKILL ``pid`` if it is still a process of the container. Through a pidfd: the pid
-    cannot name another process between the check and the signal (pids are reused)."""
+    """SIGKILL ``pid`` if it is still a process of the container."""
+    return _signal(pid, container_id, signal.SIGKILL)
+
+
+def _signal(pid: int, container_id: str, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` if it is still a process of the container. Through a pidfd:
+    the pid cannot name another process between the check and the signal (pids are reused)."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:
@@ -717,12 +877,65 @@ def _kill(pid: int, container_id: str) -> bool:
         with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
             if container_id not in f.read():
                 return False  # another process now has this pid (or another pid namespace)
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        signal.pidfd_send_signal(fd, signum)
         return True
     except OSError:
         return False
     finally:
         os.close(fd)
+
+
+def kill_group_from_host(container_id: str, pgid: int) -> int | None:
+    """SIGKILL process group ``pgid`` (as the container's own pid namespace numbers it) from
+    the host, without the engine or anything inside the sandbox (a process there may be
+    stopped or lying): every process of the container's cgroup whose innermost ``NSpgid`` is
+    ``pgid``, a few rounds for what forks meanwhile. Returns how many were signalled, None
+    when the container's cgroup is not visible here."""
+    if not _CONTAINER_ID.match(container_id):
+        return None
+    found = [d for d in _cgroup_dirs(container_id) if os.path.isdir(d)]
+    if not found:
+        return None
+    killed: set[int] = set()
+    for _ in range(3):
+        members = [pid for pid in _cgroup_pids(found[0]) if _ns_pgid(pid) == pgid]
+        if not members:
+            break
+        killed.update(pid for pid in members if _kill(pid, container_id))
+        time.sleep(0.02)
+    return len(killed)
+
+
+def continue_stopped(container_id: str, exe: str) -> int:
+    """SIGCONT every stopped process of the container whose executable is ``exe`` (as the
+    container sees it): the tenant can SIGSTOP a process that runs as its user, such as the
+    sandbox's supervisor, and only the host can make it go on. Returns how many."""
+    if not _CONTAINER_ID.match(container_id):
+        return 0
+    found = [d for d in _cgroup_dirs(container_id) if os.path.isdir(d)]
+    continued = 0
+    for pid in _cgroup_pids(found[0]) if found else []:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read(4096).rpartition(")")[2].split()[0]
+            if state != "T" or os.readlink(f"/proc/{pid}/exe") != exe:
+                continue
+        except (OSError, IndexError):
+            continue
+        continued += _signal(pid, container_id, signal.SIGCONT)
+    return continued
+
+
+def _ns_pgid(pid: int) -> int | None:
+    """A process's group id in its innermost pid namespace (the last NSpgid field)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpgid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 # The embedded DNS of a user-defined Docker network (a sandbox with internet) listens on this

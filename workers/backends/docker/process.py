@@ -37,6 +37,10 @@ class DockerProcess:
     def pgid(self) -> int | None:
         return self._pgid
 
+    # An exec's output cannot be followed again once its socket is gone.
+    ref = ""
+    seq = 0
+
     def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
         first_err = bytearray()
         for stream, data in docker_exec.frames(self.attached.sock, stop=stop):

@@ -6,26 +6,55 @@ request id. Each waiter holds at most 256 frames and 8 MiB: when one is full the
 ``stall`` seconds; then that request fails with SupervisorError ``overflow`` and its frames
 are dropped, so a request nobody reads holds up the others on the channel once and briefly,
 and the worker's memory stays bounded. Any invalid frame ends the channel: every waiter gets
-ChannelClosed, and later calls raise it at once."""
+ChannelClosed, and later calls raise it at once.
+
+Reattaching (``resync=True``): a worker that attaches to a supervisor another worker talked to
+may start reading in the middle of a frame, and the old worker may have left half a frame on
+the supervisor's stdin. The channel then sends the SYNC marker and a ``hello`` with a random
+nonce (again every second, for at most ``resync_deadline`` seconds), discards what it reads
+until the exact bytes of the answer's header, and frames normally from there. Request ids
+start at a random number, so frames still in flight for an earlier worker's requests never
+meet this channel's (they are dropped as unknown).
+
+Stopping early: closing a read_file or events generator, or releasing a Process or closing a
+Watch before its end, sends ``cancel``, so the supervisor stops streaming that request (a
+process keeps running)."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
+import secrets
+import struct
 import threading
+import time
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import IO, Any
 
-from workers.backends.supervisor.frames import MAX_CHUNK, Frame, FrameError, encode, read_frame
+from workers.backends.supervisor.frames import (
+    MAX_CHUNK,
+    MAX_HELLO,
+    SYNC,
+    Frame,
+    FrameError,
+    encode,
+    hello_header,
+    read_frame,
+)
 
 logger = logging.getLogger(__name__)
 
 _QUEUE_FRAMES = 256  # frames held per request before the reader thread waits
 _QUEUE_BYTES = 8 << 20  # bytes held per request (a frame may be 1 MiB)
 _STALL = 2.0  # seconds the reader waits for a request's consumer before failing it
+_RESYNC_DEADLINE = 10.0  # more than the supervisor's 5 s for a half frame to be discarded
+_RESYNC_EVERY = 1.0  # seconds between SYNC + hello sends while resynchronising
+_SCAN_READ = 4096  # bytes read at a time while looking for the hello answer
 
 
 class SupervisorError(Exception):
@@ -49,6 +78,50 @@ class Output:
     stream: str
     seq: int
     data: bytes
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A change under a watched directory. ``kind``: create, write, remove, rename (the old
+    name of a move; the new name comes as create), chmod, or overflow (events were lost;
+    ``path`` is empty)."""
+
+    kind: str
+    path: str
+    is_dir: bool
+
+
+class _Pushback:
+    """A read function that returns ``data`` first, then reads on from ``read``."""
+
+    def __init__(self, data: bytes, read: Callable[[int], bytes]) -> None:
+        self._data = data
+        self._read = read
+
+    def read(self, n: int) -> bytes:
+        if self._data:
+            chunk, self._data = self._data[:n], self._data[n:]
+            return chunk
+        return self._read(n)
+
+
+def scan_for(read: Callable[[int], bytes], needle: bytes) -> bytes | None:
+    """Discard bytes until a frame whose header is exactly ``needle`` (the hello answer):
+    the bytes from that frame's length prefix on, or None if the stream ends first.
+    ``read(n)`` must return what is available (at most n bytes), not wait for all n. Only
+    a window of len(needle) + 7 bytes plus one read is held."""
+    keep = len(needle) + 7
+    window = b""
+    while chunk := read(_SCAN_READ):
+        window += chunk
+        at = window.find(needle, 8)
+        while at >= 0:
+            size, head = struct.unpack(">II", window[at - 8 : at])
+            if head == len(needle) and 4 + head <= size <= 4 + head + MAX_HELLO:
+                return window[at - 8 :]
+            at = window.find(needle, at + 1)
+        window = window[-keep:]
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,32 +190,113 @@ class _Waiter:
 class Channel:
     """The worker's end of a supervisor's stdio: ``reader`` is its stdout, ``writer`` its stdin.
     ``timeout`` bounds each wait for an answer; ``stall`` how long the reader waits for one
-    request's consumer to make room (see the module's docstring)."""
+    request's consumer to make room (see the module's docstring).
+
+    With ``resync``, the constructor resynchronises first (see the module's docstring) and
+    raises ChannelClosed when no hello answer came within ``resync_deadline`` seconds or the
+    stream ended; the caller then closes ``reader`` and ``writer`` (the reader thread may be
+    blocked on them). While it scans, the reader is read with ``read1(n)`` when it has one,
+    else ``read(n)``, which must then return what is available rather than wait for n bytes
+    (a raw stream, a socket). ``info`` is the supervisor's hello answer (version, pid,
+    processes, uptime_s) after a resync, else None. ``first_id`` fixes the first request id
+    (tests); by default it is random."""
 
     def __init__(
-        self, reader: IO[bytes], writer: IO[bytes], timeout: float = 30.0, stall: float = _STALL
+        self,
+        reader: IO[bytes],
+        writer: IO[bytes],
+        timeout: float = 30.0,
+        stall: float = _STALL,
+        resync: bool = False,
+        resync_deadline: float = _RESYNC_DEADLINE,
+        first_id: int | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
         self.stall = stall
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()  # guards _waiters, _closed and writes
+        # Below 2**53, so the ids stay exact wherever JSON numbers are doubles.
+        start = secrets.randbelow(1 << 50) + (1 << 32) if first_id is None else first_id
+        self._ids = itertools.count(start)
+        self._lock = threading.Lock()  # guards _waiters and _closed
+        # Writes have their own lock: a write blocked on a full stdin (the supervisor busy
+        # writing its stdout) must not keep the reader thread from draining that stdout.
+        self._wlock = threading.Lock()
         self._waiters: dict[int, _Waiter] = {}
         self._closed: str | None = None
+        self._ended = threading.Event()  # set once _closed is
+        self._cancels: deque[int] = deque()  # cancels to send once the writer is free
+        self.info: dict[str, Any] | None = None
+        hello_id, hello_waiter, nonce = 0, _Waiter(), ""
+        self._needle: bytes | None = None
+        if resync:
+            nonce = secrets.token_hex(16)
+            hello_id, hello_waiter = self._open()
+            self._needle = hello_header(hello_id, nonce)
         self._thread = threading.Thread(
             target=self._read_loop, name="supervisor-channel", daemon=True
         )
         self._thread.start()
+        if resync:
+            try:
+                self.info = self._resync(hello_id, hello_waiter, nonce, resync_deadline)
+            finally:
+                self._forget(hello_id)
+
+    def _resync(
+        self, request_id: int, waiter: _Waiter, nonce: str, deadline: float
+    ) -> dict[str, Any]:
+        message = SYNC + encode({"id": request_id, "op": "hello", "nonce": nonce})
+        end = time.monotonic() + deadline
+        while True:
+            self._write(message)
+            try:
+                frame = self._next(waiter, max(0.0, min(_RESYNC_EVERY, end - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() < end:
+                    continue
+                self._end(f"no hello answer from the supervisor within {deadline} s")
+                raise ChannelClosed(self._closed or "closed") from None
+            return self._hello_info(frame, nonce)
+
+    def _hello_info(self, frame: Frame, nonce: str) -> dict[str, Any]:
+        if self._expect(frame, "hello").header["nonce"] != nonce:
+            self._end("a hello answer with another nonce")
+            raise ChannelClosed(self._closed or "closed")
+        info: dict[str, Any] = json.loads(frame.payload)  # validated by frames.validate
+        return info
+
+    def hello(self, timeout: float | None = None) -> dict[str, Any]:
+        """The supervisor's info: version, pid, processes (running), uptime_s. Raises
+        ChannelClosed, TimeoutError."""
+        nonce = secrets.token_hex(16)
+        request_id, waiter = self._open()
+        try:
+            self._send({"id": request_id, "op": "hello", "nonce": nonce})
+            return self._hello_info(self._next(waiter, timeout), nonce)
+        finally:
+            self._forget(request_id)
 
     @property
     def closed(self) -> str | None:
         """Why the channel ended, or None while it is open."""
         return self._closed
 
+    def wait_closed(self, timeout: float | None = None) -> str | None:
+        """Wait until the channel ends; why it did (None when ``timeout`` passed first)."""
+        self._ended.wait(timeout)
+        return self._closed
+
     def _read_loop(self) -> None:
         try:
-            while (frame := read_frame(self._reader.read)) is not None:
+            read: Callable[[int], bytes] = self._reader.read
+            if self._needle is not None:
+                start = scan_for(getattr(self._reader, "read1", read), self._needle)
+                if start is None:
+                    self._end("the supervisor closed its stdout")
+                    return
+                read = _Pushback(start, read).read
+            while (frame := read_frame(read)) is not None:
                 with self._lock:
                     waiter = self._waiters.get(frame.id)
                 if frame.id == 0:
@@ -173,6 +327,7 @@ class Channel:
             self._waiters.clear()
         for waiter in waiters:
             waiter.end(ChannelClosed(reason))
+        self._ended.set()
 
     def close(self) -> None:
         """Close the supervisor's stdin (it then kills its processes and exits)."""
@@ -190,19 +345,50 @@ class Channel:
         return request_id, waiter
 
     def _forget(self, request_id: int) -> None:
-        with self._lock:
-            self._waiters.pop(request_id, None)
+        # No lock: dict.pop is atomic, and this runs in generators' finally blocks, which a
+        # garbage collection may run in a thread that holds a lock.
+        self._waiters.pop(request_id, None)
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        data = encode(header, payload)
-        with self._lock:
+        self._write(encode(header, payload))
+
+    def _write(self, data: bytes) -> None:
+        with self._wlock:
             if self._closed is not None:
                 raise ChannelClosed(self._closed)
             try:
+                self._flush_cancels()
                 self._writer.write(data)
                 self._writer.flush()
             except (OSError, ValueError) as exc:
                 raise ChannelClosed(f"writing to the supervisor failed: {exc}") from None
+
+    def _flush_cancels(self) -> None:
+        """Send the queued cancels; self._wlock is held."""
+        if not self._cancels:
+            return
+        while self._cancels:
+            target = self._cancels.popleft()
+            request = {"id": next(self._ids), "op": "cancel", "target": target}
+            self._writer.write(encode(request))
+        self._writer.flush()
+
+    def _cancel(self, target: int) -> None:
+        """Ask the supervisor to stop request ``target``; its answer is not waited for. Sent
+        now when the writer is free, else with the next write: this runs in finally blocks,
+        possibly inside a write of the same thread (a garbage collection)."""
+        if self._closed is not None:
+            return
+        self._cancels.append(target)
+        if not self._wlock.acquire(blocking=False):
+            return
+        try:
+            if self._closed is None:
+                self._flush_cancels()
+        except (OSError, ValueError):
+            pass  # the reader thread sees the channel end
+        finally:
+            self._wlock.release()
 
     def _next(self, waiter: _Waiter, timeout: float | None) -> Frame:
         frame = waiter.get(self.timeout if timeout is None else timeout)
@@ -309,19 +495,33 @@ class Channel:
             self._forget(request_id)
 
     def read_file(self, path: str) -> Iterator[bytes]:
-        """The file's bytes, chunk by chunk. Raises SupervisorError (not_found, is_dir, ...)."""
+        """The file's bytes, chunk by chunk, to its end (pseudo-files whose size says 0 too).
+        Closing the generator early cancels the read. Raises SupervisorError (not_found,
+        is_dir, invalid: not a regular file, ...)."""
         request_id, waiter = self._open()
+        ended = False
         try:
             self._send({"id": request_id, "op": "fs.read", "path": path})
-            while (frame := self._expect(self._next(waiter, None), "data", "ok")).type == "data":
+            while True:
+                try:
+                    frame = self._expect(self._next(waiter, None), "data", "ok")
+                except SupervisorError:
+                    ended = True
+                    raise
+                if frame.type == "ok":
+                    ended = True
+                    return
                 yield frame.payload
         finally:
             self._forget(request_id)
+            if not ended:
+                self._cancel(request_id)
 
     def write_file(self, path: str, data: bytes | Iterable[bytes], mode: int | None = None) -> int:
         """Write a whole file (it replaces the old one atomically); the size written."""
         chunks = [data] if isinstance(data, bytes) else data
         request_id, waiter = self._open()
+        ended = False
         try:
             header: dict[str, Any] = {
                 "id": request_id,
@@ -336,9 +536,11 @@ class Channel:
                     self._send(header, chunk[start : start + MAX_CHUNK])
                     header = {"id": request_id, "op": "fs.write", "more": True}
                     if waiter.pending():  # an early error: end the stream, then raise it
+                        ended = True
                         self._send({"id": request_id, "op": "fs.write", "more": False})
                         self._next(waiter, None)
             self._send({**header, "more": False})
+            ended = True
             size = self._expect(self._next(waiter, None), "ok").header.get("size")
             if type(size) is not int:
                 self._end("an fs.write answer without a size")
@@ -346,6 +548,22 @@ class Channel:
             return size
         finally:
             self._forget(request_id)
+            if not ended:  # the data failed midway: the supervisor removes its temporary file
+                self._cancel(request_id)
+
+    def watch(self, path: str, recursive: bool = False) -> Watch:
+        """Follow changes under directory ``path`` (and with ``recursive`` its subdirectories,
+        also those created later; at most 4096 directories), from the moment this returns.
+        Raises SupervisorError (not_found, not_dir, busy: more than 64 watches or too many
+        directories), ChannelClosed, TimeoutError."""
+        request_id, waiter = self._open()
+        try:
+            self._send({"id": request_id, "op": "fs.watch", "path": path, "recursive": recursive})
+            h = self._expect(self._next(waiter, None), "watching").header
+        except BaseException:
+            self._forget(request_id)
+            raise
+        return Watch(self, request_id, waiter, h["dirs"])
 
     def mkdir(self, path: str, parents: bool = False) -> None:
         self.call("fs.mkdir", path=path, parents=parents)
@@ -370,35 +588,57 @@ class Process:
     truncated: bool = False  # attach only: output before first_seq was dropped
     first_seq: int = 1
     _seq: int = 0
+    _ended: bool = False  # the exit or an error came: nothing to cancel
 
     def events(self, timeout: float | None = None) -> Generator[Output | Exit, None, None]:
         """Output chunks in order, then the Exit. Raises ChannelClosed, TimeoutError,
         SupervisorError ``overflow`` when they were not read in time (Channel.attach with
         ``after_seq`` the last seq seen follows on from the supervisor's replay ring)."""
         try:
-            while True:
-                frame = self._channel._expect(
-                    self._channel._next(self._waiter, timeout), "output", "exit"
-                )
-                h = frame.header
-                if h["pid"] != self.pid:
-                    raise ChannelClosed(f"a frame of pid {h['pid']} for process {self.pid}")
-                if frame.type == "exit":
-                    yield Exit(
-                        h["code"],
-                        h["signal"],
-                        h["timed_out"],
-                        h["started_at"],
-                        h["ended_at"],
-                        h["duration_ms"],
-                    )
-                    return
-                if h["seq"] != self._seq + 1:
-                    raise ChannelClosed(f"output seq {h['seq']} after {self._seq}")
-                self._seq = h["seq"]
-                yield Output(h["stream"], h["seq"], frame.payload)
+            while not isinstance(event := self.next_event(timeout), Exit):
+                yield event
+            yield event
         finally:
-            self._channel._forget(self._id)
+            self.release()
+
+    def next_event(self, timeout: float | None = None) -> Output | Exit:
+        """The next output chunk or the Exit. TimeoutError (nothing came within ``timeout``)
+        leaves the process followed, so a caller can wait again; other errors as ``events``.
+        Call ``release`` when done."""
+        try:
+            frame = self._channel._expect(
+                self._channel._next(self._waiter, timeout), "output", "exit"
+            )
+        except SupervisorError:
+            self._ended = True
+            raise
+        h = frame.header
+        if h["pid"] != self.pid:
+            self._channel._end(f"a frame of pid {h['pid']} for process {self.pid}")
+            raise ChannelClosed(self._channel.closed or "closed")
+        if frame.type == "exit":
+            self._ended = True
+            return Exit(
+                h["code"],
+                h["signal"],
+                h["timed_out"],
+                h["started_at"],
+                h["ended_at"],
+                h["duration_ms"],
+            )
+        if h["seq"] != self._seq + 1:
+            self._channel._end(f"output seq {h['seq']} after {self._seq}")
+            raise ChannelClosed(self._channel.closed or "closed")
+        self._seq = h["seq"]
+        return Output(h["stream"], h["seq"], frame.payload)
+
+    def release(self) -> None:
+        """Stop following the process's frames (it runs on). Before its exit this tells the
+        supervisor to stop sending them (``cancel``); frames already on the way are dropped."""
+        self._channel._forget(self._id)
+        if not self._ended:
+            self._ended = True
+            self._channel._cancel(self._id)
 
     def wait(self, timeout: float | None = None) -> tuple[bytes, bytes, Exit]:
         """Collect the whole output: (stdout, stderr, exit); a pty's output counts as stdout."""
@@ -426,3 +666,58 @@ class Process:
     def signal(self, name: str) -> None:
         """Send a signal (e.g. "SIGTERM") to the process group."""
         self._channel.call("proc.signal", pid=self.pid, signal=name)
+
+
+@dataclass(eq=False)
+class Watch:
+    """A directory followed by Channel.watch; ``dirs`` is how many directories it watched at
+    the start. A context manager: leaving it closes the watch."""
+
+    _channel: Channel
+    _id: int
+    _waiter: _Waiter
+    dirs: int
+    ended: bool = False  # the watch is over: closed, the directory went away, or an error
+
+    def events(self, timeout: float | None = None) -> Generator[WatchEvent, None, None]:
+        """The events as they come; returns when none came for ``timeout`` seconds (None: the
+        channel's timeout; 0: only those already here) or when the watch ends (then ``ended``:
+        the directory went away). Events not read pile up to the channel's per-request bound,
+        after which the watch fails with ``overflow``. Raises SupervisorError (busy: a new
+        subdirectory beyond the limit), ChannelClosed."""
+        while not self.ended:
+            try:
+                frame = self._channel._expect(
+                    self._channel._next(self._waiter, timeout), "event", "ok"
+                )
+            except TimeoutError:
+                return
+            except SupervisorError:
+                self._end()
+                raise
+            if frame.type == "ok":
+                self._end()
+                return
+            h = frame.header
+            yield WatchEvent(h["kind"], h["path"], h["is_dir"])
+
+    def _end(self) -> None:
+        self.ended = True
+        self._channel._forget(self._id)
+
+    def close(self) -> None:
+        """Stop watching (the supervisor is told to; events still queued are dropped)."""
+        if not self.ended:
+            self._end()
+            self._channel._cancel(self._id)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -14,10 +14,15 @@ from typing import Any
 
 MAX_FRAME = 1 << 20  # a frame's body: header length field + header + payload
 MAX_CHUNK = 256 << 10  # the payload of one output, data or write frame
+MAX_HELLO = 4096  # the payload of a hello answer (a small JSON object)
+# Sent by a worker that (re)attaches: the length 0xFFFFFFFF is no real frame's, so the
+# supervisor skips to it after framing trouble and takes it as "a new peer starts here".
+SYNC = b"\xff\xff\xff\xffPADDOCK-SYNC"
 
 _U32 = struct.Struct(">I")
 _STREAMS = ("stdout", "stderr", "pty")
 _ENTRY_TYPES = ("file", "dir", "symlink", "other")
+_EVENT_KINDS = ("create", "write", "remove", "rename", "chmod", "overflow")
 
 
 class FrameError(Exception):
@@ -110,13 +115,33 @@ def _check_entry(entry: object, header: dict[str, Any]) -> None:
     _check(isinstance(entry.get("target", ""), str), header, "entry target")
 
 
+def hello_header(request_id: int, nonce: str) -> bytes:
+    """The exact header bytes of the supervisor's answer to hello ``request_id``."""
+    return b'{"id":%d,"nonce":"%s","type":"hello"}' % (request_id, nonce.encode())
+
+
+def _check_hello(header: dict[str, Any], payload: bytes) -> None:
+    _check(set(header) == {"id", "nonce", "type"}, header, "fields")
+    _check(isinstance(header.get("nonce"), str), header, "nonce")
+    _check(len(payload) <= MAX_HELLO, header, "payload too large")
+    try:
+        info = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        raise FrameError("'hello' frame: the payload is not JSON") from None
+    _check(isinstance(info, dict), header, "the payload is not an object")
+    _check(isinstance(info.get("version"), str), header, "version")
+    _check(_is_int(info.get("pid"), 1), header, "pid")
+    _check(_is_int(info.get("processes")), header, "processes")
+    _check(_is_num(info.get("uptime_s")), header, "uptime_s")
+
+
 def validate(header: object, payload: bytes) -> None:
     """Check a response header's shape for its type. Raises FrameError."""
     if not isinstance(header, dict):
         raise FrameError("the header is not an object")
     kind = header.get("type")
     _check(_is_int(header.get("id")), header, "id is not a non-negative integer")
-    _check(kind in ("output", "data") or not payload, header, "unexpected payload")
+    _check(kind in ("output", "data", "hello") or not payload, header, "unexpected payload")
     if kind == "ok":
         for key in ("size", "count"):
             _check(key not in header or _is_int(header[key]), header, key)
@@ -156,6 +181,14 @@ def validate(header: object, payload: bytes) -> None:
             _check(_is_num(header.get(key)), header, key)
     elif kind == "data":
         _check(len(payload) <= MAX_CHUNK, header, "payload larger than a chunk")
+    elif kind == "hello":
+        _check_hello(header, payload)
+    elif kind == "watching":
+        _check(_is_int(header.get("dirs"), 1), header, "dirs")
+    elif kind == "event":
+        _check(header.get("kind") in _EVENT_KINDS, header, "kind")
+        _check(isinstance(header.get("path"), str), header, "path")
+        _check(type(header.get("is_dir")) is bool, header, "is_dir")
     elif kind == "entries":
         entries = header.get("entries")
         _check(isinstance(entries, list), header, "entries is not a list")
