@@ -1,6 +1,7 @@
-"""``python -m bench``: start a real stack, measure Paddock and raw Docker side by side, then
-(on a second stack) what thousands of open long-polls and WebSockets cost everyone else; print
-the tables (and write them as JSON). Exit 0 on success, 1 with a message when anything fails."""
+"""``python -m bench``: start a real stack per sandbox backend (docker, then supervisor), measure
+each beside raw Docker and the parts of an exec alone, then (on one more stack) what thousands
+of open long-polls and WebSockets cost everyone else; print the tables (and write them as
+JSON). Exit 0 on success, 1 with a message when anything fails."""
 
 from __future__ import annotations
 
@@ -10,24 +11,40 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
+from bench.breakdown import Parts, measure_stack_parts, measure_supervisor
 from bench.concurrency import bench_concurrency
-from bench.report import HIGHER_IS_BETTER, Figure, Report, latency_figures, machine_info
+from bench.memory import Memory, container_memory
+from bench.report import (
+    BACKENDS,
+    HIGHER_IS_BETTER,
+    LOWER_IS_BETTER,
+    Figure,
+    Report,
+    Target,
+    latency_figures,
+    machine_info,
+    percentile,
+)
 from bench.targets import (
     RUN_ERRORS,
     BenchError,
     Flood,
+    Lines,
     PaddockTarget,
     RawDocker,
     logs_on_failure,
     template_image,
 )
 from devstack.stack import Stack
+from workers.backends.docker.driver import LABEL_INSTANCE, LABEL_SANDBOX
+from workers.backends.supervisor.build import build as build_supervisor
 
 
 def log(message: str) -> None:
@@ -40,55 +57,62 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def bench_create(pd: PaddockTarget, raw: RawDocker, n: int, report: Report) -> None:
-    """Create, first command, delete: ``n`` of each, interleaved so drift hits both alike."""
-    samples: dict[str, list[float]] = {
-        k: []
-        for k in ("pd_create", "pd_ready", "pd_delete", "raw_create", "raw_ready", "raw_delete")
-    }
+@dataclass
+class Phase:
+    """What one stack (one sandbox backend) measured, and raw Docker beside it."""
+
+    backend: str
+    pd: dict[str, list[float]] = field(default_factory=dict)  # figure key -> seconds
+    raw: dict[str, list[float]] = field(default_factory=dict)
+    memory: Memory | None = None
+    raw_memory: Memory | None = None
+    parts: Parts | None = None
+
+
+def bench_create(pd: PaddockTarget, raw: RawDocker, n: int, phase: Phase) -> None:
+    """Create, first command, delete: ``n`` of each, interleaved so drift hits both alike.
+    Cold: a new container each time (there is no warm pool yet; see bench_create_warm)."""
+    for key in ("create", "ready", "delete"):
+        phase.pd[key], phase.raw[key] = [], []
 
     def paddock(keep: bool) -> None:
         t_create, sid = timed(pd.create)
         t_true, _ = timed(lambda: pd.true(sid))
         t_delete, _ = timed(lambda: pd.delete(sid))
         if keep:
-            samples["pd_create"].append(t_create)
-            samples["pd_ready"].append(t_create + t_true)
-            samples["pd_delete"].append(t_delete)
+            phase.pd["create"].append(t_create)
+            phase.pd["ready"].append(t_create + t_true)
+            phase.pd["delete"].append(t_delete)
 
     def direct(keep: bool) -> None:
         t_create, c = timed(raw.create)
         t_true, _ = timed(lambda: raw.true(c))
         t_delete, _ = timed(lambda: raw.delete(c))
         if keep:
-            samples["raw_create"].append(t_create)
-            samples["raw_ready"].append(t_create + t_true)
-            samples["raw_delete"].append(t_delete)
+            phase.raw["create"].append(t_create)
+            phase.raw["ready"].append(t_create + t_true)
+            phase.raw["delete"].append(t_delete)
 
     paddock(False)  # warm-up: first use of the image, connections, worker threads
     direct(False)
     for i in range(n):
         for step in (paddock, direct) if i % 2 == 0 else (direct, paddock):
             step(True)
-        log(f"create {i + 1}/{n}")
-    report.figures += latency_figures(
-        "create (answer)", samples["pd_create"], samples["raw_create"]
-    )
-    report.figures += latency_figures(
-        "create + first exec", samples["pd_ready"], samples["raw_ready"]
-    )
-    report.figures += latency_figures("delete", samples["pd_delete"], samples["raw_delete"])
-    report.raw_samples.update(samples)
+        if (i + 1) % 10 == 0 or i + 1 == n:
+            log(f"{phase.backend}: create {i + 1}/{n}")
+
+
+def bench_create_warm(pd: PaddockTarget, n: int) -> list[float] | None:
+    """HOOK for issue 12's "create + first command, from a warm pool": None until pools
+    land, and the table's row says "no pool yet". Once they do: start the stack with a pool
+    of the template (its setting in the stack's env, run_latency), wait until the pool is
+    full, then time ``n`` times pd.create + pd.true (each followed by pd.delete and a wait
+    for the refill, so every create claims a warm sandbox) and return those durations."""
+    return None
 
 
 def bench_exec(
-    pd: PaddockTarget,
-    raw: RawDocker,
-    sid: str,
-    container: Any,
-    n: int,
-    warmups: int,
-    report: Report,
+    pd: PaddockTarget, raw: RawDocker, sid: str, container: Any, n: int, warmups: int, phase: Phase
 ) -> None:
     """``echo 22`` round trips, output checked both ways."""
     for _ in range(warmups):
@@ -100,9 +124,31 @@ def bench_exec(
         first, second = ((pd_s, lambda: pd.echo(sid)), (raw_s, lambda: raw.echo(container)))
         for into, fn in (first, second) if i % 2 == 0 else (second, first):
             into.append(timed(fn)[0])
-    log(f"exec {n}/{n}")
-    report.figures += latency_figures("exec echo 22 round trip", pd_s, raw_s)
-    report.raw_samples.update({"pd_exec": pd_s, "raw_exec": raw_s})
+    log(f"{phase.backend}: exec {n}/{n}")
+    phase.pd["exec"], phase.raw["exec"] = pd_s, raw_s
+
+
+def bench_lines(
+    pd: PaddockTarget,
+    raw: RawDocker,
+    sid: str,
+    container: Any,
+    lines: Lines,
+    runs: int,
+    phase: Phase,
+) -> None:
+    """``seq 1 N`` with wait=true: the whole answer received (parsed and checked untimed)."""
+    pd_s: list[float] = []
+    raw_s: list[float] = []
+    for i in range(runs + 1):  # the first of each: warm-up
+        t_raw, _ = timed(lambda: raw.lines(container, lines))
+        t_pd, body = timed(lambda: pd.fetch_lines(sid, lines))
+        PaddockTarget.check_lines(body, lines)
+        if i:
+            raw_s.append(t_raw)
+            pd_s.append(t_pd)
+    log(f"{phase.backend}: {lines.count} lines {runs}/{runs}")
+    phase.pd["lines"], phase.raw["lines"] = pd_s, raw_s
 
 
 def bench_flood(
@@ -112,7 +158,7 @@ def bench_flood(
     container: Any,
     flood: Flood,
     runs: int,
-    report: Report,
+    phase: Phase,
 ) -> None:
     """Stdout throughput: the whole output read back through each path."""
     pd_s: list[float] = []
@@ -122,23 +168,29 @@ def bench_flood(
         if count != flood.stdout_bytes:
             raise BenchError(f"raw flood: {count} bytes, expected {flood.stdout_bytes}")
         raw_s.append(t_raw)
-        log(f"flood {i + 1}/{runs}: raw docker {flood.stdout_bytes / t_raw / 1e6:.0f} MB/s")
         t_pd, body = timed(lambda: pd.fetch_flood(sid, flood))
         json_mb = len(body) / 1e6
         count = PaddockTarget.check_flood(body, flood)  # parsing is outside the timed part
         del body
         pd_s.append(t_pd)
         log(
-            f"flood {i + 1}/{runs}: paddock {count / t_pd / 1e6:.1f} MB/s "
+            f"{phase.backend}: flood {i + 1}/{runs}: raw docker "
+            f"{flood.stdout_bytes / t_raw / 1e6:.0f} MB/s, paddock {count / t_pd / 1e6:.1f} MB/s "
             f"({json_mb:.0f} MB of JSON in {t_pd:.1f} s)"
         )
-    mb = flood.stdout_bytes / 1e6
-    pd_rate = mb / statistics.median(pd_s)
-    raw_rate = mb / statistics.median(raw_s)
-    report.figures.append(
-        Figure(f"stdout {mb:.0f} MB, median", "MB/s", pd_rate, raw_rate, HIGHER_IS_BETTER, runs)
+    phase.pd["flood"], phase.raw["flood"] = pd_s, raw_s
+
+
+def idle_memory(client: Any, stack: Stack, sid: str, container: Any) -> tuple[Memory, Memory]:
+    """The idle sandbox's memory and the idle raw container's, after a settling second (both
+    have run one command)."""
+    found = client.containers.list(
+        filters={"label": [f"{LABEL_SANDBOX}={sid}", f"{LABEL_INSTANCE}={stack.instance}"]}
     )
-    report.raw_samples.update({"pd_flood": pd_s, "raw_flood": raw_s})
+    if len(found) != 1:
+        raise BenchError(f"sandbox {sid}: {len(found)} containers found")
+    time.sleep(1.0)
+    return container_memory(str(found[0].id)), container_memory(str(container.id))
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -158,45 +210,235 @@ def run(args: argparse.Namespace) -> Report:
 
 def run_latency(args: argparse.Namespace, client: Any, image: str, report: Report) -> None:
     flood = Flood(args.flood_mb * 1_000_000)
-    with tempfile.TemporaryDirectory(prefix="paddock-bench-") as tmp:
-        log("starting the stack (redis-server, host worker, control worker, gunicorn)")
-        # The flood measures throughput, not the output caps: room for every run's output.
-        budget = str(flood.stdout_bytes * (args.flood_runs + 1) + (64 << 20))
-        env = {
-            "PADDOCK_MAX_OUTPUT_BYTES": budget,
-            "PADDOCK_SANDBOX_OUTPUT_BYTES": budget,
-            "PADDOCK_TENANT_OUTPUT_BYTES": budget,
-        }
-        stack = Stack(Path(tmp), hosts=("bench",), env=env)
-        raw = RawDocker(client, image, stack.instance)
-        try:
-            with stack, logs_on_failure(stack, ("web", "worker-bench"), log):
-                pd = PaddockTarget(stack.url, stack.http, args.env)
-                bench_create(pd, raw, args.creates, report)
-                sid = pd.create()
-                container = raw.create()
-                bench_exec(pd, raw, sid, container, args.execs, args.warmups, report)
-                bench_flood(pd, raw, sid, container, flood, args.flood_runs, report)
-                pd.delete(sid)
-        finally:
-            raw.remove_all()
+    lines = Lines(args.lines)
+    binary = build_supervisor() if "supervisor" in args.backends else None
+    phases: list[Phase] = []
+    for backend in args.backends:
+        phase = Phase(backend)
+        with tempfile.TemporaryDirectory(prefix="paddock-bench-") as tmp:
+            log(f"{backend}: starting a stack (redis-server, host worker, control worker, web)")
+            # The flood measures throughput, not the output caps: room for every run's output.
+            budget = str(flood.stdout_bytes * (args.flood_runs + 1) + (64 << 20))
+            env = {
+                "PADDOCK_MAX_OUTPUT_BYTES": budget,
+                "PADDOCK_SANDBOX_OUTPUT_BYTES": budget,
+                "PADDOCK_TENANT_OUTPUT_BYTES": budget,
+                "PADDOCK_SANDBOX_BACKEND": backend,
+                **({"PADDOCK_SUPERVISOR_BINARY": str(binary)} if binary else {}),
+            }
+            stack = Stack(Path(tmp), hosts=("bench",), env=env)
+            raw = RawDocker(client, image, stack.instance)
+            try:
+                with stack, logs_on_failure(stack, ("web", "worker-bench"), log):
+                    pd = PaddockTarget(stack.url, stack.http, args.env)
+                    bench_create(pd, raw, args.creates, phase)
+                    warm = bench_create_warm(pd, args.creates)
+                    if warm is not None:
+                        phase.pd["ready_warm"] = warm
+                    sid = pd.create()
+                    container = raw.create()
+                    pd.true(sid)
+                    raw.true(container)
+                    phase.memory, phase.raw_memory = idle_memory(client, stack, sid, container)
+                    bench_exec(pd, raw, sid, container, args.execs, args.warmups, phase)
+                    bench_lines(pd, raw, sid, container, lines, args.lines_runs, phase)
+                    bench_flood(pd, raw, sid, container, flood, args.flood_runs, phase)
+                    log(f"{backend}: the exec's parts (web, Redis, Celery)")
+                    phase.parts = measure_stack_parts(stack, pd, sid, args.parts, args.warmups)
+                    if binary is not None and backend == "supervisor":
+                        log(f"{backend}: the supervisor alone")
+                        measure_supervisor(raw, binary, args.parts, args.warmups, phase.parts)
+                    pd.delete(sid)
+            finally:
+                raw.remove_all()
+        phases.append(phase)
+    report.figures = figures(phases, flood, lines)
+    report.breakdown, report.breakdown_ms = breakdown(phases)
+    for phase in phases:
+        for key, values in phase.pd.items():
+            report.raw_samples[f"{phase.backend}:pd_{key}"] = values
+        for key, values in phase.raw.items():
+            report.raw_samples[f"{phase.backend}:raw_{key}"] = values
+        if phase.parts:
+            report.raw_samples.update(phase.parts.samples(f"{phase.backend}:part"))
     report.notes = [
-        f"environment {args.env}; raw containers get the sandboxes' hardening and limits",
-        "create (answer): POST /sessions vs containers.run",
-        "create + first exec: that plus `true` (wait=true) vs that plus exec_run(['true'])",
-        "delete: DELETE /sessions/{id} vs container.remove(force=True)",
-        "exec: POST .../processes?wait=true {cmd: 'echo 22'} vs exec_run(bash -c 'echo 22')",
+        f"environment {args.env}; one stack per backend, one after the other; raw containers "
+        "get the sandboxes' hardening and limits",
+        "exec: POST /sessions/{id}/processes?wait=true {cmd: 'echo 22'} vs "
+        "exec_run(bash -c 'echo 22') on a started container",
+        "create + first command, cold: POST /sessions + `true` (wait=true) vs containers.run "
+        "+ exec_run(['true']); no warm pool yet (bench_create_warm is the hook)",
+        f"{lines.count:,} lines: `{lines.cmd}` with wait=true, whole JSON answer received "
+        "(parsed and checked untimed) vs exec_run's whole output",
+        "idle memory: a sandbox that ran `true`, 1 s later, from its memory cgroup on the host "
+        "(working set = usage less inactive page cache; RSS = anonymous memory); supervisor "
+        "RSS: VmRSS of the container's paddock-supervisor process; raw: a `sleep` container",
+        "create (answer): POST /sessions vs containers.run; delete: DELETE /sessions/{id} vs "
+        "container.remove(force=True)",
         "stdout: whole JSON answer received (parsed and checked untimed) vs exec stream counted"
         " (the bench stack's output caps are raised to fit the flood)",
+        "parts: /health on a keep-alive connection; PING from the bench; a host command that "
+        "does no sandbox work (ProcessKill of an unknown process) through shared.rpc; the "
+        "supervisor alone on a container of the bench's own (raw for 'spawn via shell': raw "
+        "exec)",
     ]
+
+
+def _pooled(phases: list[Phase], key: str) -> list[float]:
+    return [v for phase in phases for v in phase.raw.get(key, [])]
+
+
+def _by_backend(phases: list[Phase], get: Callable[[Phase], list[float]]) -> dict[str, list[float]]:
+    return {b: next((get(p) for p in phases if p.backend == b), []) for b in BACKENDS}
+
+
+def figures(phases: list[Phase], flood: Flood, lines: Lines) -> list[Figure]:
+    def lat(key: str) -> dict[str, list[float]]:
+        return _by_backend(phases, lambda p: p.pd.get(key, []))
+
+    rows: list[Figure] = []
+    rows += latency_figures(
+        "exec echo 22 round trip",
+        lat("exec"),
+        _pooled(phases, "exec"),
+        targets={50: Target("<= 0.3x", ratio=0.3)},
+    )
+    rows += latency_figures("create + first command, cold", lat("ready"), _pooled(phases, "ready"))
+    warm = latency_figures(
+        "create + first command, warm pool",
+        lat("ready_warm"),
+        _pooled(phases, "ready"),
+        percentiles=(50,),
+        targets={50: Target("<= 0.2x", ratio=0.2)},
+    )
+    rows += [replace(f, why_missing="no pool yet") for f in warm]
+    rows += latency_figures(
+        f"{lines.count:,} lines, wait=true",
+        lat("lines"),
+        _pooled(phases, "lines"),
+        targets={50: Target("<= 2x", ratio=2.0)},
+    )
+
+    def mem(get: Callable[[Memory], float | None]) -> tuple[dict[str, float | None], float | None]:
+        values = {
+            b: next((get(p.memory) for p in phases if p.backend == b and p.memory), None)
+            for b in BACKENDS
+        }
+        raw = next((get(p.raw_memory) for p in phases if p.raw_memory), None)
+        return values, raw
+
+    printed = Target("printed")
+    for name, get, target in (
+        ("idle sandbox memory, working set", lambda m: m.working_set, printed),
+        ("idle sandbox memory, RSS", lambda m: m.rss, printed),
+        ("idle supervisor RSS", lambda m: m.supervisor_rss, Target("< 5 MB", absolute=5.0)),
+    ):
+        values, raw = mem(get)
+        rows.append(Figure(name, "MB", values, raw, LOWER_IS_BETTER, 1, target))
+    rows += latency_figures("create (answer)", lat("create"), _pooled(phases, "create"))
+    rows += latency_figures("delete", lat("delete"), _pooled(phases, "delete"))
+    mb = flood.stdout_bytes / 1e6
+    rate = {b: mb / statistics.median(v) if v else None for b, v in lat("flood").items()}
+    raw_flood = _pooled(phases, "flood")
+    rows.append(
+        Figure(
+            f"stdout {mb:.0f} MB, median",
+            "MB/s",
+            rate,
+            mb / statistics.median(raw_flood) if raw_flood else None,
+            HIGHER_IS_BETTER,
+            len(raw_flood),
+        )
+    )
+
+    def part(name: str) -> dict[str, list[float]]:
+        return _by_backend(phases, lambda p: getattr(p.parts, name) if p.parts else [])
+
+    rows += latency_figures("part: web tier, GET /health", part("web"), [], (50,))
+    rows += latency_figures("part: Redis PING", part("redis"), [], (50,))
+    rows += latency_figures("part: Celery host round trip", part("celery"), [], (50,))
+    rows += latency_figures("part: supervisor hello", part("hello"), [], (50,))
+    rows += latency_figures("part: supervisor spawn echo 22", part("spawn_echo"), [], (50,))
+    rows += latency_figures(
+        "part: supervisor spawn via shell", part("spawn_shell"), _pooled(phases, "exec"), (50,)
+    )
+    return rows
+
+
+def breakdown(phases: list[Phase]) -> tuple[list[str], dict[str, float]]:
+    """The exec p50 of each backend beside its parts' p50s, and what the parts leave."""
+    lines: list[str] = []
+    numbers: dict[str, float] = {}
+    for phase in phases:
+        parts, execs = phase.parts, phase.pd.get("exec")
+        if parts is None or not execs:
+            continue
+
+        def p50(values: list[float]) -> float:
+            return percentile(values, 50) * 1000 if values else 0.0
+
+        y = p50(execs)
+        named = [("HTTP (web tier)", p50(parts.web)), ("Celery", p50(parts.celery))]
+        named.append(("Redis", p50(parts.redis)))
+        if parts.spawn_shell:
+            named.append(("supervisor", p50(parts.spawn_shell)))
+        x = sum(v for _, v in named)
+        b = phase.backend
+        numbers.update({f"{b}:exec_p50": y, f"{b}:parts_sum": x, f"{b}:remainder": y - x})
+        numbers.update({f"{b}:{n.split()[0].lower()}": v for n, v in named})
+        per = parts.redis_commands_per_exec
+        if per is not None:
+            numbers[f"{b}:redis_commands_per_exec"] = per
+        lines.append(
+            f"{b} backend: "
+            + " + ".join(n.split()[0] for n, _ in named)
+            + f" = {x:.1f} ms of {y:.1f} ms (exec p50): "
+            + ", ".join(f"{n} {v:.2f}" for n, v in named)
+            + f"; remainder {y - x:.1f} ms"
+        )
+        if b == "supervisor" and parts.spawn_echo:
+            lines.append(
+                f"  supervisor alone: hello (channel round trip, no fork) {p50(parts.hello):.2f}"
+                f" ms, spawn echo 22 {p50(parts.spawn_echo):.2f} ms, via the backend's shell "
+                f"wrapper (sh, cd, bash -c) {p50(parts.spawn_shell):.2f} ms"
+            )
+        if per is not None:
+            lines.append(
+                f"  Redis commands per exec (whole stack, idle background subtracted): {per:.0f}"
+                f" (x PING {p50(parts.redis):.2f} ms = {per * p50(parts.redis):.1f} ms if each "
+                "were its own round trip)"
+            )
+    if lines:
+        lines.append(
+            "  The Celery round trip includes its own Redis hops (task push, worker pop, reply);"
+            " the remainder is the exec's other work: the web's auth, sandbox, slot and"
+            " process-log calls, the worker's output pump, the wait's wake-up and the answer."
+        )
+    return lines, numbers
+
+
+def _backends(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or any(n not in BACKENDS for n in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(BACKENDS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--env", default="Bash", help="template to use (default: %(default)s)")
-    parser.add_argument("--creates", type=int, default=10, help="sandboxes created per side")
-    parser.add_argument("--execs", type=int, default=50, help="timed `echo 22` per side")
-    parser.add_argument("--warmups", type=int, default=5, help="untimed `echo 22` per side")
+    parser.add_argument(
+        "--backends",
+        type=_backends,
+        default=BACKENDS,
+        help="sandbox backends to measure, comma-separated (default: docker,supervisor)",
+    )
+    parser.add_argument("--creates", type=int, default=30, help="sandboxes created per side")
+    parser.add_argument("--execs", type=int, default=30, help="timed `echo 22` per side")
+    parser.add_argument("--warmups", type=int, default=5, help="untimed runs before each figure")
+    parser.add_argument("--lines", type=int, default=200_000, help="lines printed by `seq`")
+    parser.add_argument("--lines-runs", type=int, default=5, help="timed `seq` runs per side")
+    parser.add_argument("--parts", type=int, default=30, help="timed runs of each exec part")
     parser.add_argument("--flood-mb", type=int, default=200, help="stdout size in MB")
     parser.add_argument("--flood-runs", type=int, default=2, help="stdout runs per side")
     parser.add_argument(
@@ -218,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         "--load-execs", type=int, default=100, help="timed victim execs, idle and loaded each"
     )
     args = parser.parse_args(argv)
-    if min(args.creates, args.execs, args.flood_runs, args.flood_mb) < 1 or args.warmups < 0:
+    counts = (args.creates, args.execs, args.flood_runs, args.flood_mb, args.lines, args.parts)
+    if min(*counts, args.lines_runs) < 1 or args.warmups < 0:
         parser.error("counts and sizes must be positive")
     if min(args.waits, args.sockets) < 0 or min(args.load_health, args.load_execs) < 1:
         parser.error("counts must be positive (--waits/--sockets may be 0)")
@@ -239,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         print(report.table())
         for note in report.notes:
             print(f"  - {note}")
+    if report.breakdown:
+        print("\nWhere an exec's time goes (p50s, measured alone in the same run)")
+        for line in report.breakdown:
+            print(line)
     if report.load:
         print("\nConcurrency: what open long-polls and WebSockets cost everyone else")
         print(report.load_table())

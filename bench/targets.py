@@ -12,16 +12,19 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests
 
 from devstack.stack import Stack
 from shared.settings import Settings
 from workers.backends.base import SANDBOX_USER
 from workers.backends.docker.driver import hardening
+from workers.backends.supervisor.backend import SUPERVISOR_PATH
 
 
 class BenchError(Exception):
@@ -91,6 +94,22 @@ class Flood:
         return self.size + self.lines - 1
 
 
+@dataclass(frozen=True)
+class Lines:
+    """A command that prints the numbers 1..``count``, one a line (issue 12's "200,000 output
+    lines": many short lines, where the per-line cost shows, unlike the flood's long ones)."""
+
+    count: int = 200_000
+
+    @property
+    def cmd(self) -> str:
+        return f"seq 1 {self.count}"
+
+    @property
+    def stdout(self) -> bytes:
+        return "".join(f"{i}\n" for i in range(1, self.count + 1)).encode()
+
+
 class PaddockTarget:
     """Paddock's E2B API at ``url``."""
 
@@ -151,6 +170,25 @@ class PaddockTarget:
         if text != flood.size or any(line.strip("a") for line in lines):
             raise BenchError(f"flood: {text} characters through Paddock, expected {flood.size}")
         return text + len(lines) - 1
+
+    def fetch_lines(self, sid: str, lines: Lines) -> bytes:
+        """Run ``lines``'s command with ``wait=true``; the whole JSON answer, unparsed."""
+        r = self.http.post(
+            f"{self.url}/sessions/{sid}/processes?wait=true", json={"cmd": lines.cmd}, timeout=600
+        )
+        if r.status_code != 200:
+            raise BenchError(f"{lines.cmd} answered {r.status_code}: {r.text[:500]}")
+        return r.content
+
+    @staticmethod
+    def check_lines(body: bytes, lines: Lines) -> None:
+        """Verify the answer holds exactly 1..count, in order, on stdout."""
+        out = json.loads(body)
+        if out.get("finished") is not True or out["stderr"]:
+            raise BenchError(f"{lines.cmd}: not finished, or stderr {out['stderr'][:5]}")
+        got = [o["line"] for o in out["stdout"]]
+        if got != [str(i) for i in range(1, lines.count + 1)]:
+            raise BenchError(f"{lines.cmd}: {len(got)} lines through Paddock, not 1..{lines.count}")
 
 
 def _finished(r: requests.Response, cmd: str) -> dict[str, Any]:
@@ -221,6 +259,34 @@ class RawDocker:
         if code != 0:
             raise BenchError(f"raw flood exited {code}")
         return total
+
+    def lines(self, container: Any, lines: Lines) -> None:
+        """Run ``lines``'s command and read its whole output, checked."""
+        code, output = container.exec_run(["/bin/bash", "-c", lines.cmd], user=SANDBOX_USER)
+        if code != 0 or output != lines.stdout:
+            raise BenchError(f"raw {lines.cmd} exited {code} with {len(output)} bytes")
+
+    def create_supervised(self, binary: Path) -> Any:
+        """A container made as the supervisor backend makes a sandbox's (its command the
+        supervisor binary mounted read-only, stdin open, no TTY, no log of the channel), for
+        timing the supervisor alone over its attached stdio: never a sandbox of the stack,
+        whose channel belongs to its worker."""
+        self._count += 1
+        return self.client.containers.run(
+            self.image,
+            [SUPERVISOR_PATH],
+            name=f"paddock-bench-{self.label}-sup-{self._count}",
+            detach=True,
+            init=True,
+            user=SANDBOX_USER,
+            working_dir="/home/user",
+            labels={"paddock.bench": self.label},
+            mounts=[docker.types.Mount(SUPERVISOR_PATH, str(binary), type="bind", read_only=True)],
+            stdin_open=True,
+            tty=False,
+            log_config=docker.types.LogConfig(type="none"),
+            **hardening(self.settings),
+        )
 
     def remove_all(self) -> None:
         for c in self.client.containers.list(
