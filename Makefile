@@ -28,11 +28,15 @@ install-service: bootstrap images   ## run Paddock as systemd services (paddock.
 # Two test modules at a time (pytest-xdist, whole files per worker so a module's stack is
 # started once): most of an integration test's time is waiting on containers and timers.
 PYTEST_PAR ?= -n 2 --dist loadfile --durations=15
+E2B_TESTS = tests/integration/test_e2b_sandboxes.py tests/integration/test_processes.py \
+	tests/integration/test_filesystem.py tests/integration/test_e2b_sdk_control.py
 # The browser tests (tests/integration/test_console_*.py, test_docs_browser.py) drive Debian's
 # headless chromium: the test targets have bootstrap install it when missing.
 test integration: BOOTSTRAP_ARGS := --browser
 test: bootstrap images lint     ## the whole test suite against real Redis and Docker
 	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests
+	# The E2B API's tests again on the other sandbox backend (docker exec per operation).
+	PADDOCK_TEST_BACKEND=docker $(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) $(E2B_TESTS)
 
 unit: bootstrap
 	$(PY) -m pytest -ra -p no:cacheprovider tests/unit
@@ -56,8 +60,9 @@ fuzz: bootstrap images          ## schemathesis on both OpenAPI documents, priva
 load: bootstrap images          ## the load scenario: create ramp, exec throughput, 1,000 long-polls
 	$(PY) -m bench.load
 
-images: bootstrap               ## build the base and template images that changed
+images: bootstrap               ## build the base and template images that changed, and the supervisor
 	$(PY) -m workers.images build
+	$(PY) -m workers.backends.supervisor.build
 
 bootstrap:
 	@bash scripts/bootstrap.sh $(BOOTSTRAP_ARGS)

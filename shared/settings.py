@@ -77,7 +77,7 @@ class Settings:
     # What runs the sandboxes on a host: supervisor (workers/backends/supervisor/: containers
     # with Paddock's resident supervisor, one channel per sandbox) or docker
     # (workers/backends/docker/: a `docker exec` per operation).
-    sandbox_backend: str = "docker"
+    sandbox_backend: str = "supervisor"
     # The supervisor binary sandboxes mount (a path on the engine's host); empty: built from
     # supervisor/ and cached by its source's hash (workers/backends/supervisor/build.py).
     supervisor_binary: str = ""

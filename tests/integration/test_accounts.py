@@ -240,8 +240,9 @@ def test_e2b_routes_take_the_key_three_ways(v1: Client) -> None:
         "expires_at",
         "metadata",
         "network",
+        "lost_reason",
     }
-    assert sb["state"] == "running" and sb["template"] == "Bash"
+    assert sb["state"] == "running" and sb["template"] == "Bash" and sb["lost_reason"] is None
     for sid in ids:
         assert v1.req("DELETE", f"/v1/sandboxes/{sid}", token=key).status_code == 204
         assert v1.req("GET", f"/sessions/{sid}", token=key).status_code == 404

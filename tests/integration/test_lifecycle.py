@@ -94,7 +94,9 @@ def test_limits_are_configurable(tmp_path: Path) -> None:
 
 
 def test_worker_restart_closes_lost_processes_and_orphans(tmp_path: Path) -> None:
-    with Stack(tmp_path, hosts=("solo",)) as st:
+    # The Docker backend's processes are lost with the worker (the supervisor backend's are
+    # followed again: test_supervisor_restart.py).
+    with Stack(tmp_path, hosts=("solo",), env={"PADDOCK_SANDBOX_BACKEND": "docker"}) as st:
         api = Client(st)
         sid = api.sandbox("Bash")
         pid = api.req("POST", f"/sessions/{sid}/processes", json={"cmd": "sleep 600"}).json()[

@@ -18,8 +18,7 @@ HOST = "solo"
 # 300 lines on stdout and 300 on stderr over a few seconds; half of each line is printed
 # before a pause, so the worker dies between the halves of some line.
 PRINTER = (
-    "for i in $(seq 1 300); do printf '%s' \"$i\"; sleep 0.005; echo; echo \"e$i\" >&2; done;"
-    " exit 7"
+    'for i in $(seq 1 300); do printf \'%s\' "$i"; sleep 0.005; echo; echo "e$i" >&2; done; exit 7'
 )
 
 

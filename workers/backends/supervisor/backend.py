@@ -40,6 +40,7 @@ from shared.errors import (
     PathNotFound,
     PermissionDenied,
     SandboxError,
+    SandboxGone,
     SandboxPaused,
     SandboxTimeout,
 )
@@ -178,7 +179,7 @@ class SupervisorBackend(DockerBackend):
         SandboxError (the sandbox failed)."""
         with self._lock:
             if sandbox_id in self._failed:
-                raise SandboxError(f"the sandbox failed: {self._failed[sandbox_id]}")
+                raise SandboxGone(f"the sandbox failed: {self._failed[sandbox_id]}")
             guard = self._attaching.setdefault(sandbox_id, threading.Lock())
         with guard:
             link = self._links.get(sandbox_id)
@@ -241,8 +242,8 @@ class SupervisorBackend(DockerBackend):
         state = self._container_state(sandbox_id)
         if state == "paused":
             raise SandboxPaused()
-        if state != "running":
-            self._fail(sandbox_id, "its supervisor exited")
+        if state != "running":  # the container ended (its supervisor with it): reconcile says
+            raise self.driver._gone(sandbox_id, RuntimeError(f"container {state}"))
 
     def _thaw(self, sandbox_id: str) -> bool:
         """A supervisor that does not answer may have been stopped by the sandbox's own
@@ -272,14 +273,14 @@ class SupervisorBackend(DockerBackend):
 
     def _fail(self, sandbox_id: str, reason: str) -> None:
         """Mark the sandbox failed (reported lost by the next reconcile, which removes it)
-        and raise SandboxError."""
+        and raise SandboxGone."""
         logger.error("sandbox %s: failed: %s", sandbox_id, reason)
         with self._lock:
             self._failed.setdefault(sandbox_id, reason)
         self._drop(sandbox_id, reason)
         if self.on_gone is not None:
             self.on_gone(sandbox_id)
-        raise SandboxError(f"the sandbox failed: {reason}")
+        raise SandboxGone(f"the sandbox failed: {reason}")
 
     def _drop(self, sandbox_id: str, reason: str) -> None:
         with self._lock:
