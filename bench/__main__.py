@@ -43,6 +43,7 @@ from bench.targets import (
     template_image,
 )
 from devstack.stack import Stack
+from shared.pools import Pools
 from workers.backends.docker.driver import LABEL_INSTANCE, LABEL_SANDBOX
 from workers.backends.supervisor.build import build as build_supervisor
 
@@ -71,7 +72,7 @@ class Phase:
 
 def bench_create(pd: PaddockTarget, raw: RawDocker, n: int, phase: Phase) -> None:
     """Create, first command, delete: ``n`` of each, interleaved so drift hits both alike.
-    Cold: a new container each time (there is no warm pool yet; see bench_create_warm)."""
+    Cold: a new container each time (the stack has no warm pool; see bench_create_warm)."""
     for key in ("create", "ready", "delete"):
         phase.pd[key], phase.raw[key] = [], []
 
@@ -102,13 +103,37 @@ def bench_create(pd: PaddockTarget, raw: RawDocker, n: int, phase: Phase) -> Non
             log(f"{phase.backend}: create {i + 1}/{n}")
 
 
-def bench_create_warm(pd: PaddockTarget, n: int) -> list[float] | None:
-    """HOOK for issue 12's "create + first command, from a warm pool": None until pools
-    land, and the table's row says "no pool yet". Once they do: start the stack with a pool
-    of the template (its setting in the stack's env, run_latency), wait until the pool is
-    full, then time ``n`` times pd.create + pd.true (each followed by pd.delete and a wait
-    for the refill, so every create claims a warm sandbox) and return those durations."""
-    return None
+def bench_create_warm(
+    workdir: Path, env: dict[str, str], env_id: str, n: int
+) -> list[float] | None:
+    """Create + first command from a warm pool (issue 12): a stack of its own (the cold
+    figure's stack has no pool, so each of its creates starts a container), with a pool of
+    one ``env_id`` sandbox; ``n`` times: wait until the pool is full, then time pd.create +
+    pd.true (the create claims the warm sandbox), then delete it (untimed)."""
+    mode = env.get("PADDOCK_SANDBOX_NETWORK") or "internet"
+    stack = Stack(workdir, hosts=("bench",), env={**env, "PADDOCK_POOL_SIZES": f"{env_id}=1"})
+    with stack, logs_on_failure(stack, ("web", "worker-bench"), log):
+        pd = PaddockTarget(stack.url, stack.http, env_id)
+        pools = Pools(stack.redis)
+
+        def full() -> None:
+            deadline = time.monotonic() + 120
+            while not pools.ready_ids("bench", env_id, mode):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the warm pool did not fill within 120 s")
+                time.sleep(0.05)
+
+        out: list[float] = []
+        for i in range(n + 1):  # the first: warm-up
+            full()
+            t_create, sid = timed(pd.create)
+            t_true, _ = timed(lambda sid=sid: pd.true(sid))
+            pd.delete(sid)
+            if i:
+                out.append(t_create + t_true)
+            if i and (i % 10 == 0 or i == n):
+                log(f"warm pool: create {i}/{n}")
+        return out
 
 
 def bench_exec(
@@ -232,7 +257,7 @@ def run_latency(args: argparse.Namespace, client: Any, image: str, report: Repor
                 with stack, logs_on_failure(stack, ("web", "worker-bench"), log):
                     pd = PaddockTarget(stack.url, stack.http, args.env)
                     bench_create(pd, raw, args.creates, phase)
-                    warm = bench_create_warm(pd, args.creates)
+                    warm = bench_create_warm(Path(tmp) / "warm", env, args.env, args.creates)
                     if warm is not None:
                         phase.pd["ready_warm"] = warm
                     sid = pd.create()
@@ -267,7 +292,8 @@ def run_latency(args: argparse.Namespace, client: Any, image: str, report: Repor
         "exec: POST /sessions/{id}/processes?wait=true {cmd: 'echo 22'} vs "
         "exec_run(bash -c 'echo 22') on a started container",
         "create + first command, cold: POST /sessions + `true` (wait=true) vs containers.run "
-        "+ exec_run(['true']); no warm pool yet (bench_create_warm is the hook)",
+        "+ exec_run(['true']); warm pool: the same, claiming a started sandbox (a stack with a "
+        "pool of one, full before each create)",
         f"{lines.count:,} lines: `{lines.cmd}` with wait=true, whole JSON answer received "
         "(parsed and checked untimed) vs exec_run's whole output",
         "idle memory: a sandbox that ran `true`, 1 s later, from its memory cgroup on the host "

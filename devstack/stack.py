@@ -173,6 +173,9 @@ class Stack:
             # Tests make many short-lived sandboxes; the capacity a host derives from its
             # memory and CPUs (16 on a 2-core machine) is tested in test_hosts.py.
             "PADDOCK_HOST_CAPACITY": "32",
+            # No warm pools unless a test asks (tests/integration/test_pools.py): other tests
+            # count their containers and slots.
+            "PADDOCK_POOL_SIZES": "0",
             # The backend under test: the product's default unless PADDOCK_TEST_BACKEND says
             # otherwise (`make test` runs the E2B API's tests on both).
             **backend_env(),

@@ -117,6 +117,10 @@ class SandboxCreate(HostCommand):
     name: ClassVar[str] = tasks.SANDBOX_CREATE
     template: str
     network: dict[str, Any] | None = None
+    # Placement claimed this warm pool's sandbox (started already: the host hands it over),
+    # and the warm sandbox the host removes first to free the slot ("": none). (shared/pools.py)
+    warm: bool = False
+    evict: str = ""
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,92 @@ class FsWrite(HostCommand):
 
     def content(self) -> bytes:
         return base64.b64decode(self.data)
+
+
+# -- files, whole entries (the envd protocol: web/api/envd) ---------------------------------------
+ENTRY_TYPES = ("file", "dir", "symlink", "other")
+
+
+@dataclass(frozen=True)
+class FsEntry:
+    """One entry as the sandbox's supervisor reports it (never following symlinks): ``type``
+    one of ENTRY_TYPES, ``mode`` the permission bits, ``mtime`` Unix seconds, ``target`` a
+    symlink's target ("" otherwise)."""
+
+    name: str
+    path: str
+    type: str
+    size: int
+    mode: int
+    mtime: float
+    target: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> FsEntry:
+        """Raises TypeError for a malformed entry (a sandbox's words are untrusted)."""
+        if isinstance(raw, dict) and isinstance(raw.get("mtime"), int):
+            raw = {**raw, "mtime": float(raw["mtime"])}
+        entry: FsEntry = _parse(cls, raw)
+        if entry.type not in ENTRY_TYPES:
+            raise TypeError(f"FsEntry.type: not one of {ENTRY_TYPES}")
+        return entry
+
+
+@dataclass(frozen=True)
+class EntryReply(Reply):
+    entry: FsEntry
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry": self.entry.to_json()}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> EntryReply:
+        if not isinstance(raw, dict):
+            raise TypeError("EntryReply: not a JSON object")
+        return cls(FsEntry.from_json(raw.get("entry")))
+
+
+@dataclass(frozen=True)
+class Entries(Reply):
+    entries: list[FsEntry] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entries": [e.to_json() for e in self.entries]}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Entries:
+        if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list):
+            raise TypeError("Entries: not a JSON object with a list of entries")
+        return cls([FsEntry.from_json(e) for e in raw["entries"]])
+
+
+@dataclass(frozen=True, kw_only=True)
+class FsStat(HostCommand):
+    """The entry at ``path`` (a symlink itself, not its target)."""
+
+    name: ClassVar[str] = tasks.FS_STAT
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FsMove(HostCommand):
+    """Rename ``path`` to ``dst`` (same filesystem); answers the moved entry."""
+
+    name: ClassVar[str] = tasks.FS_MOVE
+    path: str
+    dst: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FsEntries(HostCommand):
+    """The entries under directory ``path``, ``depth`` levels down (1: its children)."""
+
+    name: ClassVar[str] = tasks.FS_ENTRIES
+    path: str
+    depth: int = 1
 
 
 # -- processes -----------------------------------------------------------------------------------

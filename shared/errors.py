@@ -214,6 +214,14 @@ class NotARegularFile(SandboxError):
     code = "not_a_regular_file"
 
 
+class BackendUnsupported(SandboxError):
+    """The host's sandbox backend cannot do this (e.g. the envd protocol's file operations
+    on the Docker backend: PADDOCK_SANDBOX_BACKEND=supervisor can)."""
+
+    status = 501
+    code = "backend_unsupported"
+
+
 class SandboxTimeout(SandboxError):
     """An operation inside the sandbox did not finish within its deadline (it was killed)."""
 

@@ -232,3 +232,16 @@ def ticks() -> str:
     """Hash: per periodic task, how many ticks ran (``<name>``) and when the last did
     (``<name>:at``)."""
     return f"{PREFIX}:ticks"
+
+
+def warm(host_id: str) -> str:
+    """Set: the ids of a host's warm sandboxes ready to be claimed, of every template
+    (workers/host/pool.py). Each is also in ``warm_kind`` and ``host_sandboxes`` (a warm
+    sandbox holds one of its host's slots)."""
+    return f"{PREFIX}:warm:{host_id}"
+
+
+def warm_kind(host_id: str, template: str, mode: str) -> str:
+    """Set: a host's ready warm sandboxes of one template and network mode (what placement
+    pops a claim from, shared/store.py _PLACE)."""
+    return f"{warm(host_id)}:{template}:{mode}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.egress import parse_cidrs
 from shared.errors import ConfigError
+from shared.pools import parse_pool_sizes
 from shared.redisconn import redact_url
 
 SANDBOX_NETWORKS = ("none", "internet")
@@ -104,6 +105,10 @@ class Settings:
     sandbox_disk: int = 2 << 30
     # Where the per-sandbox writable storage lives on the host (default <data_dir>/storage).
     storage_dir: str = ""
+    # Warm pools (workers/host/pool.py): started, idle sandboxes each host keeps per template
+    # ("Template=N,..."; 0 or off: none), in the mode of PADDOCK_SANDBOX_NETWORK, so a
+    # create claims one instead of starting a container. They hold host slots, no tenant's.
+    pool_sizes: str = "Bash=2,Python3=1,Nodejs=1,standard=1"
     image_prefix: str = "paddock"
     # The image builder (python -m workers.images, make images): the template directories
     # (separated by ':'), build arguments ("NAME=VALUE ...", space-separated: each reaches the
@@ -195,6 +200,7 @@ class Settings:
             raise ConfigError(
                 f"PADDOCK_SANDBOX_NETWORK must be one of {', '.join(SANDBOX_NETWORKS)}"
             )
+        parse_pool_sizes(self.pool_sizes)
         for name in ("egress_deny", "egress_private_allowed", "sandbox_dns"):
             parse_cidrs(getattr(self, name), f"PADDOCK_{name.upper()}")
         for name in (

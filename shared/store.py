@@ -23,14 +23,22 @@ from shared.redisio import read_hash, read_set, text
 # the tenant deletes one or when one is reaped, not by itself within a second.
 QUOTA_RETRY_AFTER = 10
 
-# Lua: in one step, check the tenant's sandbox quota, pick the live host with the most free
-# capacity that has the template, and write the sandbox with its reservations (host slot,
-# tenant slot, record, indexes). Concurrent creates can neither overshoot the quota nor take a
-# host's last slot twice, and no moment exists where a slot is held without its record (every
-# failure path then frees both with purge_sandbox).
+# Lua: in one step, check the tenant's sandbox quota, pick a live host that has the template,
+# and write the sandbox with its reservations (host slot, tenant slot, record, indexes).
+# Concurrent creates can neither overshoot the quota nor take a host's last slot twice, and no
+# moment exists where a slot is held without its record (every failure path then frees both
+# with purge_sandbox).
+# Warm pools (shared/pools.py): a host with a ready warm sandbox of the template and network
+# mode wins (the freest of those); the sandbox is popped from its pool sets here, so no two
+# creates claim the same one, and the record (which already holds its host slot) becomes the
+# tenant's: the sandbox's id is the warm one's. Otherwise the freest host, counting warm
+# sandboxes as free (they are given back on demand): when the chosen host has no free slot
+# left, one of its warm sandboxes is taken out (``evict``, status deleting, due for the
+# reaper) and its slot goes to the new sandbox; the host removes it before starting this one.
 # KEYS: hosts, tenant's sandboxes, the sandbox, idle index, expiry index.
 # ARGV: host key prefix, template, sandbox id, tenant, quota, now, max lifetime, sandbox key
-# prefix.  -> {'ok', host} | {'quota', used} | {'full'}
+# prefix, network JSON, internet?, pool kind (template:mode, '' for none), warm key prefix.
+# -> {'ok', host, id, evicted id or ''} | {'quota', used} | {'full'} | {'egress', why}
 _PLACE = """
 local used = 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -41,7 +49,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 if used >= tonumber(ARGV[5]) then return {'quota', used} end
-local best, best_free, no_egress = nil, 0, nil
+local best, best_free, best_cap, best_warm, no_egress = nil, 0, 0, false, nil
 for i, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local hkey = ARGV[1] .. host
   if redis.call('EXISTS', hkey) == 1 then
@@ -52,8 +60,14 @@ for i, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       if ARGV[10] == '1' and egress ~= 'ok' then
         no_egress = host .. ': ' .. egress  -- it would refuse a sandbox with internet
       else
-        local free = cap - redis.call('SCARD', hkey .. ':sandboxes')
-        if free > best_free then best, best_free = host, free end
+        local wkey = ARGV[12] .. host
+        local free = cap - redis.call('SCARD', hkey .. ':sandboxes') + redis.call('SCARD', wkey)
+        local warm = ARGV[11] ~= '' and redis.call('SCARD', wkey .. ':' .. ARGV[11]) > 0
+        if warm and (not best_warm or free > best_free) then
+          best, best_free, best_cap, best_warm = host, free, cap, true
+        elseif not warm and not best_warm and free > best_free then
+          best, best_free, best_cap = host, free, cap
+        end
       end
     end
   end
@@ -62,13 +76,32 @@ if not best then
   if no_egress then return {'egress', no_egress} end
   return {'full'}
 end
-redis.call('SADD', ARGV[1] .. best .. ':sandboxes', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], 'tenant', ARGV[4], 'host', best, 'template', ARGV[2],
+local slots = ARGV[1] .. best .. ':sandboxes'
+local wkey = ARGV[12] .. best
+local id, evicted = ARGV[3], ''
+if best_warm then
+  id = redis.call('SPOP', wkey .. ':' .. ARGV[11])
+  redis.call('SREM', wkey, id)
+  redis.call('HDEL', ARGV[8] .. id, 'pool')
+else
+  if redis.call('SCARD', slots) >= best_cap then
+    evicted = redis.call('SPOP', wkey)
+    local ekey = ARGV[8] .. evicted
+    local kind = (redis.call('HGET', ekey, 'template') or '') .. ':' ..
+                 (redis.call('HGET', ekey, 'pool') or '')
+    redis.call('SREM', wkey .. ':' .. kind, evicted)
+    redis.call('SREM', slots, evicted)
+    redis.call('HSET', ekey, 'status', 'deleting', 'deleting_at', ARGV[6])
+    redis.call('ZADD', KEYS[5], ARGV[6], evicted)
+  end
+  redis.call('SADD', slots, id)
+end
+redis.call('SADD', KEYS[2], id)
+redis.call('HSET', ARGV[8] .. id, 'tenant', ARGV[4], 'host', best, 'template', ARGV[2],
            'status', 'creating', 'created_at', ARGV[6], 'network', ARGV[9])
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
-redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[3])
-return {'ok', best}
+redis.call('ZADD', KEYS[4], ARGV[6], id)
+redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[7]), id)
+return {'ok', best, id, evicted}
 """
 
 # Drop a sandbox's processes and give its kept output back to its tenant, in one step: a pump
@@ -147,6 +180,17 @@ class Sandbox:
     # Its network as created (records from before the egress policy had none: no network).
     network: NetworkPolicy = NO_NETWORK
     lost_reason: str | None = None  # why it was lost (status "lost")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where ``Store.place_claim`` put a sandbox: ``warm`` when it claimed a warm pool's
+    sandbox (already started), ``evict`` the id of a warm sandbox its host must remove first
+    ("" for none)."""
+
+    sandbox: Sandbox
+    warm: bool = False
+    evict: str = ""
 
 
 class Store:
@@ -271,9 +315,29 @@ class Store:
         max_lifetime: float,
         network: NetworkPolicy | None = None,
     ) -> Sandbox:
-        """Record a new sandbox (status ``creating``) with its ``network`` on the freest live
-        host that has ``template`` (and, for internet, its egress rules in place), holding a
-        slot of that host and one of the tenant's ``max_sandboxes``.
+        """``place_claim``'s sandbox, never from a warm pool (warm sandboxes are still given
+        back when a host is full: the evicted one is due for the reaper's destroy)."""
+        return self.place_claim(
+            sandbox_id, tenant_id, template, max_sandboxes, max_lifetime, network, warm=False
+        ).sandbox
+
+    def place_claim(
+        self,
+        sandbox_id: str,
+        tenant_id: str,
+        template: str,
+        max_sandboxes: int,
+        max_lifetime: float,
+        network: NetworkPolicy | None = None,
+        warm: bool = True,
+    ) -> Placement:
+        """Record a new sandbox (status ``creating``) with its ``network`` on a live host that
+        has ``template`` (and, for internet, its egress rules in place), holding a slot of
+        that host and one of the tenant's ``max_sandboxes``: with ``warm``, a host's warm
+        sandbox of that template and network mode is claimed when one is ready (the
+        placement's ``warm``; the sandbox then has the warm one's id, not ``sandbox_id``),
+        else the freest host is chosen (its ``evict``: a warm sandbox given back for the
+        slot, which the host removes first). See _PLACE.
 
         Raises QuotaExceeded when the tenant already has ``max_sandboxes`` sandboxes (ending
         ones included: they still occupy their host), EgressUnavailable when the only hosts
@@ -301,6 +365,8 @@ class Store:
                 keys.sandbox(""),
                 json.dumps(network.to_json(), separators=(",", ":")),
                 "1" if network.internet else "0",
+                f"{template}:{network.mode}" if warm else "",
+                keys.warm(""),
             ],
         )
         outcome = text(got[0])
@@ -317,7 +383,9 @@ class Store:
             )
         if outcome != "ok":
             raise NoCapacity("No sandbox host is available with free capacity")
-        return Sandbox(sandbox_id, tenant_id, text(got[1]), template, "creating", now, network)
+        placed = text(got[2])
+        sandbox = Sandbox(placed, tenant_id, text(got[1]), template, "creating", now, network)
+        return Placement(sandbox, warm=placed != sandbox_id, evict=text(got[3]))
 
     # -- sandboxes ---------------------------------------------------------------------------
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None:

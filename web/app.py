@@ -21,6 +21,7 @@ from web import gunicorn_conf
 from web import metrics as web_metrics
 from web.agent_sessions import AgentSessions
 from web.api import docs, e2b, e2b_control, v1
+from web.api.envd import EnvdApp, EnvdDispatch
 from web.browser import register_browser_guards
 from web.console import bp as console_bp
 from web.errors import register_error_handlers
@@ -103,4 +104,7 @@ def create_app(
     register_browser_guards(app, settings)
     init_ws(app, services)
     register_error_handlers(app)
+    # Last: requests naming a sandbox in E2b-Sandbox-Id are the envd protocol's, served
+    # beside Flask on the same port (web/api/envd).
+    app.wsgi_app = EnvdDispatch(app.wsgi_app, EnvdApp(services))  # type: ignore[method-assign]
     return app

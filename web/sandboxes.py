@@ -106,15 +106,18 @@ class Sandboxes:
             raise NoCapacity("No sandbox host is alive; start a worker (make up)")
         if template not in self.store.known_templates():
             raise ValidationFailed({field: f"unknown environment {template!r}"})
-        sandbox_id = ids.sandbox_id()
-        sandbox = self.store.place(
-            sandbox_id,
+        # A warm pool's sandbox of the template and mode when a host has one ready (its id
+        # then replaces this one), else a cold start (shared/store.py _PLACE).
+        placed = self.store.place_claim(
+            ids.sandbox_id(),
             tenant_id,
             template,
             self.settings.tenant_max_sandboxes,
             self.settings.sandbox_max_lifetime,
             network,
         )
+        sandbox = placed.sandbox
+        sandbox_id = sandbox.sandbox_id
         try:
             self._call(
                 commands.SandboxCreate(
@@ -122,6 +125,8 @@ class Sandboxes:
                     tenant_id=tenant_id,
                     template=template,
                     network=network.to_json(),
+                    warm=placed.warm,
+                    evict=placed.evict,
                 ),
                 sandbox,
                 timeout=self.settings.create_timeout,
@@ -138,7 +143,11 @@ class Sandboxes:
             self._abandon(sandbox)
             raise
         logger.info(
-            "sandbox %s: created on host %s for tenant %s", sandbox_id, sandbox.host_id, tenant_id
+            "sandbox %s: created on host %s for tenant %s%s",
+            sandbox_id,
+            sandbox.host_id,
+            tenant_id,
+            " (warm pool)" if placed.warm else "",
         )
         return sandbox
 
@@ -239,6 +248,27 @@ class Sandboxes:
 
     def write_file(self, sandbox: Sandbox, path: str, data: bytes) -> None:
         self._call(commands.FsWrite.of(sandbox.sandbox_id, sandbox.tenant_id, path, data), sandbox)
+
+    # The envd protocol's (web/api/envd): whole entries and moves.
+    def owner(self, sandbox_id: str) -> str | None:
+        """The tenant a sandbox belongs to (None: no such sandbox), for a caller that proved
+        it may act on the sandbox by other means (its envd access token)."""
+        return self.store.raw_sandbox(sandbox_id).get("tenant") or None
+
+    def stat(self, sandbox: Sandbox, path: str) -> commands.FsEntry:
+        """Raises PathNotFound, PermissionDenied, BackendUnsupported, WorkerTimeout."""
+        value = self._call(commands.FsStat(**self._ids(sandbox), path=path), sandbox)
+        return commands.EntryReply.from_json(value).entry
+
+    def move(self, sandbox: Sandbox, path: str, dst: str) -> commands.FsEntry:
+        """The moved entry. Raises PathNotFound, PermissionDenied, BackendUnsupported."""
+        value = self._call(commands.FsMove(**self._ids(sandbox), path=path, dst=dst), sandbox)
+        return commands.EntryReply.from_json(value).entry
+
+    def entries(self, sandbox: Sandbox, path: str, depth: int) -> list[commands.FsEntry]:
+        """Raises PathNotFound, NotADirectory, FileTooLarge, BackendUnsupported."""
+        cmd = commands.FsEntries(**self._ids(sandbox), path=path, depth=depth)
+        return commands.Entries.from_json(self._call(cmd, sandbox)).entries
 
     def start_process(self, sandbox: Sandbox, cmd: str, env: dict[str, str], cwd: str) -> str:
         """Start ``cmd``; its process id. Raises WorkerTimeout only when the process did not

@@ -226,6 +226,9 @@ def test_every_host_task_has_its_command_and_they_round_trip() -> None:
         tasks.SANDBOX_PAUSE,
         tasks.SANDBOX_RESUME,
         tasks.SANDBOX_USAGE,
+        tasks.FS_STAT,
+        tasks.FS_MOVE,
+        tasks.FS_ENTRIES,
     }
     start = _start("sb1", "p1", "ls")
     kwargs = start.to_kwargs()
@@ -315,3 +318,20 @@ def test_a_process_the_backend_cannot_follow_is_closed_at_restart(
     sid = _sandbox(ctx)
     ops.start_process(ctx, _start(sid, "p1", "sleep"))
     assert not ctx.processes.adopt(sid, "p1")  # an unnumbered backend: no ref kept
+
+
+def test_entry_replies_round_trip_and_refuse_a_malformed_entry() -> None:
+    entry = c.FsEntry("a.txt", "/home/user/a.txt", "file", 6, 0o644, 1.5e9)
+    assert c.EntryReply.from_json(c.EntryReply(entry).to_json()).entry == entry
+    assert c.Entries.from_json(c.Entries([entry]).to_json()).entries == [entry]
+    assert c.FsEntry.from_json({**entry.to_json(), "mtime": 1500000000}).mtime == 1.5e9
+    for bad in (
+        {**entry.to_json(), "type": "socket"},
+        {**entry.to_json(), "size": "6"},
+        {"name": "a.txt"},
+        None,
+    ):
+        with pytest.raises(TypeError):
+            c.FsEntry.from_json(bad)
+    with pytest.raises(TypeError):
+        c.Entries.from_json({"entries": "nope"})

@@ -166,10 +166,25 @@ class SandboxBackend(Protocol):
         ...
 
     # -- lifecycle -------------------------------------------------------------------------
-    def create(self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy) -> None:
-        """Make and start the sandbox from ``image`` (a ``TemplateImage.image``). Raises
+    def create(
+        self,
+        sandbox_id: str,
+        tenant_id: str,
+        image: str,
+        network: NetworkPolicy,
+        warm: bool = False,
+    ) -> None:
+        """Make and start the sandbox from ``image`` (a ``TemplateImage.image``). ``warm``: a
+        warm pool's sandbox (workers/host/pool.py; ``tenant_id`` empty), made exactly like
+        any other in ``network``'s mode, but reaching nothing until ``claim``. Raises
         SandboxError (StorageError included), NoCapacity, EgressUnavailable; on failure
         nothing of it is left."""
+        ...
+
+    def claim(self, sandbox_id: str, tenant_id: str, network: NetworkPolicy) -> None:
+        """Hand a warm sandbox to ``tenant_id`` with ``network`` (its mode is the one the
+        sandbox was made in), kept across a worker restart. Raises SandboxError when the
+        sandbox cannot be handed over as it is (the caller removes it), EgressUnavailable."""
         ...
 
     def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
@@ -210,6 +225,23 @@ class SandboxBackend(Protocol):
     def read_file(self, sandbox_id: str, path: str) -> bytes: ...
 
     def write_file(self, sandbox_id: str, path: str, data: bytes) -> None: ...
+
+    # The envd protocol's (web/api/envd); a backend without them raises BackendUnsupported.
+    def stat(self, sandbox_id: str, path: str) -> dict[str, Any]:
+        """The entry at ``path`` (symlinks not followed) as shared.commands.FsEntry's JSON.
+        Raises PathNotFound, PermissionDenied, BackendUnsupported."""
+        ...
+
+    def move(self, sandbox_id: str, path: str, dst: str) -> None:
+        """Rename ``path`` to ``dst``. Raises PathNotFound, PermissionDenied,
+        BackendUnsupported."""
+        ...
+
+    def entries(self, sandbox_id: str, path: str, depth: int) -> list[dict[str, Any]]:
+        """The entries under directory ``path`` down to ``depth`` levels (symlinks not
+        followed), as FsEntry JSON. Raises PathNotFound, NotADirectory, FileTooLarge,
+        BackendUnsupported."""
+        ...
 
     def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
         """Start ``cmd`` (bash) in ``cwd`` as the sandbox user, in its own process group."""

@@ -15,7 +15,7 @@ from shared import commands, rpc, tasks
 from shared.broker import make_celery
 from shared.settings import Settings
 from workers.agent import jobs
-from workers.host import heartbeat, metrics, reconcile
+from workers.host import heartbeat, metrics, pool, reconcile
 from workers.host.context import WorkerContext
 from workers.host.tasks import register_host_tasks
 
@@ -61,6 +61,7 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
             )
         heartbeat.start_heartbeat(ctx, stop)
         reconcile.start_reconcile(ctx, stop)  # dead sandboxes are noticed, not only at start
+        pool.start_pool(ctx, stop)  # warm sandboxes per template, refilled in the background
         procs = ctx.processes
         metrics.serve(settings, metrics.PumpCollector(settings.host_id, procs.count, procs.held))
         logger.info(

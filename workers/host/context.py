@@ -27,6 +27,8 @@ class WorkerContext:
     settings: Settings
     # Set when the worker begins to shut down: long agent tasks give their slot back.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Set when a create took from the warm pools: their keeper refills them (workers/host/pool.py).
+    pool_wake: threading.Event = field(default_factory=threading.Event)
 
     @cached_property
     def redis(self) -> redis.Redis:

@@ -13,6 +13,7 @@ import time
 from shared import commands as c
 from shared.egress import NetworkPolicy
 from shared.errors import BadRequest, SandboxError
+from workers.host import pool
 from workers.host.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -22,16 +23,26 @@ def create_sandbox(ctx: WorkerContext, cmd: c.SandboxCreate) -> c.Created:
     """Make the sandbox's storage and start its container, with its network policy (the web
     validated it; a message without one, from an older web, means no network).
 
+    ``warm``: placement claimed this host's warm sandbox of that id: it is handed over
+    (workers/host/pool.py claim), or, if it cannot be, removed and started cold under the
+    same id. ``evict``: a warm sandbox whose slot placement gave to this one, removed first.
+
     Raises BadRequest for a template this host lacks, NoCapacity when the host's disk cannot
     hold another sandbox's cap, EgressUnavailable when internet is asked and this host's rules
     are not in place, SandboxError (StorageError included) when it cannot start; the backend
     has then removed whatever it made.
     """
     sandbox_id, template = cmd.sandbox_id, cmd.template
-    image = {t.name: t.image for t in ctx.backend.templates()}.get(template)
-    if image is None:
-        raise BadRequest(f"template {template!r} is not available on this host")
-    ctx.backend.create(sandbox_id, cmd.tenant_id, image, NetworkPolicy.from_json(cmd.network))
+    network = NetworkPolicy.from_json(cmd.network)
+    if cmd.evict or cmd.warm:
+        ctx.pool_wake.set()  # the pool refills in the background (workers/host/pool.py)
+    if cmd.evict:
+        pool.evict(ctx, cmd.evict)  # its slot is this sandbox's: it goes first
+    if not (cmd.warm and pool.claim(ctx, sandbox_id, cmd.tenant_id, network)):
+        image = {t.name: t.image for t in ctx.backend.templates()}.get(template)
+        if image is None:
+            raise BadRequest(f"template {template!r} is not available on this host")
+        ctx.backend.create(sandbox_id, cmd.tenant_id, image, network)
     record = ctx.store.raw_sandbox(sandbox_id)
     if not record or record.get("status") == "deleting":
         # The requester gave up (timeout) or deleted it meanwhile: leave nothing behind.
@@ -108,6 +119,24 @@ def read_file(ctx: WorkerContext, cmd: c.FsRead) -> c.FileData:
 
 def write_file(ctx: WorkerContext, cmd: c.FsWrite) -> None:
     ctx.backend.write_file(cmd.sandbox_id, cmd.path, cmd.content())
+
+
+def stat(ctx: WorkerContext, cmd: c.FsStat) -> c.EntryReply:
+    """Raises PathNotFound, PermissionDenied, BackendUnsupported, SandboxError."""
+    return c.EntryReply(c.FsEntry.from_json(ctx.backend.stat(cmd.sandbox_id, cmd.path)))
+
+
+def move(ctx: WorkerContext, cmd: c.FsMove) -> c.EntryReply:
+    """Raises PathNotFound, PermissionDenied, BackendUnsupported, SandboxError."""
+    ctx.backend.move(cmd.sandbox_id, cmd.path, cmd.dst)
+    return c.EntryReply(c.FsEntry.from_json(ctx.backend.stat(cmd.sandbox_id, cmd.dst)))
+
+
+def entries(ctx: WorkerContext, cmd: c.FsEntries) -> c.Entries:
+    """Raises PathNotFound, NotADirectory, FileTooLarge (a listing past the file limit),
+    BackendUnsupported, SandboxError."""
+    found = ctx.backend.entries(cmd.sandbox_id, cmd.path, cmd.depth)
+    return c.Entries([c.FsEntry.from_json(e) for e in found])
 
 
 def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> None:

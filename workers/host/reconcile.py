@@ -12,7 +12,7 @@ from shared.errors import EngineUnavailable, SandboxError
 from shared.lifecycle import end_lost_session
 from shared.output import STDERR, Line, ProcessLog
 from workers.backends.base import SandboxState
-from workers.host import metrics
+from workers.host import metrics, pool
 from workers.host.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -29,10 +29,11 @@ class Findings:
     lost: list[str] = field(default_factory=list)
     containers_removed: list[str] = field(default_factory=list)
     storage_freed: list[str] = field(default_factory=list)
+    warm_removed: list[str] = field(default_factory=list)  # dead or half-made (pool.py)
     engine_down: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.lost or self.containers_removed or self.storage_freed)
+        return bool(self.lost or self.containers_removed or self.storage_freed or self.warm_removed)
 
 
 def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
@@ -84,6 +85,8 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
         # (mark_lost leaves a sandbox being deleted alone)
         if lose(ctx, sandbox_id, _why_lost(seen), seen.ref if seen else None):
             found.lost.append(sandbox_id)
+    # Warm pools' sandboxes: the dead ones, and at start the half-made ones, are removed.
+    found.warm_removed = pool.reconcile_pool(ctx, states, at_start)
     # Storage without a container: the previous worker died between making the storage and
     # starting the container, or the container was removed behind Paddock's back.
     for sandbox_id in ctx.backend.storage_ids():
@@ -106,12 +109,13 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
     if found:
         logger.warning(
             "host %s: reconcile: %d sandbox(es) lost %s, %d leftover container(s) removed, "
-            "%d storage freed",
+            "%d storage freed, %d warm sandbox(es) removed",
             host,
             len(found.lost),
             found.lost,
             len(found.containers_removed),
             len(found.storage_freed),
+            len(found.warm_removed),
         )
     metrics.record_reconcile(
         host, False, len(found.lost), len(found.containers_removed), len(found.storage_freed)

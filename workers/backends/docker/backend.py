@@ -18,7 +18,7 @@ import docker
 import docker.errors
 
 from shared.egress import NetworkPolicy
-from shared.errors import EngineUnavailable, SandboxError
+from shared.errors import BackendUnsupported, EngineUnavailable, SandboxError
 from shared.settings import Settings
 from workers.backends.base import (
     Machine,
@@ -79,12 +79,22 @@ class DockerBackend:
         return template_catalog(self.client, self.settings.image_prefix)
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def create(self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy) -> None:
+    def create(
+        self,
+        sandbox_id: str,
+        tenant_id: str,
+        image: str,
+        network: NetworkPolicy,
+        warm: bool = False,
+    ) -> None:
         try:
-            self.driver.create(sandbox_id, tenant_id, image, network)
+            self.driver.create(sandbox_id, tenant_id, image, network, warm=warm)
         except docker.errors.APIError as exc:
             logger.error("sandbox %s: create failed: %s", sandbox_id, exc)
             raise SandboxError(f"could not start the sandbox: {exc.explanation or exc}") from exc
+
+    def claim(self, sandbox_id: str, tenant_id: str, network: NetworkPolicy) -> None:
+        self.driver.claim(sandbox_id, network)
 
     def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
         self.driver.destroy(sandbox_id, ref)
@@ -126,6 +136,19 @@ class DockerBackend:
 
     def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         self.driver.write_file(sandbox_id, path, data)
+
+    # The envd protocol's whole entries and moves: the supervisor backend has them (its
+    # fs.stat/fs.list/fs.move); through docker exec they would cost a process each.
+    _ENVD_ONLY = "not supported by the docker backend (PADDOCK_SANDBOX_BACKEND=supervisor is)"
+
+    def stat(self, sandbox_id: str, path: str) -> dict[str, Any]:
+        raise BackendUnsupported(f"file information is {self._ENVD_ONLY}")
+
+    def move(self, sandbox_id: str, path: str, dst: str) -> None:
+        raise BackendUnsupported(f"moving files is {self._ENVD_ONLY}")
+
+    def entries(self, sandbox_id: str, path: str, depth: int) -> list[dict[str, Any]]:
+        raise BackendUnsupported(f"listing entries with details is {self._ENVD_ONLY}")
 
     def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
         return DockerProcess(self.driver, sandbox_id, self.driver.spawn(sandbox_id, cmd, env, cwd))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -40,7 +41,13 @@ from shared.errors import (
 from shared.settings import Settings
 from workers.backends.base import SANDBOX_HOME, SANDBOX_USER, ResourceUsage
 from workers.backends.docker import docker_exec
-from workers.backends.docker.egress import LABEL_NETWORK, Egress, attached_from, policy_label
+from workers.backends.docker.egress import (
+    LABEL_NETWORK,
+    Attached,
+    Egress,
+    attached_from,
+    policy_label,
+)
 from workers.backends.docker.storage import ImageSeeds, SandboxStorage
 
 logger = logging.getLogger(__name__)
@@ -49,6 +56,11 @@ LABEL_SANDBOX = "paddock.sandbox"
 LABEL_TENANT = "paddock.tenant"
 LABEL_HOST = "paddock.host"
 LABEL_INSTANCE = "paddock.instance"
+# A warm pool's sandbox (workers/host/pool.py): its network mode; "" for any other sandbox.
+LABEL_WARM = "paddock.warm"
+# The rules of a warm sandbox with internet until it is claimed: everything refused (a mode
+# "none" policy on the internet network renders as one REJECT, egress.py ruleset).
+WARM_CLOSED = NetworkPolicy(mode="none")
 # Where sandboxes find their CA bundle (Debian's path), replaced when PADDOCK_SANDBOX_CA_BUNDLE.
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -222,12 +234,21 @@ class DockerDriver:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(
-        self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy | None = None
+        self,
+        sandbox_id: str,
+        tenant_id: str,
+        image: str,
+        network: NetworkPolicy | None = None,
+        warm: bool = False,
     ) -> None:
         """Make the sandbox's capped storage, seeded with the image's home and /workspace, and
         start its container, hardened, with that storage on its writable paths and, with
         ``internet``, on the host's confined network under its own egress rules (installed
         before anything of the tenant's runs: the container runs only `sleep` until then).
+
+        ``warm``: a pool sandbox (workers/host/pool.py), of no tenant: on ``network``'s
+        network, but its address's rules refuse everything until ``claim`` installs the
+        claiming tenant's policy.
 
         Raises docker.errors.APIError, StorageError, NoCapacity (the host's disk is promised
         to other sandboxes), EgressUnavailable (internet asked, the host's rules are not in
@@ -254,7 +275,10 @@ class DockerDriver:
                     LABEL_TENANT: tenant_id,
                     LABEL_HOST: s.host_id,
                     LABEL_INSTANCE: s.instance,
-                    LABEL_NETWORK: policy_label(network),
+                    # A warm one's: closed until claimed (a restart before the claim
+                    # restores that; after it, the claim's note: start_network).
+                    LABEL_NETWORK: policy_label(WARM_CLOSED if warm else network),
+                    LABEL_WARM: network.mode if warm else "",
                 },
                 # Mounts, not binds: a missing source is an error rather than a new empty
                 # directory, so a sandbox never silently writes outside its storage.
@@ -272,7 +296,7 @@ class DockerDriver:
             self._remember_id(sandbox_id, str(container.id))
             if network.internet:
                 ip = self.egress.container_ip(str(container.id))
-                self.egress.attach(sandbox_id, ip, network)
+                self.egress.attach(sandbox_id, ip, WARM_CLOSED if warm else network)
         except BaseException:
             logger.warning("sandbox %s: start failed, removing container and storage", sandbox_id)
             try:
@@ -281,6 +305,22 @@ class DockerDriver:
                 logger.exception("sandbox %s: cleanup after a failed start failed", sandbox_id)
             raise
         logger.info("sandbox %s: container started from %s", sandbox_id, image)
+
+    def claim(self, sandbox_id: str, network: NetworkPolicy) -> None:
+        """Hand a warm sandbox (``create(warm=True)``) to a tenant: note ``network`` beside
+        its storage (a restarted worker restores it from there: its labels keep the pool's
+        closed policy), then replace its closed rules with ``network``'s. Raises
+        SandboxError when the sandbox's network mode is not ``network``'s (it is then not
+        claimed), StorageError, EgressUnavailable."""
+        ip = self.egress.address(sandbox_id)
+        if network.internet != (ip is not None):
+            raise SandboxError(
+                f"the warm sandbox's network is not the one asked ({network.mode}); not claimed"
+            )
+        self.storage.write_claim(sandbox_id, policy_label(network))
+        if ip is not None:
+            self.egress.attach(sandbox_id, ip, network)
+        logger.info("sandbox %s: claimed from the warm pool (%s)", sandbox_id, network.mode)
 
     def _network_options(self, network: NetworkPolicy) -> dict[str, Any]:
         if not network.internet:
@@ -442,7 +482,13 @@ class DockerDriver:
         except _ENGINE_ERRORS as exc:
             self.egress.setup_failed(f"could not list the sandboxes: {exc}")
             return
-        self.egress.setup(attached_from(running, self.egress.network))
+        attached = attached_from(running, self.egress.network)
+        for sandbox_id, found in attached.items():
+            # A claimed warm sandbox: its tenant's policy, not the label's closed one.
+            claimed = self.storage.read_claim(sandbox_id)
+            if claimed is not None:
+                attached[sandbox_id] = Attached(found.ip, _policy(claimed))
+        self.egress.setup(attached)
 
     def _listing(
         self, sandbox_id: str | None = None, all_states: bool = True
@@ -722,6 +768,14 @@ class DockerDriver:
         if cls is None:
             cls = next((c for needle, c in MESSAGE_ERRORS if needle in text), SandboxError)
         raise cls(text)
+
+
+def _policy(label: str) -> NetworkPolicy:
+    """A policy noted by ``claim`` (anything unreadable: no network at all)."""
+    try:
+        return NetworkPolicy.from_json(json.loads(label))
+    except ValueError:
+        return NetworkPolicy(mode="none")
 
 
 def _timed_out(limit: float) -> str:

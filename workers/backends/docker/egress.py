@@ -216,6 +216,12 @@ class Egress:
             except FirewallError as exc:  # its chain stays until the next rewrite: harmless
                 logger.warning("egress: sandbox %s's rules not removed: %s", sandbox_id, exc)
 
+    def address(self, sandbox_id: str) -> str | None:
+        """The sandbox's address on our network, when it has rules here (None: no internet)."""
+        with self._lock:
+            found = self._attached.get(sandbox_id)
+        return found.ip if found else None
+
     def container_ip(self, container_id: str) -> str:
         attrs = self.client.api.inspect_container(container_id)
         ip = attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]

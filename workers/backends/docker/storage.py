@@ -92,6 +92,7 @@ _PROBE = ".probe"  # the start-up check's storage; no sandbox id starts with a d
 _PROBE_BYTES = 16 << 20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STALE_SEED_SECONDS = 600
+_CLAIM = "claim.json"  # beside mnt/ and disk.img: SandboxStorage.write_claim
 
 
 class StorageError(SandboxError):
@@ -175,6 +176,29 @@ class SandboxStorage:
         """
         _check_id(sandbox_id)
         self._release_path(self.host_dir / sandbox_id)
+
+    def write_claim(self, sandbox_id: str, policy: str) -> None:
+        """Note, beside (not in) a warm sandbox's storage, the network policy of the tenant
+        who claimed it (workers/host/pool.py): its container's labels still say the pool's
+        closed policy, and a restarted worker must restore the claimed one. Root-only, out
+        of the sandbox's reach; deleted with the storage. Raises StorageError."""
+        _check_id(sandbox_id)
+        path = self.host_dir / sandbox_id / _CLAIM
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(policy, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"could not note the sandbox's claim: {exc}") from exc
+
+    def read_claim(self, sandbox_id: str) -> str | None:
+        """The policy ``write_claim`` noted (None: never claimed, or unreadable)."""
+        if not _SAFE_NAME.match(sandbox_id):
+            return None
+        try:
+            return (self.host_dir / sandbox_id / _CLAIM).read_text(encoding="utf-8")[:65536]
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def sandbox_ids(self) -> list[str]:
         """The sandboxes of this host that have storage (mounted or not)."""

@@ -137,14 +137,29 @@ class SupervisorBackend(DockerBackend):
         self._attaching: dict[str, threading.Lock] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def create(self, sandbox_id: str, tenant_id: str, image: str, network: NetworkPolicy) -> None:
+    def create(
+        self,
+        sandbox_id: str,
+        tenant_id: str,
+        image: str,
+        network: NetworkPolicy,
+        warm: bool = False,
+    ) -> None:
         self._failed.pop(sandbox_id, None)
-        super().create(sandbox_id, tenant_id, image, network)
+        super().create(sandbox_id, tenant_id, image, network, warm=warm)
         try:
             self._link(sandbox_id, fresh=True)
         except SandboxError:
             super().destroy(sandbox_id)
             raise
+
+    def claim(self, sandbox_id: str, tenant_id: str, network: NetworkPolicy) -> None:
+        """A warm sandbox runs nothing but its supervisor, which answers: checked before it
+        is handed over (SandboxError otherwise, and it is not claimed)."""
+        running = self._call(sandbox_id, lambda ch: ch.processes())
+        if running:
+            raise SandboxError(f"the warm sandbox runs {len(running)} process(es); not claimed")
+        super().claim(sandbox_id, tenant_id, network)
 
     def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
         self._drop(sandbox_id, "the sandbox is being removed")
@@ -442,6 +457,25 @@ class SupervisorBackend(DockerBackend):
                 continue
         return parse_listening(b"".join(tables)[:limit].decode("ascii", "replace"))
 
+    # -- the envd protocol's entries and moves (web/api/envd) ------------------------------------
+    def stat(self, sandbox_id: str, path: str) -> dict[str, Any]:
+        """The entry at ``path``, symlinks not followed (FsEntry JSON)."""
+        entry: dict[str, Any] = self._call(sandbox_id, lambda ch: ch.stat(path), path)
+        return _entry(entry)
+
+    def move(self, sandbox_id: str, path: str, dst: str) -> None:
+        self._call(sandbox_id, lambda ch: ch.move(path, dst), path)
+
+    def entries(self, sandbox_id: str, path: str, depth: int) -> list[dict[str, Any]]:
+        """At most PADDOCK_MAX_FILE_BYTES of names and paths (FileTooLarge past it: the
+        listing travels back whole through Redis); depth 1-64 (the supervisor's bound)."""
+        depth = min(max(depth, 1), 64)
+        found = self._call(sandbox_id, lambda ch: ch.list_dir(path, depth), path)
+        limit = self.settings.max_file_bytes
+        if sum(len(e["name"]) + len(e["path"]) + 64 for e in found) > limit:
+            raise FileTooLarge(f"the directory listing is larger than {limit} bytes: {path}")
+        return [_entry(e) for e in found]
+
 
 def _refusal(exc: SupervisorError, path: str | None) -> SandboxError:
     """The Paddock error for a supervisor's refusal."""
@@ -455,3 +489,16 @@ def _refusal(exc: SupervisorError, path: str | None) -> SandboxError:
     if cls is NotARegularFile:
         words = "not a regular file (a FIFO, socket or device)"
     return cls(f"{words}: {path}" if words and path is not None else exc.message)
+
+
+def _entry(raw: dict[str, Any]) -> dict[str, Any]:
+    """A supervisor's entry (channel-validated) as shared.commands.FsEntry's JSON."""
+    return {
+        "name": str(raw["name"]),
+        "path": str(raw["path"]),
+        "type": str(raw["type"]),
+        "size": int(raw.get("size") or 0),
+        "mode": int(raw.get("mode") or 0),
+        "mtime": float(raw.get("mtime") or 0),
+        "target": str(raw.get("target") or ""),
+    }
