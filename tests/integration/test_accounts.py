@@ -238,6 +238,7 @@ def test_e2b_routes_take_the_key_three_ways(v1: Client) -> None:
         "created_at",
         "last_active_at",
         "expires_at",
+        "idle_expires_at",
         "metadata",
         "network",
         "lost_reason",

@@ -339,6 +339,54 @@ def test_kill_a_sandbox_from_the_table(v1: Client, chromium: WebDriver, world: d
     wait_for(chromium, f"tr[data-sandbox='{world['sandbox']}']")
 
 
+DURATION = re.compile(r"\d+ (s|min \d+ s|h \d+ min)")
+ROW_CELLS = (
+    "const r = document.querySelector(`tr[data-sandbox='${arguments[0]}']`);"
+    "return r && [r.querySelector('td.metadata').textContent,"
+    " r.querySelector('td.idle-left').textContent, document.querySelectorAll('img').length]"
+)
+
+
+def test_metadata_idle_time_and_metrics(v1: Client, chromium: WebDriver, world: dict) -> None:
+    # Made through the E2B control API with hostile metadata: shown as text, never as markup.
+    hostile = "<img src=x onerror=alert(1)>"
+    r = v1.req(
+        "POST",
+        "/sandboxes",
+        headers={"X-API-Key": world["key"]},
+        json={"templateID": "Bash", "metadata": {"note": hostile, "team": "red"}},
+    )
+    assert r.status_code == 201, r.text
+    sid = r.json()["sandboxID"]
+    go(chromium, v1, "sandboxes")
+    wait_text(chromium, f"tr[data-sandbox='{sid}'] td.metadata", "team=red")
+    metadata, idle_left, images = chromium.execute_script(ROW_CELLS, sid)
+    assert f"note={hostile}" in metadata and images == 0
+    assert DURATION.fullmatch(idle_left), idle_left
+    # The filter finds it by its metadata and leaves the others out.
+    wait_for(chromium, "#sb-filter").send_keys("team=red")
+    wait_for(chromium, f"tr[data-sandbox='{sid}']")
+    assert chromium.find_elements(By.CSS_SELECTOR, f"tr[data-sandbox='{world['sandbox']}']") == []
+    chromium.find_element(By.ID, "sb-filter").send_keys(Keys.BACKSPACE * 3 + "blue")
+    WebDriverWait(chromium, WAIT).until(
+        lambda d: not d.find_elements(By.CSS_SELECTOR, f"tr[data-sandbox='{sid}']")
+    )
+    # Its page: the metadata as text, the idle time left, its CPU and memory with units.
+    go(chromium, v1, f"sandbox/{sid}")
+    assert hostile in wait_text(chromium, "#sb-metadata", "team=red").text
+    assert chromium.find_elements(By.CSS_SELECTOR, "main img") == []
+    assert DURATION.fullmatch(wait_for(chromium, "#sb-idle-left").text)
+    cpu = wait_text(chromium, "#sb-cpu", "%").text
+    assert re.fullmatch(r"\d+\.\d % of \d+ vCPU", cpu), cpu
+    mem = wait_text(chromium, "#sb-mem", " of ").text
+    assert re.fullmatch(r"[\d.]+ (B|KiB|MiB|GiB) of [\d.]+ (KiB|MiB|GiB|TiB)", mem), mem
+    shot(chromium, "console-sandbox-metrics")
+    # Gone behind the page's back: the next refresh shows the control API's message.
+    assert v1.req("DELETE", f"/v1/sandboxes/{sid}", token=world["key"]).status_code == 204
+    note = wait_text(chromium, "#sb-metrics-note", "404").text
+    assert "Metrics unavailable" in note and "not found" in note.lower(), note
+
+
 def test_every_control_is_labelled_and_focus_is_visible(
     v1: Client, chromium: WebDriver, world: dict
 ) -> None:

@@ -199,7 +199,14 @@ class SandboxInfo(Schema):
     last_active_at = Timestamp(allow_none=True)
     # null once the record is being removed (its timers are gone before the record).
     expires_at = Timestamp(allow_none=True)
-    metadata = fields.Dict()
+    # When the idle reaper ends it unless a request names it first (last_active_at plus
+    # PADDOCK_IDLE_TIMEOUT); null with no idle timer (an agent session's sandbox) or paused.
+    idle_expires_at = Timestamp(
+        allow_none=True,
+        metadata={"description": "last_active_at + the idle timeout; null when none runs"},
+    )
+    # The metadata given to the E2B control API's create; {} for a sandbox made otherwise.
+    metadata = fields.Dict(keys=fields.String(), values=fields.String())
     network = fields.Nested(NetworkInfo)
     # Why the sandbox was lost (state "lost": its host died, its container or supervisor
     # ended, ...); null otherwise.

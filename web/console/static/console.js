@@ -80,12 +80,14 @@
     }
   }
 
-  // auth: "key" (the API key), "account" (the account token) or "none".
+  // auth: "key" (the API key), "sdk" (the API key as the E2B control API's X-API-Key),
+  // "account" (the account token) or "none".
   async function api(method, path, opts) {
     opts = opts || {};
     const headers = { Accept: "application/json" };
     const token = opts.auth === "none" ? null : store.getItem(opts.auth === "account" ? S.account : S.key);
-    if (token) headers.Authorization = "Bearer " + token;
+    if (token && opts.auth === "sdk") headers["X-API-Key"] = token;
+    else if (token) headers.Authorization = "Bearer " + token;
     let body;
     if (opts.body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -130,6 +132,22 @@
     return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
   }
   const now = () => Date.now() / 1000;
+  // Time until the idle reaper ends the sandbox; "—" with no idle timer (an agent session's
+  // sandbox, or a paused one).
+  function idleLeft(sb) {
+    const t = secs(sb.idle_expires_at);
+    return t === null ? "—" : span(t - now());
+  }
+  function bytes(n) {
+    if (typeof n !== "number" || !isFinite(n)) return "—";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) {
+      n /= 1024;
+      i += 1;
+    }
+    return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+  }
   function tags(obj) {
     return Object.entries(obj || {}).map(([k, v]) => h("span", { class: "tag" }, k + "=" + v));
   }
@@ -236,9 +254,9 @@
             h("td", {}, sb.state),
             h("td", {}, sb.host || "—"),
             h("td", {}, span(now() - secs(sb.created_at))),
-            h("td", {}, sb.last_active_at ? span(now() - secs(sb.last_active_at)) : "—"),
+            h("td", { class: "idle-left" }, idleLeft(sb)),
             h("td", {}, exp === null ? "—" : span(exp - now())),
-            h("td", {}, tags(sb.metadata)),
+            h("td", { class: "metadata" }, tags(sb.metadata)),
             h(
               "td",
               {},
@@ -278,7 +296,7 @@
       h(
         "table",
         { id: "sandboxes" },
-        h("thead", {}, h("tr", {}, ["Sandbox", "Template", "State", "Host", "Age", "Idle for", "Lifetime left", "Metadata", ""].map((x) => h("th", { scope: "col" }, x)))),
+        h("thead", {}, h("tr", {}, ["Sandbox", "Template", "State", "Host", "Age", "Idle time left", "Lifetime left", "Metadata", ""].map((x) => h("th", { scope: "col" }, x)))),
         tbody,
       ),
     );
@@ -288,7 +306,51 @@
 
   async function renderSandbox(id) {
     const root = main();
-    const info = await api("GET", "/v1/sandboxes/" + q(id));
+    let info = await api("GET", "/v1/sandboxes/" + q(id));
+    // The summary and the CPU and memory, redrawn every few seconds while the page is open.
+    const summary = h("p", { id: "sb-summary" });
+    const metadata = h("p", { id: "sb-metadata" });
+    const cpu = h("dd", { id: "sb-cpu" }, "…");
+    const mem = h("dd", { id: "sb-mem" }, "…");
+    const metricsNote = h("p", { id: "sb-metrics-note", class: "note", role: "status" });
+    function drawInfo() {
+      summary.replaceChildren("Template ", h("b", {}, info.template), ", state ", h("b", { id: "sb-state" }, info.state), ", host ", info.host || "—",
+        ", started ", when(info.created_at), ", idle time left ", h("b", { id: "sb-idle-left" }, idleLeft(info)),
+        ", lifetime left ", info.expires_at ? span(secs(info.expires_at) - now()) : "—", ".");
+      const md = tags(info.metadata);
+      metadata.replaceChildren("Metadata: ", ...(md.length ? md : ["none"]));
+    }
+    let busy = false;
+    async function tick() {
+      // Asking for metrics names the sandbox, which resets its idle timer: a tab left in the
+      // background does not keep it alive.
+      if (busy || document.visibilityState === "hidden") return;
+      busy = true;
+      try {
+        const [fresh, samples] = await Promise.all([
+          api("GET", "/v1/sandboxes/" + q(id)).catch((e) => e),
+          api("GET", "/sandboxes/" + q(id) + "/metrics", { auth: "sdk" }).catch((e) => e),
+        ]);
+        if (!live(root)) return;
+        if (!(fresh instanceof Error)) {
+          info = fresh;
+          drawInfo();
+        }
+        const m = Array.isArray(samples) ? samples[samples.length - 1] : null;
+        if (samples instanceof Error || !m) {
+          cpu.textContent = "—";
+          mem.textContent = "—";
+          metricsNote.textContent = "Metrics unavailable: " + (samples instanceof Error ? samples.message : "no sample");
+          return;
+        }
+        cpu.textContent = Number(m.cpuUsedPct).toFixed(1) + " % of " + m.cpuCount + " vCPU";
+        mem.textContent = bytes(m.memUsed) + " of " + bytes(m.memTotal);
+        metricsNote.textContent = "Sampled " + when(m.timestampUnix) + ".";
+      } finally {
+        busy = false;
+      }
+    }
+    drawInfo();
     const cmd = h("input", { id: "cmd", name: "cmd", size: "60", autocomplete: "off", spellcheck: "false" });
     const out = h("pre", { id: "cmd-output", class: "out", "aria-live": "polite", "aria-label": "Command output" });
     const status = h("p", { id: "cmd-status", class: "note" });
@@ -368,9 +430,11 @@
     }
     root.replaceChildren(
       h("h1", {}, "Sandbox ", h("span", { class: "mono" }, id)),
-      h("p", {}, "Template ", h("b", {}, info.template), ", state ", h("b", { id: "sb-state" }, info.state), ", host ", info.host || "—",
-        ", started ", when(info.created_at), ", idle for ", info.last_active_at ? span(now() - secs(info.last_active_at)) : "—",
-        ", lifetime left ", info.expires_at ? span(secs(info.expires_at) - now()) : "—", ". ", tags(info.metadata)),
+      summary,
+      metadata,
+      h("h2", {}, "CPU and memory"),
+      h("dl", { id: "sb-metrics", class: "metrics" }, h("dt", {}, "CPU"), cpu, h("dt", {}, "Memory"), mem),
+      metricsNote,
       h("div", { class: "row" },
         h("button", { type: "button", class: "danger", onclick: act(async () => { await api("DELETE", "/v1/sandboxes/" + q(id)); location.hash = "#/sandboxes"; }) }, "Kill this sandbox")),
       h("h2", {}, "Run a command"),
@@ -383,6 +447,10 @@
       h("form", { id: "fs-send", class: "row", onsubmit: act(send) }, h("label", { for: "fs-upload" }, "Upload a text file into this directory", upload), h("button", { type: "submit" }, "Upload")),
       h("table", { id: "files" }, h("thead", {}, h("tr", {}, ["Name", "Kind", ""].map((x) => h("th", { scope: "col" }, x)))), files),
     );
+    if (live(root)) {
+      timers.push(setInterval(() => tick().catch(showError), 3000));
+      tick().catch(showError);
+    }
     await list();
     cmd.focus();
   }
