@@ -279,7 +279,15 @@ class Stack:
             Egress(client, Settings.from_env({**self.env, "PADDOCK_HOST_ID": host})).teardown()
 
     def __enter__(self) -> Stack:
-        return self.start()
+        # A start that fails (a component that does not come up in time on a loaded machine)
+        # must not leave the components it did start running: their workers would go on
+        # installing egress rules and holding ports after the test gave up.
+        try:
+            return self.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.stop()
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
