@@ -9,6 +9,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from marshmallow import ValidationError as MarshmallowError
 from werkzeug.datastructures import MultiDict
 
 from shared.egress import NetworkPolicy
@@ -130,3 +131,15 @@ def test_a_listed_sandbox_says_paused() -> None:
     out = wire.listed(Settings(), sandbox, Record(metadata={"a": "b"}, paused=True), 1300.0)
     assert out["state"] == "paused" and out["endAt"] == "1970-01-01T00:21:40Z"
     assert out["metadata"] == {"a": "b"} and out["memoryMB"] == 1024
+
+
+@pytest.mark.parametrize("name", ["allowOut", "denyOut"])
+def test_network_lists_are_bounded_before_they_are_parsed(name: str) -> None:
+    too_many = {"templateID": "base", "network": {name: ["192.0.2.1"] * 65}}
+    with pytest.raises(MarshmallowError) as caught:
+        NewSandbox().load(too_many)
+    assert name in caught.value.messages["network"]  # type: ignore[index, operator]
+    too_long = {"templateID": "base", "network": {name: ["1" * 65]}}
+    with pytest.raises(MarshmallowError):
+        NewSandbox().load(too_long)
+    assert NewSandbox().load({"templateID": "base", "network": {name: ["192.0.2.1"] * 64}})

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from shared.egress import MAX_ENTRIES
+
 # E2B's limits where it has them, Paddock's where it has none: every request is bounded.
 MAX_TIMEOUT = 10**7  # seconds; the sandbox's maximum lifetime caps it anyway
 MAX_METADATA = 64
@@ -34,13 +36,19 @@ class SandboxNetworkConfig(_Request):
         load_default=None,
         metadata={"description": "false: the sandbox's ports need its trafficAccessToken"},
     )
+    # Bounded here, as in the v1 schema: a list of a million entries is refused before it is
+    # parsed into a policy.
     allowOut = fields.List(
-        fields.String(),
+        fields.String(validate=validate.Length(max=64)),
         load_default=list,
+        validate=validate.Length(max=MAX_ENTRIES),
         metadata={"description": "IPv4 CIDRs or addresses let through (wins over denyOut)"},
     )
     denyOut = fields.List(
-        fields.String(), load_default=list, metadata={"description": "IPv4 CIDRs refused"}
+        fields.String(validate=validate.Length(max=64)),
+        load_default=list,
+        validate=validate.Length(max=MAX_ENTRIES),
+        metadata={"description": "IPv4 CIDRs refused"},
     )
     # E2B options Paddock has no counterpart for: refused when they ask for anything.
     dnsServers = fields.List(fields.Raw(), load_default=None, allow_none=True)
