@@ -62,8 +62,10 @@ def test_a_killed_container_is_lost_frees_its_slots_and_never_answers_500(st: St
     api = Client(st, new_tenant(st, "crashed"), timeout=60)
     a, b = api.sandbox("Bash"), api.sandbox("Bash")
     assert api.start(a, "sleep 600").status_code == 200
-    for sid in (a, b):
-        _container(st, sid).kill()
+    # Both looked up before either is killed: the first kill is noticed at once (the supervisor
+    # backend's channel ends), and the reconcile it wakes may run before the second lookup.
+    for container in [_container(st, sid) for sid in (a, b)]:
+        container.kill()
 
     # The exec right after the kill meets Docker's 409 "is not running": a clear 404.
     r = api.start(a, "echo hi")
