@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import docker.errors
 import pytest
 import requests
 from e2b import (
@@ -76,7 +77,10 @@ def _clean(stack: Stack, key: str) -> Iterator[None]:
 def _container_state(stack: Stack, sandbox_id: str) -> str | None:
     for c in stack.containers():
         if c.labels.get("paddock.sandbox") == sandbox_id:
-            c.reload()
+            try:
+                c.reload()
+            except docker.errors.NotFound:  # removed between the listing and the look
+                return None
             return str(c.status)
     return None
 
