@@ -31,8 +31,9 @@ PYTEST_PAR ?= -n 2 --dist loadfile --durations=15
 E2B_TESTS = tests/integration/test_e2b_sandboxes.py tests/integration/test_processes.py \
 	tests/integration/test_filesystem.py tests/integration/test_e2b_sdk_control.py
 # The browser tests (tests/integration/test_console_*.py, test_docs_browser.py) drive Debian's
-# headless chromium: the test targets have bootstrap install it when missing.
-test integration: BOOTSTRAP_ARGS := --browser
+# headless chromium, and test_e2b_js_sdk.py runs the official E2B JS SDK (tests/js) with Node:
+# the test targets have bootstrap install them when missing.
+test integration: BOOTSTRAP_ARGS := --browser --js
 test: bootstrap images lint     ## the whole test suite against real Redis and Docker
 	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests
 	# The E2B API's tests again on the other sandbox backend (docker exec per operation).

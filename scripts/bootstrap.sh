@@ -3,8 +3,10 @@
 # run: system packages, the Python virtualenv, a Docker engine and a Redis server.
 # Idempotent: every step is skipped quickly when it is already satisfied.
 #
-# Usage: scripts/bootstrap.sh [--no-venv] [--quiet] [--browser]
+# Usage: scripts/bootstrap.sh [--no-venv] [--quiet] [--browser] [--js]
 # (--browser: also Debian's chromium and chromium-driver, for the browser tests; `make test`)
+# (--js: also Node.js and npm (Debian's, when `node` is missing) and tests/js's pinned npm
+#  packages (the official E2B JS SDK), for tests/integration/test_e2b_js_sdk.py; `make test`)
 #
 # Daemons this script starts itself get their pid recorded in .paddock/run/<name>.pid, so that
 # `make up` (scripts/up.sh, on Ctrl-C or SIGTERM) stops exactly what was started here and
@@ -14,13 +16,15 @@ set -euo pipefail
 NO_VENV=0
 QUIET=0
 BROWSER=0
+JS=0
 for arg in "$@"; do
     case "$arg" in
         --no-venv) NO_VENV=1 ;;
         --quiet) QUIET=1 ;;
         --browser) BROWSER=1 ;;
+        --js) JS=1 ;;
         -h|--help)
-            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -97,6 +101,12 @@ for pkg in "${apt_wanted[@]}"; do
         missing+=("$pkg")
     fi
 done
+if [[ "$JS" -eq 1 ]]; then
+    # Node.js and npm for the JS SDK's tests: any `node` on PATH will do (a machine may have a
+    # newer one than Debian's, with npm bundled in), else Debian's packages.
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+fi
 if [[ "${#missing[@]}" -gt 0 ]]; then
     say "apt: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -278,4 +288,26 @@ else
     fi
     echo "$redis_pid" >"$RUN_DIR/redis.pid"
     say "redis: running at $REDIS_SHOWN (started by us, pid $redis_pid)"
+fi
+
+# --- JS test packages (--js) -------------------------------------------------------------------
+# tests/js/package-lock.json pins the official E2B JS SDK and everything it needs (with hashes);
+# `npm ci` installs exactly that into tests/js/node_modules, again only when the lock's sha256
+# differs from the one recorded there. No install scripts run.
+if [[ "$JS" -eq 1 ]]; then
+    JS_DIR=tests/js
+    js_sum="$(sha256sum "$JS_DIR/package-lock.json" | cut -d' ' -f1)"
+    if [[ "$(cat "$JS_DIR/node_modules/.paddock-installed" 2>/dev/null || true)" == "$js_sum" ]]; then
+        say "js: $JS_DIR/node_modules up to date"
+    else
+        say "js: npm ci in $JS_DIR (node $(node --version))"
+        npm_quiet=()
+        if [[ "$QUIET" -eq 1 ]]; then
+            npm_quiet=(--silent)
+        fi
+        (cd "$JS_DIR" && timeout 600 npm ci "${npm_quiet[@]}" --ignore-scripts --no-audit --no-fund) \
+            || die "npm ci in $JS_DIR failed (the reason is above)"
+        echo "$js_sum" >"$JS_DIR/node_modules/.paddock-installed"
+        say "js: installed"
+    fi
 fi

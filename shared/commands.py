@@ -47,6 +47,9 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, dict) and all(
             _fits(a, k) and _fits(b, v) for a, b in value.items()
         )
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
     return isinstance(value, hint)
 
 
@@ -362,14 +365,47 @@ class FsEntries(HostCommand):
     depth: int = 1
 
 
+@dataclass(frozen=True, kw_only=True)
+class FsWatch(HostCommand):
+    """Follow directory ``path`` for watcher ``watcher_id``, whose record the web made first
+    (shared/watches.py): the host drains its events into that record's stream until the
+    record is gone. Answers once the watch is in place."""
+
+    name: ClassVar[str] = tasks.FS_WATCH
+    watcher_id: str
+    path: str
+    recursive: bool = False
+
+
 # -- processes -----------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class ProcessStart(HostCommand):
+    """Start ``cmd`` (``bash -c``). The envd protocol's options (workers/backends/base.py
+    SpawnOptions), each absent from an older web's message: ``argv`` a program and its
+    arguments to run instead (``cmd`` then describes it: an older worker runs that), a
+    terminal of ``pty_cols`` x ``pty_rows`` (0: none), ``stdin`` open, ``timeout_ms`` (0:
+    none) after which the group is killed, and ``envd``: an opaque string kept in the
+    process's record (the web's sealed config, for the envd List)."""
+
     name: ClassVar[str] = tasks.PROCESS_START
     process_id: str
     cmd: str
     env: dict[str, str]
     cwd: str
+    argv: list[str] = field(default_factory=list)
+    pty_cols: int = 0
+    pty_rows: int = 0
+    stdin: bool = True
+    timeout_ms: int = 0
+    envd: str = ""
+
+
+@dataclass(frozen=True)
+class Started(Reply):
+    """``pid``: the process's pid (its group) inside the sandbox when the backend knows it
+    at start, else 0. (An older worker answers no value at all.)"""
+
+    pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -379,9 +415,61 @@ class Written(Reply):
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessStdin(HostCommand):
+    """``data`` as text; input that is not UTF-8 goes base64 in ``data_b64`` instead (an
+    older worker, which knows only ``data``, writes nothing then)."""
+
     name: ClassVar[str] = tasks.PROCESS_STDIN
     process_id: str
     data: str
+    data_b64: str = ""
+
+    @classmethod
+    def of(cls, sandbox_id: str, tenant_id: str, process_id: str, data: bytes) -> ProcessStdin:
+        ids = {"sandbox_id": sandbox_id, "tenant_id": tenant_id, "process_id": process_id}
+        try:
+            return cls(**ids, data=data.decode())
+        except UnicodeDecodeError:
+            return cls(**ids, data="", data_b64=base64.b64encode(data).decode())
+
+    def content(self) -> bytes:
+        return base64.b64decode(self.data_b64) if self.data_b64 else self.data.encode()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessCloseStdin(HostCommand):
+    """End the process's input (Written: False when it has none open or is not running)."""
+
+    name: ClassVar[str] = tasks.PROCESS_CLOSE_STDIN
+    process_id: str
+
+
+@dataclass(frozen=True)
+class Resized(Reply):
+    resized: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessResize(HostCommand):
+    """A new size for the process's terminal (False: it is not running)."""
+
+    name: ClassVar[str] = tasks.PROCESS_RESIZE
+    process_id: str
+    cols: int
+    rows: int
+
+
+# The signals a client may send through ProcessSignal.
+SIGNALS = ("SIGTERM", "SIGKILL")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessSignal(HostCommand):
+    """Send ``signal`` (one of SIGNALS) to the process group; unlike ProcessKill its output
+    and end are kept as for any exit (Killed: False when it is not running)."""
+
+    name: ClassVar[str] = tasks.PROCESS_SIGNAL
+    process_id: str
+    signal: str
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,13 @@ def process(sandbox_id: str, process_id: str) -> str:
     return f"{PREFIX}:proc:{sandbox_id}:{process_id}"
 
 
+def envd_processes(sandbox_id: str) -> str:
+    """Hash: the envd protocol's processes of a sandbox by pid (``p:<pid>`` -> JSON with the
+    process id and tag, ``d:<pid>`` -> when a stream delivered its end, ``seq`` -> the pid
+    counter). Expires a while after the sandbox's maximum lifetime (web/api/envd/table.py)."""
+    return f"{PREFIX}:envd:{sandbox_id}:procs"
+
+
 def process_given_up(sandbox_id: str, process_id: str) -> str:
     """String (expires): the web stopped waiting for this process's start and told its client
     so; a start delivered later must not run it."""
@@ -245,3 +252,26 @@ def warm_kind(host_id: str, template: str, mode: str) -> str:
     """Set: a host's ready warm sandboxes of one template and network mode (what placement
     pops a claim from, shared/store.py _PLACE)."""
     return f"{warm(host_id)}:{template}:{mode}"
+
+
+def watch(watcher_id: str) -> str:
+    """Hash: one directory watch (sandbox, tenant, host, path, recursive, state, reason, its
+    host's last sign of life, what its reader consumed). Expires when nobody reads it for a
+    while (shared/watches.py)."""
+    return f"{PREFIX}:watch:{watcher_id}"
+
+
+def watch_events(watcher_id: str) -> str:
+    """Stream: a watch's events (capped in length), then one end entry. Expires with
+    ``watch``."""
+    return f"{PREFIX}:watch:{watcher_id}:events"
+
+
+def sandbox_watches(sandbox_id: str) -> str:
+    """Sorted set: a sandbox's watcher ids scored by when each expires unread (ms)."""
+    return f"{PREFIX}:sbx:{sandbox_id}:watches"
+
+
+def tenant_watches(tenant_id: str) -> str:
+    """Sorted set: a tenant's watcher ids scored by when each expires unread (ms)."""
+    return f"{PREFIX}:tenant:{tenant_id}:watches"

@@ -1,9 +1,12 @@
 """Processes and their output: one hash per process, one Redis Stream of output per process.
 
-The worker that runs a process appends entries; readers take them with XRANGE in bounded
-batches, so what a reader holds at once never depends on how much a process printed. The stream
-ends with one ``end`` entry carrying the exit code; the same moment is also marked on a tiny
-``done`` stream, which is what waiters block on (they read no output while they wait).
+The worker that runs a process appends its output as it comes, raw bytes, one entry per chunk
+read (``k`` kind, ``d`` bytes, ``t`` ns); readers take entries with XRANGE in bounded batches,
+so what a reader holds at once never depends on how much a process printed. Lines exist only
+for the readers that answer with lines (E2B, the agent): `LineReader` splits the chunks as it
+reads them. The stream ends with one ``end`` entry carrying the exit code; the same moment is
+also marked on a tiny ``done`` stream, which is what waiters block on (they read no output
+while they wait).
 
 Kept output is budgeted three ways: per process (the pump counts), per sandbox and per tenant
 (counters in Redis, reserved atomically with each write by one Lua script). A budget that runs
@@ -15,8 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import groupby
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import redis
 
@@ -28,7 +30,16 @@ from shared.store import QUOTA_RETRY_AFTER
 
 STDOUT = "o"
 STDERR = "e"
+PTY = "p"  # a terminal's output (stdout and stderr in one); line readers take it as stdout
 END = "x"
+
+# A chunk of Paddock's own (field ``n``) is a whole line, and the unfinished lines before it
+# end there: NOTE keeps them (the process said them), CUT drops them (output was truncated: a
+# cut line must not pass for a real one).
+NOTE = "1"
+CUT = "c"
+
+MAX_LINE = 1 << 20  # a "line" longer than this is read as several lines
 
 # What a process's record costs in Redis besides its output (hash, end and done streams, set
 # members), counted against the output budgets with its command so that a tenant cannot pile
@@ -74,7 +85,7 @@ return ''
 # of 0 bytes (Paddock's own notice) is outside the budgets and always stored.
 # KEYS: output stream, process hash, sandbox counter, tenant counter
 # ARGV: bytes, sandbox cap, tenant cap, seq, resume ("" none: where a restarted worker takes the
-# output up again, kept with what it follows), then (kind, text, ts) per entry
+# output up again, kept with what it follows), then (kind, data, ts, notice) per entry
 # Returns {1, room left} when stored (or dropped because the process was forgotten meanwhile,
 # or already stored: a write carries the writer's next seq (0: none), and one whose seq is not
 # past the last stored one was stored before its reply was lost, so a retry never doubles it),
@@ -104,8 +115,13 @@ if n > 0 then
 end
 if seq > 0 then redis.call('HSET', KEYS[2], 'wseq', seq) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'resume', ARGV[5]) end
-for i = 6, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'l', ARGV[i + 1], 't', ARGV[i + 2])
+for i = 6, #ARGV, 4 do
+  if ARGV[i + 3] == '' then
+    redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'd', ARGV[i + 1], 't', ARGV[i + 2])
+  else
+    redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'd', ARGV[i + 1], 't', ARGV[i + 2],
+               'n', ARGV[i + 3])
+  end
 end
 return {1, room}
 """
@@ -141,12 +157,38 @@ return n
 """
 
 
+class Piece(NamedTuple):
+    """Output as written: bytes of one kind, as the process printed them (any bytes, split
+    anywhere), or one line of Paddock's own (``notice`` NOTE or CUT, see `paddock_line`)."""
+
+    kind: str  # STDOUT, STDERR or PTY
+    data: bytes
+    ts_ns: int
+    notice: str = ""
+
+
+def paddock_line(text: str, cut: bool = False) -> Piece:
+    """Paddock's own line on stderr (``[paddock] ...``); ``cut``: it says output was cut."""
+    return Piece(STDERR, text.encode() + b"\n", time.time_ns(), CUT if cut else NOTE)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One stream entry as stored, for byte-level readers (envd): output bytes as they came,
+    Paddock's own lines among them, or the END entry."""
+
+    id: str  # the stream entry id
+    kind: str  # STDOUT, STDERR, PTY or END
+    data: bytes = b""
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+
 @dataclass(frozen=True)
 class Line:
-    """Output read back: one line. When written, ``text`` may hold several lines joined by
-    newlines (a chunk read at once); readers split them again."""
+    """Output read back: one line (without its newline)."""
 
-    kind: str  # STDOUT or STDERR
+    kind: str  # STDOUT or STDERR (a PTY's lines are read as STDOUT)
     text: str
     ts_ns: int
 
@@ -183,13 +225,21 @@ class Output:
 
 @dataclass(frozen=True)
 class Entry:
-    """One stream entry as read: ``kind`` STDOUT/STDERR with its lines, or END."""
+    """Output read back as lines (`LineReader`): ``kind`` STDOUT/STDERR with lines completed
+    by one chunk, all stamped with its time, or END."""
 
     kind: str
     lines: list[str]
     ts_ns: int = 0
     exit_code: int | None = None
     oom_killed: bool = False
+
+
+class EntryReader(Protocol):
+    """A process's output as lines (`ProcessLog.entries` of one snapshot): of ``kind``
+    (STDOUT or STDERR) only when given, END always."""
+
+    def __call__(self, kind: str | None = None) -> Iterator[Entry]: ...
 
 
 class ProcessLog:
@@ -308,45 +358,47 @@ class ProcessLog:
         )
 
     # -- writing output ----------------------------------------------------------------------
-    def append(self, sandbox_id: str, process_id: str, lines: Iterable[Line]) -> None:
-        """Store lines outside any budget (Paddock's own short notices). Consecutive lines of
-        one stream read at one instant share an entry (joined by newlines, which a line never
-        contains): one XADD per chunk read, not per line."""
+    def append(self, sandbox_id: str, process_id: str, pieces: Iterable[Piece]) -> None:
+        """Store pieces outside any budget (Paddock's own short notices), one entry each."""
         key = keys.output(sandbox_id, process_id)
         pipe = self.r.pipeline(transaction=False)
-        for kind, ts, joined in _entries(lines):
-            pipe.xadd(key, {"k": kind, "l": joined, "t": ts})
+        for p in pieces:
+            fields: dict[str | bytes, str | bytes | int] = {"k": p.kind, "d": p.data, "t": p.ts_ns}
+            if p.notice:
+                fields["n"] = p.notice
+            pipe.xadd(key, fields)
         if len(pipe):
             pipe.execute()
 
     def notice(
-        self, sandbox_id: str, process_id: str, tenant_id: str, lines: Iterable[Line], seq: int
+        self, sandbox_id: str, process_id: str, tenant_id: str, pieces: Iterable[Piece], seq: int
     ) -> None:
         """Store Paddock's own notice outside the budgets, once for ``seq`` (> 0): safe to
         send again after a lost reply (see append_budgeted)."""
-        self.append_budgeted(sandbox_id, process_id, tenant_id, lines, 0, _NO_BUDGETS, seq)
+        self.append_budgeted(sandbox_id, process_id, tenant_id, pieces, 0, _NO_BUDGETS, seq)
 
     def append_budgeted(
         self,
         sandbox_id: str,
         process_id: str,
         tenant_id: str,
-        lines: Iterable[Line],
+        pieces: Iterable[Piece],
         size: int,
         budgets: Budgets,
         seq: int = 0,
         resume: str = "",
     ) -> Refused | None:
-        """Store lines worth ``size`` bytes if the sandbox's and the tenant's budgets both have
-        room for all of them; otherwise store nothing and say how much would fit.
+        """Store pieces worth ``size`` bytes, one entry each, if the sandbox's and the tenant's
+        budgets both have room for all of them; otherwise store nothing and say how much
+        would fit.
 
         ``seq`` (> 0, growing with each write of the process) makes the write safe to send
         again when its reply was lost (Redis restarted): a seq already stored is not stored
-        twice. ``resume`` is kept in the record with the lines (workers/host/runner.py
+        twice. ``resume`` is kept in the record with the pieces (workers/host/runner.py
         Resume)."""
         args: list[Any] = [size, budgets.sandbox, budgets.tenant, seq, resume]
-        for kind, ts, joined in _entries(lines):
-            args += [kind, joined, ts]
+        for p in pieces:
+            args += [p.kind, p.data, p.ts_ns, p.notice]
         if len(args) == 5:
             return None
         got = self._append(
@@ -385,18 +437,43 @@ class ProcessLog:
         newest = self.r.xrevrange(keys.output(sandbox_id, process_id), count=1)
         return text(newest[0][0]) if newest else "0-0"
 
-    def entries(self, sandbox_id: str, process_id: str, upto: str) -> Iterator[Entry]:
-        """Every entry up to and including id ``upto``, read a few at a time."""
+    def entries(
+        self, sandbox_id: str, process_id: str, upto: str, kind: str | None = None
+    ) -> Iterator[Entry]:
+        """The lines of every entry up to and including id ``upto`` (of ``kind`` only, STDOUT
+        or STDERR, when given; END always), read a few entries at a time. A line still
+        unfinished at ``upto`` is left out unless the process ended there."""
         if upto == "0-0":
             return
         key = keys.output(sandbox_id, process_id)
+        yield from LineReader(kind).entries(self._scan(key, upto, _STREAM_BATCH))
+
+    def chunks(
+        self, sandbox_id: str, process_id: str, after: str, block_ms: int, count: int = 64
+    ) -> list[Chunk]:
+        """Up to ``count`` entries after stream id ``after`` ("0-0": from the start) as they
+        were stored, waiting up to ``block_ms`` (0: not at all) while there are none yet."""
+        key = keys.output(sandbox_id, process_id)
+        count = max(1, count)
+        if block_ms > 0:
+            resp = self.r.xread({key: after}, count=count, block=block_ms)
+        else:  # XREAD's BLOCK 0 would wait forever
+            resp = self.r.xread({key: after}, count=count)
+        return [
+            _stored(entry_id, fields).chunk for _key, got in resp or [] for entry_id, fields in got
+        ]
+
+    def _scan(self, key: str, upto: str, batch: int) -> Iterator[_Stored]:
+        """The stream's entries up to and including id ``upto`` ("+": all), ``batch`` at a
+        time."""
         start = "-"
         while True:
-            batch = self.r.xrange(key, min=start, max=upto, count=_STREAM_BATCH)
-            for entry_id, fields in batch:
-                start = "(" + text(entry_id)
-                yield _entry(fields)
-            if len(batch) < _STREAM_BATCH:
+            got = self.r.xrange(key, min=start, max=upto, count=batch)
+            for entry_id, fields in got:
+                stored = _stored(entry_id, fields)
+                start = "(" + stored.chunk.id
+                yield stored
+            if len(got) < batch:
                 return
 
     def wait_done(
@@ -433,26 +510,26 @@ class ProcessLog:
 
     # -- reading output, whole (bounded by the per-process cap) ------------------------------
     def read(self, sandbox_id: str, process_id: str) -> Output:
-        """Everything written so far."""
+        """Every line written so far (an unfinished last line once the process ended)."""
         out = Output()
-        key = keys.output(sandbox_id, process_id)
-        start = "-"
-        while True:
-            entries = self.r.xrange(key, min=start, count=_BATCH)
-            _apply(out, entries)
-            if len(entries) < _BATCH:
-                return out
-            start = "(" + out.last_id
+        scan = self._scan(keys.output(sandbox_id, process_id), "+", _BATCH)
+        _apply(out, LineReader().entries(_noting(out, scan)))
+        return out
 
-    def read_new(self, sandbox_id: str, process_id: str, after: str, block_ms: int) -> Output:
-        """Only what was written after stream id ``after`` (waiting up to ``block_ms`` for it);
-        ``last_id`` of the result is where to continue."""
+    def read_new(
+        self, sandbox_id: str, process_id: str, after: str, block_ms: int, lines: LineReader
+    ) -> Output:
+        """The lines completed by what was written after stream id ``after`` (waiting up to
+        ``block_ms`` for it); ``last_id`` of the result is where to continue, with the same
+        ``lines``, which holds the unfinished lines between reads."""
         out = Output(last_id=after)
         resp = self.r.xread(
             {keys.output(sandbox_id, process_id): after}, count=_BATCH, block=block_ms
         )
-        for _key, entries in resp or []:
-            _apply(out, entries)
+        got = [
+            _stored(entry_id, fields) for _key, batch in resp or [] for entry_id, fields in batch
+        ]
+        _apply(out, lines.entries(_noting(out, got)))
         return out
 
     def wait(
@@ -467,28 +544,152 @@ class ProcessLog:
         return self.read(sandbox_id, process_id)
 
 
-def _entries(lines: Iterable[Line]) -> Iterator[tuple[str, int, str]]:
-    for (kind, ts), group in groupby(lines, key=lambda x: (x.kind, x.ts_ns)):
-        yield kind, ts, "\n".join(x.text for x in group)
+class _Stored(NamedTuple):
+    chunk: Chunk
+    ts_ns: int
+    notice: str
 
 
-def _entry(fields: dict[Any, Any]) -> Entry:
-    f = {text(k): text(v) for k, v in fields.items()}
-    kind = f.get("k", "")
+def _stored(entry_id: Any, fields: dict[Any, Any]) -> _Stored:
+    """One entry as read from Redis. An entry of a worker from before chunks were stored as
+    they came holds whole lines (``l``, joined by newlines): read as those lines' bytes."""
+    f = {text(k): v for k, v in fields.items()}
+    eid = text(entry_id)
+    kind = text(f.get("k", b""))
     if kind == END:
-        code = int(f["c"]) if f.get("c") else None
-        return Entry(END, [], exit_code=code, oom_killed=f.get("m") == "1")
-    return Entry(kind, f.get("l", "").split("\n"), int(f.get("t", 0)))
+        code = text(f.get("c", b""))
+        oom = text(f.get("m", b"")) == "1"
+        end = Chunk(eid, END, exit_code=int(code) if code else None, oom_killed=oom)
+        return _Stored(end, 0, "")
+    data = f.get("d")
+    if data is None:
+        old = f.get("l", b"")
+        data = (old if isinstance(old, bytes) else old.encode()) + b"\n"
+    elif isinstance(data, str):
+        data = data.encode()
+    return _Stored(Chunk(eid, kind, data), int(f.get("t") or 0), text(f.get("n", b"")))
 
 
-def _apply(out: Output, entries: list[Any]) -> None:
-    for entry_id, fields in entries:
-        out.last_id = text(entry_id)
-        e = _entry(fields)
+def _noting(out: Output, stored: Iterable[_Stored]) -> Iterator[_Stored]:
+    """``stored``, noting in ``out`` the id of each entry as it is read."""
+    for entry in stored:
+        out.last_id = entry.chunk.id
+        yield entry
+
+
+class _Splitter:
+    """One stream's lines, from its chunks in order: the bytes after the last newline wait for
+    the next chunk (a line may span many), and a line longer than MAX_LINE is cut."""
+
+    __slots__ = ("partial", "ts_ns")
+
+    def __init__(self) -> None:
+        self.partial = bytearray()
+        self.ts_ns = 0
+
+    def feed(self, data: bytes, ts_ns: int) -> list[str]:
+        """The lines ``data`` completes (or cuts past MAX_LINE)."""
+        self.ts_ns = ts_ns
+        last = data.rfind(b"\n")
+        if last < 0:
+            self.partial += data
+            return self._cut()
+        lines: list[str] = []
+        start = 0
+        if self.partial:
+            first = data.find(b"\n")
+            self.partial += data[:first]
+            lines += self._cut()
+            lines.append(_decode(self.partial))
+            self.partial.clear()
+            start = first + 1
+        if start <= last:
+            lines += _block_lines(memoryview(data)[start:last])
+        self.partial += data[last + 1 :]
+        return lines + self._cut()
+
+    def end(self) -> list[str]:
+        """The unfinished line as a line of its own (none when there is none)."""
+        if not self.partial:
+            return []
+        line = _decode(self.partial)
+        self.partial.clear()
+        return [line]
+
+    def _cut(self) -> list[str]:
+        lines = []
+        while len(self.partial) > MAX_LINE:
+            lines.append(_decode(self.partial[:MAX_LINE]))
+            del self.partial[:MAX_LINE]
+        return lines
+
+
+def _decode(data: bytes | bytearray | memoryview) -> str:
+    return str(data, "utf-8", "replace")
+
+
+def _block_lines(block: memoryview) -> list[str]:
+    """The lines of ``block`` (newline-separated, none past its end), decoded at once: a
+    newline never falls inside a UTF-8 character, so this is each line decoded alone."""
+    if len(block) <= MAX_LINE:
+        return _decode(block).split("\n")
+    parts = bytes(block).split(b"\n")
+    if max(map(len, parts)) <= MAX_LINE:
+        return _decode(block).split("\n")
+    lines = []
+    for part in parts:
+        lines += [_decode(part[i : i + MAX_LINE]) for i in range(0, len(part), MAX_LINE)] or [""]
+    return lines
+
+
+class LineReader:
+    """Splits a process's stored chunks into lines as they are read (`entries`), for the
+    readers that answer with lines; kept across reads, it holds each stream's unfinished
+    line. A PTY's output is read as stdout. Lines are decoded from UTF-8 (an invalid byte
+    reads as U+FFFD); each is stamped with the time of the chunk that completed it."""
+
+    def __init__(self, kind: str | None = None) -> None:
+        """``kind``: STDOUT or STDERR to split that stream only, None for both."""
+        kinds = (STDOUT, STDERR) if kind is None else (kind,)
+        self._streams = {k: _Splitter() for k in kinds}
+
+    def entries(self, stored: Iterable[_Stored]) -> Iterator[Entry]:
+        """The lines completed by ``stored`` (entries in stream order), and END. At END (the
+        process ended) an unfinished line comes out as it is; Paddock's own line ends the
+        unfinished lines before it too, or drops them when it says output was cut."""
+        streams = self._streams
+        for chunk, ts_ns, notice in stored:
+            kind = chunk.kind
+            if kind == END:
+                yield from self._end()
+                yield Entry(END, [], exit_code=chunk.exit_code, oom_killed=chunk.oom_killed)
+                continue
+            if notice == CUT:
+                for cut in streams.values():
+                    cut.partial.clear()
+            elif notice:
+                yield from self._end()
+            if kind == PTY:
+                kind = STDOUT
+            splitter = streams.get(kind)
+            if splitter is not None:
+                lines = splitter.feed(chunk.data, ts_ns)
+                if lines:
+                    yield Entry(kind, lines, ts_ns)
+
+    def _end(self) -> Iterator[Entry]:
+        for kind, splitter in self._streams.items():
+            tail = splitter.end()
+            if tail:
+                yield Entry(kind, tail, splitter.ts_ns)
+
+
+def _apply(out: Output, entries: Iterable[Entry]) -> None:
+    for e in entries:
         if e.kind == END:
             out.finished = True
             out.exit_code = e.exit_code
             out.oom_killed = e.oom_killed
-        elif e.kind in (STDOUT, STDERR):
+        else:
             target = out.stdout if e.kind == STDOUT else out.stderr
             target.extend(Line(e.kind, t, e.ts_ns) for t in e.lines)

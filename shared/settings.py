@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -16,6 +17,8 @@ from shared.redisconn import redact_url
 SANDBOX_NETWORKS = ("none", "internet")
 # What runs the sandboxes (workers/backends/): only Docker containers so far.
 SANDBOX_BACKENDS = ("docker", "supervisor")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 def _bool(raw: str) -> bool:
@@ -168,6 +171,18 @@ class Settings:
     metrics_token: str = ""
     metrics_addr: str = "127.0.0.1"
     metrics_port: int = 9464
+    # Ports (web/ports/, workers/host/relay.py): the web proxies `Host: {port}-{sandbox id}.
+    # <preview_domain>` to that port of that sandbox, through a relay each host worker runs on
+    # relay_addr:relay_port (0: a free port), announced in its heartbeat as
+    # relay_advertise:port (empty: relay_addr), for the web tier to reach.
+    preview_domain: str = "localhost"
+    relay_addr: str = "127.0.0.1"
+    relay_port: int = 0
+    relay_advertise: str = ""
+    relay_max_connections: int = 1024
+    # Seconds a proxied connection may pass no byte either way before it is closed.
+    proxy_idle_timeout: float = 300.0
+    tenant_max_proxied: int = 100
 
     def __repr__(self) -> str:
         # Settings get logged; secrets must not be.
@@ -212,12 +227,21 @@ class Settings:
             "sandbox_memory",
             "sandbox_max_flows",
             "host_dead_after",
+            "relay_max_connections",
+            "proxy_idle_timeout",
+            "tenant_max_proxied",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PADDOCK_{name.upper()} must be positive")
         for name in ("host_capacity", "host_reserved_memory"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"PADDOCK_{name.upper()} must be 0 or more")
+        if not 0 <= self.relay_port <= 65535:
+            raise ConfigError("PADDOCK_RELAY_PORT must be 0..65535")
+        domain = self.preview_domain.strip(".").lower()
+        if not _DNS_NAME.fullmatch(domain):
+            raise ConfigError("PADDOCK_PREVIEW_DOMAIN must be a DNS name (like localhost)")
+        object.__setattr__(self, "preview_domain", domain)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

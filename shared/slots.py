@@ -22,6 +22,7 @@ from shared import keys
 WAITS = "waits"
 SOCKETS = "sockets"
 STREAMS = "streams"  # process answers being written
+PROXIES = "proxies"  # connections proxied into sandbox ports (web/ports/)
 
 # Every script reads the clock from Redis (TIME) instead of taking it from the caller: allowed
 # in scripts since Redis 5 (effects replication), and the one clock all web servers share.

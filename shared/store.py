@@ -213,11 +213,13 @@ class Store:
         ttl: float,
         catalog: list[dict[str, Any]] | None = None,
         egress: str = "ok",
+        relay: str = "",
     ) -> None:
         """Announce a live host for ``ttl`` seconds: its capacity, its template names (what
         placement matches on), optionally its template catalog (one JSON object per
-        template: name, image, hash, size_bytes, built_at, versions), and whether it can give
-        sandboxes the internet (``ok``, or why not)."""
+        template: name, image, hash, size_bytes, built_at, versions), whether it can give
+        sandboxes the internet (``ok``, or why not), and where its port relay listens
+        (``host:port``, workers/host/relay.py; empty: none)."""
         pipe = self.r.pipeline()
         pipe.sadd(keys.hosts(), host_id)
         pipe.hset(
@@ -227,6 +229,7 @@ class Store:
                 "templates": "," + ",".join(templates) + ",",
                 "catalog": json.dumps(catalog or []),
                 "egress": egress,
+                "relay": relay,
                 "updated": time.time(),
             },
         )
@@ -236,6 +239,13 @@ class Store:
 
     def host_down(self, host_id: str) -> None:
         self.r.delete(keys.host(host_id))
+
+    def host_relay(self, host_id: str) -> str | None:
+        """Where a live host's port relay listens (``host:port``); None: the host is not
+        alive or runs none."""
+        value = self.r.hget(keys.host(host_id), "relay")
+        text = value.decode() if isinstance(value, bytes) else value
+        return text or None
 
     def alive_hosts(self) -> list[Host]:
         out = []

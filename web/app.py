@@ -26,6 +26,7 @@ from web.browser import register_browser_guards
 from web.console import bp as console_bp
 from web.errors import register_error_handlers
 from web.jsonprovider import OrjsonProvider
+from web.ports import PortsDispatch
 from web.sandboxes import Sandboxes
 from web.services import Services
 from web.ws import init_ws
@@ -107,4 +108,7 @@ def create_app(
     # Last: requests naming a sandbox in E2b-Sandbox-Id are the envd protocol's, served
     # beside Flask on the same port (web/api/envd).
     app.wsgi_app = EnvdDispatch(app.wsgi_app, EnvdApp(services))  # type: ignore[method-assign]
+    # Outermost: a Host naming a sandbox port ({port}-{id}.PADDOCK_PREVIEW_DOMAIN) is that
+    # port's, whatever its path or headers (web/ports).
+    app.wsgi_app = PortsDispatch(app.wsgi_app, services)  # type: ignore[method-assign]
     return app

@@ -23,10 +23,10 @@ from shared.errors import (
     WorkerTimeout,
 )
 from shared.lifecycle import HISTORY_AFTER_END
-from shared.output import Entry, ProcessLog
+from shared.output import Entry, EntryReader, ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
-from shared.slots import STREAMS, WAITS, Slots
+from shared.slots import PROXIES, STREAMS, WAITS, Slots
 from shared.store import Sandbox, Store
 from web import metrics
 
@@ -102,9 +102,10 @@ class Sandboxes:
         behind on failure (the quota slot included).
         """
         network = network or NetworkPolicy(mode=self.settings.sandbox_network)
-        if not self.store.alive_hosts():
+        hosts = self.store.alive_hosts()
+        if not hosts:
             raise NoCapacity("No sandbox host is alive; start a worker (make up)")
-        if template not in self.store.known_templates():
+        if template not in {t for h in hosts for t in h.templates}:
             raise ValidationFailed({field: f"unknown environment {template!r}"})
         # A warm pool's sandbox of the template and mode when a host has one ready (its id
         # then replaces this one), else a cold start (shared/store.py _PLACE).
@@ -270,15 +271,56 @@ class Sandboxes:
         cmd = commands.FsEntries(**self._ids(sandbox), path=path, depth=depth)
         return commands.Entries.from_json(self._call(cmd, sandbox)).entries
 
+    def watch(self, sandbox: Sandbox, watcher_id: str, path: str, recursive: bool) -> None:
+        """Have the host drain directory ``path``'s events into the registered watcher's
+        stream (web/api/envd/watching.py). Raises PathNotFound, NotADirectory,
+        QuotaExceeded, BackendUnsupported, WorkerTimeout."""
+        cmd = commands.FsWatch(
+            **self._ids(sandbox), watcher_id=watcher_id, path=path, recursive=recursive
+        )
+        self._call(cmd, sandbox)
+
     def start_process(self, sandbox: Sandbox, cmd: str, env: dict[str, str], cwd: str) -> str:
         """Start ``cmd``; its process id. Raises WorkerTimeout only when the process did not
         start (and now never will), whatever happened to the worker's reply."""
+        return self.launch(sandbox, cmd, env, cwd)[0]
+
+    def launch(
+        self,
+        sandbox: Sandbox,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        *,
+        argv: list[str] | None = None,
+        pty: tuple[int, int] | None = None,
+        stdin: bool = True,
+        timeout_ms: int = 0,
+        envd: str = "",
+    ) -> tuple[str, int]:
+        """Start ``cmd`` with the envd protocol's options (commands.ProcessStart): its process
+        id, and its pid in the sandbox (0 when the backend did not know it at start). Raises
+        WorkerTimeout only when the process did not start (and now never will), whatever
+        happened to the worker's reply; BackendUnsupported, QuotaExceeded."""
         process_id = ids.process_id()
+        pid = 0
         try:
             start = commands.ProcessStart(
-                **self._ids(sandbox), process_id=process_id, cmd=cmd, env=env, cwd=cwd
+                **self._ids(sandbox),
+                process_id=process_id,
+                cmd=cmd,
+                env=env,
+                cwd=cwd,
+                argv=argv or [],
+                pty_cols=pty[0] if pty else 0,
+                pty_rows=pty[1] if pty else 0,
+                stdin=stdin,
+                timeout_ms=timeout_ms,
+                envd=envd,
             )
-            self._call(start, sandbox)
+            value = self._call(start, sandbox)
+            if value is not None:  # (an older worker answers nothing)
+                pid = commands.Started.from_json(value).pid
         except WorkerTimeout:
             # The reply is lost, not necessarily the start: a slow engine, or a worker killed
             # after it spawned the process (its restart closes the process's output, saying
@@ -287,7 +329,9 @@ class Sandboxes:
             # client was told it failed.
             if not self._started_anyway(sandbox, process_id):
                 raise
-        return process_id
+            known = self.plog.info(sandbox.sandbox_id, process_id).get("pid", "")
+            pid = int(known) if known.isdigit() else 0
+        return process_id, pid
 
     def _started_anyway(self, sandbox: Sandbox, process_id: str) -> bool:
         deadline = time.monotonic() + _STARTING_GRACE
@@ -372,6 +416,19 @@ class Sandboxes:
 
         self.plog.wait_done(sandbox.sandbox_id, process_id, self.settings.wait_timeout, tick)
 
+    def stream_slot(self, sandbox: Sandbox) -> Callable[[], None]:
+        """Take one of the tenant's stream slots (``streaming``; the envd protocol's output
+        streams); returns the function that releases it. Raises QuotaExceeded."""
+        limit = self.settings.tenant_max_streams
+        return self._hold(
+            STREAMS,
+            sandbox.tenant_id,
+            limit,
+            f"stream quota reached: {limit} process answers being written at once per "
+            "tenant (PADDOCK_TENANT_MAX_STREAMS); retry when one has been read",
+            retry_after=1,
+        )
+
     def streaming(
         self, sandbox: Sandbox, answer: Iterator[bytes]
     ) -> tuple[Iterator[bytes], Callable[[], None]]:
@@ -383,15 +440,7 @@ class Sandboxes:
 
         Raises QuotaExceeded when the tenant already has ``tenant_max_streams`` answers
         being written."""
-        limit = self.settings.tenant_max_streams
-        release = self._hold(
-            STREAMS,
-            sandbox.tenant_id,
-            limit,
-            f"stream quota reached: {limit} process answers being written at once per "
-            "tenant (PADDOCK_TENANT_MAX_STREAMS); retry when one has been read",
-            retry_after=1,
-        )
+        release = self.stream_slot(sandbox)
 
         def chunks() -> Iterator[bytes]:
             for chunk in answer:
@@ -400,16 +449,61 @@ class Sandboxes:
 
         return chunks(), release
 
-    def output(self, sandbox: Sandbox, process_id: str) -> Callable[[], Iterator[Entry]]:
-        """The process's output so far, read entry by entry (never all at once); the function
-        may be called more than once (the E2B answer lists stdout, then stderr)."""
-        upto = self.plog.last_id(sandbox.sandbox_id, process_id)
-        return lambda: self.plog.entries(sandbox.sandbox_id, process_id, upto)
+    def proxying(self, sandbox: Sandbox) -> Callable[[], None]:
+        """Hold one of the tenant's proxied-connection slots (web/ports/) while a request or
+        WebSocket to one of its sandboxes' ports is open; call the returned function when it
+        closes. Raises QuotaExceeded when the tenant has ``tenant_max_proxied`` open."""
+        limit = self.settings.tenant_max_proxied
+        return self._hold(
+            PROXIES,
+            sandbox.tenant_id,
+            limit,
+            f"proxy quota reached: {limit} open connections to sandbox ports per tenant "
+            "(PADDOCK_TENANT_MAX_PROXIED); retry when one has closed",
+            retry_after=1,
+        )
+
+    def output(self, sandbox: Sandbox, process_id: str) -> EntryReader:
+        """The process's output so far as lines, read entry by entry (never all at once); the
+        function may be called more than once, for one stream each (the E2B answer lists
+        stdout, then stderr)."""
+        sid = sandbox.sandbox_id
+        upto = self.plog.last_id(sid, process_id)
+
+        def read(kind: str | None = None) -> Iterator[Entry]:
+            return self.plog.entries(sid, process_id, upto, kind)
+
+        return read
 
     def write_stdin(self, sandbox: Sandbox, process_id: str, data: str) -> None:
         self._call(
             commands.ProcessStdin(**self._ids(sandbox), process_id=process_id, data=data), sandbox
         )
+
+    # The envd protocol's (web/api/envd/process.py): bytes in, and output and end kept.
+    def send_input(self, sandbox: Sandbox, process_id: str, data: bytes) -> bool:
+        """False when the process is not running or its stdin is not open."""
+        cmd = commands.ProcessStdin.of(sandbox.sandbox_id, sandbox.tenant_id, process_id, data)
+        return commands.Written.from_json(self._call(cmd, sandbox)).written
+
+    def close_stdin(self, sandbox: Sandbox, process_id: str) -> bool:
+        """False when the process is not running or its stdin is not open."""
+        cmd = commands.ProcessCloseStdin(**self._ids(sandbox), process_id=process_id)
+        return commands.Written.from_json(self._call(cmd, sandbox)).written
+
+    def resize(self, sandbox: Sandbox, process_id: str, cols: int, rows: int) -> bool:
+        """False when the process is not running. Raises BadRequest (no terminal),
+        BackendUnsupported."""
+        cmd = commands.ProcessResize(
+            **self._ids(sandbox), process_id=process_id, cols=cols, rows=rows
+        )
+        return commands.Resized.from_json(self._call(cmd, sandbox)).resized
+
+    def signal(self, sandbox: Sandbox, process_id: str, name: str) -> bool:
+        """Send ``name`` (commands.SIGNALS) to the process group; False when it is not
+        running."""
+        cmd = commands.ProcessSignal(**self._ids(sandbox), process_id=process_id, signal=name)
+        return commands.Killed.from_json(self._call(cmd, sandbox)).killed
 
     def stop_process(self, sandbox: Sandbox, process_id: str) -> None:
         """Kill the process group; its output stays until `forget_process`."""

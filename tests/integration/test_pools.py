@@ -1,14 +1,25 @@
 """Warm pools (workers/host/pool.py) on the real stack, supervisor backend: a create claims a
 started sandbox that carries nothing of an earlier one, with exactly the network it asked;
 the pool refills; a burst beyond it starts cold without errors; a warm sandbox is nobody's
-quota; a worker killed and restarted keeps its pool, claimable as before."""
+quota; a worker killed and restarted keeps its pool, claimable as before; a warm sandbox reaches
+nothing before its claim, not even the host's resolvers, and the claimed one's first command
+already has its policy.
+
+The resolver is the test's own: a listener in a network namespace the test makes, joined to the
+host by a veth pair of its own (PADDOCK_SANDBOX_DNS points there)."""
 
 from __future__ import annotations
 
+import os
+import random
 import signal
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -19,19 +30,82 @@ from shared import keys
 from shared.pools import Pools
 from shared.settings import Settings
 from tests.integration.client import Client, stdout_lines, wait_until
+from workers.backends.base import SANDBOX_USER
 from workers.backends.docker.egress import Egress
 
 HOST = "pool-host"
 SIZE = 2
 BURST = 20
+# Records each peer's address in the file argv[2] and answers one line; listens on argv[1]:53.
+_RESOLVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 53))
+s.listen(16)
+while True:
+    c, peer = s.accept()
+    with open(sys.argv[2], "a") as f:
+        f.write(peer[0] + "\\n")
+    c.sendall(b"resolver\\n")
+    c.close()
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=15)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A TCP listener on port 53 in a network namespace of the test's own, reached from the
+    host through a veth pair (10.214.N.0/30: the host .1, the namespace .2)."""
+    tag = f"rsv{os.getpid() % 100000}"  # (not pdk…: the rules refuse any pdk+ interface)
+    third = random.randrange(0, 250)
+    host_ip, ns_ip = f"10.214.{third}.1", f"10.214.{third}.2"
+    peers = tmp_path_factory.mktemp("resolver") / "peers"
+    peers.touch()
+    _ip("netns", "add", tag)
+    proc = None
+    try:
+        _ip("link", "add", f"{tag}h", "type", "veth", "peer", "name", f"{tag}n")
+        _ip("link", "set", f"{tag}n", "netns", tag)
+        _ip("addr", "add", f"{host_ip}/30", "dev", f"{tag}h")
+        _ip("link", "set", f"{tag}h", "up")
+        for args in (
+            ("addr", "add", f"{ns_ip}/30", "dev", f"{tag}n"),
+            ("link", "set", f"{tag}n", "up"),
+            ("link", "set", "lo", "up"),
+            ("route", "add", "default", "via", host_ip),
+        ):
+            _ip("netns", "exec", tag, "ip", *args)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", tag, sys.executable, "-c", _RESOLVER, ns_ip, str(peers)]
+        )
+        deadline = time.monotonic() + 30
+        while True:  # up (the check's own connection is the host's, not a sandbox's)
+            try:
+                socket.create_connection((ns_ip, 53), timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the test's resolver did not start"
+                time.sleep(0.2)
+        yield {"ip": ns_ip, "peers": peers}
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait(10)
+        subprocess.run(["ip", "link", "del", f"{tag}h"], capture_output=True, timeout=15)
+        subprocess.run(["ip", "netns", "del", tag], capture_output=True, timeout=15)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, resolver: dict[str, Any]) -> Iterator[Stack]:
     env = {
         "PADDOCK_SANDBOX_BACKEND": "supervisor",
         "PADDOCK_POOL_SIZES": f"Bash={SIZE}",
         "PADDOCK_TENANT_MAX_SANDBOXES": str(BURST + 10),
+        "PADDOCK_SANDBOX_DNS": resolver["ip"],
     }
     with Stack(tmp_path_factory.mktemp("pools"), hosts=(HOST,), env=env) as s:
         yield s
@@ -124,6 +198,7 @@ def test_a_claimed_sandbox_is_fresh_with_the_network_asked_and_the_pool_refills(
     # A policy with lists is the one installed.
     full_pool(stack)
     listed = create(api, {"mode": "internet", "deny_out": ["192.0.2.0/24"]})
+    api.run(listed, "true")  # (installed after the claim answers, before anything runs)
     rules = chain_rules(stack, listed)
     assert any("-d 192.0.2.0/24" in r and "REJECT" in r for r in rules), rules
     assert f"-A {chain(stack, listed)} {REJECT_ALL}" not in rules
@@ -134,6 +209,34 @@ def test_a_claimed_sandbox_is_fresh_with_the_network_asked_and_the_pool_refills(
     assert stdout_lines(api.run(offline, "ls /sys/class/net")) == ["lo"]
     for sid in (second, listed, offline):
         api.req("DELETE", f"/sessions/{sid}")
+
+
+# Connects to the resolver's port 53 (TCP) from inside a sandbox: its answer, or the error.
+_PROBE = "timeout 10 bash -c 'exec 3<>/dev/tcp/{ip}/53 && head -n1 <&3' 2>&1; echo rc=$?"
+
+
+def test_a_warm_sandbox_reaches_nothing_not_even_dns_until_claimed(
+    stack: Stack, api: Client, resolver: dict[str, Any]
+) -> None:
+    peers: Path = resolver["peers"]
+    probe = _PROBE.format(ip=resolver["ip"])
+    warm = full_pool(stack)
+    before = peers.read_text()
+    for sid in warm:
+        [c] = [c for c in stack.containers() if c.labels["paddock.sandbox"] == sid]
+        _, out = c.exec_run(["bash", "-c", probe], user=SANDBOX_USER)
+        text = out.decode(errors="replace")
+        # Refused on the host at once (the policy's REJECT), not dropped somewhere on the way.
+        assert "No route to host" in text and "rc=1" in text, text
+    assert peers.read_text() == before  # nothing reached the resolver
+    # Claimed, the same sandbox (same address) reaches it from its very first command: the
+    # policy is in place before anything of the tenant runs.
+    sid = create(api)
+    assert sid in warm
+    out = stdout_lines(api.run(sid, probe))
+    assert out == ["resolver", "rc=0"], out
+    assert len(peers.read_text().splitlines()) == len(before.splitlines()) + 1
+    api.req("DELETE", f"/sessions/{sid}")
 
 
 def test_a_burst_beyond_the_pool_starts_cold_and_every_sandbox_works(

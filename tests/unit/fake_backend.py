@@ -11,7 +11,13 @@ from typing import Any
 
 from shared.egress import NetworkPolicy
 from shared.errors import PathNotFound, SandboxError, SandboxGone
-from workers.backends.base import Machine, ProcessHandle, SandboxState, TemplateImage
+from workers.backends.base import (
+    Machine,
+    ProcessHandle,
+    SandboxState,
+    SpawnOptions,
+    TemplateImage,
+)
 
 
 class FakeProcess:
@@ -28,6 +34,10 @@ class FakeProcess:
         self._pgid: int | None = 42
         self.history: list[tuple[str, bytes]] = []
         self.followers: list[FakeProcess] = []
+        self.options = SpawnOptions()
+        self.signals: list[str] = []
+        self.sizes: list[tuple[int, int]] = []
+        self.stdin_closed = False
 
     @property
     def pgid(self) -> int | None:
@@ -91,6 +101,17 @@ class FakeProcess:
     def close(self) -> None:
         self.closed = True
 
+    def signal(self, name: str) -> None:
+        self.signals.append(name)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.sizes.append((cols, rows))
+
+    def close_stdin(self) -> None:
+        if self.stdin_closed:
+            raise OSError("closed")
+        self.stdin_closed = True
+
 
 class FakeBackend:
     """Sandboxes as dicts of files; processes as FakeProcess. Raises SandboxGone for a sandbox
@@ -131,6 +152,9 @@ class FakeBackend:
         pass
 
     def network_problem(self) -> str | None:
+        return None
+
+    def address(self, sandbox_id: str) -> str | None:
         return None
 
     def templates(self) -> list[TemplateImage]:
@@ -190,9 +214,17 @@ class FakeBackend:
     def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         self._box(sandbox_id)[path] = data
 
-    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
+    def spawn(
+        self,
+        sandbox_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        options: SpawnOptions | None = None,
+    ) -> ProcessHandle:
         self._box(sandbox_id)
         proc = FakeProcess(sandbox_id, cmd)
+        proc.options = options or SpawnOptions()
         if self.numbered:
             proc.ref = str(len(self.spawned))
         self.spawned.append(proc)

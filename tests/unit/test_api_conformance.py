@@ -66,7 +66,7 @@ def _app() -> Flask:
         "start_process": lambda *_a: PROCESS,
         "process_exists": lambda *_a: True,
         "wait_done": lambda *_a: None,
-        "output": lambda *_a: lambda: iter(ENTRIES),
+        "output": lambda *_a: lambda kind=None: iter(ENTRIES),
         "write_stdin": lambda *_a: None,
         "stop_process": lambda *_a: None,
         "forget_process": lambda *_a: None,
@@ -278,7 +278,7 @@ def test_every_documented_success_is_what_the_route_sends(
 def test_the_streamed_process_answer_is_the_process_schema() -> None:
     # Process answers are written by process_json (streamed), not by dump: its output must load
     # with the schema that documents it, strictly (no key it does not know).
-    raw = b"".join(e2b_schemas.process_json(PROCESS, lambda: iter(ENTRIES)))
+    raw = b"".join(e2b_schemas.process_json(PROCESS, lambda kind=None: iter(ENTRIES)))
     loaded = e2b_schemas.Process().load(json.loads(raw))
     assert loaded["finished"] is True
     assert [o["line"] for o in loaded["stdout"]] == ["hello", "world"]

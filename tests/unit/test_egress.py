@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.egress import NetworkPolicy, parse_network, sandbox_verdicts
-from shared.errors import ConfigError, ValidationFailed
+from shared.errors import ConfigError, EgressUnavailable, ValidationFailed
 from shared.settings import Settings
 from workers.backends.docker import egress as host_egress
 from workers.backends.docker.egress import Attached, Egress, attached_from, policy_label
@@ -129,7 +130,11 @@ def test_ruleset_order_puts_host_blocks_before_sandbox_allows() -> None:
     def at(fragment: str) -> int:
         return next(i for i, ln in enumerate(fwd) if fragment in ln)
 
-    assert at("RELATED,ESTABLISHED -j ACCEPT") == 0
+    # A sandbox with no internet (a warm one until claimed): refused before anything else,
+    # replies and the host's resolvers included.
+    assert at("-s 172.18.0.3/32 -j REJECT") == 0
+    assert at("RELATED,ESTABLISHED -j ACCEPT") == 1
+    assert "-s 172.18.0.2/32 -j REJECT" not in text
     assert at("-o pdk+") < at("-d 169.254.0.0/16") < at("-s 172.18.0.2/32")
     assert at("--dport 53") < at("-d 169.254.0.0/16")  # the resolver may be link-local
     assert at("-d 203.0.113.7/32") < at("-s 172.18.0.2/32")  # operator deny: never opened
@@ -143,6 +148,64 @@ def test_ruleset_order_puts_host_blocks_before_sandbox_allows() -> None:
     assert [ln for ln in lines if ln.startswith(f"-A {e.inp} ")][-1].endswith(
         "icmp-admin-prohibited"
     )
+
+
+def _claimable(monkeypatch: pytest.MonkeyPatch, fail: bool) -> tuple[Egress, threading.Event]:
+    """An egress with one warm (closed) sandbox ``w`` whose restores wait for the returned
+    event, then fail when ``fail`` (the firewall itself is not run)."""
+    e = _egress()
+    e.error = None
+    e._attached = {"w": Attached("172.18.0.9", host_egress.CLOSED)}
+    go = threading.Event()
+
+    def run(argv: list[str], stdin: str | None = None) -> str:
+        assert go.wait(10)
+        if fail:
+            raise host_egress.FirewallError("iptables-restore failed: no")
+        return ""
+
+    monkeypatch.setattr(host_egress, "_run", run)
+    return e, go
+
+
+def test_a_claim_answers_before_its_policy_is_installed_and_settled_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    e, go = _claimable(monkeypatch, fail=False)
+    policy = NetworkPolicy("internet", ("10.20.0.0/16",))
+    e.claim("w", policy)  # returns while the restore waits
+    assert e.settled("w", 0.05) is False
+    go.set()
+    assert e.settled("w", 10) is True
+    assert e._attached["w"] == Attached("172.18.0.9", policy)
+    assert "-s 172.18.0.9/32 -j REJECT" not in e.ruleset()
+    assert e.settled("other", 0) is True  # nothing pending: at once
+
+
+def test_a_policy_that_cannot_be_installed_leaves_the_sandbox_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    e, go = _claimable(monkeypatch, fail=True)
+    e.claim("w", NetworkPolicy("internet"))
+    go.set()
+    with pytest.raises(EgressUnavailable, match="not installed"):
+        e.settled("w", 10)
+    with pytest.raises(EgressUnavailable):  # and again: it never opens
+        e.settled("w", 0)
+    assert e._attached["w"].policy == host_egress.CLOSED
+    assert "-s 172.18.0.9/32 -j REJECT" in e.ruleset()
+    assert e.error is not None  # the host refuses internet until its rules are checked
+
+
+def test_a_sandbox_without_rules_is_not_claimed(monkeypatch: pytest.MonkeyPatch) -> None:
+    e, go = _claimable(monkeypatch, fail=False)
+    go.set()
+    with pytest.raises(EgressUnavailable):
+        e.claim("nobody", NetworkPolicy("internet"))
+    e.error = "stopped"
+    with pytest.raises(EgressUnavailable):
+        e.claim("w", NetworkPolicy("internet"))
+    assert e._attached["w"].policy == host_egress.CLOSED
 
 
 def test_names_fit_the_kernels_limits() -> None:

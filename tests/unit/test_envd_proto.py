@@ -8,10 +8,12 @@ import hashlib
 from typing import Any
 
 from e2b.envd.filesystem import filesystem_pb as sdk_filesystem
+from e2b.envd.process import process_pb as sdk_process
 
 from web.api.envd import generate
 from web.api.envd.gen import PROTO_SHA256
 from web.api.envd.gen import filesystem_pb as ours_filesystem
+from web.api.envd.gen import process_pb as ours_process
 
 
 def test_generated_modules_are_current_with_their_protos() -> None:
@@ -49,12 +51,19 @@ def _wire(file: Any) -> dict[str, Any]:
     }
 
 
-def test_filesystem_proto_is_the_sdks_wire_format() -> None:
-    ours = _wire(ours_filesystem.desc().proto)
-    sdk = _wire(sdk_filesystem.desc().proto)
-    assert ours["package"] == sdk["package"] == "filesystem"
+def _same_wire_format(ours_file: Any, sdk_file: Any, package: str) -> None:
+    ours, sdk = _wire(ours_file), _wire(sdk_file)
+    assert ours["package"] == sdk["package"] == package
     assert ours["services"] == sdk["services"]
     assert ours["enums"] == sdk["enums"]
     assert set(ours["messages"]) == set(sdk["messages"])
     for name, shape in sdk["messages"].items():
         assert ours["messages"][name] == shape, name
+
+
+def test_filesystem_proto_is_the_sdks_wire_format() -> None:
+    _same_wire_format(ours_filesystem.desc().proto, sdk_filesystem.desc().proto, "filesystem")
+
+
+def test_process_proto_is_the_sdks_wire_format() -> None:
+    _same_wire_format(ours_process.desc().proto, sdk_process.desc().proto, "process")

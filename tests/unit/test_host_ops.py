@@ -18,7 +18,7 @@ from shared.errors import BadRequest, PathNotFound, SandboxError, SandboxGone
 from shared.output import STDERR, STDOUT
 from shared.settings import Settings
 from tests.unit.fake_backend import FakeBackend
-from workers.backends.base import SandboxBackend
+from workers.backends.base import SandboxBackend, SpawnOptions
 from workers.host import ops
 from workers.host.context import WorkerContext
 from workers.host.tasks import HOST_TASKS
@@ -178,6 +178,56 @@ def test_stdin_and_kill(ctx: WorkerContext, backend: FakeBackend) -> None:
     assert ops.kill_process(ctx, c.ProcessKill(sandbox_id=sid, process_id="p1")) == c.Killed(False)
 
 
+def test_the_envd_options_signals_size_and_end_of_input(
+    ctx: WorkerContext, backend: FakeBackend
+) -> None:
+    sid = _sandbox(ctx)
+    ids = {"sandbox_id": sid, "tenant_id": "t1", "process_id": "p1"}
+    start = c.ProcessStart(
+        **ids,
+        cmd="sh -c 'cat'",
+        env={},
+        cwd="/",
+        argv=["sh", "-c", "cat"],
+        pty_cols=80,
+        pty_rows=24,
+        stdin=False,
+        timeout_ms=1500,
+        envd="sealed",
+    )
+    assert ops.start_process(ctx, start) == c.Started(42)  # the fake's pgid
+    proc = backend.spawned[0]
+    assert proc.options == SpawnOptions(("sh", "-c", "cat"), (80, 24), False, 1.5)
+    info = ctx.plog.info(sid, "p1")
+    assert (info["pid"], info["envd"]) == ("42", "sealed")
+    stdin = c.ProcessStdin.of(sid, "t1", "p1", b"\x03")
+    assert ops.write_stdin(ctx, stdin) == c.Written(True)
+    assert bytes(proc.stdin) == b"\x03"
+    assert ops.resize_process(ctx, c.ProcessResize(**ids, cols=100, rows=30)) == c.Resized(True)
+    assert proc.sizes == [(100, 30)]
+    with pytest.raises(BadRequest):
+        ops.resize_process(ctx, c.ProcessResize(**ids, cols=0, rows=30))
+    close = c.ProcessCloseStdin(**ids)
+    assert ops.close_stdin(ctx, close) == c.Written(True)
+    assert ops.close_stdin(ctx, close) == c.Written(False)  # closed already
+    assert ops.signal_process(ctx, c.ProcessSignal(**ids, signal="SIGTERM")) == c.Killed(True)
+    assert proc.signals == ["SIGTERM"]
+    with pytest.raises(BadRequest):
+        ops.signal_process(ctx, c.ProcessSignal(**ids, signal="SIGSTOP"))
+    # SIGKILL ends it, and unlike a kill its end is stored as for any exit.
+    assert ops.signal_process(ctx, c.ProcessSignal(**ids, signal="SIGKILL")) == c.Killed(True)
+    _until(lambda: ctx.plog.read(sid, "p1").finished)
+    assert ctx.plog.read(sid, "p1").exit_code == 137
+    assert ops.signal_process(ctx, c.ProcessSignal(**ids, signal="SIGKILL")) == c.Killed(False)
+    assert ops.resize_process(ctx, c.ProcessResize(**ids, cols=1, rows=1)) == c.Resized(False)
+
+    # A process without a terminal is refused a size.
+    ops.start_process(ctx, _start(sid, "p2", "cat"))
+    assert backend.spawned[1].options == SpawnOptions()
+    with pytest.raises(BadRequest):
+        ops.resize_process(ctx, c.ProcessResize(sandbox_id=sid, process_id="p2", cols=9, rows=9))
+
+
 def test_an_oom_kill_is_reported(ctx: WorkerContext, backend: FakeBackend) -> None:
     sid = _sandbox(ctx)
     ops.start_process(ctx, _start(sid, "p1", "eat memory"))
@@ -229,6 +279,10 @@ def test_every_host_task_has_its_command_and_they_round_trip() -> None:
         tasks.FS_STAT,
         tasks.FS_MOVE,
         tasks.FS_ENTRIES,
+        tasks.FS_WATCH,
+        tasks.PROCESS_SIGNAL,
+        tasks.PROCESS_RESIZE,
+        tasks.PROCESS_CLOSE_STDIN,
     }
     start = _start("sb1", "p1", "ls")
     kwargs = start.to_kwargs()
@@ -239,8 +293,27 @@ def test_every_host_task_has_its_command_and_they_round_trip() -> None:
         "cmd": "ls",
         "env": {},
         "cwd": "",
+        # The envd protocol's options, at their defaults (an older worker ignores them).
+        "argv": [],
+        "pty_cols": 0,
+        "pty_rows": 0,
+        "stdin": True,
+        "timeout_ms": 0,
+        "envd": "",
     }
     assert c.ProcessStart.from_kwargs({**kwargs, "from_a_newer_web": 1}) == start
+    older = {k: kwargs[k] for k in ("sandbox_id", "tenant_id", "process_id", "cmd", "env", "cwd")}
+    assert c.ProcessStart.from_kwargs(older) == start
+    envd = c.ProcessStart(
+        sandbox_id="sb1", process_id="p2", cmd="'/bin/bash' -c x", env={}, cwd="/", argv=["a", "b"]
+    )
+    assert c.ProcessStart.from_kwargs(envd.to_kwargs()) == envd
+    with pytest.raises(TypeError):
+        c.ProcessStart.from_kwargs({**older, "argv": ["a", 1]})
+    for data in (b"text\n", b"\xff\x00\x03"):
+        stdin = c.ProcessStdin.of("sb1", "t1", "p1", data)
+        assert c.ProcessStdin.from_kwargs(stdin.to_kwargs()).content() == data
+    assert c.ProcessStdin.of("sb1", "t1", "p1", b"hi").data == "hi"  # what an older worker reads
     write = c.FsWrite.of("sb1", "t1", "/a", b"\xff")
     assert c.FsWrite.from_kwargs(write.to_kwargs()).content() == b"\xff"
     assert c.AgentDrain(session_id="s1").to_kwargs() == {"session_id": "s1"}
@@ -256,6 +329,8 @@ def test_results_read_back_what_the_host_sent() -> None:
     assert c.FileData.from_json(c.FileData(b"\x00").to_json()).data == b"\x00"
     assert c.Written.from_json({"written": True}) == c.Written(True)
     assert c.Killed.from_json({"killed": False}) == c.Killed(False)
+    assert c.Started.from_json(c.Started(4242).to_json()) == c.Started(4242)
+    assert c.Resized.from_json({"resized": True}) == c.Resized(True)
     usage = c.Usage(1.5, 2, 3, 4, 5, 6)
     assert c.Usage.from_json(usage.to_json()) == usage
     assert c.Created.from_json({"host": "h"}) == c.Created("h")

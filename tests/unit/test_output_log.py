@@ -1,7 +1,10 @@
 """The process output log in Redis (shared/output.py ProcessLog): its round trip and E2B wire
-shape, the output budgets and the process quota, and what purging a sandbox gives back."""
+shape, raw chunks read back as bytes or lines, the output budgets and the process quota, and
+what purging a sandbox gives back."""
 
 from __future__ import annotations
+
+import functools
 
 import fakeredis
 import orjson
@@ -9,7 +12,19 @@ import pytest
 
 from shared import keys
 from shared.errors import QuotaExceeded
-from shared.output import RECORD_BYTES, STDERR, STDOUT, Budgets, Line, ProcessLog
+from shared.output import (
+    END,
+    PTY,
+    RECORD_BYTES,
+    STDERR,
+    STDOUT,
+    Budgets,
+    Chunk,
+    LineReader,
+    Piece,
+    ProcessLog,
+    paddock_line,
+)
 from shared.store import Store
 from web.api.e2b.schemas import process_json
 
@@ -17,11 +32,11 @@ from web.api.e2b.schemas import process_json
 def test_process_log_round_trip_and_wire_shape() -> None:
     plog = ProcessLog(fakeredis.FakeRedis())
     plog.register("s1", "p1", "echo", "t1")
-    plog.append("s1", "p1", [Line(STDOUT, "out", 1), Line(STDERR, "err", 2)])
+    plog.append("s1", "p1", [Piece(STDOUT, b"out\n", 1), Piece(STDERR, b"err\n", 2)])
     out = plog.read("s1", "p1")
     assert not out.finished
     upto = plog.last_id("s1", "p1")
-    assert b"".join(process_json("p1", lambda: plog.entries("s1", "p1", upto))) == (
+    assert b"".join(process_json("p1", functools.partial(plog.entries, "s1", "p1", upto))) == (
         b'{"stdout":[{"type":"Stdout","line":"out","timestamp":1}],'
         b'"stderr":[{"type":"Stderr","line":"err","timestamp":2}],'
         b'"processID":"p1","finished":false}\n'
@@ -31,7 +46,9 @@ def test_process_log_round_trip_and_wire_shape() -> None:
     out = plog.read("s1", "p1")
     assert out.finished and out.exit_code == 3
     upto = plog.last_id("s1", "p1")
-    answer = orjson.loads(b"".join(process_json("p1", lambda: plog.entries("s1", "p1", upto))))
+    answer = orjson.loads(
+        b"".join(process_json("p1", functools.partial(plog.entries, "s1", "p1", upto)))
+    )
     assert answer == {
         "stdout": [{"type": "Stdout", "line": "out", "timestamp": 1}],
         "stderr": [{"type": "Stderr", "line": "err", "timestamp": 2}],
@@ -46,17 +63,19 @@ def test_streamed_answer_is_exact_for_many_entries_and_empty_output() -> None:
     r = fakeredis.FakeRedis()
     plog = ProcessLog(r)
     plog.register("s", "p", "x", "t")
-    assert b"".join(process_json("p", lambda: plog.entries("s", "p", "0-0"))) == (
+    assert b"".join(process_json("p", functools.partial(plog.entries, "s", "p", "0-0"))) == (
         b'{"stdout":[],"stderr":[],"processID":"p","finished":false}\n'
     )
     expected = []
     for i in range(50):  # more entries than one read takes, lines split across slices
         chunk = [f"{i}-{j}" for j in range(100)]
-        plog.append("s", "p", [Line(STDOUT, "\n".join(chunk), i)])
+        plog.append("s", "p", [Piece(STDOUT, "\n".join(chunk).encode() + b"\n", i)])
         expected += [{"type": "Stdout", "line": t, "timestamp": i} for t in chunk]
     upto = plog.last_id("s", "p")
-    plog.append("s", "p", [Line(STDOUT, "after the snapshot", 99)])
-    answer = orjson.loads(b"".join(process_json("p", lambda: plog.entries("s", "p", upto))))
+    plog.append("s", "p", [Piece(STDOUT, b"after the snapshot\n", 99)])
+    answer = orjson.loads(
+        b"".join(process_json("p", functools.partial(plog.entries, "s", "p", upto)))
+    )
     assert answer["stdout"] == expected and answer["stderr"] == [] and not answer["finished"]
 
 
@@ -67,18 +86,20 @@ def test_output_budgets_refuse_whole_chunks_and_forget_gives_bytes_back() -> Non
     budgets = Budgets(process=1000, sandbox=rec + 10, tenant=2 * rec + 15)
     plog.register("s", "a", "x", "t", budgets=budgets)
     plog.register("s2", "b", "x", "t", budgets=budgets)
-    assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "12345678", 1)], 9, budgets) is None
-    refused = plog.append_budgeted("s", "a", "t", [Line(STDOUT, "12", 2)], 3, budgets)
+    assert (
+        plog.append_budgeted("s", "a", "t", [Piece(STDOUT, b"12345678\n", 1)], 9, budgets) is None
+    )
+    refused = plog.append_budgeted("s", "a", "t", [Piece(STDOUT, b"12\n", 2)], 3, budgets)
     assert refused is not None and refused.room == 1 and refused.budget == "sandbox"
-    assert plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 1)], 5, budgets) is None
-    refused = plog.append_budgeted("s2", "b", "t", [Line(STDOUT, "1234", 2)], 5, budgets)
+    assert plog.append_budgeted("s2", "b", "t", [Piece(STDOUT, b"1234\n", 1)], 5, budgets) is None
+    refused = plog.append_budgeted("s2", "b", "t", [Piece(STDOUT, b"1234\n", 2)], 5, budgets)
     assert refused is not None and refused.room == 1 and refused.budget == "tenant"
     assert int(r.get(keys.tenant_output_bytes("t")) or 0) == 2 * rec + 14
     plog.forget("s", "a")
     assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 5
     assert int(r.get(keys.sandbox_output_bytes("s")) or 0) == 0
     # A forgotten process's late writes are dropped and cost nothing.
-    assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "late", 3)], 5, budgets) is None
+    assert plog.append_budgeted("s", "a", "t", [Piece(STDOUT, b"late\n", 3)], 5, budgets) is None
     assert (
         not r.exists(keys.output("s", "a")) and int(r.get(keys.sandbox_output_bytes("s")) or 0) == 0
     )
@@ -89,11 +110,13 @@ def test_notices_are_outside_the_budgets_and_a_retried_write_lands_once() -> Non
     plog = ProcessLog(r)
     budgets = Budgets(process=1000, sandbox=RECORD_BYTES + 1, tenant=1 << 20)  # no room left
     plog.register("s", "a", "x", "t", budgets=budgets)
-    refused = plog.append_budgeted("s", "a", "t", [Line(STDOUT, "1", 1)], 2, budgets, seq=4)
+    refused = plog.append_budgeted("s", "a", "t", [Piece(STDOUT, b"1\n", 1)], 2, budgets, seq=4)
     assert refused is not None and refused.room == 0
     for _ in range(2):  # the second is a retry after a lost reply
-        plog.notice("s", "a", "t", [Line(STDERR, "[paddock] cut", 2)], seq=6)
-    assert plog.append_budgeted("s", "a", "t", [Line(STDOUT, "2", 3)], 2, budgets, seq=6) is None
+        plog.notice("s", "a", "t", [paddock_line("[paddock] cut", cut=True)], seq=6)
+    assert (
+        plog.append_budgeted("s", "a", "t", [Piece(STDOUT, b"2\n", 3)], 2, budgets, seq=6) is None
+    )
     assert [x.text for x in plog.read("s", "a").stderr] == ["[paddock] cut"]
     assert plog.read("s", "a").stdout == []
     assert int(r.get(keys.sandbox_output_bytes("s")) or 0) == RECORD_BYTES + 1
@@ -133,16 +156,96 @@ def test_process_quota_counts_running_processes_only() -> None:
     assert plog.running_count("s") == 1
 
 
-def test_lines_read_in_one_chunk_share_an_entry_and_round_trip() -> None:
+def test_chunks_are_stored_as_they_come_and_read_back_as_lines() -> None:
     r = fakeredis.FakeRedis()
     plog = ProcessLog(r)
-    lines = [Line(STDOUT, t, 5) for t in ("a", "", "b", "")] + [Line(STDERR, "e", 5)]
-    plog.append("s", "p", [*lines, Line(STDOUT, "c", 6)])
-    assert r.xlen(keys.output("s", "p")) == 3
+    plog.register("s", "p", "x", "t")
+    plog.append(
+        "s",
+        "p",
+        [
+            Piece(STDOUT, b"a\n\nb", 5),
+            Piece(STDERR, b"e\n", 5),
+            Piece(STDOUT, b"-continued\nc", 6),
+        ],
+    )
+    assert r.xlen(keys.output("s", "p")) == 3  # one entry per chunk, not per line
     out = plog.read("s", "p")
-    assert [x.text for x in out.stdout] == ["a", "", "b", "", "c"]
-    assert [x.ts_ns for x in out.stdout] == [5, 5, 5, 5, 6]
+    assert [x.text for x in out.stdout] == ["a", "", "b-continued"]  # "c" is unfinished
+    assert [x.ts_ns for x in out.stdout] == [5, 5, 6]
     assert [x.text for x in out.stderr] == ["e"]
+    plog.append("s", "p", [Piece(PTY, b"\r\n", 7)])  # a terminal's output reads as stdout
+    plog.finish("s", "p", 0)
+    out = plog.read("s", "p")
+    assert [x.text for x in out.stdout] == ["a", "", "b-continued", "c\r"] and out.finished
+
+
+def test_binary_output_round_trips_byte_for_byte_through_chunks() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    plog.register("s", "p", "x", "t")
+    data = bytes(range(256)) * 3
+    budgets = Budgets(1 << 20, 1 << 20, 1 << 20)
+    plog.append_budgeted("s", "p", "t", [Piece(STDOUT, data, 1)], len(data), budgets, seq=4)
+    plog.append_budgeted("s", "p", "t", [Piece(PTY, b"\xff\x00\r", 2)], 3, budgets, seq=8)
+    assert plog.chunks("s", "p", "0-0", block_ms=0) != []
+    plog.finish("s", "p", 7, oom_killed=True)
+    got = plog.chunks("s", "p", "0-0", block_ms=0)
+    assert [(c.kind, c.data) for c in got] == [(STDOUT, data), (PTY, b"\xff\x00\r"), (END, b"")]
+    assert got[-1].exit_code == 7 and got[-1].oom_killed
+    assert all(isinstance(c, Chunk) and c.id for c in got)
+    # Reading on from an id; bounded by count; nothing new: an empty list, at once.
+    assert plog.chunks("s", "p", got[0].id, block_ms=0) == got[1:]
+    assert plog.chunks("s", "p", "0-0", block_ms=0, count=1) == got[:1]
+    assert plog.chunks("s", "p", got[-1].id, block_ms=0) == []
+    assert plog.chunks("s", "p", got[-1].id, block_ms=10) == []
+
+
+def test_entries_of_a_worker_from_before_raw_chunks_still_read() -> None:
+    # Such a worker stored whole lines joined by newlines in field "l"; a rolling upgrade
+    # mixes them with raw chunks in one stream.
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    key = keys.output("s", "p")
+    r.xadd(key, {"k": STDOUT, "l": "old1\nold2", "t": 3})
+    r.xadd(key, {"k": STDERR, "l": "[paddock] old notice", "t": 4})
+    plog.append("s", "p", [Piece(STDOUT, b"new\n", 5)])
+    r.xadd(key, {"k": "x", "c": "0", "m": ""})
+    out = plog.read("s", "p")
+    assert [x.text for x in out.stdout] == ["old1", "old2", "new"]
+    assert [x.text for x in out.stderr] == ["[paddock] old notice"]
+    assert out.finished and out.exit_code == 0
+    got = plog.chunks("s", "p", "0-0", block_ms=0)
+    assert [c.data for c in got] == [b"old1\nold2\n", b"[paddock] old notice\n", b"new\n", b""]
+
+
+def test_snapshot_answers_and_incremental_reads_agree_on_lines() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    plog.register("s", "p", "x", "t")
+    plog.append("s", "p", [Piece(STDOUT, b"one\ntw", 1), Piece(STDERR, b"half", 2)])
+    upto = plog.last_id("s", "p")
+    answer = orjson.loads(
+        b"".join(process_json("p", functools.partial(plog.entries, "s", "p", upto)))
+    )
+    # While it runs, an unfinished line is not shown (it may go on).
+    assert [x["line"] for x in answer["stdout"]] == ["one"] and answer["stderr"] == []
+    lines = LineReader()
+    first = plog.read_new("s", "p", "0-0", 0, lines)
+    assert [x.text for x in first.stdout] == ["one"]
+    plog.append("s", "p", [Piece(STDOUT, b"o\nthree", 3)])
+    plog.notice("s", "p", "t", [paddock_line("[paddock] output truncated", cut=True)], seq=4)
+    plog.finish("s", "p", 0)
+    later = plog.read_new("s", "p", first.last_id, 0, lines)
+    assert [x.text for x in later.stdout] == ["two"] and later.finished
+    # The cut dropped the unfinished lines ("three", "half"): a cut line is not a real one.
+    assert [x.text for x in later.stderr] == ["[paddock] output truncated"]
+    upto = plog.last_id("s", "p")
+    answer = orjson.loads(
+        b"".join(process_json("p", functools.partial(plog.entries, "s", "p", upto)))
+    )
+    assert [x["line"] for x in answer["stdout"]] == ["one", "two"] and answer["finished"]
+    assert [x["line"] for x in answer["stderr"]] == ["[paddock] output truncated"]
 
 
 def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() -> None:
@@ -153,12 +256,12 @@ def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() 
     r.hset(keys.sandbox("s1"), mapping={"tenant": "t", "host": "h", "status": "running"})
     for sid, pid, n in (("s1", "a", 100), ("s1", "b", 50), ("s2", "c", 30)):
         plog.register(sid, pid, "x", "t")  # no budgets: the records themselves cost here too
-        assert plog.append_budgeted(sid, pid, "t", [Line(STDOUT, "x" * n, 1)], n, budgets) is None
+        assert plog.append_budgeted(sid, pid, "t", [Piece(STDOUT, b"x" * n, 1)], n, budgets) is None
     assert int(r.get(keys.tenant_output_bytes("t")) or 0) == 3 * rec + 180
     store.purge_sandbox("s1")
     assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 30
     assert not [k for k in r.scan_iter(f"{keys.PREFIX}:*s1*")]
     # A pump that was still writing for s1 finds its process gone: nothing stored or counted.
-    assert plog.append_budgeted("s1", "a", "t", [Line(STDOUT, "late", 2)], 5, budgets) is None
+    assert plog.append_budgeted("s1", "a", "t", [Piece(STDOUT, b"late\n", 2)], 5, budgets) is None
     assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 30
     assert not [k for k in r.scan_iter(f"{keys.PREFIX}:*s1*")]

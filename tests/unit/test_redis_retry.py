@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 import redis
 
-from shared.output import Line
+from shared.output import Piece
 from shared.redisconn import Backoff, persist
 from shared.settings import Settings
 from workers.host import runner
@@ -72,8 +72,8 @@ def test_persist_does_not_retry_other_errors() -> None:
     assert clock.slept == []
 
 
-def _line(text: str) -> list[Line]:
-    return [Line("o", text, 0)]
+def _line(text: str) -> list[Piece]:
+    return [Piece("o", text.encode(), 0)]
 
 
 def test_pending_keeps_order_seq_and_size() -> None:
@@ -85,7 +85,7 @@ def test_pending_keeps_order_seq_and_size() -> None:
     # Room between seqs for the writes a budget refusal adds (fit, marker).
     assert seqs == [4, 8, 12] and p.size == 4
     p.done()
-    assert [w.lines[0].text for w in p.writes] == ["2", "note"] and p.size == 2
+    assert [w.pieces[0].data for w in p.writes] == [b"2", b"note"] and p.size == 2
 
 
 def test_pending_backs_off_while_down_and_resets_when_back() -> None:
@@ -117,12 +117,12 @@ class DownRedis:
         self._lock = threading.Lock()
 
     def append_budgeted(
-        self, sid: str, pid: str, tenant: str, lines: list[Line], size: int, *_: Any, seq: int = 0
+        self, sid: str, pid: str, tenant: str, pieces: list[Piece], size: int, *_: Any, seq: int = 0
     ) -> None:
         if not self.back.is_set():
             raise redis.ConnectionError("Connection refused")
         with self._lock:
-            self.stored.setdefault(pid, []).extend(x.text for x in lines)
+            self.stored.setdefault(pid, []).extend(x.data.decode() for x in pieces)
 
 
 def test_pumps_together_never_hold_more_than_the_host_cap_while_redis_is_down(
@@ -150,7 +150,7 @@ def test_pumps_together_never_hold_more_than_the_host_cap_while_redis_is_down(
 
     def pump(run: Running) -> None:
         for n in range(chunks):
-            pm._store_budgeted(run, [Line("o", f"{run.process_id}-{n}", n)], chunk)
+            pm._store_budgeted(run, "o", f"{run.process_id}-{n}".encode().ljust(chunk))
             peak[0] = max(peak[0], pm.pending.size)
         if plog.back.is_set():
             return
@@ -176,7 +176,8 @@ def test_pumps_together_never_hold_more_than_the_host_cap_while_redis_is_down(
         pm._flush(run, wait=True)  # a pump that never stopped stores its rest at its end
     # Redis is back: every chunk stored once, in order, and the host's room all given back.
     assert plog.stored == {
-        run.process_id: [f"{run.process_id}-{n}" for n in range(chunks)] for run in runs
+        run.process_id: [f"{run.process_id}-{n}".ljust(chunk) for n in range(chunks)]
+        for run in runs
     }
     assert pm.pending.size == 0 and peak[0] <= cap
 

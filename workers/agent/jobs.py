@@ -18,6 +18,7 @@ from typing import Any
 from shared import ids
 from shared.errors import BundleNotFound, PaddockError, SandboxError
 from shared.netpolicy import check_base_url
+from shared.output import LineReader
 from shared.redisconn import REDIS_DOWN, persist
 from shared.sessions import ChatSession
 from workers.agent.llm import Conversation, LlmError, ToolCall, ToolSpec, new_conversation
@@ -285,6 +286,7 @@ class JobRun:
         captured: list[str] = []
         size = 0
         last = "0-0"
+        lines = LineReader()  # a line printed in several chunks comes out once, whole
         deadline = time.monotonic() + self.ctx.settings.agent_command_timeout
         try:
             while True:
@@ -294,11 +296,11 @@ class JobRun:
                     limit = self.ctx.settings.agent_command_timeout
                     self.emit("stderr", data=f"[paddock] command timed out after {limit:.0f}s\n")
                     return 124, "".join(captured) + f"\n[timed out after {limit:.0f}s]\n"
-                out = plog.read_new(sid, pid, last, block_ms=500)
+                out = plog.read_new(sid, pid, last, block_ms=500, lines=lines)
                 last = out.last_id
-                for kind, lines in (("stdout", out.stdout), ("stderr", out.stderr)):
-                    if lines:
-                        data = "\n".join(x.text for x in lines) + "\n"
+                for kind, got in (("stdout", out.stdout), ("stderr", out.stderr)):
+                    if got:
+                        data = "\n".join(x.text for x in got) + "\n"
                         self.emit_output(kind, data)
                         if size < TOOL_OUTPUT_LIMIT:
                             captured.append(data)

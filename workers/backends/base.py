@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from shared.egress import NetworkPolicy
+from shared.errors import SandboxError
 
 # The account every sandbox runs as, whatever its image or backend (templates/base/configure.sh
 # creates it; the image builder checks each template runs as it).
@@ -75,6 +76,24 @@ class ResourceUsage:
     disk_total: int
 
 
+@dataclass(frozen=True)
+class SpawnOptions:
+    """How ``SandboxBackend.spawn`` starts a process besides its command (the envd protocol's
+    needs; the defaults are how every other process starts):
+
+    - ``argv``: run this program with these arguments (still in ``cwd``, as the sandbox user,
+      leading its own group) instead of ``bash -c cmd`` (``cmd`` then only describes it);
+    - ``pty``: (cols, rows): on a new pseudo-terminal of that size, its output on kind PTY of
+      shared.output and its stdin the terminal (a backend that cannot: BackendUnsupported);
+    - ``stdin``: an open stdin (else /dev/null);
+    - ``timeout``: seconds after which the process group is SIGKILLed (0: never)."""
+
+    argv: tuple[str, ...] = ()
+    pty: tuple[int, int] | None = None
+    stdin: bool = True
+    timeout: float = 0.0
+
+
 class ProcessHandle(Protocol):
     """A process started by ``SandboxBackend.spawn``: its output, stdin, exit status and kill.
 
@@ -127,6 +146,59 @@ class ProcessHandle(Protocol):
         """Let go of the process's channel (idempotent; the process is not killed)."""
         ...
 
+    # The envd protocol's (web/api/envd/process.py); a backend without them raises
+    # BackendUnsupported.
+    def signal(self, name: str) -> None:
+        """Send signal ``name`` ("SIGTERM") to the process group. Raises SandboxError (the
+        process is gone), BackendUnsupported."""
+        ...
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Set the size of the process's terminal. Raises SandboxError, BackendUnsupported."""
+        ...
+
+    def close_stdin(self) -> None:
+        """End the process's input (EOF; on a terminal: ^D). Raises OSError when stdin is
+        closed already or was never open."""
+        ...
+
+
+@dataclass(frozen=True)
+class FsEvent:
+    """A change under a watched directory: ``kind`` create, write, remove, rename (the old
+    name of a move; the new one comes as create), chmod, or overflow (the sandbox's kernel
+    dropped events; ``path`` empty). ``path`` is the full path as the sandbox says it:
+    untrusted."""
+
+    kind: str
+    path: str
+    is_dir: bool
+
+
+class WatchBroken(SandboxError):
+    """The way to a watch broke, not the watch itself (the channel to the sandbox dropped, or
+    its events were not read in time): watching again may work; events between are lost."""
+
+
+class WatchHandle(Protocol):
+    """A directory followed by ``SandboxBackend.watch``. One thread reads ``events``; ``close``
+    may come from another."""
+
+    @property
+    def ended(self) -> bool:
+        """The watch is over: closed, or the directory went away (removed or moved)."""
+        ...
+
+    def events(self, timeout: float) -> Iterator[FsEvent]:
+        """The events as they come; returns when none came for ``timeout`` seconds, or when
+        the watch ends (then ``ended``). Raises WatchBroken, SandboxError (the watch failed,
+        e.g. a new subdirectory past the limit)."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        ...
+
 
 class SandboxBackend(Protocol):
     """Everything a host does to its sandboxes. See the module docstring for the errors."""
@@ -158,6 +230,11 @@ class SandboxBackend(Protocol):
 
     def network_problem(self) -> str | None:
         """Why sandboxes get no internet on this host, or None when they can."""
+        ...
+
+    def address(self, sandbox_id: str) -> str | None:
+        """The sandbox's own address on this host's sandbox network (where the port relay,
+        workers/host/relay.py, connects), or None: not here, or no network (mode none)."""
         ...
 
     def templates(self) -> list[TemplateImage]:
@@ -243,8 +320,24 @@ class SandboxBackend(Protocol):
         BackendUnsupported."""
         ...
 
-    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
-        """Start ``cmd`` (bash) in ``cwd`` as the sandbox user, in its own process group."""
+    def watch(self, sandbox_id: str, path: str, recursive: bool) -> WatchHandle:
+        """Follow changes under directory ``path`` (with ``recursive``, its subdirectories too,
+        also those made later), reported from the moment this returns. Raises PathNotFound,
+        NotADirectory (a file, or a symlink: not followed), QuotaExceeded (the sandbox
+        watches too much already), BackendUnsupported."""
+        ...
+
+    def spawn(
+        self,
+        sandbox_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        options: SpawnOptions | None = None,
+    ) -> ProcessHandle:
+        """Start ``cmd`` (bash) in ``cwd`` as the sandbox user, in its own process group, as
+        ``options`` say (None: the defaults). Raises BackendUnsupported for an option the
+        backend cannot honour."""
         ...
 
     def adopt(self, sandbox_id: str, ref: str, after_seq: int) -> ProcessHandle:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -15,7 +16,7 @@ from shared import commands, rpc, tasks
 from shared.broker import make_celery
 from shared.settings import Settings
 from workers.agent import jobs
-from workers.host import heartbeat, metrics, pool, reconcile
+from workers.host import heartbeat, metrics, pool, reconcile, relay
 from workers.host.context import WorkerContext
 from workers.host.tasks import register_host_tasks
 
@@ -42,6 +43,7 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     ctx.backend.start_network()
     register_host_tasks(app, ctx)
     stop = threading.Event()
+    stop_relay: list[Callable[[], None]] = []
 
     @worker_ready.connect(weak=False)
     def on_ready(**_: Any) -> None:
@@ -59,7 +61,11 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
                 commands.AgentDrain(session_id=session_id).to_kwargs(),
                 expires=settings.session_max_ttl,
             )
-        heartbeat.start_heartbeat(ctx, stop)
+        # The web tier's way into its sandboxes' ports, announced in the heartbeat.
+        port_relay, relay_at = relay.start_relay(settings, ctx.backend.address)
+        if port_relay is not None:
+            stop_relay.append(port_relay.stop)
+        heartbeat.start_heartbeat(ctx, stop, relay_at)
         reconcile.start_reconcile(ctx, stop)  # dead sandboxes are noticed, not only at start
         pool.start_pool(ctx, stop)  # warm sandboxes per template, refilled in the background
         procs = ctx.processes
@@ -76,6 +82,8 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     @worker_shutdown.connect(weak=False)
     def on_shutdown(**_: Any) -> None:
         stop.set()
+        for stop_it in stop_relay:
+            stop_it()
         try:
             ctx.store.host_down(settings.host_id)
         finally:  # Redis being down must not leave the host's rules and network behind

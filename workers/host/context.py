@@ -16,10 +16,12 @@ from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
+from shared.watches import Watches
 from workers.backends import make_backend
 from workers.backends.base import SandboxBackend
 from workers.host.capacity import Capacity, host_capacity
 from workers.host.runner import ProcessManager
+from workers.host.watches import WatchRegistry
 
 
 @dataclass
@@ -73,3 +75,8 @@ class WorkerContext:
     @cached_property
     def processes(self) -> ProcessManager:
         return ProcessManager(self.backend, self.plog, self.settings)
+
+    @cached_property
+    def watches(self) -> WatchRegistry:
+        """The directory watches this host drains into Redis (workers/host/watches.py)."""
+        return WatchRegistry(self.backend, Watches(self.redis), self.settings.host_id)

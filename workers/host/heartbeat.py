@@ -1,5 +1,6 @@
-"""A host announces itself: its capacity, its templates (with what /v1/templates shows of each)
-and whether its egress rules are in place, every settings.heartbeat_interval seconds."""
+"""A host announces itself: its capacity, its templates (with what /v1/templates shows of each),
+whether its egress rules are in place and where its port relay listens, every
+settings.heartbeat_interval seconds."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from workers.host.context import WorkerContext
 logger = logging.getLogger(__name__)
 
 
-def heartbeat_once(ctx: WorkerContext) -> None:
+def heartbeat_once(ctx: WorkerContext, relay: str = "") -> None:
     """Announce capacity and the local templates, with what /v1/templates shows of each (image,
-    size, build date, language versions), all from one listing of the backend."""
+    size, build date, language versions), all from one listing of the backend, and ``relay``
+    (the port relay's ``host:port``, workers/host/relay.py; empty: none)."""
     s = ctx.settings
     catalog = ctx.backend.templates()
     egress_error = ctx.backend.network_problem()
@@ -24,17 +26,18 @@ def heartbeat_once(ctx: WorkerContext) -> None:
         ttl=s.heartbeat_interval * 3,
         catalog=[t.to_json() for t in catalog],
         egress=egress_error or "ok",
+        relay=relay,
     )
 
 
-def start_heartbeat(ctx: WorkerContext, stop: threading.Event) -> threading.Thread:
+def start_heartbeat(ctx: WorkerContext, stop: threading.Event, relay: str = "") -> threading.Thread:
     def loop() -> None:
         # Never dies: a failed beat (Redis away) is logged once per outage and the next one
         # comes at the usual interval, so the host is announced again as soon as Redis is back.
         failing = False
         while not stop.is_set():
             try:
-                heartbeat_once(ctx)
+                heartbeat_once(ctx, relay)
                 if failing:
                     logger.info("host %s: heartbeat back", ctx.settings.host_id)
                 failing = False

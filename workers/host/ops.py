@@ -13,6 +13,7 @@ import time
 from shared import commands as c
 from shared.egress import NetworkPolicy
 from shared.errors import BadRequest, SandboxError
+from workers.backends.base import SpawnOptions
 from workers.host import pool
 from workers.host.context import WorkerContext
 
@@ -64,6 +65,7 @@ def destroy_sandbox(ctx: WorkerContext, cmd: c.SandboxDestroy) -> c.Destroyed:
     sandbox_id = cmd.sandbox_id
     started = time.monotonic()
     ctx.processes.forget_sandbox(sandbox_id)
+    ctx.watches.forget_sandbox(sandbox_id)
     ctx.backend.destroy(sandbox_id)
     ctx.store.purge_sandbox(sandbox_id)
     logger.info("sandbox %s: destroyed in %.1f s", sandbox_id, time.monotonic() - started)
@@ -139,14 +141,55 @@ def entries(ctx: WorkerContext, cmd: c.FsEntries) -> c.Entries:
     return c.Entries([c.FsEntry.from_json(e) for e in found])
 
 
-def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> None:
-    """Raises QuotaExceeded (the sandbox runs its most processes), SandboxGone."""
-    ctx.processes.start(cmd.sandbox_id, cmd.process_id, cmd.cmd, cmd.env, cmd.cwd, cmd.tenant_id)
+def watch_dir(ctx: WorkerContext, cmd: c.FsWatch) -> None:
+    """Start draining the directory's events into the watcher's stream (workers/host/
+    watches.py); once the watch is in place. Raises PathNotFound, NotADirectory,
+    QuotaExceeded, BackendUnsupported, SandboxError (the watcher's record is gone)."""
+    ctx.watches.start(cmd.sandbox_id, cmd.watcher_id, cmd.path, cmd.recursive)
+
+
+def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> c.Started:
+    """Raises QuotaExceeded (the sandbox runs its most processes), SandboxGone,
+    BackendUnsupported (an option the backend cannot honour, e.g. a terminal)."""
+    pty = (cmd.pty_cols, cmd.pty_rows) if cmd.pty_cols and cmd.pty_rows else None
+    options = SpawnOptions(
+        argv=tuple(cmd.argv), pty=pty, stdin=cmd.stdin, timeout=max(cmd.timeout_ms, 0) / 1000
+    )
+    pid = ctx.processes.start(
+        cmd.sandbox_id,
+        cmd.process_id,
+        cmd.cmd,
+        cmd.env,
+        cmd.cwd,
+        cmd.tenant_id,
+        options=options,
+        envd=cmd.envd,
+    )
+    return c.Started(pid or 0)
 
 
 def write_stdin(ctx: WorkerContext, cmd: c.ProcessStdin) -> c.Written:
-    return c.Written(ctx.processes.write_stdin(cmd.sandbox_id, cmd.process_id, cmd.data.encode()))
+    return c.Written(ctx.processes.write_stdin(cmd.sandbox_id, cmd.process_id, cmd.content()))
 
 
 def kill_process(ctx: WorkerContext, cmd: c.ProcessKill) -> c.Killed:
     return c.Killed(ctx.processes.kill(cmd.sandbox_id, cmd.process_id))
+
+
+def signal_process(ctx: WorkerContext, cmd: c.ProcessSignal) -> c.Killed:
+    """Raises BadRequest (a signal not in SIGNALS), SandboxError, BackendUnsupported."""
+    if cmd.signal not in c.SIGNALS:
+        raise BadRequest(f"signal must be one of {', '.join(c.SIGNALS)}")
+    return c.Killed(ctx.processes.signal(cmd.sandbox_id, cmd.process_id, cmd.signal))
+
+
+def resize_process(ctx: WorkerContext, cmd: c.ProcessResize) -> c.Resized:
+    """Raises BadRequest (a size out of 1-65535, a process without a terminal),
+    SandboxError, BackendUnsupported."""
+    if not (0 < cmd.cols <= 0xFFFF and 0 < cmd.rows <= 0xFFFF):
+        raise BadRequest("a terminal's columns and rows are 1-65535")
+    return c.Resized(ctx.processes.resize(cmd.sandbox_id, cmd.process_id, cmd.cols, cmd.rows))
+
+
+def close_stdin(ctx: WorkerContext, cmd: c.ProcessCloseStdin) -> c.Written:
+    return c.Written(ctx.processes.close_stdin(cmd.sandbox_id, cmd.process_id))

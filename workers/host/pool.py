@@ -5,17 +5,20 @@ container. What they are in Redis, and how placement claims one atomically: shar
 - **Made like any other.** A warm sandbox is the backend's ``create(warm=True)``: the same
   hardening, capped storage seeded from the image and network mode (PADDOCK_SANDBOX_NETWORK)
   as a cold one, and the supervisor is all that runs in it. With internet, its address's
-  rules refuse everything (DNS to the host's resolvers apart) until the claim installs the
-  claiming tenant's policy; nothing of a tenant runs before that. A create asking for another
-  mode than the pool's starts cold.
+  rules refuse everything (the host's resolvers too) until the claim installs the claiming
+  tenant's policy; nothing of a tenant runs before that. A create asking for another mode
+  than the pool's starts cold.
 - **Never used twice.** Placement pops a warm id from its pool in the same Lua step that
   gives it to the tenant; the host hands it over (``claim``: the supervisor runs nothing, the
-  policy is noted beside its storage for a restart, then installed). One that cannot be
+  policy is noted beside its storage for a restart, then installed: by the supervisor backend
+  after the claim has answered, before anything runs in the sandbox). One that cannot be
   handed over is removed and the sandbox starts cold under the same id. A claimed sandbox
   was never anyone's before: its files are the image's, no process ever ran in it, and its
   id was never handed out.
 - **Background refill.** ``start_pool``'s thread fills the pools one sandbox at a time,
-  woken by every claim (never on the create's path), and trims pools larger than asked.
+  woken by every claim (never on the create's path), and trims pools larger than asked. A
+  claim's refill waits _AFTER_CLAIM first: starting a container takes the engine a good
+  share of a small host's CPU, which the claimed sandbox's first commands would pay for.
 - **Capacity, not quota.** A warm sandbox holds one of its host's slots from the moment its
   start is reserved, and none of any tenant's. A full host gives one back to a cold create
   of another template (placement's ``evict``), so pools never cost a tenant a sandbox.
@@ -44,6 +47,9 @@ _CHECK_EVERY = 5.0
 # next: a host that cannot start sandboxes must not spin on it.
 _BACKOFF = 2.0
 _MAX_BACKOFF = 60.0
+# Seconds the keeper lets pass after a claim (or eviction) woke it before it starts the
+# replacement: the claim's answer and the tenant's first commands come first.
+_AFTER_CLAIM = 0.5
 
 
 def claim(ctx: WorkerContext, sandbox_id: str, tenant_id: str, network: NetworkPolicy) -> bool:
@@ -204,7 +210,8 @@ def start_pool(ctx: WorkerContext, stop: threading.Event) -> threading.Thread | 
                 keeper.backoff = min(_MAX_BACKOFF, max(_BACKOFF, keeper.backoff * 2))
             if keeper.backoff:
                 stop.wait(keeper.backoff)
-            ctx.pool_wake.wait(_CHECK_EVERY)
+            if ctx.pool_wake.wait(_CHECK_EVERY):
+                stop.wait(_AFTER_CLAIM)
 
     t = threading.Thread(target=loop, name="warm-pools", daemon=True)
     t.start()

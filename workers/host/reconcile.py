@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from shared.errors import EngineUnavailable, SandboxError
 from shared.lifecycle import end_lost_session
-from shared.output import STDERR, Line, ProcessLog
+from shared.output import ProcessLog, paddock_line
 from workers.backends.base import SandboxState
 from workers.host import metrics, pool
 from workers.host.context import WorkerContext
@@ -79,6 +79,7 @@ def check_engine(ctx: WorkerContext, at_start: bool = False) -> Findings:
         if seen is not None and seen.alive:
             if at_start:
                 adopt_processes(ctx, sandbox_id)
+                resume_watches(ctx, sandbox_id)
             continue
         if _being_created(ctx, ctx.store.raw_sandbox(sandbox_id)):
             continue
@@ -143,6 +144,10 @@ def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | N
     logger.warning("sandbox %s: lost (%s); slots freed, cleaning up", sandbox_id, reason)
     end_lost_session(ctx.sessions, ctx.store, sandbox_id, reason)
     ctx.processes.forget_sandbox(sandbox_id)
+    try:
+        ctx.watches.forget_sandbox(sandbox_id)  # readers see the watchers gone
+    except Exception:
+        logger.exception("sandbox %s: its watchers not forgotten (they expire)", sandbox_id)
     end_processes(
         ctx.plog, sandbox_id, f"the sandbox was lost ({reason}); the process ended with it"
     )
@@ -151,6 +156,15 @@ def lose(ctx: WorkerContext, sandbox_id: str, reason: str, container_id: str | N
     except SandboxError:  # StorageError included
         logger.exception("sandbox %s: cleanup of the lost sandbox failed; retried", sandbox_id)
     return True
+
+
+def resume_watches(ctx: WorkerContext, sandbox_id: str) -> None:
+    """At start: watch again the directories the previous worker was watching for readers
+    (workers/host/watches.py resume); a failure leaves them to expire."""
+    try:
+        ctx.watches.resume(sandbox_id)
+    except Exception:
+        logger.exception("sandbox %s: its watchers not watched again", sandbox_id)
 
 
 def adopt_processes(ctx: WorkerContext, sandbox_id: str) -> None:
@@ -184,8 +198,7 @@ def end_processes(plog: ProcessLog, sandbox_id: str, why: str) -> None:
 
 def _end(plog: ProcessLog, sandbox_id: str, process_id: str, why: str) -> None:
     logger.warning("sandbox %s process %s: %s", sandbox_id, process_id, why)
-    line = Line(STDERR, f"[paddock] {why}", time.time_ns())
-    plog.append(sandbox_id, process_id, [line])
+    plog.append(sandbox_id, process_id, [paddock_line(f"[paddock] {why}")])
     plog.finish(sandbox_id, process_id, None)
 
 

@@ -20,16 +20,15 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from shared.errors import SandboxError
-from shared.output import STDERR, STDOUT, Budgets, Line, ProcessLog
+from shared.errors import BadRequest, SandboxError
+from shared.output import PTY, STDERR, STDOUT, Budgets, Piece, ProcessLog, paddock_line
 from shared.redisconn import REDIS_DOWN, WRITER_BACKOFF, persist
 from shared.settings import Settings
-from workers.backends.base import ProcessHandle, SandboxBackend
+from workers.backends.base import ProcessHandle, SandboxBackend, SpawnOptions
 from workers.host import metrics
 
 logger = logging.getLogger(__name__)
 
-MAX_LINE = 1 << 20  # a "line" longer than this is cut into several lines
 # Output read while Redis is down, held for it per process; past this the pump stops reading
 # (the process waits on its pipe) until Redis is back.
 MAX_PENDING = 4 << 20
@@ -72,43 +71,28 @@ class Resume:
     process's record with each write (ProcessLog.append_budgeted ``resume``).
 
     A backend that can follow a process again (the supervisor's ``proc.attach``) numbers its
-    output chunks 1, 2, ...; a chunk's bytes are either stored or held in ``partial`` (an
-    unfinished line). The point is ``after:skip_out:skip_err``: replay the chunks after
-    ``after`` and drop the first ``skip`` bytes of each stream there, which were stored. It
-    starts before the oldest unfinished line, so that line is rebuilt whole."""
+    output chunks 1, 2, ...; each chunk is stored whole by one write (or cut there, when the
+    output is truncated and the rest discarded), so the point is the number of the last
+    chunk taken: replay the chunks after it."""
 
     def __init__(self, seq: int = 0) -> None:
         self.seq = seq
-        self.consumed = {STDOUT: 0, STDERR: 0}  # bytes of each stream taken, from ``seq`` on
-        # Per stream with an unfinished line: the chunk it began in, and ``consumed`` before it.
-        self.starts: dict[str, tuple[int, dict[str, int]]] = {}
 
-    def chunk(self, seq: int, kind: str, size: int, before: int, after: int, fresh: bool) -> None:
-        """Chunk ``seq`` of ``size`` bytes on ``kind`` was taken; its stream's unfinished line
-        was ``before`` bytes and is ``after`` now; ``fresh``: that line began in this chunk."""
-        taken = dict(self.consumed)
-        self.consumed[kind] += size
-        self.seq = seq
-        if after == 0:
-            self.starts.pop(kind, None)
-        elif before == 0 or fresh:
-            self.starts[kind] = (seq, taken)
-
-    def point(self, partial: dict[str, bytearray]) -> str:
-        if self.starts:
-            first, base = min(self.starts.values(), key=lambda start: start[0])
-            after = first - 1
-        else:
-            after, base = self.seq, self.consumed
-        skip = [self.consumed[k] - len(partial[k]) - base[k] for k in (STDOUT, STDERR)]
-        return f"{after}:{skip[0]}:{skip[1]}"
+    def point(self) -> str:
+        return str(self.seq)
 
 
 def parse_resume(text: str) -> tuple[int, dict[str, int]] | None:
-    """``after:skip_out:skip_err`` (Resume.point) as (after, skips); None when malformed."""
+    """A resume point as (after, bytes of each stream to skip there); None when malformed.
+    Besides ``after`` (Resume.point) it reads ``after:skip_out:skip_err``, written by a
+    worker from before output was stored as it came (it held unfinished lines back): the
+    chunks after ``after`` hold the first bytes not stored once the skipped ones are
+    dropped."""
     parts = text.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) not in (1, 3) or not all(p.isdigit() for p in parts):
         return None
+    if len(parts) == 1:
+        return int(parts[0]), {}
     return int(parts[0]), {STDOUT: int(parts[1]), STDERR: int(parts[2])}
 
 
@@ -118,12 +102,12 @@ class Write:
     writes a refusal adds) makes a retried write land once."""
 
     seq: int
-    lines: list[Line]
+    pieces: list[Piece]
     size: int
     budgeted: bool  # the process's output; else Paddock's notice (outside the budgets)
     unless_cut: bool = False  # a notice that a budget refusal, already noted, makes moot
     held: bool = True  # its bytes count in the HostPending (False: it had no room)
-    resume: str = ""  # Resume.point after these lines ("" none)
+    resume: str = ""  # Resume.point after these pieces ("" none)
 
 
 @dataclass
@@ -142,14 +126,14 @@ class Pending:
 
     def add(
         self,
-        lines: list[Line],
+        pieces: list[Piece],
         size: int,
         budgeted: bool,
         unless_cut: bool = False,
         resume: str = "",
     ) -> None:
         held = self.host.take(size + WRITE_OVERHEAD)
-        self.writes.append(Write(self.next_seq, lines, size, budgeted, unless_cut, held, resume))
+        self.writes.append(Write(self.next_seq, pieces, size, budgeted, unless_cut, held, resume))
         self.next_seq += 4
         self.size += size
         if not held:
@@ -208,6 +192,7 @@ class Running:
     resume: Resume | None = None  # for a handle a restarted worker can follow again
     skip: dict[str, int] = field(default_factory=dict)  # bytes already stored (adopted)
     stored: int = 0  # output bytes stored before this worker (adopted)
+    pty: bool | None = None  # on a terminal (None: not known, e.g. adopted)
 
 
 class ProcessManager:
@@ -237,9 +222,13 @@ class ProcessManager:
         env: dict[str, str],
         cwd: str,
         tenant_id: str,
-    ) -> None:
-        """Start ``cmd`` and return once it runs. Raises QuotaExceeded when the sandbox already
-        runs its most processes, SandboxGone if the sandbox is gone."""
+        options: SpawnOptions | None = None,
+        envd: str = "",
+    ) -> int | None:
+        """Start ``cmd`` (as ``options`` say: SandboxBackend.spawn) and return once it runs:
+        its pid (group) in the sandbox when the backend knows it yet. ``envd`` is kept in the
+        process's record as it is. Raises QuotaExceeded when the sandbox already runs its most
+        processes, SandboxGone if the sandbox is gone, BackendUnsupported."""
         with metrics.process_start(self.settings.host_id):
             self.plog.register(
                 sandbox_id,
@@ -251,7 +240,10 @@ class ProcessManager:
             )
             try:
                 oom_base = self.backend.oom_kills(sandbox_id)
-                handle = self.backend.spawn(sandbox_id, cmd, env, cwd)
+                if options is None:
+                    handle = self.backend.spawn(sandbox_id, cmd, env, cwd)
+                else:
+                    handle = self.backend.spawn(sandbox_id, cmd, env, cwd, options)
             except Exception:
                 self.plog.forget(sandbox_id, process_id)
                 raise
@@ -263,13 +255,19 @@ class ProcessManager:
                 oom_base=oom_base,
                 pending=Pending(self.pending),
                 resume=Resume() if handle.ref else None,
+                pty=options is not None and options.pty is not None,
             )
-            self.plog.set_fields(sandbox_id, process_id, status="running", ref=handle.ref)
+            pid = handle.pgid if handle.pgid is not None and handle.pgid > 0 else None
+            extra = {"envd": envd} if envd else {}
+            self.plog.set_fields(
+                sandbox_id, process_id, status="running", ref=handle.ref, pid=pid or "", **extra
+            )
             self._run(run)
             # Ids and sizes only: a command can carry a secret.
             logger.info(
                 "sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd)
             )
+            return pid
 
     def adopt(self, sandbox_id: str, process_id: str) -> bool:
         """Follow again a process a previous worker of this host started (its record says
@@ -277,7 +275,7 @@ class ProcessManager:
         when the backend cannot (the record is then closed by the caller)."""
         info = self.plog.info(sandbox_id, process_id)
         ref, tenant_id = info.get("ref", ""), info.get("tenant", "")
-        point = parse_resume(info.get("resume") or "0:0:0")
+        point = parse_resume(info.get("resume") or "0")
         if not ref or not tenant_id or point is None:
             return False
         after, skip = point
@@ -345,6 +343,44 @@ class ProcessManager:
         self._close(run)
         return True
 
+    # -- the envd protocol's (web/api/envd/process.py) ---------------------------------------
+    def signal(self, sandbox_id: str, process_id: str, name: str, timeout: float = 5.0) -> bool:
+        """Send ``name`` (SIGTERM, SIGKILL) to the process group. Unlike ``kill`` the pump
+        stores the output and the end as for any exit. False when it is not running here.
+        Raises SandboxError, BackendUnsupported."""
+        run = self._get(sandbox_id, process_id)
+        if run is None or run.done.is_set():
+            return False
+        if name == "SIGKILL":
+            run.handle.kill(timeout)  # from the host where the backend can
+        else:
+            run.handle.signal(name)
+        return True
+
+    def resize(self, sandbox_id: str, process_id: str, cols: int, rows: int) -> bool:
+        """Give the process's terminal a new size. False when it is not running here. Raises
+        BadRequest (it has no terminal), SandboxError, BackendUnsupported."""
+        run = self._get(sandbox_id, process_id)
+        if run is None or run.done.is_set():
+            return False
+        if run.pty is False:
+            raise BadRequest("the process was not started on a terminal")
+        run.handle.resize(cols, rows)
+        return True
+
+    def close_stdin(self, sandbox_id: str, process_id: str) -> bool:
+        """End the process's input. False when it is not running here or its stdin is not
+        open (closed already, or never opened)."""
+        run = self._get(sandbox_id, process_id)
+        if run is None or run.done.is_set():
+            return False
+        with run.stdin_lock:
+            try:
+                run.handle.close_stdin()
+            except OSError:
+                return False
+        return True
+
     def forget_sandbox(self, sandbox_id: str) -> None:
         """Stop storing output of every process of a sandbox that is going away."""
         with self._lock:
@@ -365,7 +401,6 @@ class ProcessManager:
         sid, pid = run.sandbox_id, run.process_id
         s = self.settings
         limit = s.max_output_bytes
-        partial = {STDOUT: bytearray(), STDERR: bytearray()}
         stored = run.stored
         truncated = False
         printed = metrics.output_counters(s.host_id)
@@ -376,65 +411,46 @@ class ProcessManager:
             return run.forgotten
 
         try:
+            # Chunks are stored as they come, one entry each: no per-line work here (readers
+            # split lines, shared/output.py LineReader).
             for kind, data in run.handle.frames(stop):
-                printed[kind].inc(len(data))
-                size, before = len(data), len(partial[kind])
+                printed.get(kind, printed[STDOUT]).inc(len(data))
+                if run.resume is not None:
+                    run.resume.seq = run.handle.seq
                 if run.skip.get(kind):  # stored by the worker before this one
-                    dropped = min(run.skip[kind], size)
+                    dropped = min(run.skip[kind], len(data))
                     run.skip[kind] -= dropped
                     data = data[dropped:]
-                if run.cut and not truncated:
+                if run.cut:
                     truncated = True
-                    for buf in partial.values():
-                        buf.clear()
                 if truncated or not data:
-                    # keep draining so the process never blocks on a full pipe
-                    self._chunk(run, kind, size, before, partial, False)
-                    continue
+                    continue  # keep draining so the process never blocks on a full pipe
                 if stored + len(data) > limit:
-                    # Keep what fits, up to the last whole line, then say so once.
-                    room = data[: max(0, limit - stored)]
-                    keep = room[: room.rfind(b"\n") + 1]
-                    lines = _split(partial[kind], keep, kind)
-                    self._chunk(run, kind, size, before, partial, b"\n" in keep)
-                    self._store_budgeted(run, lines, len(keep), partial)
+                    # Keep what fits, up to the last whole line (a terminal's output as it
+                    # is), then say so once.
+                    keep = data[: max(0, limit - stored)]
+                    if kind != PTY:
+                        keep = keep[: keep.rfind(b"\n") + 1]
+                    self._store_budgeted(run, kind, keep)
                     self._truncated(
                         run,
-                        partial,
                         f"this process printed more than {limit} bytes (PADDOCK_MAX_OUTPUT_BYTES)",
                     )
                     truncated = True
                     continue
                 stored += len(data)
-                lines = _split(partial[kind], data, kind)
-                self._chunk(run, kind, size, before, partial, b"\n" in data)
-                self._store_budgeted(run, lines, len(data), partial)
+                self._store_budgeted(run, kind, data)
             if not run.forgotten:
-                now = time.time_ns()
-                tail = [
-                    Line(k, bytes(b).decode("utf-8", "replace"), now)
-                    for k, b in partial.items()
-                    if b
-                ]
-                if tail and not truncated:
-                    size = sum(len(b) for b in partial.values())
-                    for buf in partial.values():
-                        buf.clear()
-                    self._store_budgeted(run, tail, size, partial)
                 code = run.handle.exit_code()
                 oom = self._oom_killed(run, code)
                 if oom:
                     self._store(
                         run,
-                        [
-                            Line(
-                                STDERR,
-                                "[paddock] the process was killed: the sandbox ran out of "
-                                f"memory (limit {s.sandbox_memory >> 20} MiB, "
-                                "PADDOCK_SANDBOX_MEMORY)",
-                                time.time_ns(),
-                            )
-                        ],
+                        paddock_line(
+                            "[paddock] the process was killed: the sandbox ran out of "
+                            f"memory (limit {s.sandbox_memory >> 20} MiB, "
+                            "PADDOCK_SANDBOX_MEMORY)"
+                        ),
                     )
                 self._end(run, code, oom)
                 logger.info(
@@ -449,14 +465,7 @@ class ProcessManager:
             logger.exception("sandbox %s process %s: output pump failed", sid, pid)
             if not run.forgotten:
                 try:
-                    self._store(
-                        run,
-                        [
-                            Line(
-                                STDERR, "[paddock] lost the process's output stream", time.time_ns()
-                            )
-                        ],
-                    )
+                    self._store(run, paddock_line("[paddock] lost the process's output stream"))
                     self._end(run, None, False)
                 except Exception:
                     logger.exception("sandbox %s process %s: not marked ended", sid, pid)
@@ -487,39 +496,21 @@ class ProcessManager:
         now = self.backend.oom_kills(run.sandbox_id)
         return now is not None and now > run.oom_base
 
-    def _store(self, run: Running, lines: list[Line], unless_cut: bool = False) -> None:
+    def _store(self, run: Running, line: Piece, unless_cut: bool = False) -> None:
         """Paddock's own notices: outside the budgets (short, one per process at most)."""
-        if lines and not run.forgotten:
-            run.pending.add(lines, 0, budgeted=False, unless_cut=unless_cut)
+        if not run.forgotten:
+            run.pending.add([line], 0, budgeted=False, unless_cut=unless_cut)
             self._flush(run)
 
-    @staticmethod
-    def _chunk(
-        run: Running, kind: str, size: int, before: int, partial: dict[str, bytearray], nl: bool
-    ) -> None:
-        """Count a chunk taken from the handle in the run's Resume (``nl``: it ended a line,
-        so the unfinished one now began in it)."""
-        if run.resume is not None:
-            after = len(partial[kind])
-            run.resume.chunk(run.handle.seq, kind, size, before, after, nl)
-
-    def _store_budgeted(
-        self,
-        run: Running,
-        lines: list[Line],
-        size: int,
-        partial: dict[str, bytearray] | None = None,
-    ) -> None:
+    def _store_budgeted(self, run: Running, kind: str, data: bytes) -> None:
         """Store the process's own output against the sandbox's and the tenant's budgets,
-        now or once Redis is back (with the run's Resume point, ``partial`` being the
-        unfinished lines after ``lines``). When a budget runs out, what fits (whole lines) is
-        kept, a marker says why, ``run.cut`` is set and later output is discarded."""
-        if not lines or run.forgotten or run.cut:
+        now or once Redis is back (with the run's Resume point). When a budget runs out, what
+        fits is kept, a marker says why, ``run.cut`` is set and later output is discarded."""
+        if not data or run.forgotten or run.cut:
             return
-        resume = ""
-        if run.resume is not None and partial is not None:
-            resume = run.resume.point(partial)
-        run.pending.add(lines, size, budgeted=True, resume=resume)
+        resume = run.resume.point() if run.resume is not None else ""
+        piece = Piece(kind, data, time.time_ns())
+        run.pending.add([piece], len(data), budgeted=True, resume=resume)
         self._flush(run)
 
     def _flush(self, run: Running, wait: bool = False) -> None:
@@ -576,17 +567,17 @@ class ProcessManager:
         sid, pid = run.sandbox_id, run.process_id
         if not write.budgeted:
             if not (write.unless_cut and run.cut):
-                self.plog.notice(sid, pid, run.tenant_id, write.lines, write.seq)
+                self.plog.notice(sid, pid, run.tenant_id, write.pieces, write.seq)
             return
         if run.cut:
             return
         budgets = self.budgets
         refused = self.plog.append_budgeted(
-            sid, pid, run.tenant_id, write.lines, write.size, budgets, write.seq, write.resume
+            sid, pid, run.tenant_id, write.pieces, write.size, budgets, write.seq, write.resume
         )
         if refused is None:
             return
-        fitting = _fit(write.lines, refused.room)
+        fitting = _fit(write.pieces, refused.room)
         if fitting:
             self.plog.append_budgeted(
                 sid, pid, run.tenant_id, fitting[0], fitting[1], budgets, seq=write.seq + 1
@@ -602,47 +593,33 @@ class ProcessManager:
         self.plog.notice(sid, pid, run.tenant_id, [_truncation(why)], write.seq + 2)
         run.cut = True
 
-    def _truncated(self, run: Running, partial: dict[str, bytearray] | None, why: str) -> None:
-        if partial is not None:
-            for buf in partial.values():
-                buf.clear()  # a cut line would pass for a real one
+    def _truncated(self, run: Running, why: str) -> None:
         # Moot when a budget already cut the output (its own marker says so).
-        self._store(run, [_truncation(why)], unless_cut=True)
+        self._store(run, _truncation(why), unless_cut=True)
 
 
-def _truncation(why: str) -> Line:
-    return Line(
-        STDERR, f"[paddock] output truncated: {why}; the rest was discarded", time.time_ns()
-    )
+def _truncation(why: str) -> Piece:
+    # A cut notice: readers drop the unfinished lines before it (a cut line would pass for a
+    # real one).
+    return paddock_line(f"[paddock] output truncated: {why}; the rest was discarded", cut=True)
 
 
-def _fit(lines: list[Line], room: int) -> tuple[list[Line], int] | None:
-    """The whole lines of ``lines`` that fit in ``room`` bytes, and their size."""
-    out: list[Line] = []
+def _fit(pieces: list[Piece], room: int) -> tuple[list[Piece], int] | None:
+    """What of ``pieces`` fits in ``room`` bytes, and its size: the whole pieces that fit,
+    then the start of the next one up to its last newline (a terminal's output: as much as
+    fits)."""
+    out: list[Piece] = []
     size = 0
-    for line in lines:
-        for part in line.text.split("\n"):
-            n = len(part.encode()) + 1
-            if size + n > room:
-                return (out, size) if out else None
-            out.append(Line(line.kind, part, line.ts_ns))
-            size += n
+    for piece in pieces:
+        if size + len(piece.data) <= room:
+            out.append(piece)
+            size += len(piece.data)
+            continue
+        part = piece.data[: room - size]
+        if piece.kind != PTY:
+            part = part[: part.rfind(b"\n") + 1]
+        if part:
+            out.append(piece._replace(data=part))
+            size += len(part)
+        break
     return (out, size) if out else None
-
-
-def _split(partial: bytearray, data: bytes, kind: str) -> list[Line]:
-    """The complete lines of ``partial + data``, as ONE `Line` whose text joins them with
-    newlines (stored as one stream entry; readers split it again): no per-line work on the
-    hot path. Cutting at a newline never splits a UTF-8 character. The unfinished rest stays in
-    ``partial``; past MAX_LINE it is cut into lines of its own."""
-    partial += data
-    now = time.time_ns()
-    lines: list[Line] = []
-    nl = partial.rfind(b"\n")
-    if nl >= 0:
-        lines.append(Line(kind, partial[:nl].decode("utf-8", "replace"), now))
-        del partial[: nl + 1]
-    while len(partial) > MAX_LINE:
-        lines.append(Line(kind, partial[:MAX_LINE].decode("utf-8", "replace"), now))
-        del partial[:MAX_LINE]
-    return lines

@@ -44,9 +44,13 @@ HOST_TASKS: list[tuple[type[commands.HostCommand], Callable[..., Any]]] = [
     (commands.FsStat, ops.stat),
     (commands.FsMove, ops.move),
     (commands.FsEntries, ops.entries),
+    (commands.FsWatch, ops.watch_dir),
     (commands.ProcessStart, ops.start_process),
     (commands.ProcessStdin, ops.write_stdin),
     (commands.ProcessKill, ops.kill_process),
+    (commands.ProcessSignal, ops.signal_process),
+    (commands.ProcessResize, ops.resize_process),
+    (commands.ProcessCloseStdin, ops.close_stdin),
 ]
 # The commands whose function uses the tenant (not only the share): looked up when missing.
 _USES_TENANT = frozenset({tasks.SANDBOX_CREATE, tasks.PROCESS_START})
@@ -54,7 +58,7 @@ _USES_TENANT = frozenset({tasks.SANDBOX_CREATE, tasks.PROCESS_START})
 
 # Never refused for a fair share, nor counted in one: they are how a tenant (or the reaper)
 # stops what runs, which must work most of all when the share is used up.
-_ALWAYS_RUN = frozenset({tasks.SANDBOX_DESTROY, tasks.PROCESS_KILL})
+_ALWAYS_RUN = frozenset({tasks.SANDBOX_DESTROY, tasks.PROCESS_KILL, tasks.PROCESS_SIGNAL})
 # A drain that finds its tenant's share used up comes back after this many seconds.
 _DRAIN_RETRY = 2.0
 # A task over its share goes back to the queue for a moment, again and again (a Celery

@@ -13,12 +13,12 @@ and lists every key as required.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 from marshmallow import RAISE, Schema, fields, validate
 
-from shared.output import END, STDERR, STDOUT, Entry
+from shared.output import END, STDERR, STDOUT, EntryReader
 
 # A NUL cannot pass through exec's argv or environment: refused up front with a clear 422
 # instead of failing inside the engine.
@@ -149,10 +149,11 @@ _SLICE = 2048  # lines encoded at once: bounds the objects alive while a huge en
 _FLUSH = 64 << 10  # bytes gathered before they are handed to the server
 
 
-def process_json(process_id: str, entries: Callable[[], Iterator[Entry]]) -> Iterator[bytes]:
+def process_json(process_id: str, entries: EntryReader) -> Iterator[bytes]:
     """The E2B process answer, ``{"stdout": [...], "stderr": [...], "processID", "finished"}``,
-    written as it is read: ``entries()`` is walked once per stream, and at no point is more
-    than one stream entry (at most 256 KiB of output) held, however much the process printed.
+    written as it is read: ``entries(kind)`` is walked once per stream, and at no point is
+    more than one stream entry (at most 256 KiB of output) and one unfinished line held,
+    however much the process printed.
     """
     finished = False
     buf = bytearray(b'{"stdout":[')
@@ -160,7 +161,7 @@ def process_json(process_id: str, entries: Callable[[], Iterator[Entry]]) -> Ite
         if i:
             buf += b'],"stderr":['
         first = True
-        for entry in entries():
+        for entry in entries(kind):
             if entry.kind == END:
                 finished = True
                 continue

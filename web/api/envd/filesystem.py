@@ -2,16 +2,14 @@
 resolved, and done by the sandbox's host through the supervisor (web/sandboxes.py host
 commands). Errors become Connect errors (errors.py).
 
-Watching (``WatchDir``, ``CreateWatcher``/``GetWatcherEvents``/``RemoveWatcher``) answers
-``unimplemented`` for now: it needs events carried from the host to the web tier."""
+Watching (``WatchDir``, ``CreateWatcher``/``GetWatcherEvents``/``RemoveWatcher``): watching.py,
+over the events the sandbox's host drains into Redis (workers/host/watches.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from connectrpc.code import Code
-from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
 from shared.errors import PaddockError, PathExists, PathNotFound, ValidationFailed
@@ -39,11 +37,11 @@ from web.api.envd.gen.filesystem_pb import (
     WatchDirRequest,
     WatchDirResponse,
 )
+from web.api.envd.watching import Watching, keepalive_interval, to_proto
 from web.services import Services
 
 T = TypeVar("T")
 MAX_DEPTH = 64  # the supervisor's bound on fs.list
-_NO_WATCH = "watching directories is not available in Paddock yet"
 
 
 class FilesystemService(FilesystemSync):
@@ -51,6 +49,7 @@ class FilesystemService(FilesystemSync):
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.watching = Watching(services)
 
     def _run(self, ctx: RequestContext[Any, Any], fn: Callable[[Sandbox], T]) -> T:
         """Authorise the call, then ``fn(sandbox)``; Paddock's errors as Connect's."""
@@ -122,27 +121,56 @@ class FilesystemService(FilesystemSync):
 
         return self._run(ctx, remove)
 
-    # -- watching: not yet ---------------------------------------------------------------------
+    # -- watching (watching.py) -------------------------------------------------------------------
+    def _stream(
+        self, ctx: RequestContext[Any, Any], fn: Callable[[Sandbox], Iterator[T]]
+    ) -> Iterator[T]:
+        """``_run`` for a server stream: Paddock's errors as Connect's, before its first
+        message (an error answer) or after (the stream's end)."""
+        try:
+            headers = ctx.request_headers
+            sandbox = access.authorise(self.services, headers)
+            access.check_user(headers)
+            yield from fn(sandbox)
+        except PaddockError as exc:
+            raise errors.to_connect(exc) from None
+
     def watch_dir(
         self, request: WatchDirRequest, ctx: RequestContext[Any, Any], /
     ) -> Iterator[WatchDirResponse]:
-        self._run(ctx, lambda sb: None)
-        raise ConnectError(Code.UNIMPLEMENTED, _NO_WATCH)
+        keepalive = keepalive_interval(ctx.request_headers)
+
+        def watch(sb: Sandbox) -> Iterator[WatchDirResponse]:
+            path = access.resolve(request.path)
+            return self.watching.stream(sb, path, request.recursive, keepalive)
+
+        return self._stream(ctx, watch)
 
     def create_watcher(
         self, request: CreateWatcherRequest, ctx: RequestContext[Any, Any], /
     ) -> CreateWatcherResponse:
-        self._run(ctx, lambda sb: None)
-        raise ConnectError(Code.UNIMPLEMENTED, _NO_WATCH)
+        def create(sb: Sandbox) -> CreateWatcherResponse:
+            path = access.resolve(request.path)
+            return CreateWatcherResponse(
+                watcher_id=self.watching.create(sb, path, request.recursive)
+            )
+
+        return self._run(ctx, create)
 
     def get_watcher_events(
         self, request: GetWatcherEventsRequest, ctx: RequestContext[Any, Any], /
     ) -> GetWatcherEventsResponse:
-        self._run(ctx, lambda sb: None)
-        raise ConnectError(Code.UNIMPLEMENTED, _NO_WATCH)
+        def events(sb: Sandbox) -> GetWatcherEventsResponse:
+            found = self.watching.events(sb, request.watcher_id)
+            return GetWatcherEventsResponse(events=[to_proto(e) for e in found])
+
+        return self._run(ctx, events)
 
     def remove_watcher(
         self, request: RemoveWatcherRequest, ctx: RequestContext[Any, Any], /
     ) -> RemoveWatcherResponse:
-        self._run(ctx, lambda sb: None)
-        raise ConnectError(Code.UNIMPLEMENTED, _NO_WATCH)
+        def remove(sb: Sandbox) -> RemoveWatcherResponse:
+            self.watching.remove(sb, request.watcher_id)
+            return RemoveWatcherResponse()
+
+        return self._run(ctx, remove)

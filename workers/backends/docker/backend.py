@@ -25,7 +25,9 @@ from workers.backends.base import (
     ProcessHandle,
     ResourceUsage,
     SandboxState,
+    SpawnOptions,
     TemplateImage,
+    WatchHandle,
 )
 from workers.backends.docker.driver import ALIVE_STATES, ENGINE_ERRORS, DockerDriver
 from workers.backends.docker.egress import Egress
@@ -74,6 +76,9 @@ class DockerBackend:
 
     def network_problem(self) -> str | None:
         return self.egress.check()
+
+    def address(self, sandbox_id: str) -> str | None:
+        return self.egress.address(sandbox_id)
 
     def templates(self) -> list[TemplateImage]:
         return template_catalog(self.client, self.settings.image_prefix)
@@ -150,8 +155,25 @@ class DockerBackend:
     def entries(self, sandbox_id: str, path: str, depth: int) -> list[dict[str, Any]]:
         raise BackendUnsupported(f"listing entries with details is {self._ENVD_ONLY}")
 
-    def spawn(self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str) -> ProcessHandle:
-        return DockerProcess(self.driver, sandbox_id, self.driver.spawn(sandbox_id, cmd, env, cwd))
+    def watch(self, sandbox_id: str, path: str, recursive: bool) -> WatchHandle:
+        raise BackendUnsupported(f"watching directories is {self._ENVD_ONLY}")
+
+    def spawn(
+        self,
+        sandbox_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        options: SpawnOptions | None = None,
+    ) -> ProcessHandle:
+        """``options``: argv, stdin and timeout (the worker kills the group); a terminal is
+        BackendUnsupported (a docker exec with a tty would mix in the spawn script's pid
+        report)."""
+        o = options or SpawnOptions()
+        if o.pty is not None:
+            raise BackendUnsupported(f"terminals are {self._ENVD_ONLY}")
+        attached = self.driver.spawn(sandbox_id, cmd, env, cwd, argv=o.argv, stdin=o.stdin)
+        return DockerProcess(self.driver, sandbox_id, attached, timeout=o.timeout)
 
     def adopt(self, sandbox_id: str, ref: str, after_seq: int) -> ProcessHandle:
         raise SandboxError("a docker exec's output cannot be followed again")

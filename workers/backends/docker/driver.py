@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -42,6 +42,7 @@ from shared.settings import Settings
 from workers.backends.base import SANDBOX_HOME, SANDBOX_USER, ResourceUsage
 from workers.backends.docker import docker_exec
 from workers.backends.docker.egress import (
+    CLOSED,
     LABEL_NETWORK,
     Attached,
     Egress,
@@ -58,9 +59,9 @@ LABEL_HOST = "paddock.host"
 LABEL_INSTANCE = "paddock.instance"
 # A warm pool's sandbox (workers/host/pool.py): its network mode; "" for any other sandbox.
 LABEL_WARM = "paddock.warm"
-# The rules of a warm sandbox with internet until it is claimed: everything refused (a mode
-# "none" policy on the internet network renders as one REJECT, egress.py ruleset).
-WARM_CLOSED = NetworkPolicy(mode="none")
+# The rules of a warm sandbox with internet until it is claimed: everything refused, the
+# host's resolvers included (a mode "none" policy on the internet network: egress.py ruleset).
+WARM_CLOSED = CLOSED
 # Where sandboxes find their CA bundle (Debian's path), replaced when PADDOCK_SANDBOX_CA_BUNDLE.
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -166,6 +167,14 @@ _SPAWN = r"""echo "$$" >&2
 case $1 in /*) d=$1 ;; *) d=./$1 ;; esac
 cd -- "$d" 2>/dev/null || { echo "rootdir does not exist or is not a directory: $1" >&2; exit 1; }
 exec /bin/bash -c -- "$2"
+"""
+# The same for a program and its arguments ("$3"...), its stdin /dev/null unless "$2" is 1.
+_SPAWN_ARGV = r"""echo "$$" >&2
+case $1 in /*) d=$1 ;; *) d=./$1 ;; esac
+cd -- "$d" 2>/dev/null || { echo "rootdir does not exist or is not a directory: $1" >&2; exit 1; }
+[ "$2" = 1 ] || exec </dev/null
+shift 2
+exec "$@"
 """
 
 
@@ -306,20 +315,23 @@ class DockerDriver:
             raise
         logger.info("sandbox %s: container started from %s", sandbox_id, image)
 
-    def claim(self, sandbox_id: str, network: NetworkPolicy) -> None:
+    def claim(self, sandbox_id: str, network: NetworkPolicy, wait: bool = True) -> None:
         """Hand a warm sandbox (``create(warm=True)``) to a tenant: note ``network`` beside
         its storage (a restarted worker restores it from there: its labels keep the pool's
-        closed policy), then replace its closed rules with ``network``'s. Raises
-        SandboxError when the sandbox's network mode is not ``network``'s (it is then not
-        claimed), StorageError, EgressUnavailable."""
+        closed policy), then replace its closed rules with ``network``'s (without ``wait``:
+        in the background, Egress.claim; the caller waits with Egress.settled before it
+        runs anything in the sandbox). Raises SandboxError when the sandbox's network mode
+        is not ``network``'s (it is then not claimed), StorageError, EgressUnavailable."""
         ip = self.egress.address(sandbox_id)
         if network.internet != (ip is not None):
             raise SandboxError(
                 f"the warm sandbox's network is not the one asked ({network.mode}); not claimed"
             )
         self.storage.write_claim(sandbox_id, policy_label(network))
-        if ip is not None:
+        if ip is not None and wait:
             self.egress.attach(sandbox_id, ip, network)
+        elif ip is not None:
+            self.egress.claim(sandbox_id, network)
         logger.info("sandbox %s: claimed from the warm pool (%s)", sandbox_id, network.mode)
 
     def _network_options(self, network: NetworkPolicy) -> dict[str, Any]:
@@ -573,16 +585,27 @@ class DockerDriver:
 
     # -- processes ---------------------------------------------------------------------------
     def spawn(
-        self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str
+        self,
+        sandbox_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        argv: Sequence[str] = (),
+        stdin: bool = True,
     ) -> docker_exec.Attached:
-        """Start ``cmd`` attached (the runner pumps its output). Raises SandboxTimeout,
-        SandboxGone (container gone or not running), SandboxPaused, EngineUnavailable."""
+        """Start ``cmd`` (or the program ``argv``, its stdin open when ``stdin``) attached
+        (the runner pumps its output). Raises SandboxTimeout, SandboxGone (container gone or
+        not running), SandboxPaused, EngineUnavailable."""
         full_env = {"HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LANG": "C.UTF-8", **env}
+        if argv:
+            script = ["/bin/sh", "-c", _SPAWN_ARGV, "paddock", cwd, "1" if stdin else "0", *argv]
+        else:
+            script = ["/bin/sh", "-c", _SPAWN, "paddock", cwd, cmd]
         try:
             return docker_exec.start(
                 self.exec_client,
                 self.container_name(sandbox_id),
-                ["/bin/sh", "-c", _SPAWN, "paddock", cwd, cmd],
+                script,
                 user=SANDBOX_USER,
                 env=full_env,
             )
@@ -690,9 +713,10 @@ class DockerDriver:
         total = st.f_blocks * st.f_frsize
         return total - st.f_bfree * st.f_frsize, total
 
-    def kill_group(self, sandbox_id: str, pgid: int) -> None:
-        """SIGKILL a process group inside the sandbox (as the sandbox user: no capability)."""
-        self._run(sandbox_id, ["kill", "-KILL", "--", f"-{pgid}"])
+    def kill_group(self, sandbox_id: str, pgid: int, signal_name: str = "KILL") -> None:
+        """Send SIGKILL (or ``signal_name``, e.g. "TERM") to a process group inside the
+        sandbox (as the sandbox user: no capability)."""
+        self._run(sandbox_id, ["kill", f"-{signal_name}", "--", f"-{pgid}"])
 
     # -- helpers -----------------------------------------------------------------------------
     def _run(

@@ -6,11 +6,12 @@ inter-container traffic off and a bridge name of our own (``pdk<hash>``). The ho
 enforces the rest in the ``filter`` table, in chains this module owns (``PDK-<hash>-…``):
 
 - ``DOCKER-USER`` (which Docker jumps to first in ``FORWARD``) sends everything that comes in
-  from the bridge to ``PDK-<hash>-FWD``: replies pass, DNS to the host's resolvers passes,
-  traffic to any Paddock sandbox bridge, ``ALWAYS_BLOCKED``, the operator's deny list and the
-  sandboxes' own subnet is refused, then each sandbox's own chain (its ``allow_out`` accepted,
-  its ``deny_out`` refused, found by its address), then the private ranges are refused, and
-  the rest goes on to Docker's rules, which accept and masquerade it.
+  from the bridge to ``PDK-<hash>-FWD``: everything from a sandbox with no internet on the
+  network (a warm pool's until claimed) is refused, replies pass, DNS to the host's resolvers
+  passes, traffic to any Paddock sandbox bridge, ``ALWAYS_BLOCKED``, the operator's deny list
+  and the sandboxes' own subnet is refused, then each sandbox's own chain (its ``allow_out``
+  accepted, its ``deny_out`` refused, found by its address), then the private ranges are
+  refused, and the rest goes on to Docker's rules, which accept and masquerade it.
 - ``INPUT`` sends everything from the bridge to ``PDK-<hash>-IN``: only replies reach the host;
   nothing a sandbox starts reaches any address or port of the host, the gateway included.
 - IPv6 is switched off inside sandboxes (sysctl); ``ip6tables`` drops the bridge's IPv6 too.
@@ -21,6 +22,10 @@ transaction) when the worker starts, checked at every heartbeat and put back if 
 removed them, rewritten when a sandbox comes or goes, and removed when the worker stops with
 no sandbox left behind them. While they are missing or failed, ``error`` says why and the host
 refuses to start sandboxes with ``internet``.
+
+A claimed warm sandbox's policy (``claim``) is installed by a thread of its own, after the
+claim has answered: its rules stay closed until then, and ``settled`` lets the backend hold
+back anything asked of the sandbox until they are in place (a firewall commit costs ~15 ms).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ _REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
 _REPLIES = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"]
 _RESOLV = Path("/etc/resolv.conf")
 _RESOLV_SYSTEMD = Path("/run/systemd/resolve/resolv.conf")
+# The policy of a sandbox on our network that may reach nothing (a warm one until claimed).
+CLOSED = NetworkPolicy(mode="none")
 
 
 class FirewallError(Exception):
@@ -115,7 +122,12 @@ class Egress:
         self.subnet: ipaddress.IPv4Network | None = None
         self.error: str | None = "not set up yet"
         self._attached: dict[str, Attached] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while our rules are written
+        # Claimed sandboxes whose policy a thread is installing (``claim``): each event is set
+        # once it is in place or failed (then ``_broken`` says why). Never held for long.
+        self._pending: dict[str, threading.Event] = {}
+        self._broken: dict[str, str] = {}
+        self._claims = threading.Lock()
 
     # -- life of the rules -------------------------------------------------------------------
     def setup(self, running: dict[str, Attached]) -> None:
@@ -142,6 +154,10 @@ class Egress:
     def check(self) -> str | None:
         """At every heartbeat: the rules are still in place (an operator's `iptables -F` or a
         firewall reload can remove them); put them back if not. Returns ``error``."""
+        # Looked at without the lock first (reads; every rewrite is one transaction), so that
+        # a check does not hold up the creates and claims that write rules meanwhile.
+        if self.subnet is not None and self.error is None and self._in_place():
+            return None
         with self._lock:
             try:
                 if self.subnet is None:
@@ -207,7 +223,74 @@ class Egress:
                 self._fail(f"could not install a sandbox's rules: {exc}")
                 raise EgressUnavailable(f"could not confine the sandbox's network: {exc}") from exc
 
+    def claim(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Give a warm sandbox (attached with CLOSED) its tenant's ``policy`` without waiting
+        for the firewall: a thread of its own installs it, and ``settled`` waits for that.
+        Until then its rules are the closed ones, so nothing leaves it before its policy is
+        in place. Raises EgressUnavailable (the rules are not in place now, or the sandbox
+        has none here)."""
+        self.require()
+        if sandbox_id not in self._attached:  # (one read: no need to wait for the lock)
+            raise EgressUnavailable("the sandbox has no network rules on this host")
+        done = threading.Event()
+        with self._claims:
+            self._pending[sandbox_id] = done
+            self._broken.pop(sandbox_id, None)
+        threading.Thread(
+            target=self._install,
+            args=(sandbox_id, policy, done),
+            name=f"egress-{sandbox_id}",
+            daemon=True,
+        ).start()
+
+    def _install(self, sandbox_id: str, policy: NetworkPolicy, done: threading.Event) -> None:
+        why: str | None = None
+        try:
+            with self._lock:
+                found = self._attached.get(sandbox_id)
+                if found is None:
+                    why = "its rules were removed"  # detached meanwhile: it is being removed
+                    return
+                self._attached[sandbox_id] = Attached(found.ip, policy)
+                try:
+                    self._apply(full=False, rewrite=[sandbox_id])
+                except FirewallError as exc:
+                    # One transaction: the closed rules are still those in force, and stay.
+                    self._attached[sandbox_id] = found
+                    why = str(exc)
+                    self._fail(f"could not install a sandbox's rules: {exc}")
+        except Exception as exc:  # never leave a waiter hanging
+            logger.exception("egress: sandbox %s: installing its rules failed", sandbox_id)
+            why = why or f"unexpected error: {exc}"
+        finally:
+            with self._claims:
+                if self._pending.get(sandbox_id) is done:
+                    if why is None:
+                        del self._pending[sandbox_id]
+                    else:
+                        self._broken[sandbox_id] = why
+            done.set()
+
+    def settled(self, sandbox_id: str, timeout: float) -> bool:
+        """Wait until a claimed sandbox's policy is installed (any other sandbox: at once).
+        False when it is not within ``timeout`` seconds. Raises EgressUnavailable when it
+        could not be installed (the sandbox's rules stay closed)."""
+        with self._claims:
+            done = self._pending.get(sandbox_id)
+        if done is None:
+            return True
+        if not done.wait(timeout):
+            return False
+        with self._claims:
+            why = self._broken.get(sandbox_id)
+        if why is not None:
+            raise EgressUnavailable(f"the sandbox's network rules were not installed: {why}")
+        return True
+
     def detach(self, sandbox_id: str) -> None:
+        with self._claims:
+            self._pending.pop(sandbox_id, None)
+            self._broken.pop(sandbox_id, None)
         with self._lock:
             if self._attached.pop(sandbox_id, None) is None:
                 return
@@ -217,9 +300,9 @@ class Egress:
                 logger.warning("egress: sandbox %s's rules not removed: %s", sandbox_id, exc)
 
     def address(self, sandbox_id: str) -> str | None:
-        """The sandbox's address on our network, when it has rules here (None: no internet)."""
-        with self._lock:
-            found = self._attached.get(sandbox_id)
+        """The sandbox's address on our network, when it has rules here (None: no internet).
+        One read of the table, so it does not wait for rules being written."""
+        found = self._attached.get(sandbox_id)
         return found.ip if found else None
 
     def container_ip(self, container_id: str) -> str:
@@ -284,6 +367,11 @@ class Egress:
         chains = [self.fwd, self.inp] + [self._chain(s) for s in redo]
         lines = ["*filter"] + [f":{c} - [0:0]" for c in chains]
         f = f"-A {self.fwd}"
+        # A sandbox with no internet on this network (a warm one until claimed, one whose
+        # policy is unreadable): nothing at all, not even a reply or the host's resolvers.
+        for _, a in sorted(self._attached.items()):
+            if not a.policy.internet:
+                lines.append(f"{f} -s {a.ip}/32 {' '.join(_REJECT)}")
         # ACCEPT, not RETURN: Docker's isolation between its networks would drop the rest of
         # a flow the policy let start (to a service in a container on a range the operator opened).
         lines.append(f"{f} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")

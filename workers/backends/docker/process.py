@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 
 import docker.errors
 
-from shared.errors import SandboxGone
+from shared.errors import BackendUnsupported, SandboxError, SandboxGone
 from shared.output import STDERR, STDOUT
 from workers.backends.docker import docker_exec
 from workers.backends.docker.driver import DockerDriver
@@ -26,12 +27,31 @@ logger = logging.getLogger(__name__)
 class DockerProcess:
     """One spawned process; see ProcessHandle for the contract."""
 
-    def __init__(self, driver: DockerDriver, sandbox_id: str, attached: docker_exec.Attached):
+    def __init__(
+        self,
+        driver: DockerDriver,
+        sandbox_id: str,
+        attached: docker_exec.Attached,
+        timeout: float = 0.0,
+    ):
         self.driver = driver
         self.sandbox_id = sandbox_id
         self.attached = attached
         self._pgid: int | None = None
         self._pgid_known = threading.Event()
+        # SpawnOptions.timeout: the worker kills the group (an exec has no deadline of its own).
+        self._timer: threading.Timer | None = None
+        if timeout > 0:
+            self._timer = threading.Timer(timeout, self._time_out)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _time_out(self) -> None:
+        logger.info("sandbox %s: a process ran past its timeout; killing it", self.sandbox_id)
+        try:
+            self.kill(5.0)
+        except Exception:
+            logger.exception("sandbox %s: killing a timed-out process failed", self.sandbox_id)
 
     @property
     def pgid(self) -> int | None:
@@ -77,7 +97,23 @@ class DockerProcess:
                 )
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._pgid_known.set()  # nobody waits for a pgid that will not come
         with contextlib.suppress(OSError):
             self.attached.sock.close()
             self.attached.holder.close()
+
+    def signal(self, name: str) -> None:
+        if not (self._pgid_known.wait(5.0) and self._pgid and self._pgid > 0):
+            raise SandboxError("the process's group is not known")
+        self.driver.kill_group(self.sandbox_id, self._pgid, name.removeprefix("SIG"))
+
+    def resize(self, cols: int, rows: int) -> None:
+        raise BackendUnsupported(
+            "terminals are not supported by the docker backend (PADDOCK_SANDBOX_BACKEND="
+            "supervisor is)"
+        )
+
+    def close_stdin(self) -> None:
+        self.attached.sock.shutdown(socket.SHUT_WR)

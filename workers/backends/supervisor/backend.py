@@ -32,6 +32,7 @@ import requests
 
 from shared.egress import NetworkPolicy
 from shared.errors import (
+    EgressUnavailable,
     FileTooLarge,
     IsADirectory,
     NotADirectory,
@@ -39,13 +40,14 @@ from shared.errors import (
     PathExists,
     PathNotFound,
     PermissionDenied,
+    QuotaExceeded,
     SandboxError,
     SandboxGone,
     SandboxPaused,
     SandboxTimeout,
 )
 from shared.settings import Settings
-from workers.backends.base import SANDBOX_HOME, SANDBOX_USER, SandboxState
+from workers.backends.base import SANDBOX_HOME, SANDBOX_USER, SandboxState, SpawnOptions
 from workers.backends.docker.backend import DockerBackend
 from workers.backends.docker.driver import (
     MESSAGE_ERRORS,
@@ -56,6 +58,7 @@ from workers.backends.docker.driver import (
 from workers.backends.supervisor.channel import Channel, ChannelClosed, Process, SupervisorError
 from workers.backends.supervisor.process import NotStarted, SupervisorProcess
 from workers.backends.supervisor.stdio import AttachedStdio
+from workers.backends.supervisor.watch import SupervisorWatch
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,12 @@ _ERRORS: dict[str, tuple[type[SandboxError], str]] = {
 _SPAWN = r"""case $1 in /*) d=$1 ;; *) d=./$1 ;; esac
 cd -- "$d" 2>/dev/null || { echo "rootdir does not exist or is not a directory: $1" >&2; exit 1; }
 exec /bin/bash -c -- "$2"
+"""
+# The same for a program and its arguments (SpawnOptions.argv): "$2"... is the argv.
+_SPAWN_ARGV = r"""case $1 in /*) d=$1 ;; *) d=./$1 ;; esac
+cd -- "$d" 2>/dev/null || { echo "rootdir does not exist or is not a directory: $1" >&2; exit 1; }
+shift
+exec "$@"
 """
 
 
@@ -155,11 +164,25 @@ class SupervisorBackend(DockerBackend):
 
     def claim(self, sandbox_id: str, tenant_id: str, network: NetworkPolicy) -> None:
         """A warm sandbox runs nothing but its supervisor, which answers: checked before it
-        is handed over (SandboxError otherwise, and it is not claimed)."""
+        is handed over (SandboxError otherwise, and it is not claimed). Its policy is then
+        installed in the background, the claim answering meanwhile: until it is in place the
+        sandbox reaches nothing, and ``_call`` asks nothing of it (``_settled``)."""
         running = self._call(sandbox_id, lambda ch: ch.processes())
         if running:
             raise SandboxError(f"the warm sandbox runs {len(running)} process(es); not claimed")
-        super().claim(sandbox_id, tenant_id, network)
+        self.driver.claim(sandbox_id, network, wait=False)
+
+    def _settled(self, sandbox_id: str) -> None:
+        """Wait until a just-claimed sandbox's network policy is installed (claim), so that
+        nothing of its tenant runs before. Rules that could not be installed leave it closed,
+        and failed (SandboxGone); rules still not in place after PADDOCK_FS_TIMEOUT:
+        SandboxTimeout."""
+        try:
+            if self.egress.settled(sandbox_id, self.settings.fs_timeout):
+                return
+        except EgressUnavailable as exc:
+            self._fail(sandbox_id, str(exc))
+        raise SandboxTimeout("the sandbox's network rules are not in place yet; try again")
 
     def destroy(self, sandbox_id: str, ref: str | None = None) -> None:
         self._drop(sandbox_id, "the sandbox is being removed")
@@ -309,6 +332,7 @@ class SupervisorBackend(DockerBackend):
         refusals become Paddock's errors.
         A channel that ends meanwhile is judged (_check_closed) and the operation tried once
         more on a new one."""
+        self._settled(sandbox_id)  # (a just-claimed sandbox: its network policy first)
         for attempt in (1, 2):
             channel = self._channel(sandbox_id)
             try:
@@ -332,15 +356,32 @@ class SupervisorBackend(DockerBackend):
 
     # -- processes -------------------------------------------------------------------------------
     def spawn(
-        self, sandbox_id: str, cmd: str, env: dict[str, str], cwd: str
+        self,
+        sandbox_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        options: SpawnOptions | None = None,
     ) -> SupervisorProcess | NotStarted:
         """A command the system refuses to run (e.g. longer than an argument may be) starts
-        as a process that says why and exits with 126, as a shell's would."""
+        as a process that says why and exits with 126, as a shell's would. ``options``: all
+        of SpawnOptions (the supervisor's own pty and timeout)."""
+        o = options or SpawnOptions()
         full_env = {"HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LANG": "C.UTF-8", **env}
-        argv = ["/bin/sh", "-c", _SPAWN, "paddock", cwd, cmd]
+        if o.argv:
+            argv = ["/bin/sh", "-c", _SPAWN_ARGV, "paddock", cwd, *o.argv]
+        else:
+            argv = ["/bin/sh", "-c", _SPAWN, "paddock", cwd, cmd]
         try:
             proc: Process = self._call(
-                sandbox_id, lambda ch: ch.spawn(argv=argv, env=full_env, stdin=True)
+                sandbox_id,
+                lambda ch: ch.spawn(
+                    argv=argv,
+                    env=full_env,
+                    stdin=o.stdin,
+                    timeout=o.timeout or None,
+                    pty=o.pty,
+                ),
             )
         except SandboxError as exc:
             if "fork/exec" not in str(exc):
@@ -475,6 +516,24 @@ class SupervisorBackend(DockerBackend):
         if sum(len(e["name"]) + len(e["path"]) + 64 for e in found) > limit:
             raise FileTooLarge(f"the directory listing is larger than {limit} bytes: {path}")
         return [_entry(e) for e in found]
+
+    def watch(self, sandbox_id: str, path: str, recursive: bool) -> SupervisorWatch:
+        """The supervisor's ``fs.watch`` (inotify; at most 64 per sandbox and 4096 directories
+        each: QuotaExceeded past either)."""
+
+        def watch(ch: Channel) -> SupervisorWatch:
+            try:
+                return SupervisorWatch(ch.watch(path, recursive))
+            except SupervisorError as exc:
+                if exc.code != "busy":
+                    raise
+                raise QuotaExceeded(
+                    "the sandbox watches too much already (at most 64 watches, 4096 "
+                    f"directories each): {path}"
+                ) from None
+
+        handle: SupervisorWatch = self._call(sandbox_id, watch, path)
+        return handle
 
 
 def _refusal(exc: SupervisorError, path: str | None) -> SandboxError:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from shared.errors import SandboxError
-from shared.output import STDERR, STDOUT
+from shared.output import PTY, STDERR, STDOUT
 from workers.backends.supervisor.channel import (
     ChannelClosed,
     Exit,
@@ -90,7 +90,7 @@ class SupervisorProcess:
 
     @staticmethod
     def _kind(event: Output) -> str:
-        return STDERR if event.stream == "stderr" else STDOUT
+        return {"stderr": STDERR, "pty": PTY}.get(event.stream, STDOUT)
 
     def _follow_again(self, why: SupervisorError) -> None:
         """Follow the process on a (new) channel from the last seq handed out. Raises
@@ -163,6 +163,21 @@ class SupervisorProcess:
     def close(self) -> None:
         self._proc.release()
 
+    def signal(self, name: str) -> None:
+        self.backend.signal(self.sandbox_id, self._proc.pid, name)
+
+    def resize(self, cols: int, rows: int) -> None:
+        pid = self._proc.pid
+        self.backend._call(
+            self.sandbox_id, lambda ch: ch.call("proc.resize", pid=pid, cols=cols, rows=rows)
+        )
+
+    def close_stdin(self) -> None:
+        try:
+            self._proc.close_stdin()
+        except (SupervisorError, TimeoutError) as exc:
+            raise OSError(f"stdin: {exc}") from exc
+
 
 class NotStarted:
     """A process the system refused to start: its one line of stderr, then exit code 126."""
@@ -191,3 +206,12 @@ class NotStarted:
 
     def close(self) -> None:
         pass
+
+    def signal(self, name: str) -> None:
+        pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass
+
+    def close_stdin(self) -> None:
+        raise OSError("the process did not start")

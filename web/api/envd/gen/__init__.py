@@ -3,4 +3,5 @@
 # The SHA-256 of each source these modules were generated from.
 PROTO_SHA256 = {
     "filesystem.proto": "5f4ea11edcf59eee6a94704c4039d1ee60cd397f0e8467b8864dd23a3bbc270e",
+    "process.proto": "38271eda45447e03b2c8c7fae451deaf5f542f41a8627282e353a4056dd01148",
 }
