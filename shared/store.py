@@ -287,9 +287,6 @@ class Store:
                 self.r.hset(keys.hosts_seen(), hid, time.time())
         return out
 
-    def known_templates(self) -> set[str]:
-        return {t for h in self.alive_hosts() for t in h.templates}
-
     def template_catalog(self) -> list[dict[str, Any]]:
         """Every template some live host offers, by name, each with the ``hosts`` that have it.
 

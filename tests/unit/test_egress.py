@@ -197,6 +197,34 @@ def test_a_policy_that_cannot_be_installed_leaves_the_sandbox_closed(
     assert e.error is not None  # the host refuses internet until its rules are checked
 
 
+def test_a_sandbox_removed_while_its_policy_is_installed_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Removed before the install thread has the lock (held here; reentrant for the detach).
+    e, go = _claimable(monkeypatch, fail=False)
+    go.set()
+    e._lock = threading.RLock()  # type: ignore[assignment]
+    with e._lock:
+        e.claim("w", NetworkPolicy("internet"))
+        done = e._pending["w"]
+        e.detach("w")
+    assert done.wait(10)
+    assert (e._attached, e._pending, e._broken) == ({}, {}, {})
+    assert e.settled("w", 0) is True
+    # Removed while the install thread writes its rules (the detach waits for it).
+    e, go = _claimable(monkeypatch, fail=True)
+    e.claim("w", NetworkPolicy("internet"))
+    done = e._pending["w"]
+    remover = threading.Thread(target=e.detach, args=("w",))
+    remover.start()
+    while "w" in e._pending:  # the detach has begun
+        remover.join(0.01)
+    go.set()
+    remover.join(10)
+    assert done.is_set() and not remover.is_alive()
+    assert (e._attached, e._pending, e._broken) == ({}, {}, {})
+
+
 def test_a_sandbox_without_rules_is_not_claimed(monkeypatch: pytest.MonkeyPatch) -> None:
     e, go = _claimable(monkeypatch, fail=False)
     go.set()
