@@ -32,7 +32,15 @@ from tests.integration.session_helpers import new_tenant, recv, until, ws_connec
 HOST = "host-a"
 N = 60  # lines per process, one every 100 ms: the fault falls in the middle
 COUNT = f"for i in $(seq 1 {N}); do echo $i; sleep 0.1; done"
-AGENT = "for i in $(seq 1 50); do echo a$i; sleep 0.1; done"
+# The agent's command prints half its lines, then waits for GATE (made by the test once the web
+# workers are dead): however slow the set-up, it cannot end before the kill (under load it did,
+# and the resumed socket then had no exit left to send).
+GATE = "/tmp/after-the-kill"
+AGENT = (
+    "for i in $(seq 1 25); do echo a$i; sleep 0.1; done; "
+    f"while [ ! -e {GATE} ]; do sleep 0.1; done; "
+    "for i in $(seq 26 50); do echo a$i; sleep 0.1; done"
+)
 WAIT_TIMEOUT = 45
 
 
@@ -79,8 +87,9 @@ class Poller(threading.Thread):
 
 def _start_counting(api: Client, n: int) -> list[Poller]:
     pollers = []
-    for _ in range(n):
-        sid = api.sandbox("Bash")
+    # The sandboxes first (slow under load), then the processes close together: each is
+    # still printing when the fault falls.
+    for sid in [api.sandbox("Bash") for _ in range(n)]:
         r = api.start(sid, COUNT)
         assert r.status_code == 200, r.text
         pollers.append(Poller(api, sid, r.json()["processID"]))
@@ -117,6 +126,9 @@ def test_kill_9_of_the_web_workers_loses_no_line_and_the_socket_resumes(st: Stac
             seen.append(recv(ws, timeout=15))
     except ConnectionClosed:
         pass
+    assert "exit" not in [f["type"] for f in seen]
+    sandbox = client.req("GET", f"/v1/sessions/{session['chat_session_id']}").json()["sandbox_id"]
+    assert stdout_lines(api.run(sandbox, f"touch {GATE} && echo open")) == ["open"]  # the rest
     ws = ws_connect(session["connect_url"], session["jwt"], last_seq=seen[-1]["seq"])
     assert recv(ws)["type"] == "ready"
     seen += until(ws, "exit", timeout=60)
