@@ -39,6 +39,7 @@ PADDOCK_PORT="$(free_port)"
 PADDOCK_REDIS_PORT="$(free_port)"
 export PADDOCK_PORT PADDOCK_REDIS_PORT
 export PADDOCK_FLOWER_PORT="$(free_port)"
+export PADDOCK_RELAY_PORT="$(free_port)"
 export PADDOCK_BIND=127.0.0.1
 export PADDOCK_AUTH=on
 export PADDOCK_HOST_ID="$HOST_ID"

@@ -115,6 +115,42 @@ def run(url: str, logs: list[str]) -> None:
         expect("delete sandbox", call(f"{url}/sessions/{sid}", "DELETE", headers=auth), 204)
     expect("deleted sandbox is gone", call(f"{url}/sessions/{sid}", headers=auth), 404)
     print("smoke: sandbox deleted")
+    ports(url, auth, deadline)
+
+
+def ports(url: str, auth: dict[str, str], deadline: float) -> None:
+    """A sandbox made by the control API serves a port through the web's ports proxy, which
+    reaches it through the host worker's relay (web and worker are in different networks)."""
+    made = expect(
+        "control API create", call(f"{url}/sandboxes", "POST", {"templateID": "base"}, auth), 201
+    )
+    sid = made["sandboxID"]
+    try:
+        expect(
+            "port server",
+            call(
+                f"{url}/sessions/{sid}/processes",
+                "POST",
+                {
+                    "cmd": "mkdir -p /tmp/www && echo served > /tmp/www/index.html && "
+                    "cd /tmp/www && exec python3 -m http.server 8000",
+                    "rootdir": "/",
+                },
+                auth,
+            ),
+            200,
+        )
+        host = {"Host": f"8000-{sid}.localhost"}
+        while True:
+            status, body = call(f"{url}/index.html", headers=host)
+            if status == 200 and str(body).strip() == "served":
+                break
+            if time.monotonic() > deadline:
+                raise Failed(f"ports proxy: {status} {body!r}")
+            time.sleep(1)
+        print("smoke: port 8000 served through the ports proxy and the host's relay")
+    finally:
+        expect("control API kill", call(f"{url}/sandboxes/{sid}", "DELETE", headers=auth), 204)
 
 
 def main(argv: list[str]) -> int:
