@@ -5,6 +5,7 @@ the sandboxes are ordinary Paddock sandboxes of the caller's tenant."""
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -42,8 +43,17 @@ def create(tenant_id: str) -> tuple[Response, int]:
     except BaseException:
         services.sandboxes.delete(sandbox)  # nothing half-made is left
         raise
-    answer = wire.created(sandbox, tokens, alias=body["templateID"])
+    answer = wire.created(sandbox, tokens, alias=body["templateID"], domain=_domain(services))
     return jsonify(schemas.Sandbox().dump(answer)), 201
+
+
+def _domain(services: Services) -> str:
+    """The domain the SDK's ``get_host(port)`` builds ``{port}-{id}.<domain>`` on: the preview
+    domain, served on the port this request reached (the ports proxy is the same server), so
+    no ``E2B_DOMAIN`` is needed. Behind a proxy, its ``X-Forwarded-Host`` (PADDOCK_PROXY_HOPS)."""
+    port = urlsplit(f"//{request.host}").port
+    domain = services.settings.preview_domain
+    return f"{domain}:{port}" if port else domain
 
 
 @bp.get("/v2/sandboxes")
@@ -74,7 +84,9 @@ def get(tenant_id: str, sandbox_id: str) -> Response:
     record = control_state(services).record(sandbox)
     _, end = services.sandboxes.times(sandbox)
     return jsonify(
-        schemas.SandboxDetail().dump(wire.detail(services.settings, sandbox, record, end))
+        schemas.SandboxDetail().dump(
+            wire.detail(services.settings, sandbox, record, end, _domain(services))
+        )
     )
 
 
@@ -166,7 +178,7 @@ def _connect(services: Services, sandbox: Sandbox, timeout: int | None) -> tuple
         status = 201
     else:
         state.set_end(sandbox, seconds, allow_shorter=False)
-    answer = wire.created(sandbox, state.tokens(sandbox))
+    answer = wire.created(sandbox, state.tokens(sandbox), domain=_domain(services))
     return jsonify(schemas.Sandbox().dump(answer)), status
 
 

@@ -122,7 +122,7 @@ def iso(ts: float) -> str:
 
 
 def created(
-    sandbox: Sandbox, tokens: Tokens, alias: str | None = None, domain: str | None = None
+    sandbox: Sandbox, tokens: Tokens, domain: str, alias: str | None = None
 ) -> dict[str, Any]:
     return {
         "templateID": sandbox.template,
@@ -160,13 +160,13 @@ def listed(
 
 
 def detail(
-    settings: Settings, sandbox: Sandbox, record: Record, end: float | None
+    settings: Settings, sandbox: Sandbox, record: Record, end: float | None, domain: str
 ) -> dict[str, Any]:
     policy = sandbox.network
     return {
         **listed(settings, sandbox, record, end),
         "allowInternetAccess": policy.internet,
-        "domain": None,
+        "domain": domain,
         "network": {
             "allowPublicTraffic": record.public,
             "allowOut": list(policy.allow_out),
