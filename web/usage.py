@@ -11,7 +11,7 @@ import redis
 from shared import keys
 from shared.sessions import Sessions
 from shared.settings import Settings
-from shared.slots import SOCKETS, STREAMS, WAITS, Slots
+from shared.slots import PROXIES, SOCKETS, STREAMS, WAITS, Slots
 from shared.store import Store
 
 
@@ -67,6 +67,9 @@ def tenant_usage(r: redis.Redis, settings: Settings, tenant_id: str) -> dict[str
             ),
             "websockets": _tenant_quota(
                 slots.count(SOCKETS, tenant_id), s.tenant_max_sockets, "tenant_max_sockets"
+            ),
+            "proxied_connections": _tenant_quota(
+                slots.count(PROXIES, tenant_id), s.tenant_max_proxied, "tenant_max_proxied"
             ),
             "processes_per_sandbox": _sandbox_quota(
                 running, s.sandbox_max_processes, "sandbox_max_processes"

@@ -219,6 +219,7 @@ def test_usage_needs_an_api_key_and_shows_every_quota(stack: Stack) -> None:
         "concurrent_waits",
         "concurrent_streams",
         "websockets",
+        "proxied_connections",
         "processes_per_sandbox",
         "kept_output_bytes_per_sandbox",
     }

@@ -410,6 +410,11 @@ class Quotas(Schema):
     websockets = fields.Nested(
         QuotaUsage, required=True, metadata={"description": "Open session WebSockets"}
     )
+    proxied_connections = fields.Nested(
+        QuotaUsage,
+        required=True,
+        metadata={"description": "Open connections to the sandboxes' ports (the ports proxy)"},
+    )
     processes_per_sandbox = fields.Nested(
         QuotaUsage, required=True, metadata={"description": "Running processes in one sandbox"}
     )
