@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+from celery import Celery
 
 from shared import keys
 from shared.output import ProcessLog
+from shared.pools import Pools
 from shared.settings import Settings
 from shared.store import Store
 from workers.control import reaper
@@ -56,3 +58,21 @@ def test_an_unreadable_last_seen_counts_as_now_and_is_mended() -> None:
     assert store.silent_hosts(since=1e12) == []  # not a crash, not lost on garbage
     assert float(r.hget(keys.hosts_seen(), "h1") or 0) > 1.0  # rewritten: lost in due time
     assert store.silent_hosts(since=1e12) == ["h1"]
+
+
+def test_a_dead_hosts_warm_sandboxes_leave_their_pools_and_are_purged() -> None:
+    r = fakeredis.FakeRedis()
+    store = _host_with_a_sandbox(r, "h1", "sb1")
+    pools = Pools(r)
+    assert pools.reserve("h1", 10, "Bash", "internet", "w1")
+    assert pools.ready("h1", "Bash", "internet", "w1")
+    assert pools.reserve("h1", 10, "Bash", "internet", "w2")  # still warming
+    r.delete(keys.host("h1"))
+    r.hset(keys.hosts_seen(), "h1", 1.0)
+    assert reaper.lose_dead_hosts(r, Settings(host_dead_after=30)) == ["sb1"]  # not warm ones
+    assert pools.all_ready("h1") == set() and pools.ready_ids("h1", "Bash", "internet") == set()
+    assert not r.exists(keys.warm("h1"), keys.warm_kind("h1", "Bash", "internet"))
+    assert {store.raw_sandbox(w)["status"] for w in ("w1", "w2")} == {"deleting"}
+    reaper.reap(Celery(broker="memory://"), r, Settings(host_dead_after=30))  # host not alive
+    assert store.raw_sandbox("w1") == {} and store.raw_sandbox("w2") == {}
+    assert store.host_sandbox_ids("h1") == []  # no slot left held, no key left

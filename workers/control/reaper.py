@@ -12,6 +12,7 @@ from celery import Celery
 from shared import commands, keys, rpc, tasks
 from shared.lifecycle import end_lost_session, end_session
 from shared.output import ProcessLog
+from shared.pools import READY, WARMING, Pools
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
@@ -97,10 +98,13 @@ def lose_dead_hosts(r: redis.Redis, settings: Settings) -> list[str]:
     store = Store(r)
     plog = ProcessLog(r)
     sessions = Sessions(r)
+    pools = Pools(r)
     marked = []
     for host in store.silent_hosts(since=time.time() - settings.host_dead_after):
         reason = f"its host {host} has sent no heartbeat for {settings.host_dead_after:.0f} s"
         for sandbox_id in store.host_sandbox_ids(host):
+            if _unclaimed_warm(pools, host, store.raw_sandbox(sandbox_id), sandbox_id):
+                continue
             if not store.mark_lost(sandbox_id, reason, settings.lost_keep):
                 # Being deleted (the reaper purges it, its host being dead) or gone: it
                 # holds no slot of the host's any more.
@@ -112,6 +116,16 @@ def lose_dead_hosts(r: redis.Redis, settings: Settings) -> list[str]:
             end_processes(plog, sandbox_id, f"the sandbox was lost ({reason})")
             marked.append(sandbox_id)
     return marked
+
+
+def _unclaimed_warm(pools: Pools, host: str, record: dict[str, str], sandbox_id: str) -> bool:
+    """A dead host's warm sandbox nobody claimed leaves its pool (its warm sets with it) and
+    becomes ``deleting``, due at once: the reaper purges it with its host's slot. True when
+    the record was a warm one."""
+    if record.get("status") not in (WARMING, READY):
+        return False
+    pools.take(host, record.get("template", ""), record.get("pool", ""), sandbox_id)
+    return True
 
 
 def expire_sessions(app: Celery, r: redis.Redis, settings: Settings) -> list[str]:
