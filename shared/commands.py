@@ -379,7 +379,14 @@ class FsWatch(HostCommand):
 
 # -- processes -----------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
-class ProcessStart(HostCommand):
+class ProcessCommand(HostCommand):
+    """A host command about one process of the sandbox."""
+
+    process_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessStart(ProcessCommand):
     """Start ``cmd`` (``bash -c``). The envd protocol's options (workers/backends/base.py
     SpawnOptions), each absent from an older web's message: ``argv`` a program and its
     arguments to run instead (``cmd`` then describes it: an older worker runs that), a
@@ -388,7 +395,6 @@ class ProcessStart(HostCommand):
     process's record (the web's sealed config, for the envd List)."""
 
     name: ClassVar[str] = tasks.PROCESS_START
-    process_id: str
     cmd: str
     env: dict[str, str]
     cwd: str
@@ -414,12 +420,11 @@ class Written(Reply):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessStdin(HostCommand):
+class ProcessStdin(ProcessCommand):
     """``data`` as text; input that is not UTF-8 goes base64 in ``data_b64`` instead (an
     older worker, which knows only ``data``, writes nothing then)."""
 
     name: ClassVar[str] = tasks.PROCESS_STDIN
-    process_id: str
     data: str
     data_b64: str = ""
 
@@ -436,11 +441,10 @@ class ProcessStdin(HostCommand):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessCloseStdin(HostCommand):
+class ProcessCloseStdin(ProcessCommand):
     """End the process's input (Written: False when it has none open or is not running)."""
 
     name: ClassVar[str] = tasks.PROCESS_CLOSE_STDIN
-    process_id: str
 
 
 @dataclass(frozen=True)
@@ -449,11 +453,10 @@ class Resized(Reply):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessResize(HostCommand):
+class ProcessResize(ProcessCommand):
     """A new size for the process's terminal (False: it is not running)."""
 
     name: ClassVar[str] = tasks.PROCESS_RESIZE
-    process_id: str
     cols: int
     rows: int
 
@@ -463,12 +466,11 @@ SIGNALS = ("SIGTERM", "SIGKILL")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessSignal(HostCommand):
+class ProcessSignal(ProcessCommand):
     """Send ``signal`` (one of SIGNALS) to the process group; unlike ProcessKill its output
     and end are kept as for any exit (Killed: False when it is not running)."""
 
     name: ClassVar[str] = tasks.PROCESS_SIGNAL
-    process_id: str
     signal: str
 
 
@@ -478,9 +480,8 @@ class Killed(Reply):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessKill(HostCommand):
+class ProcessKill(ProcessCommand):
     name: ClassVar[str] = tasks.PROCESS_KILL
-    process_id: str
 
 
 # -- agent ---------------------------------------------------------------------------------------

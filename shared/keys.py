@@ -66,8 +66,9 @@ def process(sandbox_id: str, process_id: str) -> str:
 
 def envd_processes(sandbox_id: str) -> str:
     """Hash: the envd protocol's processes of a sandbox by pid (``p:<pid>`` -> JSON with the
-    process id and tag, ``d:<pid>`` -> when a stream delivered its end, ``seq`` -> the pid
-    counter). Expires a while after the sandbox's maximum lifetime (web/api/envd/table.py)."""
+    process id and tag, ``d:<pid>`` -> when a stream delivered its end, ``i:<process id>`` and
+    ``t:<tag>`` -> a pid, ``seq`` -> the pid counter, ``c`` -> the sweep's cursor). Deleted
+    with the sandbox; expires a while after its maximum lifetime (web/api/envd/table.py)."""
     return f"{PREFIX}:envd:{sandbox_id}:procs"
 
 
@@ -275,3 +276,9 @@ def sandbox_watches(sandbox_id: str) -> str:
 def tenant_watches(tenant_id: str) -> str:
     """Sorted set: a tenant's watcher ids scored by when each expires unread (ms)."""
     return f"{PREFIX}:tenant:{tenant_id}:watches"
+
+
+def terminal_ticket(digest: str) -> str:
+    """String: a terminal socket's one-use ticket (by its sha256), the tenant and sandbox it
+    opens (web/terminal.py). Expires within a minute; taken with GETDEL."""
+    return f"{PREFIX}:term-ticket:{digest}"

@@ -45,6 +45,10 @@ MAX_LINE = 1 << 20  # a "line" longer than this is read as several lines
 # members), counted against the output budgets with its command so that a tenant cannot pile
 # up finished processes without limit.
 RECORD_BYTES = 2048
+# What one stored output entry costs in Redis besides its bytes (its id, fields and share of
+# the stream's nodes: about 30 bytes, measured on Redis 7), charged with them: a process
+# printing a byte at a time must not keep 30 times the budget of its bytes.
+ENTRY_BYTES = 64
 _BATCH = 256  # entries per read where the reader keeps everything (the agent's capped reads)
 _STREAM_BATCH = 8  # entries per read when streaming: at most 8 chunks of 256 KiB held at once
 
@@ -262,9 +266,11 @@ class ProcessLog:
         tenant_id: str = "",
         limit: int = 0,
         budgets: Budgets | None = None,
+        extra: int = 0,
     ) -> None:
         """Record a new process of the sandbox. ``limit`` (0: none) caps the sandbox's running
-        processes; the record (RECORD_BYTES plus the command) counts against ``budgets``.
+        processes; the record (RECORD_BYTES plus the command, plus ``extra`` bytes of other
+        fields its writer keeps in it) counts against ``budgets``.
 
         Raises QuotaExceeded when the sandbox already runs ``limit`` processes, or when the
         sandbox's or the tenant's kept output leaves no room for the record; WorkerTimeout when
@@ -286,7 +292,7 @@ class ProcessLog:
                     cmd,
                     tenant_id,
                     time.time(),
-                    RECORD_BYTES + len(cmd.encode()),
+                    RECORD_BYTES + len(cmd.encode()) + max(0, extra),
                     budgets.sandbox if budgets else unlimited,
                     budgets.tenant if budgets else unlimited,
                 ],
@@ -375,7 +381,7 @@ class ProcessLog:
     ) -> None:
         """Store Paddock's own notice outside the budgets, once for ``seq`` (> 0): safe to
         send again after a lost reply (see append_budgeted)."""
-        self.append_budgeted(sandbox_id, process_id, tenant_id, pieces, 0, _NO_BUDGETS, seq)
+        self._add(sandbox_id, process_id, tenant_id, list(pieces), 0, _NO_BUDGETS, seq, "")
 
     def append_budgeted(
         self,
@@ -390,13 +396,35 @@ class ProcessLog:
     ) -> Refused | None:
         """Store pieces worth ``size`` bytes, one entry each, if the sandbox's and the tenant's
         budgets both have room for all of them; otherwise store nothing and say how much
-        would fit.
+        would fit (``room``: bytes of as many pieces). Each entry is charged ENTRY_BYTES
+        besides its bytes.
 
         ``seq`` (> 0, growing with each write of the process) makes the write safe to send
         again when its reply was lost (Redis restarted): a seq already stored is not stored
         twice. ``resume`` is kept in the record with the pieces (workers/host/runner.py
         Resume)."""
-        args: list[Any] = [size, budgets.sandbox, budgets.tenant, seq, resume]
+        written = list(pieces)
+        overhead = ENTRY_BYTES * len(written)
+        refused = self._add(
+            sandbox_id, process_id, tenant_id, written, size + overhead, budgets, seq, resume
+        )
+        if refused is None:
+            return None
+        return Refused(max(0, refused.room - overhead), refused.budget)
+
+    def _add(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        tenant_id: str,
+        pieces: list[Piece],
+        charge: int,
+        budgets: Budgets,
+        seq: int,
+        resume: str,
+    ) -> Refused | None:
+        """One _APPEND (``charge`` 0: outside the budgets); Refused.room as the script says."""
+        args: list[Any] = [charge, budgets.sandbox, budgets.tenant, seq, resume]
         for p in pieces:
             args += [p.kind, p.data, p.ts_ns, p.notice]
         if len(args) == 5:
@@ -531,17 +559,6 @@ class ProcessLog:
         ]
         _apply(out, lines.entries(_noting(out, got)))
         return out
-
-    def wait(
-        self,
-        sandbox_id: str,
-        process_id: str,
-        timeout: float,
-        tick: Callable[[], bool] | None = None,
-    ) -> Output:
-        """Everything written until the process ends, or until ``timeout`` seconds pass."""
-        self.wait_done(sandbox_id, process_id, timeout, tick)
-        return self.read(sandbox_id, process_id)
 
 
 class _Stored(NamedTuple):

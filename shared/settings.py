@@ -15,8 +15,9 @@ from shared.pools import parse_pool_sizes
 from shared.redisconn import redact_url
 
 SANDBOX_NETWORKS = ("none", "internet")
-# What runs the sandboxes (workers/backends/): only Docker containers so far.
-SANDBOX_BACKENDS = ("docker", "supervisor")
+# What runs the sandboxes (workers/backends/): Docker containers; "fake" runs nothing (the scale
+# harness's, workers/backends/fake/) and is refused without PADDOCK_ALLOW_FAKE_BACKEND.
+SANDBOX_BACKENDS = ("docker", "supervisor", "fake")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
@@ -82,6 +83,9 @@ class Settings:
     # with Paddock's resident supervisor, one channel per sandbox) or docker
     # (workers/backends/docker/: a `docker exec` per operation).
     sandbox_backend: str = "supervisor"
+    # The fake backend (workers/backends/fake/: no sandbox, commands simulated in memory, for
+    # bench/scale) is chosen only when this is set too: one variable alone never picks it.
+    allow_fake_backend: bool = False
     # The supervisor binary sandboxes mount (a path on the engine's host); empty: built from
     # supervisor/ and cached by its source's hash (workers/backends/supervisor/build.py).
     supervisor_binary: str = ""
@@ -183,6 +187,15 @@ class Settings:
     # Seconds a proxied connection may pass no byte either way before it is closed.
     proxy_idle_timeout: float = 300.0
     tenant_max_proxied: int = 100
+    # Directory watchers (shared/watches.py, workers/host/watches.py): at most so many per
+    # sandbox, per tenant and per host (each a host thread and, in the sandbox, an inotify
+    # instance of up to 4096 directories); each keeps at most watch_max_events unread events
+    # in Redis and is written at most watch_events_per_second (a stream's worth at once).
+    sandbox_max_watchers: int = 16
+    tenant_max_watchers: int = 64
+    host_max_watchers: int = 512
+    watch_events_per_second: float = 200.0
+    watch_max_events: int = 1000
 
     def __repr__(self) -> str:
         # Settings get logged; secrets must not be.
@@ -211,6 +224,11 @@ class Settings:
             raise ConfigError(
                 f"PADDOCK_SANDBOX_BACKEND must be one of {', '.join(SANDBOX_BACKENDS)}"
             )
+        if self.sandbox_backend == "fake" and not self.allow_fake_backend:
+            raise ConfigError(
+                "PADDOCK_SANDBOX_BACKEND=fake runs no sandboxes (a simulation for bench/scale): "
+                "it also needs PADDOCK_ALLOW_FAKE_BACKEND=1"
+            )
         if self.sandbox_network not in SANDBOX_NETWORKS:
             raise ConfigError(
                 f"PADDOCK_SANDBOX_NETWORK must be one of {', '.join(SANDBOX_NETWORKS)}"
@@ -230,6 +248,11 @@ class Settings:
             "relay_max_connections",
             "proxy_idle_timeout",
             "tenant_max_proxied",
+            "sandbox_max_watchers",
+            "tenant_max_watchers",
+            "host_max_watchers",
+            "watch_events_per_second",
+            "watch_max_events",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PADDOCK_{name.upper()} must be positive")

@@ -513,7 +513,9 @@ class Store:
             ],
             client=pipe,
         )
-        pipe.delete(keys.sandbox(sandbox_id), keys.task_log(sandbox_id))
+        pipe.delete(
+            keys.sandbox(sandbox_id), keys.task_log(sandbox_id), keys.envd_processes(sandbox_id)
+        )
         pipe.zrem(keys.idle_index(), sandbox_id)
         pipe.zrem(keys.expiry_index(), sandbox_id)
         if data.get("tenant"):

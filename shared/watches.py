@@ -7,12 +7,14 @@ Keys (shared/keys.py): ``watch`` (a hash), ``watch_events`` (a stream), and two 
 that count a sandbox's and a tenant's watchers, each scored by when it expires unread, so one
 whose record expired stops counting by itself (as shared/slots.py does).
 
-Bounds, against a sandbox that touches millions of files (its events are untrusted data):
+Bounds, against a sandbox that touches millions of files (its events are untrusted data),
+in WatchLimits (from the settings: PADDOCK_SANDBOX_MAX_WATCHERS and the others there):
 
-- at most SANDBOX_MAX watchers per sandbox and TENANT_MAX per tenant (QuotaExceeded);
-- the stream keeps at most MAX_EVENTS entries (an exact MAXLEN): the oldest unread go first;
-- the host writes at most RATE events a second per watch (BURST at once), drops the rest and
-  then writes one ``overflow`` entry saying how many it dropped;
+- at most ``sandbox_max`` watchers per sandbox and ``tenant_max`` per tenant (QuotaExceeded),
+  checked and counted in one script, so concurrent creates never pass the limit together;
+- the stream keeps at most ``max_events`` entries (an exact MAXLEN): the oldest unread go first;
+- the host writes at most ``rate`` events a second per watch (``max_events`` at once), drops
+  the rest and then writes one ``overflow`` entry saying how many it dropped;
 - an event's name is at most MAX_NAME bytes of UTF-8 (a longer one is dropped and counted).
 
 Every entry carries a sequence number (1, 2, ... per watch, counting the entries written), so
@@ -41,6 +43,7 @@ import redis
 
 from shared import keys
 from shared.errors import QuotaExceeded
+from shared.settings import Settings
 from shared.slots import NOW_MS_LUA
 
 EVENT_KINDS = ("create", "write", "remove", "rename", "chmod")
@@ -48,14 +51,9 @@ OVERFLOW = "overflow"  # events were lost here (name: how many, "" when not know
 END = "end"  # the watched directory went away (name: why)
 FAIL = "fail"  # the watch broke (name: why)
 
-MAX_EVENTS = 1000
 MAX_NAME = 1024
-RATE = 200.0  # events a second per watch, sustained
-BURST = 1000
 IDLE = 600.0
 STALE = 30.0
-SANDBOX_MAX = 16
-TENANT_MAX = 64
 
 _ID = re.compile(r"[0-9a-f]{24}")
 
@@ -147,6 +145,27 @@ if #got > 0 then
 end
 return {prev, got}
 """
+
+
+@dataclass(frozen=True)
+class WatchLimits:
+    """The watchers' bounds (the defaults are the settings' own)."""
+
+    sandbox_max: int = 16  # watchers per sandbox
+    tenant_max: int = 64  # ... per tenant
+    host_max: int = 512  # watches (threads) per host
+    rate: float = 200.0  # events a second per watch, sustained; max_events at once
+    max_events: int = 1000  # unread entries a watcher's stream keeps
+
+    @classmethod
+    def of(cls, settings: Settings) -> WatchLimits:
+        return cls(
+            settings.sandbox_max_watchers,
+            settings.tenant_max_watchers,
+            settings.host_max_watchers,
+            settings.watch_events_per_second,
+            settings.watch_max_events,
+        )
 
 
 def watcher_id() -> str:
@@ -257,8 +276,9 @@ def decode(entries: Sequence[tuple[str, dict[str, str]]], seq: int) -> Batch:
 class Watches:
     """The watchers' records and events in Redis (see the module docstring)."""
 
-    def __init__(self, r: redis.Redis) -> None:
+    def __init__(self, r: redis.Redis, limits: WatchLimits | None = None) -> None:
         self.r = r
+        self.limits = limits or WatchLimits()
         self._register = r.register_script(_REGISTER)
         self._write = r.register_script(_WRITE)
         self._touch = r.register_script(_TOUCH)
@@ -273,8 +293,6 @@ class Watches:
         host_id: str,
         path: str,
         recursive: bool,
-        sandbox_max: int = SANDBOX_MAX,
-        tenant_max: int = TENANT_MAX,
     ) -> None:
         """A new watcher's record (state ``starting``), counted in its sandbox's and tenant's
         watchers. Raises QuotaExceeded when either has its most."""
@@ -285,6 +303,7 @@ class Watches:
             "path": path,
             "recursive": "1" if recursive else "0",
         }
+        sandbox_max, tenant_max = self.limits.sandbox_max, self.limits.tenant_max
         args: list[Any] = [watcher_id, sandbox_max, tenant_max, _ms(IDLE)]
         for k, v in record.items():
             args += [k, v]
@@ -300,14 +319,14 @@ class Watches:
         )
         if got == -1:
             raise QuotaExceeded(
-                f"watcher quota reached: at most {sandbox_max} directory watchers per sandbox;"
-                " remove one first",
+                f"watcher quota reached: at most {sandbox_max} directory watchers per sandbox"
+                " (PADDOCK_SANDBOX_MAX_WATCHERS); remove one first",
                 retry_after=5,
             )
         if got == -2:
             raise QuotaExceeded(
-                f"watcher quota reached: at most {tenant_max} directory watchers per tenant;"
-                " remove one first",
+                f"watcher quota reached: at most {tenant_max} directory watchers per tenant"
+                " (PADDOCK_TENANT_MAX_WATCHERS); remove one first",
                 retry_after=5,
             )
 
@@ -329,11 +348,12 @@ class Watches:
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return WatchRecord.of(watcher_id, fields, _int(now))
 
-    def consume(self, watcher_id: str, count: int = MAX_EVENTS) -> Batch | None:
-        """The events since the last call (at most ``count`` entries), now dropped from the
-        stream; None when the watcher is gone."""
+    def consume(self, watcher_id: str) -> Batch | None:
+        """The events since the last call (at most ``max_events`` entries), now dropped from
+        the stream; None when the watcher is gone."""
         got = self._consume(
-            keys=[keys.watch(watcher_id), keys.watch_events(watcher_id)], args=[count]
+            keys=[keys.watch(watcher_id), keys.watch_events(watcher_id)],
+            args=[self.limits.max_events],
         )
         if not got:
             return None
@@ -346,7 +366,7 @@ class Watches:
         and after seq ``seq``: the last id read and the batch. Those read are dropped from the
         stream (one reader per watcher)."""
         stream = keys.watch_events(watcher_id)
-        resp = self.r.xread({stream: after}, count=MAX_EVENTS, block=block_ms)
+        resp = self.r.xread({stream: after}, count=self.limits.max_events, block=block_ms)
         entries = [(_text(i), _fields(f)) for _, got in resp or [] for i, f in got]
         if not entries:
             return after, Batch(seq=seq)
@@ -379,7 +399,7 @@ class Watches:
         last entry is END or FAIL (``reason`` then says why). False when the watcher is gone
         or ended already: its watch should stop."""
         ended = bool(entries) and entries[-1].kind in (END, FAIL)
-        args: list[Any] = [MAX_EVENTS, "ended" if ended else "running", reason]
+        args: list[Any] = [self.limits.max_events, "ended" if ended else "running", reason]
         for e in entries:
             args += [e.seq, e.kind, e.name, "1" if e.is_dir else "0"]
         return bool(

@@ -5,7 +5,9 @@ lack any WebSocket package). ``python3 ports_server.py PORT``:
   lower-cased, repeated ones all kept), and the length and SHA-256 of its body (Content-Length
   or chunked);
 - a WebSocket upgrade (RFC 6455: the accept key by hashlib and base64) echoes every text and
-  binary message, answers pings and closes when asked.
+  binary message, answers pings and closes when asked;
+- ``/hang`` is read and never answered; ``/lengths`` is answered with two Content-Lengths
+  that disagree (an app that is slow or lies on purpose).
 """
 
 import base64
@@ -108,6 +110,11 @@ def handle(c):
             headers.setdefault(name.strip().lower(), []).append(value.strip())
         if headers.get("upgrade", [""])[0].lower() == "websocket":
             websocket(c, f, headers)
+            return
+        if target == "/hang":
+            threading.Event().wait()
+        if target == "/lengths":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nhello")
             return
         size, digest = body_of(f, headers)
         out = json.dumps(

@@ -20,6 +20,7 @@ import pytest
 
 from devstack.stack import Stack
 from shared import keys
+from shared.output import ENTRY_BYTES, RECORD_BYTES
 from tests.integration.client import Client
 from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
@@ -184,6 +185,34 @@ def test_output_budgets_truncate_with_a_named_marker_and_spare_other_tenants(
     while int(stack.redis.get(keys.tenant_output_bytes(tenant)) or 0) > held - 3.5 * MiB:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_a_byte_at_a_time_writer_keeps_in_redis_no_more_than_it_is_charged(stack: Stack) -> None:
+    """One write per byte (a frame per read from the supervisor): frames already at the worker
+    are stored as one entry, and each entry is charged ENTRY_BYTES besides its bytes, so what
+    the stream costs Redis stays within what the budgets count. Every byte reads back."""
+    a = Client(stack, new_tenant(stack, "dribbler"))
+    sid = a.sandbox("Python3")
+    script = (
+        "import os, time\n"
+        "data = ''.join(f'{i:05d}\\n' for i in range(20000)).encode()\n"
+        "for i in range(len(data)):\n"
+        "    os.write(1, data[i : i + 1])\n"
+        "    if i % 100 == 0:\n"
+        "        time.sleep(0.001)  # bursts the worker may well read apart\n"
+    )
+    assert a.write(sid, "/home/user/drip.py", script).status_code == 204
+    cmd = "python3 /home/user/drip.py"
+    out = a.run(sid, cmd)
+    assert [x["line"] for x in out["stdout"]] == [f"{i:05d}" for i in range(20000)]
+    assert out["stderr"] == []
+    pid = out["processID"]
+    key = keys.output(sid, pid)
+    charged = int(stack.redis.hget(keys.process(sid, pid), "bytes") or 0)
+    entries = int(stack.redis.xlen(key)) - 1  # and the end entry
+    used = int(stack.redis.memory_usage(key, samples=0) or 0)
+    assert charged == RECORD_BYTES + len(cmd) + 120_000 + entries * ENTRY_BYTES
+    assert used <= charged, (used, charged, entries)
 
 
 def test_process_quota_is_per_sandbox_and_named(stack: Stack) -> None:

@@ -8,6 +8,7 @@ Runs on the supervisor backend (the docker backend has no terminals)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -17,19 +18,18 @@ from e2b import (
     AsyncSandbox,
     AuthenticationException,
     CommandExitException,
-    ConnectionConfig,
     NotFoundException,
     PtySize,
     Sandbox,
     SandboxException,
     TimeoutException,
 )
-from packaging.version import Version
 
 from devstack.stack import Stack
 from shared import keys
 from shared.slots import STREAMS
 from tests.integration.client import wait_until
+from tests.integration.e2b_helpers import sdk_env, with_wrong_token
 from tests.integration.session_helpers import new_tenant
 
 pytestmark = pytest.mark.skipif(
@@ -38,11 +38,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 TENANT = "e2bcmds"
+MAX_STREAMS = 4  # the tenant's (no test here holds more than two at once but the one on it)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(tmp_path_factory.mktemp("e2bcmds"), env={"PADDOCK_AUTH": "on"}) as st:
+    env = {"PADDOCK_AUTH": "on", "PADDOCK_TENANT_MAX_STREAMS": str(MAX_STREAMS)}
+    with Stack(tmp_path_factory.mktemp("e2bcmds"), env=env) as st:
         yield st
 
 
@@ -50,23 +52,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def sbx(stack: Stack) -> Iterator[Sandbox]:
     """A sandbox of a fresh tenant (with an env var of its own), the stack set as E2B_API_URL
     and E2B_SANDBOX_URL."""
-    env = {
-        "E2B_API_URL": stack.url,
-        "E2B_API_KEY": new_tenant(stack, TENANT),
-        "E2B_DOMAIN": "localhost",
-        "E2B_SANDBOX_URL": stack.url,
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    sandbox = Sandbox.create(envs={"FROM_CREATE": "created"})
-    yield sandbox
-    sandbox.kill()
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with sdk_env(stack, new_tenant(stack, TENANT)):
+        sandbox = Sandbox.create(envs={"FROM_CREATE": "created"})
+        yield sandbox
+        sandbox.kill()
 
 
 def _running(sbx: Sandbox) -> dict[int, list[str]]:
@@ -173,6 +162,53 @@ def test_connect_to_a_running_command_after_disconnect(stack: Stack, sbx: Sandbo
         sbx.commands.connect(999_999)
 
 
+def test_streams_are_bounded_per_tenant(stack: Stack, sbx: Sandbox) -> None:
+    # Each Start stream holds one of the tenant's stream slots (a web worker's connection and
+    # a Redis reader) for as long as the client keeps it open: past PADDOCK_TENANT_MAX_STREAMS
+    # a Start is refused before anything starts, and so is a StreamInput.
+    slots = keys.slots(STREAMS, f"usr_{TENANT}")
+    held = [sbx.commands.run("sleep 600", background=True) for _ in range(MAX_STREAMS)]
+    try:
+        assert stack.redis.zcard(slots) == MAX_STREAMS
+        before = _running(sbx)
+        with pytest.raises(SandboxException, match="PADDOCK_TENANT_MAX_STREAMS"):
+            sbx.commands.run("echo never > ~/streams.never", background=True)
+        with pytest.raises(SandboxException, match="PADDOCK_TENANT_MAX_STREAMS"):
+            sbx.commands.stream_input(held[0].pid, ["x"])
+        assert _running(sbx) == before
+        assert not sbx.files.exists("streams.never")
+        held[0].disconnect()
+        wait_until(lambda: stack.redis.zcard(slots) < MAX_STREAMS, "a stream slot to free")
+        assert sbx.commands.run("echo again").stdout == "again\n"
+    finally:
+        for handle in held:
+            handle.kill()
+            handle.disconnect()
+    wait_until(lambda: stack.redis.zcard(slots) == 0, "the stream slots to be released")
+
+
+def test_config_is_paid_for_and_the_pid_table_goes_with_its_sandbox(stack: Stack) -> None:
+    # The config a process was started with (kept sealed in its record, for List) counts
+    # against the output budgets like the rest of the record: env vars of 200 KB each cannot
+    # pile up in Redis unpaid. The sandbox's pid table goes when the sandbox does.
+    other = Sandbox.create()
+    try:
+        big = "v" * 200_000
+        handle = other.commands.run("sleep 600", background=True, envs={"BIG": big})
+        table = keys.envd_processes(other.sandbox_id)
+        entry = stack.redis.hget(table, f"p:{handle.pid}")
+        assert entry is not None
+        record = keys.process(other.sandbox_id, json.loads(entry)["id"])
+        kept = stack.redis.hget(record, "envd")
+        assert kept is not None and len(kept) > len(big)
+        assert int(stack.redis.hget(record, "bytes") or 0) >= len(kept)
+        handle.kill()
+        handle.disconnect()
+    finally:
+        other.kill()
+    wait_until(lambda: not stack.redis.exists(table), "the pid table to go with its sandbox")
+
+
 def test_pty_size_input_output_and_resize(sbx: Sandbox) -> None:
     term = sbx.pty.create(PtySize(rows=24, cols=80))
     out = bytearray()
@@ -205,19 +241,7 @@ def test_pty_size_input_output_and_resize(sbx: Sandbox) -> None:
 
 
 def test_wrong_token_and_other_tenant(stack: Stack, sbx: Sandbox) -> None:
-    headers = {
-        "E2b-Sandbox-Id": sbx.sandbox_id,
-        "E2b-Sandbox-Port": str(ConnectionConfig.envd_port),
-        "X-Access-Token": "not-the-token",
-    }
-    bad = Sandbox(
-        sandbox_id=sbx.sandbox_id,
-        sandbox_domain=None,
-        envd_version=Version(sbx._envd_version.public),
-        envd_access_token="not-the-token",
-        traffic_access_token=None,
-        connection_config=ConnectionConfig(extra_sandbox_headers=headers),
-    )
+    bad = with_wrong_token(sbx)
     with pytest.raises(AuthenticationException):
         bad.commands.run("echo no")
     with pytest.raises(AuthenticationException):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from e2b import (
 from devstack.stack import Stack
 from shared import keys
 from tests.integration.client import wait_until
+from tests.integration.e2b_helpers import sdk_env
 from tests.integration.session_helpers import new_tenant
 
 MAX_SANDBOXES = 3
@@ -49,21 +49,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def key(stack: Stack) -> Iterator[str]:
     """A tenant's API key, set as E2B_API_KEY with the stack as E2B_API_URL for the module."""
     api_key = new_tenant(stack, "e2bsdk")
-    env = {
-        "E2B_API_URL": stack.url,
-        "E2B_API_KEY": api_key,
-        "E2B_DOMAIN": "localhost",
-        "E2B_SANDBOX_URL": stack.url,
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield api_key
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with sdk_env(stack, api_key):
+        yield api_key
 
 
 @pytest.fixture(autouse=True)

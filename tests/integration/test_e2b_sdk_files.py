@@ -15,7 +15,6 @@ import pytest
 from e2b import (
     AsyncSandbox,
     AuthenticationException,
-    ConnectionConfig,
     FileType,
     InvalidArgumentException,
     NotFoundException,
@@ -23,9 +22,9 @@ from e2b import (
     SandboxException,
 )
 from e2b.exceptions import FileNotFoundException
-from packaging.version import Version
 
 from devstack.stack import Stack
+from tests.integration.e2b_helpers import sdk_env, with_wrong_token
 from tests.integration.session_helpers import new_tenant
 
 pytestmark = pytest.mark.skipif(
@@ -43,23 +42,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def sbx(stack: Stack) -> Iterator[Sandbox]:
     """A sandbox of a fresh tenant, the stack set as E2B_API_URL and E2B_SANDBOX_URL."""
-    env = {
-        "E2B_API_URL": stack.url,
-        "E2B_API_KEY": new_tenant(stack, "e2bfiles"),
-        "E2B_DOMAIN": "localhost",
-        "E2B_SANDBOX_URL": stack.url,
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    sandbox = Sandbox.create()
-    yield sandbox
-    sandbox.kill()
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with sdk_env(stack, new_tenant(stack, "e2bfiles")):
+        sandbox = Sandbox.create()
+        yield sandbox
+        sandbox.kill()
 
 
 def test_write_read_list_info_rename_remove(sbx: Sandbox) -> None:
@@ -132,20 +118,7 @@ def test_errors_the_sdk_maps(sbx: Sandbox) -> None:
 
 
 def test_wrong_token_and_other_tenant(stack: Stack, sbx: Sandbox) -> None:
-    # The SDK's own constructor with the sandbox's id and a token that is not its.
-    headers = {
-        "E2b-Sandbox-Id": sbx.sandbox_id,
-        "E2b-Sandbox-Port": str(ConnectionConfig.envd_port),
-        "X-Access-Token": "not-the-token",
-    }
-    bad = Sandbox(
-        sandbox_id=sbx.sandbox_id,
-        sandbox_domain=None,
-        envd_version=Version(sbx._envd_version.public),
-        envd_access_token="not-the-token",
-        traffic_access_token=None,
-        connection_config=ConnectionConfig(extra_sandbox_headers=headers),
-    )
+    bad = with_wrong_token(sbx)
     with pytest.raises(AuthenticationException):
         bad.files.list("/")
     with pytest.raises(AuthenticationException):

@@ -2,8 +2,9 @@
 watching.py, workers/host/watches.py): the sync client's polled watcher (CreateWatcher,
 GetWatcherEvents, RemoveWatcher) and the async client's WatchDir stream, recursive and not;
 watchers are the tenant's and the sandbox's only; they end with their sandbox, leaving nothing
-in Redis; a sandbox creating 20,000 files fills a bounded stream; a worker restart takes its
-watches up again, and one whose host stopped following it answers an error.
+in Redis; creates racing for the last places never pass the per-sandbox or per-tenant limit;
+a sandbox creating 20,000 files fills a bounded stream; a worker restart takes its watches up
+again, and one whose host stopped following it answers an error.
 
 Processes run through the 2023 API (``/sessions/{id}/processes``) with the tenant's key.
 Runs on the supervisor backend (the docker backend answers these calls ``unimplemented``)."""
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -31,8 +33,8 @@ from e2b.sandbox_sync.filesystem.watch_handle import WatchHandle
 from devstack.stack import Stack
 from shared import keys
 from shared.slots import STREAMS, Slots
-from shared.watches import MAX_EVENTS, SANDBOX_MAX
 from tests.integration.client import wait_until
+from tests.integration.e2b_helpers import sdk_env
 from tests.integration.session_helpers import new_tenant
 
 pytestmark = pytest.mark.skipif(
@@ -47,11 +49,20 @@ CREATE, WRITE, REMOVE, RENAME = (
     FilesystemEventType.RENAME,
 )
 HOST = "host-a"
+SANDBOX_MAX = 4
+TENANT_MAX = 6
+MAX_EVENTS = 500
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(tmp_path_factory.mktemp("e2bwatch"), env={"PADDOCK_AUTH": "on"}) as st:
+    env = {
+        "PADDOCK_AUTH": "on",
+        "PADDOCK_SANDBOX_MAX_WATCHERS": str(SANDBOX_MAX),
+        "PADDOCK_TENANT_MAX_WATCHERS": str(TENANT_MAX),
+        "PADDOCK_WATCH_MAX_EVENTS": str(MAX_EVENTS),
+    }
+    with Stack(tmp_path_factory.mktemp("e2bwatch"), env=env) as st:
         yield st
 
 
@@ -59,21 +70,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def key(stack: Stack) -> Iterator[str]:
     """Tenant A's key, with the stack set as E2B_API_URL and E2B_SANDBOX_URL."""
     api_key = new_tenant(stack, "e2bwatch")
-    env = {
-        "E2B_API_URL": stack.url,
-        "E2B_API_KEY": api_key,
-        "E2B_DOMAIN": "localhost",
-        "E2B_SANDBOX_URL": stack.url,
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield api_key
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with sdk_env(stack, api_key):
+        yield api_key
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +211,48 @@ def test_watcher_quota(sbx: Sandbox) -> None:
         for handle in handles:
             handle.stop()
     sbx.files.watch_dir("w6").stop()  # room again
+
+
+def _race(sandbox: Sandbox, n: int) -> list[WatchHandle]:
+    """``n`` watchers created at once: those made (every other one refused by the quota)."""
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(sandbox.files.watch_dir, "race") for _ in range(n)]
+    made = []
+    for f in futures:
+        try:
+            made.append(f.result())
+        except RateLimitException as exc:
+            assert "watcher quota" in str(exc)
+    return made
+
+
+def test_concurrent_creates_stay_within_the_limits(stack: Stack, key: str) -> None:
+    """Creates racing for the last places: never more than the sandbox's or the tenant's
+    limit pass (the check and the count are one script), whatever the interleaving."""
+    api_key = new_tenant(stack, "e2bwatch-race")
+    a, b = Sandbox.create(api_key=api_key), Sandbox.create(api_key=api_key)
+    tenant = _tenant(stack, a.sandbox_id)
+    held: list[WatchHandle] = []
+    try:
+        for sandbox, most in ((a, SANDBOX_MAX), (b, TENANT_MAX - SANDBOX_MAX)):
+            sandbox.files.make_dir("race")
+            sandbox.files.watch_dir("race").stop()  # the first watch's start is behind us
+            made = _race(sandbox, 3 * SANDBOX_MAX)
+            held += made
+            assert 0 < len(made) <= most
+            assert stack.redis.zcard(keys.sandbox_watches(sandbox.sandbox_id)) == len(made)
+            # Filled one by one up to its place, never past it.
+            while len(made) < most:
+                made.append(sandbox.files.watch_dir("race"))
+                held.append(made[-1])
+            with pytest.raises(RateLimitException, match="watcher quota"):
+                sandbox.files.watch_dir("race")
+        assert stack.redis.zcard(keys.tenant_watches(tenant)) == TENANT_MAX
+    finally:
+        for handle in held:
+            handle.stop()
+        a.kill()
+        b.kill()
 
 
 def test_bad_paths(sbx: Sandbox) -> None:

@@ -1,7 +1,10 @@
 """Sandbox ports through the web tier (web/ports/, workers/host/relay.py): the E2B SDK's
 ``get_host(port)`` address, ``{port}-{id}.localhost``, served on Paddock's own port, against the
 real stack with two hosts. Sandboxes are made with the official SDK; their servers are started
-through the E2B-compatible process API (``/sessions/{id}/processes``)."""
+through the E2B-compatible process API (``/sessions/{id}/processes``).
+
+The relays listen on every address here (``PADDOCK_RELAY_ADDR=0.0.0.0``, the web dialing
+127.0.0.1), the worst an operator could choose: sandboxes must still reach none of them."""
 
 from __future__ import annotations
 
@@ -20,11 +23,14 @@ from e2b import Sandbox
 
 from devstack.stack import Stack
 from shared import keys, relay
+from shared.slots import PROXIES, Slots
 from tests.integration.client import wait_until
+from tests.integration.e2b_helpers import sdk_env
 from tests.integration.session_helpers import new_tenant
 
 MAX_PROXIED = 4
 IDLE = 5
+RELAY_MAX = 8
 SERVER = (Path(__file__).parent / "ports_server.py").read_text()
 BIG = 50_000_000
 
@@ -35,6 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "PADDOCK_AUTH": "on",
         "PADDOCK_TENANT_MAX_PROXIED": str(MAX_PROXIED),
         "PADDOCK_PROXY_IDLE_TIMEOUT": str(IDLE),
+        "PADDOCK_RELAY_ADDR": "0.0.0.0",
+        "PADDOCK_RELAY_ADVERTISE": "127.0.0.1",
+        "PADDOCK_RELAY_MAX_CONNECTIONS": str(RELAY_MAX),
     }
     with Stack(tmp_path_factory.mktemp("ports"), hosts=("host-a", "host-b"), env=env) as st:
         yield st
@@ -43,21 +52,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def keys_ab(stack: Stack) -> Iterator[tuple[str, str]]:
     """Two tenants' API keys; the SDK's environment points at the stack (loopback only)."""
-    env = {
-        "E2B_API_URL": stack.url,
-        # get_host(port) is then {port}-{id}.localhost:{web port}, a name curl resolves.
-        "E2B_DOMAIN": f"localhost:{stack.port}",
-        "E2B_SANDBOX_URL": stack.url,
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield new_tenant(stack, "portsa"), new_tenant(stack, "portsb")
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    # get_host(port) is then {port}-{id}.localhost:{web port}, a name curl resolves.
+    with sdk_env(stack, domain=f"localhost:{stack.port}"):
+        yield new_tenant(stack, "portsa"), new_tenant(stack, "portsb")
 
 
 def _start(stack: Stack, key: str, sid: str, cmd: str) -> None:
@@ -214,6 +211,8 @@ def test_request_as_the_app_sees_it(
             "e2b-traffic-access-token": "traffic",
             "Authorization": "Bearer app-token",
             "X-Custom": "kept",
+            # The client's own claim (gunicorn trusts loopback's https, so another word).
+            "X-Forwarded-Proto": "ftp",
         },
         timeout=60,
     )
@@ -226,6 +225,7 @@ def test_request_as_the_app_sees_it(
     assert not {"x-api-key", "x-access-token", "e2b-traffic-access-token"} & set(names)
     assert got["authorization"] == "Bearer app-token" and got["x-custom"] == "kept"
     assert got["host"] == f"8001-{sid}.localhost" and got["x-forwarded-for"] == "127.0.0.1"
+    assert [v for n, v in seen["headers"] if n == "x-forwarded-proto"] == ["http"]  # ours
     # A Paddock API key as a bearer is Paddock's too.
     r = _get(stack, sid, 8001, headers={"Authorization": f"Bearer {keys_ab[0]}"})
     assert "authorization" not in dict(r.json()["headers"])
@@ -392,12 +392,17 @@ def test_sandbox_still_cannot_reach_another(
         sbx.kill()
 
 
-def _container_ip(stack: Stack, sid: str) -> str:
+def _container_net(stack: Stack, sid: str) -> dict[str, str]:
+    """The sandbox's container's network settings (its address, its gateway...)."""
     for c in stack.containers():
         if c.labels.get("paddock.sandbox") == sid:
             nets = c.attrs["NetworkSettings"]["Networks"]
-            return str(next(n["IPAddress"] for n in nets.values() if n.get("IPAddress")))
+            return dict(next(n for n in nets.values() if n.get("IPAddress")))
     raise AssertionError(sid)
+
+
+def _container_ip(stack: Stack, sid: str) -> str:
+    return str(_container_net(stack, sid)["IPAddress"])
 
 
 def _relay_say(at: str, line: bytes) -> str:
@@ -425,3 +430,107 @@ def test_relay_takes_only_the_webs_tickets(stack: Stack, public: Sandbox) -> Non
     assert _relay_say(relay_at[away], relay.sign(key, away, sid, 8000)).startswith("ERR unknown")
     old = relay.sign(key, home, sid, 8000, now=time.time() - 3600)
     assert _relay_say(relay_at[home], old).startswith("ERR auth")
+
+
+def _tenant(stack: Stack, sid: str) -> str:
+    return stack.redis.hget(keys.sandbox(sid), "tenant").decode()
+
+
+def _exchange(stack: Stack, request: bytes) -> bytes:
+    """``request`` sent raw to the web; what comes back until the web closes (or a first
+    answer has come and nothing more for 10 s)."""
+    got = b""
+    with socket.create_connection(("127.0.0.1", stack.port), 10) as s:
+        s.sendall(request)
+        s.settimeout(IDLE * 6)  # a bound for the test, not an assertion on time
+        while True:
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                assert got, "no answer"
+                return got
+            if not data:
+                return got
+            got += data
+            s.settimeout(10)
+
+
+def test_a_slow_client_or_a_silent_app_frees_its_slot(stack: Stack, public: Sandbox) -> None:
+    """A client that stops sending its body gets 408, an app that reads the request and never
+    answers 504, each after PADDOCK_PROXY_IDLE_TIMEOUT; either way the tenant's slot is free."""
+    sid = public.sandbox_id
+    tenant = _tenant(stack, sid)
+    stalled = (
+        f"POST /upload HTTP/1.1\r\nHost: 8001-{sid}.localhost\r\nContent-Length: 1000\r\n\r\nabc"
+    ).encode()
+    assert _exchange(stack, stalled).startswith(b"HTTP/1.1 408 ")
+    r = _get(stack, sid, 8001, "/hang")
+    assert r.status_code == 504 and r.headers["X-Paddock-Proxy-Error"] == "gateway-timeout"
+    wait_until(lambda: Slots(stack.redis).count(PROXIES, tenant) == 0, "the slots freed")
+
+
+def test_no_request_or_answer_smuggling(stack: Stack, public: Sandbox) -> None:
+    """Content-Length with Transfer-Encoding is refused before the app (no second request
+    hides in the body); an app's answer whose Content-Lengths disagree is a 502, never
+    passed on for a client to frame its own way."""
+    sid = public.sandbox_id
+    host = f"8001-{sid}.localhost"
+    smuggled = (
+        f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 40\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        f"GET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    ).encode()
+    answer = _exchange(stack, smuggled)
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1
+    assert b"ports-server" not in answer
+    r = _get(stack, sid, 8001, "/lengths")
+    assert r.status_code == 502 and "Content-Length" in r.text
+
+
+def test_sandboxes_reach_no_relay(stack: Stack, keys_ab: tuple[str, str], public: Sandbox) -> None:
+    """Both hosts' relays listen on every address of the machine; from a sandbox, none of
+    those addresses answers on a relay's port (the host's INPUT rules for sandbox bridges),
+    so a sandbox can neither try tickets nor fill a relay's connections."""
+    sid = public.sandbox_id
+    ports = [
+        int(stack.redis.hget(keys.host(h), "relay").decode().rpartition(":")[2])
+        for h in ("host-a", "host-b")
+    ]
+    gateway = _container_net(stack, sid)["Gateway"]
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True)
+    addrs = {line.split()[3].split("/")[0] for line in out.stdout.splitlines()}
+    addrs = {a for a in addrs if not a.startswith("127.")} | {gateway}
+    # From this machine the relay answers on the sandbox network's gateway: the probe can fail.
+    with socket.create_connection((gateway, ports[0]), 5):
+        pass
+    targets = [(a, p) for a in sorted(addrs) for p in ports]
+    probe = (
+        "import socket\n"
+        f"for a, p in {targets!r}:\n"
+        "    try:\n"
+        "        socket.create_connection((a, p), 3).close()\n"
+        "        print('open', a, p)\n"
+        "    except OSError:\n"
+        "        print('closed', a, p)\n"
+    )
+    _write(stack, keys_ab[0], sid, "/home/user/probe.py", probe)
+    lines = _run(stack, keys_ab[0], sid, "python3 probe.py").splitlines()
+    assert len(lines) == len(targets) and all(line.startswith("closed") for line in lines), lines
+
+
+def test_a_full_relay_says_busy(stack: Stack, public: Sandbox) -> None:
+    """PADDOCK_RELAY_MAX_CONNECTIONS at once per host relay: past it the relay answers busy
+    (the web: 503 Retry-After) until one closes."""
+    sid = public.sandbox_id
+    at = stack.redis.hget(keys.host(_host_of(stack, sid)), "relay").decode()
+    host, _, port = at.rpartition(":")
+    held = [socket.create_connection((host, int(port)), 10) for _ in range(RELAY_MAX)]
+    try:
+        # Each waits for its ticket; a web request now finds the relay full.
+        r = _get(stack, sid, 8000)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert "PADDOCK_RELAY_MAX_CONNECTIONS" in r.text
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: _get(stack, sid, 8000).status_code == 200, "the relay taking connections")

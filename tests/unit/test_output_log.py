@@ -14,6 +14,7 @@ from shared import keys
 from shared.errors import QuotaExceeded
 from shared.output import (
     END,
+    ENTRY_BYTES,
     PTY,
     RECORD_BYTES,
     STDERR,
@@ -83,7 +84,8 @@ def test_output_budgets_refuse_whole_chunks_and_forget_gives_bytes_back() -> Non
     r = fakeredis.FakeRedis()
     plog = ProcessLog(r)
     rec = RECORD_BYTES + 1  # a record of command "x"
-    budgets = Budgets(process=1000, sandbox=rec + 10, tenant=2 * rec + 15)
+    e = ENTRY_BYTES  # what each entry costs besides its bytes
+    budgets = Budgets(process=1000, sandbox=rec + 10 + 2 * e, tenant=2 * rec + 15 + 3 * e)
     plog.register("s", "a", "x", "t", budgets=budgets)
     plog.register("s2", "b", "x", "t", budgets=budgets)
     assert (
@@ -94,9 +96,9 @@ def test_output_budgets_refuse_whole_chunks_and_forget_gives_bytes_back() -> Non
     assert plog.append_budgeted("s2", "b", "t", [Piece(STDOUT, b"1234\n", 1)], 5, budgets) is None
     refused = plog.append_budgeted("s2", "b", "t", [Piece(STDOUT, b"1234\n", 2)], 5, budgets)
     assert refused is not None and refused.room == 1 and refused.budget == "tenant"
-    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == 2 * rec + 14
+    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == 2 * rec + 14 + 2 * e
     plog.forget("s", "a")
-    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 5
+    assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 5 + e
     assert int(r.get(keys.sandbox_output_bytes("s")) or 0) == 0
     # A forgotten process's late writes are dropped and cost nothing.
     assert plog.append_budgeted("s", "a", "t", [Piece(STDOUT, b"late\n", 3)], 5, budgets) is None
@@ -252,7 +254,7 @@ def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() 
     r = fakeredis.FakeRedis()
     plog, store = ProcessLog(r), Store(r)
     budgets = Budgets(process=1000, sandbox=10000, tenant=10000)
-    rec = RECORD_BYTES + 1
+    rec = RECORD_BYTES + 1 + ENTRY_BYTES  # a record of command "x", and one entry
     r.hset(keys.sandbox("s1"), mapping={"tenant": "t", "host": "h", "status": "running"})
     for sid, pid, n in (("s1", "a", 100), ("s1", "b", 50), ("s2", "c", 30)):
         plog.register(sid, pid, "x", "t")  # no budgets: the records themselves cost here too

@@ -64,6 +64,12 @@ def test_which_host_names_a_sandbox_port() -> None:
     env = {"HTTP_HOST": "internal:80", "HTTP_X_FORWARDED_HOST": "evil, 1-abc.preview.example"}
     assert access.request_host(env, proxy_hops=1) == "1-abc.preview.example"
     assert access.request_host(env, proxy_hops=0) == "internal"
+    env = {"wsgi.url_scheme": "http", "HTTP_X_FORWARDED_PROTO": "https"}
+    assert access.request_scheme(env, proxy_hops=1) == "https"
+    assert access.request_scheme(env, proxy_hops=0) == "http"  # a client's word: not trusted
+    assert access.request_scheme(env, proxy_hops=2) == "http"  # fewer hops than trusted
+    env["HTTP_X_FORWARDED_PROTO"] = "gopher"
+    assert access.request_scheme(env, proxy_hops=1) == "http"
     with pytest.raises(ConfigError):
         Settings(preview_domain="a b")
 
@@ -84,6 +90,7 @@ def _environ(**extra: str) -> dict[str, object]:
         "HTTP_X_HOP": "gone",
         "HTTP_KEEP_ALIVE": "5",
         "HTTP_X_FORWARDED_FOR": "1.1.1.1",
+        "HTTP_X_FORWARDED_PROTO": "http",  # a client's claim
         "CONTENT_TYPE": "text/plain",
         "CONTENT_LENGTH": "3",
     }
@@ -99,6 +106,9 @@ def test_the_request_the_app_gets_carries_nothing_of_paddocks() -> None:
     assert "authorization: Bearer app" in lines and "host: 8000-abc.localhost" in lines
     assert "content-length: 3" in lines and framing == "length"
     assert "x-forwarded-for: 1.1.1.1, 10.1.2.3" in lines and "connection: close" in lines
+    assert [line for line in lines if line.startswith("x-forwarded-proto")] == [
+        "x-forwarded-proto: https"  # ours only
+    ]
     for gone in ("x-api-key", "x-access-token", "e2b-traffic-access-token", "x-hop", "keep-alive"):
         assert not any(line.startswith(gone + ":") for line in lines), gone
     head, _ = wire.request_head(
@@ -130,13 +140,32 @@ def test_the_answer_the_client_gets() -> None:
             ("X-Ctl", "a\x00b"),
             ("Set-Cookie", "a=1"),
             ("Set-Cookie", "b=2"),
-        ]
+        ],
+        chunked=False,
     )
     assert got == [("Content-Type", "text/html"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
     with pytest.raises(pages.PortError):
-        wire.response_headers([("X-Big", "x" * (wire.MAX_HEAD_BYTES + 1))])
+        wire.response_headers([("X-Big", "x" * (wire.MAX_HEAD_BYTES + 1))], chunked=False)
     with pytest.raises(pages.PortError):
-        wire.response_headers([(f"X-{i}", "1") for i in range(wire.MAX_HEADERS + 1)])
+        wire.response_headers([(f"X-{i}", "1") for i in range(wire.MAX_HEADERS + 1)], False)
+
+
+def test_the_answer_is_framed_as_the_proxy_reads_it() -> None:
+    """One Content-Length, the one http.client reads by, or none for a chunked answer; values
+    that disagree are the app's error (a client would frame the answer otherwise)."""
+    twice = [("Content-Length", "5"), ("X-A", "1"), ("content-length", "5")]
+    assert wire.response_headers(twice, chunked=False) == [("Content-Length", "5"), ("X-A", "1")]
+    both = [("Transfer-Encoding", "chunked"), ("Content-Length", "5"), ("X-A", "1")]
+    assert wire.response_headers(both, chunked=True) == [("X-A", "1")]
+    for bad in (
+        [("Content-Length", "5"), ("Content-Length", "100")],
+        [("Content-Length", "5, 5")],
+        [("Content-Length", "-1")],
+        [("Content-Length", "\u0665")],  # a digit to str.isdigit, not to HTTP
+    ):
+        with pytest.raises(pages.PortError) as err:
+            wire.response_headers(bad, chunked=False)
+        assert err.value.status == 502
     assert wire.status_line(200, "") == "200 OK"
     assert wire.status_line(299, "Fine") == "299 Fine"
     with pytest.raises(pages.PortError):

@@ -6,7 +6,8 @@ lines."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+import tracemalloc
+from collections.abc import Callable, Iterable, Iterator
 
 import fakeredis
 import pytest
@@ -15,6 +16,7 @@ from shared import commands as c
 from shared.output import (
     CUT,
     END,
+    ENTRY_BYTES,
     MAX_LINE,
     NOTE,
     PTY,
@@ -91,6 +93,34 @@ def test_huge_lines_are_cut_when_read_wherever_the_chunks_break() -> None:
     ]
 
 
+def test_100_mb_without_a_newline_is_read_as_cut_lines_as_it_comes() -> None:
+    """A reader (the web's line answers) holds at most one unfinished line and one chunk,
+    however long the line: each MAX_LINE comes out as soon as it is read."""
+    chunk = b"z" * (64 << 10)
+    count = 100_000_000 // len(chunk)
+    read = [0]
+
+    def stored() -> Iterator[_Stored]:
+        for i in range(count):
+            read[0] += len(chunk)
+            yield _Stored(Chunk(f"{i}-0", STDOUT, chunk), i, "")
+        yield _Stored(Chunk("end", END, exit_code=0), 0, "")
+
+    out, lines = 0, 0
+    tracemalloc.start()
+    try:
+        for entry in LineReader().entries(stored()):
+            assert all(len(t) <= MAX_LINE for t in entry.lines)
+            out += sum(map(len, entry.lines))
+            lines += len(entry.lines)
+            assert read[0] - out <= MAX_LINE + len(chunk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out == count * len(chunk) and lines == -(-out // MAX_LINE)
+    assert peak < 8 << 20, peak  # of 100 MB read
+
+
 def test_a_terminals_output_is_read_as_stdout() -> None:
     got = list(LineReader(STDOUT).entries(_chunks((PTY, b"$ ls\r\nfile"), (PTY, b"\r\n"))))
     assert _lines(got) == ["$ ls\r", "file\r"] and {e.kind for e in got} == {STDOUT}
@@ -140,7 +170,7 @@ def _runner(limit: int) -> tuple[WorkerContext, FakeBackend]:
 
 
 def test_the_pump_stores_raw_chunks_and_cuts_at_the_process_cap_after_a_whole_line() -> None:
-    ctx, backend = _runner(limit=20)
+    ctx, backend = _runner(limit=20 + 3 * ENTRY_BYTES)  # each chunk counts ENTRY_BYTES more
     proc = backend.spawned[0]
     proc.feed.put((STDOUT, b"12345\n678"))  # 9 bytes, an unfinished line among them
     proc.feed.put((STDERR, b"\xff\x00bin\n"))  # 6: any bytes
@@ -164,7 +194,7 @@ def test_the_pump_stores_raw_chunks_and_cuts_at_the_process_cap_after_a_whole_li
 
 
 def test_a_cut_in_the_middle_of_a_line_drops_the_line_and_a_terminal_is_cut_as_is() -> None:
-    ctx, backend = _runner(limit=10)
+    ctx, backend = _runner(limit=10 + 2 * ENTRY_BYTES)
     proc = backend.spawned[0]
     proc.feed.put((STDOUT, b"ok\nunfin"))
     proc.feed.put((STDOUT, b"ished-and-too-long\n"))  # no newline within the cap
@@ -172,7 +202,7 @@ def test_a_cut_in_the_middle_of_a_line_drops_the_line_and_a_terminal_is_cut_as_i
     _until(lambda: ctx.plog.read("sb1", "p1").finished)
     out = ctx.plog.read("sb1", "p1")
     assert [x.text for x in out.stdout] == ["ok"]  # "unfin" was cut: it is not a line
-    ctx, backend = _runner(limit=10)
+    ctx, backend = _runner(limit=10 + ENTRY_BYTES)
     backend.spawned[0].feed.put((PTY, b"$ \x1b[1mprompt"))
     backend.spawned[0].exit(0)
     _until(lambda: ctx.plog.read("sb1", "p1").finished)

@@ -8,11 +8,13 @@ import json
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from shared.output import STDERR, STDOUT
 from workers.backends.supervisor.channel import (
     Channel,
     ChannelClosed,
@@ -32,6 +34,7 @@ from workers.backends.supervisor.frames import (
     read_exactly,
     read_frame,
 )
+from workers.backends.supervisor.process import SupervisorProcess
 
 
 def _read(data: bytes) -> object:
@@ -171,6 +174,38 @@ def test_process_events_in_order() -> None:
     events = list(f.channel.spawn(["x"]).events())
     assert events[:2] == [Output("stdout", 1, b"a"), Output("stderr", 2, b"b")]
     assert isinstance(events[2], Exit) and events[2].code == 0
+
+
+def test_a_process_handle_joins_the_frames_of_a_stream_already_here() -> None:
+    """A process writing a byte at a time: the frames already received come out as one chunk
+    per stream run (up to 64 KiB, the seq of the last one), so the pump stores one entry per
+    read of it, not one per byte. Nothing is lost or reordered."""
+    f = FakeSupervisor()
+    out = {"type": "output", "id": 1, "pid": 9}
+    runs = [("stdout", [b"x"] * 200), ("stderr", [b"!"]), ("stdout", [b"y" * (30 << 10)] * 3)]
+    frames, seq = [], 0
+    for stream, parts in runs:
+        for part in parts:
+            seq += 1
+            frames.append(encode({**out, "stream": stream, "seq": seq}, part))
+    end = {"type": "exit", "id": 1, "pid": 9, "code": 3, "signal": None, "timed_out": False}
+    end |= {"started_at": 1.0, "ended_at": 2.0, "duration_ms": 1000.0}
+    _serve(f, [REQ, encode({"type": "started", "id": 1, "pid": 9, "pgid": 9}), *frames])
+    proc = f.channel.spawn(["x"])
+    while len(proc._waiter._frames) < len(frames):  # every frame is here before the read
+        time.sleep(0.01)
+    f.send(encode(end))
+    handle = SupervisorProcess(cast(Any, None), "sb", proc)
+    got = []
+    for kind, data in handle.frames(lambda: False):
+        got.append((kind, data, handle.seq))
+    assert got == [
+        (STDOUT, b"x" * 200, 200),
+        (STDERR, b"!", 201),
+        (STDOUT, b"y" * (60 << 10), 203),  # a third would pass 64 KiB
+        (STDOUT, b"y" * (30 << 10), 204),
+    ]
+    assert handle.exit_code() == 3
 
 
 def test_seq_gap_closes() -> None:

@@ -15,15 +15,16 @@ import pytest
 
 from shared import keys
 from shared.errors import PathNotFound, QuotaExceeded, SandboxError
+from shared.settings import Settings
 from shared.watches import (
     END,
     FAIL,
-    MAX_EVENTS,
     MAX_NAME,
     OVERFLOW,
     Entry,
     Watches,
     WatchEvent,
+    WatchLimits,
     decode,
     valid_id,
     watcher_id,
@@ -31,7 +32,6 @@ from shared.watches import (
 from web.api.envd.gen.filesystem_pb import EventType
 from web.api.envd.watching import keepalive_interval, to_proto
 from workers.backends.base import FsEvent, WatchBroken
-from workers.host import watches as host_watches
 from workers.host.watches import TokenBucket, WatchRegistry, relative_name
 
 pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
@@ -114,23 +114,35 @@ def r() -> fakeredis.FakeRedis:
 
 
 def _register(
-    w: Watches, wid: str, sandbox: str = "sb1", tenant: str = "t1", path: str = "/w", **kw: int
+    w: Watches, wid: str, sandbox: str = "sb1", tenant: str = "t1", path: str = "/w"
 ) -> None:
-    w.register(wid, sandbox, tenant, "host-a", path, True, **kw)
+    w.register(wid, sandbox, tenant, "host-a", path, True)
+
+
+def test_limits_come_from_the_settings() -> None:
+    assert WatchLimits.of(Settings()) == WatchLimits()  # the same defaults
+    env = {
+        "PADDOCK_SANDBOX_MAX_WATCHERS": "2",
+        "PADDOCK_TENANT_MAX_WATCHERS": "3",
+        "PADDOCK_HOST_MAX_WATCHERS": "4",
+        "PADDOCK_WATCH_EVENTS_PER_SECOND": "5.5",
+        "PADDOCK_WATCH_MAX_EVENTS": "6",
+    }
+    assert WatchLimits.of(Settings.from_env(env)) == WatchLimits(2, 3, 4, 5.5, 6)
 
 
 def test_register_counts_per_sandbox_and_tenant(r: fakeredis.FakeRedis) -> None:
-    w = Watches(r)
+    w = Watches(r, WatchLimits(sandbox_max=2, tenant_max=3))
     for i in range(2):
-        _register(w, f"a{i}", sandbox_max=2, tenant_max=3)
+        _register(w, f"a{i}")
     with pytest.raises(QuotaExceeded, match="per sandbox"):
-        _register(w, "a2", sandbox_max=2, tenant_max=3)
-    _register(w, "b0", sandbox="sb2", sandbox_max=2, tenant_max=3)
+        _register(w, "a2")
+    _register(w, "b0", sandbox="sb2")
     with pytest.raises(QuotaExceeded, match="per tenant"):
-        _register(w, "b1", sandbox="sb2", sandbox_max=2, tenant_max=3)
-    _register(w, "c0", tenant="t2", sandbox="sb3", sandbox_max=2, tenant_max=3)  # another tenant
+        _register(w, "b1", sandbox="sb2")
+    _register(w, "c0", tenant="t2", sandbox="sb3")  # another tenant
     w.remove("a0")  # frees its places
-    _register(w, "a3", sandbox_max=2, tenant_max=3)
+    _register(w, "a3")
     record = w.record("a3")
     assert record is not None
     assert (record.sandbox_id, record.tenant_id, record.path, record.recursive) == (
@@ -144,6 +156,7 @@ def test_register_counts_per_sandbox_and_tenant(r: fakeredis.FakeRedis) -> None:
 
 def test_write_consume_and_bounds(r: fakeredis.FakeRedis) -> None:
     w = Watches(r)
+    cap = w.limits.max_events
     _register(w, "w1")
     assert w.write("w1", [Entry(1, "create", "a"), Entry(2, "write", "a")])
     record = w.touch("w1", "sb1", "t1")
@@ -154,16 +167,16 @@ def test_write_consume_and_bounds(r: fakeredis.FakeRedis) -> None:
     again = w.consume("w1")  # consumed: nothing twice
     assert again is not None and again.events == [] and again.seq == 2
     assert r.xlen(keys.watch_events("w1")) <= 1  # what was read is dropped
-    # A flood: the stream keeps MAX_EVENTS, the reader sees the gap as one overflow.
-    flood = [Entry(3 + i, "create", f"f{i}") for i in range(MAX_EVENTS + 50)]
+    # A flood: the stream keeps its cap, the reader sees the gap as one overflow.
+    flood = [Entry(3 + i, "create", f"f{i}") for i in range(cap + 50)]
     assert w.write("w1", flood)
-    assert r.xlen(keys.watch_events("w1")) == MAX_EVENTS
+    assert r.xlen(keys.watch_events("w1")) == cap
     got = w.consume("w1")
     assert got is not None and got.events[0] == WatchEvent(OVERFLOW)
-    assert len(got.events) == MAX_EVENTS + 1 and got.events[-1].name == f"f{MAX_EVENTS + 49}"
+    assert len(got.events) == cap + 1 and got.events[-1].name == f"f{cap + 49}"
     # Ended: no more writes; the end comes once.
-    assert w.write("w1", [Entry(MAX_EVENTS + 53, FAIL, "broke")], "broke")
-    assert not w.write("w1", [Entry(MAX_EVENTS + 54, "create", "late")])
+    assert w.write("w1", [Entry(cap + 53, FAIL, "broke")], "broke")
+    assert not w.write("w1", [Entry(cap + 54, "create", "late")])
     got = w.consume("w1")
     assert got is not None and got.ended is not None and got.ended.kind == FAIL
     record = w.record("w1")
@@ -262,9 +275,11 @@ class WatchBackend:
         return self.watches[-1]
 
 
-def _registry(r: fakeredis.FakeRedis) -> tuple[WatchRegistry, WatchBackend, Watches]:
+def _registry(
+    r: fakeredis.FakeRedis, limits: WatchLimits | None = None
+) -> tuple[WatchRegistry, WatchBackend, Watches]:
     backend = WatchBackend()
-    log = Watches(r)
+    log = Watches(r, limits)
     return WatchRegistry(backend, log, "host-a"), backend, log  # type: ignore[arg-type]
 
 
@@ -312,10 +327,8 @@ def test_registry_drains_names_and_ends(r: fakeredis.FakeRedis) -> None:
     assert watch.closed.wait(5) and reg.count() == 0
 
 
-def test_registry_rate_and_removal(r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(host_watches, "BURST", 5)
-    monkeypatch.setattr(host_watches, "RATE", 0.001)
-    reg, backend, log = _registry(r)
+def test_registry_rate_and_removal(r: fakeredis.FakeRedis) -> None:
+    reg, backend, log = _registry(r, WatchLimits(rate=0.001, max_events=5))
     _register(log, "w1")
     reg.start("sb1", "w1", "/w", False)
     watch = backend.watches[0]

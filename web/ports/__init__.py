@@ -77,6 +77,10 @@ class PortsDispatch:
         self, environ: WSGIEnvironment, start_response: StartResponse, found: access.Target
     ) -> Iterable[bytes]:
         sandbox = access.authorise(self.services, environ, found.sandbox_id)
+        # The app's X-Forwarded-Proto (web/ports/wire.py), as ProxyFix would set it.
+        environ["wsgi.url_scheme"] = access.request_scheme(
+            environ, self.services.settings.proxy_hops
+        )
         is_upgrade = _is_upgrade(environ)
         if is_upgrade and "gunicorn.socket" not in environ:
             raise pages.PortError(

@@ -36,19 +36,31 @@ class Target:
     sandbox_id: str
 
 
+def _trusted(environ: WSGIEnvironment, header: str, proxy_hops: int) -> str:
+    """What the outermost of ``PADDOCK_PROXY_HOPS`` trusted proxies put in ``header`` (an
+    X-Forwarded-* list, read as ProxyFix reads it); "" when none."""
+    if not proxy_hops:
+        return ""
+    forwarded = [h.strip() for h in str(environ.get(header, "")).split(",")]
+    return forwarded[-proxy_hops] if len(forwarded) >= proxy_hops else ""
+
+
 def request_host(environ: WSGIEnvironment, proxy_hops: int) -> str:
     """The host the client asked for, lower case, without its port (behind
-    ``PADDOCK_PROXY_HOPS`` trusted proxies: their ``X-Forwarded-Host``, as ProxyFix reads it)."""
-    host = str(environ.get("HTTP_HOST", ""))
-    if proxy_hops:
-        forwarded = [h.strip() for h in str(environ.get("HTTP_X_FORWARDED_HOST", "")).split(",")]
-        if len(forwarded) >= proxy_hops and forwarded[-proxy_hops]:
-            host = forwarded[-proxy_hops]
-    host = host.strip().lower()
+    ``PADDOCK_PROXY_HOPS`` trusted proxies: their ``X-Forwarded-Host``)."""
+    host = _trusted(environ, "HTTP_X_FORWARDED_HOST", proxy_hops)
+    host = (host or str(environ.get("HTTP_HOST", ""))).strip().lower()
     m = _HOST_PORT.search(host)
     if m and m.end() == len(host):
         host = host[: m.start()]
     return host.rstrip(".")
+
+
+def request_scheme(environ: WSGIEnvironment, proxy_hops: int) -> str:
+    """http or https, as the client spoke to Paddock (behind ``PADDOCK_PROXY_HOPS`` trusted
+    proxies: their ``X-Forwarded-Proto``)."""
+    scheme = _trusted(environ, "HTTP_X_FORWARDED_PROTO", proxy_hops).lower()
+    return scheme if scheme in ("http", "https") else str(environ.get("wsgi.url_scheme", "http"))
 
 
 def target(host: str, suffix: str) -> Target | None:

@@ -4,8 +4,10 @@ spliced to the app's until either closes.
 
 Nothing is held whole: request bodies go up 64 KiB at a time as the client sends them, answers
 come down as the app sends them, and a client that stops reading stops the app's side too
-(TCP back-pressure through the relay). Every socket has a timeout: a connection that passes
-no byte either way for ``PADDOCK_PROXY_IDLE_TIMEOUT`` seconds is closed.
+(TCP back-pressure through the relay). Every socket has a timeout, the client's included from
+before its body is read: a connection that passes no byte either way for
+``PADDOCK_PROXY_IDLE_TIMEOUT`` seconds is closed (a client whose body stops coming gets 408,
+an app that does not answer 504), and with it the tenant's slot.
 """
 
 from __future__ import annotations
@@ -117,21 +119,35 @@ def _read_line(sock: socket.socket) -> str:
 
 # -- HTTP ----------------------------------------------------------------------------------------
 def send_body(environ: WSGIEnvironment, up: socket.socket, framing: str | None) -> None:
-    """The client's body to the app, as it comes (gunicorn has undone any chunking)."""
+    """The client's body to the app, as it comes (gunicorn has undone any chunking). Raises
+    PortError (400, 408) when the client's body is cut short or stops coming (its socket's
+    timeout), OSError when the app's side fails."""
     if framing is None:
         return
     body = environ["wsgi.input"]
+
+    def read(n: int) -> bytes:
+        try:
+            data: bytes = body.read(n)
+        except OSError:  # a timeout, or the client went away (gunicorn's NoMoreData)
+            raise pages.PortError(
+                408,
+                "Request timeout",
+                "the request body stopped coming (PADDOCK_PROXY_IDLE_TIMEOUT)",
+            ) from None
+        return data
+
     if framing == "length":
         left = int(environ["CONTENT_LENGTH"])
         while left > 0:
-            data = body.read(min(CHUNK, left))
+            data = read(min(CHUNK, left))
             if not data:
                 raise pages.bad_request("the request body ended before its Content-Length")
             up.sendall(data)
             left -= len(data)
         return
     while True:
-        data = body.read(CHUNK)
+        data = read(CHUNK)
         if not data:
             up.sendall(b"0\r\n\r\n")
             return
@@ -146,21 +162,15 @@ class Answer:
         self,
         resp: http.client.HTTPResponse,
         up: socket.socket,
-        environ: WSGIEnvironment,
+        client: _Client,
         activity: Activity,
         done: Callable[[], None],
     ) -> None:
         self.resp = resp
         self.up = up
-        self.environ = environ
+        self.client = client
         self.activity = activity
         self.done = done
-        self.client: Any = environ.get("gunicorn.socket")
-        self.client_timeout: float | None = None
-        if self.client is not None:
-            # A client that stops reading must not hold the app's side open for ever.
-            self.client_timeout = self.client.gettimeout()
-            self.client.settimeout(up.gettimeout())
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -174,18 +184,37 @@ class Answer:
             # The answer is cut short: the client must see its connection end, not a
             # shorter body on a connection kept alive.
             logger.info("sandbox %s: answer cut (%s)", self.activity.sandbox_id, type(exc).__name__)
-            if self.client is not None:
-                with contextlib.suppress(OSError):
-                    self.client.shutdown(socket.SHUT_RDWR)
+            self.client.cut()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.resp.close()
             self.up.close()
-        if self.client is not None:
-            with contextlib.suppress(OSError):
-                self.client.settimeout(self.client_timeout)
+        self.client.restore()
         self.done()
+
+
+class _Client:
+    """The client's socket (gunicorn's; absent under other servers), given the relay
+    connection's idle timeout while the exchange lasts, so a client that stops sending its
+    body or reading the answer cannot hold the app's side and the tenant's slot for ever."""
+
+    def __init__(self, environ: WSGIEnvironment, timeout: float | None) -> None:
+        self.sock: Any = environ.get("gunicorn.socket")
+        self.was: float | None = None
+        if self.sock is not None:
+            self.was = self.sock.gettimeout()
+            self.sock.settimeout(timeout)
+
+    def cut(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self.was)
 
 
 def forward(
@@ -196,28 +225,33 @@ def forward(
     done: Callable[[], None],
 ) -> Answer:
     """Send the request up, answer with the app's status and headers, and return its body
-    (an Answer that ends with ``done``). Raises PortError (502, 504) when the app sends no
-    valid answer."""
+    (an Answer that ends with ``done``). Raises PortError: 400 and 408 (see send_body), 502
+    or 504 when the app sends no valid answer."""
     head, framing = wire.request_head(environ, upgrade=False)
+    client = _Client(environ, up.gettimeout())
     try:
-        up.sendall(head)
-        send_body(environ, up, framing)
-    except OSError:
-        pass  # the app stopped reading (it may have answered early): read what it said
-    method = str(environ.get("REQUEST_METHOD", "GET"))
-    resp = http.client.HTTPResponse(up, method=method)
-    try:
-        resp.begin()
-    except TimeoutError:
-        raise pages.gateway_timeout("the app in the sandbox did not answer in time") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise pages.bad_gateway(
-            f"the app in the sandbox sent no valid HTTP answer ({type(exc).__name__})"
-        ) from None
-    status = wire.status_line(resp.status, resp.reason)
-    headers = wire.response_headers(resp.getheaders())
+        try:
+            up.sendall(head)
+            send_body(environ, up, framing)
+        except OSError:
+            pass  # the app stopped reading (it may have answered early): read what it said
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        resp = http.client.HTTPResponse(up, method=method)
+        try:
+            resp.begin()
+        except TimeoutError:
+            raise pages.gateway_timeout("the app in the sandbox did not answer in time") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise pages.bad_gateway(
+                f"the app in the sandbox sent no valid HTTP answer ({type(exc).__name__})"
+            ) from None
+        status = wire.status_line(resp.status, resp.reason)
+        headers = wire.response_headers(resp.getheaders(), chunked=bool(resp.chunked))
+    except BaseException:
+        client.restore()
+        raise
     start_response(status, headers)
-    return Answer(resp, up, environ, activity, done)
+    return Answer(resp, up, client, activity, done)
 
 
 # -- Upgrade (WebSocket) -------------------------------------------------------------------------
@@ -227,6 +261,8 @@ def upgrade(environ: WSGIEnvironment, up: socket.socket, activity: Activity) -> 
     the connection is over (the caller makes the server drop it). Raises PortError before
     anything was written to the client (the app sent no answer head)."""
     client = environ["gunicorn.socket"]
+    idle = float(up.gettimeout() or 300.0)
+    client.settimeout(idle)  # the connection is dropped afterwards: nothing to restore
     head, framing = wire.request_head(environ, upgrade=True)
     try:
         up.sendall(head)
@@ -234,8 +270,6 @@ def upgrade(environ: WSGIEnvironment, up: socket.socket, activity: Activity) -> 
     except OSError:
         raise pages.bad_gateway("the app in the sandbox closed the connection") from None
     first = _answer_head(up)  # the 101 (or a refusal) and whatever came with it
-    idle = float(up.gettimeout() or 300.0)
-    client.settimeout(idle)
     client.sendall(first)
     activity.mark()
     splice(client, up, idle, activity)

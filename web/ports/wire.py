@@ -50,6 +50,7 @@ _API_KEY_MARK = "pdk_live_"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
 _TARGET = re.compile(r"/[\x21-\x7e]*")
+_OURS = frozenset({"x-forwarded-for", "x-forwarded-proto", "content-length"})
 
 
 def _connection_tokens(value: str) -> set[str]:
@@ -58,7 +59,9 @@ def _connection_tokens(value: str) -> set[str]:
 
 def request_head(environ: WSGIEnvironment, upgrade: bool) -> tuple[bytes, str | None]:
     """The request line and headers to send the app, and how its body is framed (``length``:
-    Content-Length, ``chunked``, or None: no body). ``upgrade`` keeps Connection/Upgrade."""
+    Content-Length, ``chunked``, or None: no body). ``upgrade`` keeps Connection/Upgrade.
+    X-Forwarded-For gets the client's address appended; X-Forwarded-Proto is ours alone
+    (``wsgi.url_scheme``: PortsDispatch sets it from trusted proxies), never the client's."""
     method = str(environ.get("REQUEST_METHOD", "GET"))
     raw = str(environ.get("RAW_URI", ""))
     if not _TARGET.fullmatch(raw):
@@ -72,7 +75,8 @@ def request_head(environ: WSGIEnvironment, upgrade: bool) -> tuple[bytes, str | 
         if not key.startswith("HTTP_") or not isinstance(value, str):
             continue
         name = key[5:].replace("_", "-").lower()
-        if name in PADDOCK_HEADERS or name in ("x-forwarded-for", "content-length"):
+        # Ours replace the client's X-Forwarded-Proto (an app may trust it) and framing.
+        if name in PADDOCK_HEADERS or name in _OURS:
             if name == "x-forwarded-for":
                 forwarded_for = value
             continue
@@ -104,29 +108,39 @@ def request_head(environ: WSGIEnvironment, upgrade: bool) -> tuple[bytes, str | 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), framing
 
 
-def response_headers(raw: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def response_headers(raw: Iterable[tuple[str, str]], chunked: bool) -> list[tuple[str, str]]:
     """The app's headers a client gets: hop-by-hop ones (and those its Connection names)
-    dropped, and any a WSGI server would refuse. Raises PortError (502) past MAX_HEADERS or
-    MAX_HEAD_BYTES."""
+    dropped, and any a WSGI server would refuse. The body's length is said as it is read
+    (http.client): none when the answer is ``chunked`` (its Content-Length would lie), else
+    the one Content-Length. Raises PortError (502) past MAX_HEADERS or MAX_HEAD_BYTES, or for
+    Content-Length values that disagree (a client and the proxy would frame it apart)."""
     items = list(raw)
     if len(items) > MAX_HEADERS or sum(len(n) + len(v) + 4 for n, v in items) > MAX_HEAD_BYTES:
         raise pages.bad_gateway(
             f"the app's answer has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes "
             "of them"
         )
-    named = set()
+    named = {"server", "date"}  # gunicorn sends its own
+    lengths = set()
     for n, v in items:
         if n.lower() == "connection":
             named |= _connection_tokens(v)
-    return [
-        (n, v.strip(" \t"))
-        for n, v in items
-        if _TOKEN.fullmatch(n)
-        and _VALUE.fullmatch(v)
-        and n.lower() not in HOP_BY_HOP
-        and n.lower() not in named
-        and n.lower() not in ("server", "date")  # gunicorn sends its own
-    ]
+        elif n.lower() == "content-length":
+            lengths.add(v.strip(" \t"))
+    if len(lengths) > 1 or not all(v.isascii() and v.isdigit() for v in lengths):
+        raise pages.bad_gateway("the app's answer has a bad Content-Length, or several")
+    out: list[tuple[str, str]] = []
+    for n, v in items:
+        lname = n.lower()
+        if lname == "content-length":
+            if chunked or lname in named:
+                continue
+            named.add(lname)  # the one value, once
+        elif lname in HOP_BY_HOP or lname in named:
+            continue
+        if _TOKEN.fullmatch(n) and _VALUE.fullmatch(v):
+            out.append((n, v.strip(" \t")))
+    return out
 
 
 def status_line(status: int, reason: str) -> str:

@@ -16,7 +16,7 @@ from shared.secrets import SecretBundles
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.store import Store
-from shared.watches import Watches
+from shared.watches import Watches, WatchLimits
 from workers.backends import make_backend
 from workers.backends.base import SandboxBackend
 from workers.host.capacity import Capacity, host_capacity
@@ -79,4 +79,5 @@ class WorkerContext:
     @cached_property
     def watches(self) -> WatchRegistry:
         """The directory watches this host drains into Redis (workers/host/watches.py)."""
-        return WatchRegistry(self.backend, Watches(self.redis), self.settings.host_id)
+        log = Watches(self.redis, WatchLimits.of(self.settings))
+        return WatchRegistry(self.backend, log, self.settings.host_id)

@@ -6,7 +6,8 @@ One asyncio loop in a thread of the host worker accepts connections on
 ``PADDOCK_SECRET_KEY``: only the web can make one), looks the sandbox's address up in the
 backend (its own address on this host's sandbox network; nothing in the request names an
 address), connects to the port and carries bytes both ways until either side closes or no
-byte passes for ``PADDOCK_PROXY_IDLE_TIMEOUT``. At most ``PADDOCK_RELAY_MAX_CONNECTIONS`` at
+byte passes for ``PADDOCK_PROXY_IDLE_TIMEOUT`` (and _IDLE_MARGIN: the web's own timeout
+comes first). At most ``PADDOCK_RELAY_MAX_CONNECTIONS`` at
 once; a connection waits for its ticket 10 s at most.
 
 The connection starts from the host, so the egress rules (workers/backends/docker/egress.py)
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 _TICKET_WAIT = 10.0
 _CONNECT_TIMEOUT = 5.0
+# The relay's idle time is the web's and this much more: the web, which answers the client,
+# gives up first and says why (504: the app did not answer), not the relay's close.
+_IDLE_MARGIN = 5.0
 _CHUNK = 64 << 10
 _MAX_NONCES = 200_000
 
@@ -51,7 +55,7 @@ class Relay:
         self.settings = settings
         self.address_of = address_of
         self.keys = relay.relay_keys(settings.secret_key)
-        self.idle = settings.proxy_idle_timeout
+        self.idle = settings.proxy_idle_timeout + _IDLE_MARGIN
         self.open = 0
         self._nonces: dict[str, float] = {}
         self._pruned = 0.0

@@ -21,7 +21,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from shared.errors import BadRequest, SandboxError
-from shared.output import PTY, STDERR, STDOUT, Budgets, Piece, ProcessLog, paddock_line
+from shared.output import (
+    ENTRY_BYTES,
+    PTY,
+    STDERR,
+    STDOUT,
+    Budgets,
+    Piece,
+    ProcessLog,
+    paddock_line,
+)
 from shared.redisconn import REDIS_DOWN, WRITER_BACKOFF, persist
 from shared.settings import Settings
 from workers.backends.base import ProcessHandle, SandboxBackend, SpawnOptions
@@ -237,6 +246,7 @@ class ProcessManager:
                 tenant_id,
                 self.settings.sandbox_max_processes,
                 self.budgets,
+                extra=len(envd),  # kept in the record below, paid for with it
             )
             try:
                 oom_base = self.backend.oom_kills(sandbox_id)
@@ -425,20 +435,22 @@ class ProcessManager:
                     truncated = True
                 if truncated or not data:
                     continue  # keep draining so the process never blocks on a full pipe
-                if stored + len(data) > limit:
+                # Counted as the budgets count it: an entry costs Redis more than its bytes.
+                if stored + len(data) + ENTRY_BYTES > limit:
                     # Keep what fits, up to the last whole line (a terminal's output as it
                     # is), then say so once.
-                    keep = data[: max(0, limit - stored)]
+                    keep = data[: max(0, limit - stored - ENTRY_BYTES)]
                     if kind != PTY:
                         keep = keep[: keep.rfind(b"\n") + 1]
                     self._store_budgeted(run, kind, keep)
                     self._truncated(
                         run,
-                        f"this process printed more than {limit} bytes (PADDOCK_MAX_OUTPUT_BYTES)",
+                        f"this process's kept output reached {limit} bytes "
+                        "(PADDOCK_MAX_OUTPUT_BYTES)",
                     )
                     truncated = True
                     continue
-                stored += len(data)
+                stored += len(data) + ENTRY_BYTES
                 self._store_budgeted(run, kind, data)
             if not run.forgotten:
                 code = run.handle.exit_code()
@@ -454,7 +466,7 @@ class ProcessManager:
                     )
                 self._end(run, code, oom)
                 logger.info(
-                    "sandbox %s process %s: exited with %s%s (%d bytes of output)",
+                    "sandbox %s process %s: exited with %s%s (%d bytes of output kept)",
                     sid,
                     pid,
                     code,

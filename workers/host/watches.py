@@ -4,8 +4,9 @@ backend's WatchHandle: the supervisor's ``fs.watch``) into the watcher's Redis s
 
 What the sandbox says is untrusted: an event's path must lie under the watched directory
 (its name is the rest, at most MAX_NAME bytes of UTF-8), its kind one of EVENT_KINDS; anything
-else is dropped and counted. At most RATE events a second (BURST at once) per watch are
-written; the rest are dropped and then reported by one ``overflow`` entry with their count.
+else is dropped and counted. At most WatchLimits.rate events a second (a stream's worth at
+once) per watch are written; the rest are dropped and then reported by one ``overflow`` entry
+with their count. At most WatchLimits.host_max watches (threads) run on a host.
 The thread reads the supervisor as fast as it writes (never waiting on a reader), so a
 flooding sandbox costs the host one thread's CPU and Redis a bounded stream.
 
@@ -34,22 +35,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from shared.errors import NotADirectory, PathNotFound, QuotaExceeded, SandboxError
-from shared.watches import (
-    BURST,
-    END,
-    EVENT_KINDS,
-    FAIL,
-    MAX_NAME,
-    OVERFLOW,
-    RATE,
-    Entry,
-    Watches,
-)
+from shared.watches import END, EVENT_KINDS, FAIL, MAX_NAME, OVERFLOW, Entry, Watches
 from workers.backends.base import FsEvent, SandboxBackend, WatchBroken, WatchHandle
 
 logger = logging.getLogger(__name__)
 
-HOST_MAX = 512  # watches (threads) per host
 _TICK = 1.0  # seconds without an event between beats (and checks that the record is there)
 _BATCH = 256  # events written at once
 _BATCH_TIME = 0.05  # seconds an event waits for others before it is written
@@ -108,13 +98,10 @@ class _Run:
 class WatchRegistry:
     """This host's running watches (see the module docstring)."""
 
-    def __init__(
-        self, backend: SandboxBackend, log: Watches, host_id: str, max_watches: int = HOST_MAX
-    ) -> None:
+    def __init__(self, backend: SandboxBackend, log: Watches, host_id: str) -> None:
         self.backend = backend
-        self.log = log
+        self.log = log  # its limits are the watches' (WatchLimits)
         self.host_id = host_id
-        self.max_watches = max_watches
         self._lock = threading.Lock()
         self._runs: dict[str, _Run | None] = {}  # None: being started
 
@@ -125,7 +112,7 @@ class WatchRegistry:
     def start(self, sandbox_id: str, watcher_id: str, path: str, recursive: bool) -> None:
         """Watch ``path`` for the watcher the web registered; returns once the watch is in
         place (again for one already running: a redelivered command). Raises SandboxError
-        (the record is gone: the web gave up), QuotaExceeded (this host runs HOST_MAX
+        (the record is gone: the web gave up), QuotaExceeded (this host runs its most
         watches), the backend's errors (PathNotFound, NotADirectory, ...)."""
         record = self.log.record(watcher_id)
         if record is None or record.sandbox_id != sandbox_id:
@@ -133,9 +120,11 @@ class WatchRegistry:
         with self._lock:
             if watcher_id in self._runs:
                 return
-            if len(self._runs) >= self.max_watches:
+            most = self.log.limits.host_max
+            if len(self._runs) >= most:
                 raise QuotaExceeded(
-                    f"this sandbox host runs its most directory watches ({self.max_watches})"
+                    f"this sandbox host runs its most directory watches ({most}, "
+                    "PADDOCK_HOST_MAX_WATCHERS)"
                 )
             self._runs[watcher_id] = None
         try:
@@ -215,7 +204,8 @@ class WatchRegistry:
             self._forget(run.watcher_id, run)
 
     def _pump(self, run: _Run) -> None:
-        bucket = TokenBucket(RATE, BURST, time.monotonic())
+        limits = self.log.limits
+        bucket = TokenBucket(limits.rate, limits.max_events, time.monotonic())
         rewatched = 0
         beat = time.monotonic()
         while not run.stop.is_set():

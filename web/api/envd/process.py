@@ -84,6 +84,9 @@ R = TypeVar("R", StartResponse, ConnectResponse)
 
 KEEPALIVE = 5.0  # seconds of silence before a keepalive (less when the client asks less)
 _BLOCK_MS = 1000  # one blocking read of the output
+# Chunks one read takes: a chunk is at most 256 KiB (the supervisor's), so a stream holds
+# at most 2 MiB of output at once, however much a process printed (a Connect replays it all).
+_READ_CHUNKS = 8
 _TOUCH_EVERY = 5.0  # how often a stream marks its sandbox active
 _DEADLINE_GRACE = 5.0  # past the call's deadline (the process was killed then), the stream ends
 MAX_CONFIG = 256 << 10  # a process's program, arguments, env vars, cwd and tag (bytes)
@@ -149,7 +152,7 @@ class ProcessService(ProcessSync):
         def listing(sb: Sandbox) -> ListResponse:
             self.table.sweep(sb.sandbox_id)
             found = []
-            for entry in self.table.entries(sb.sandbox_id):
+            for entry in self.table.running(sb.sandbox_id):
                 info = self.plog.info(sb.sandbox_id, entry.process_id)
                 if info.get("status") in (None, *_NOT_RUNNING):
                     continue
@@ -212,12 +215,7 @@ class ProcessService(ProcessSync):
             raise ValidationFailed(
                 {"process": f"program, args and envs: at most {MAX_CONFIG} bytes"}
             )
-        pty = None
-        if request.pty is not None:
-            size = request.pty.size
-            if size is None or not (0 < size.cols <= 0xFFFF and 0 < size.rows <= 0xFFFF):
-                raise ValidationFailed({"pty.size": "cols and rows of 1-65535"})
-            pty = (size.cols, size.rows)
+        pty = _size(request.pty) if request.pty is not None else None
         stdin = request.stdin if request.has_field("stdin") else True
         remaining = ctx.timeout_ms
         timeout_ms = max(1, int(remaining)) if remaining is not None else 0
@@ -275,7 +273,7 @@ class ProcessService(ProcessSync):
         after, quiet_since, touched = "0-0", now, now
         while True:
             try:
-                got = self.plog.chunks(sid, process_id, after, block_ms=_BLOCK_MS)
+                got = self.plog.chunks(sid, process_id, after, _BLOCK_MS, _READ_CHUNKS)
             except REDIS_DOWN:
                 raise ConnectError(Code.UNAVAILABLE, "the output store is unreachable") from None
             for chunk in got:

@@ -2,16 +2,18 @@
 CreateWatcher/GetWatcherEvents/RemoveWatcher), over the watcher records and event streams
 that the sandbox's host writes (shared/watches.py, workers/host/watches.py).
 
-- A watcher is registered for the sandbox and its tenant (at most SANDBOX_MAX per sandbox
-  and TENANT_MAX per tenant: ``resource_exhausted``), then its host starts the watch; the
-  answer (the watcher id, or WatchDir's start event) comes once the watch is in place, so
-  every change after it is reported. A path that is not there: ``not_found``; not a directory
-  (a symlink included: not followed): ``invalid_argument``, as envd answers.
+- A watcher is registered for the sandbox and its tenant (at most
+  PADDOCK_SANDBOX_MAX_WATCHERS per sandbox and PADDOCK_TENANT_MAX_WATCHERS per tenant:
+  ``resource_exhausted``), then its host starts the watch; the answer (the watcher id, or
+  WatchDir's start event) comes once the watch is in place, so every change after it is
+  reported. A path that is not there: ``not_found``; not a directory (a symlink included:
+  not followed): ``invalid_argument``, as envd answers.
 - A watcher id is reachable only through its own sandbox (``E2b-Sandbox-Id``, authorised as
   every call is) and tenant; any other, like an unknown one, is ``not_found``.
-- GetWatcherEvents answers the events since the last call (at most MAX_EVENTS; the rest on
-  the next call) and drops them. RemoveWatcher forgets the watcher; its host stops the watch
-  within about a second. A watcher nobody asks for IDLE seconds expires.
+- GetWatcherEvents answers the events since the last call (at most
+  PADDOCK_WATCH_MAX_EVENTS; the rest on the next call) and drops them. RemoveWatcher forgets
+  the watcher; its host stops the watch within about a second. A watcher nobody asks for
+  IDLE seconds expires.
 - WatchDir streams the same events as they come (XREAD with a short block), with a keepalive
   message every ``Keepalive-Ping-Interval`` seconds (the SDK's header) or _KEEPALIVE_MAX
   when that is sooner, and holds one of the tenant's stream slots (PADDOCK_TENANT_MAX_STREAMS,
@@ -46,6 +48,7 @@ from shared.watches import (
     Batch,
     Watches,
     WatchEvent,
+    WatchLimits,
     WatchRecord,
     valid_id,
     watcher_id,
@@ -106,7 +109,7 @@ class Watching:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.log = Watches(services.redis)
+        self.log = Watches(services.redis, WatchLimits.of(services.settings))
 
     def create(self, sandbox: Sandbox, path: str, recursive: bool) -> str:
         """A new watcher of ``path`` (absolute), in place when this returns: its id. Raises

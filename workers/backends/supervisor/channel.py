@@ -632,6 +632,10 @@ class Process:
         self._seq = h["seq"]
         return Output(h["stream"], h["seq"], frame.payload)
 
+    def ready(self) -> bool:
+        """Whether a frame is already here (``next_event`` would not wait)."""
+        return self._waiter.pending()
+
     def release(self) -> None:
         """Stop following the process's frames (it runs on). Before its exit this tells the
         supervisor to stop sending them (``cancel``); frames already on the way are dropped."""

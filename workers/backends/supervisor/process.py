@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 # How long a kill waits for the supervisor's exit report before it gives up on it.
 _EXIT_WAIT = 1.0
+# Output frames already here are joined up to this many bytes (the supervisor's read size),
+# so a process writing a byte at a time costs a stored entry per read of the pump, not one
+# per byte (``frames``).
+_JOIN = 64 << 10
 _GAVE_UP = "killed_from_host"
 
 
@@ -47,6 +51,8 @@ class SupervisorProcess:
         self._exit: Exit | None = None
         self._exited = threading.Event()
         self._seq = proc.first_seq - 1 if proc.truncated else proc._seq
+        # What came after the frames ``_take`` joined (another stream's, the exit, an error).
+        self._held: Output | Exit | Exception | None = None
         # Output the ring no longer had when the process was followed again (bytes unknown).
         self.truncated = proc.truncated
 
@@ -65,11 +71,12 @@ class SupervisorProcess:
         return self._seq
 
     def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
-        """Raises SandboxError when the process cannot be followed any more (the supervisor
-        died or lied, or its ring lost output it had not sent)."""
+        """Consecutive frames of one stream that are already here come as one chunk. Raises
+        SandboxError when the process cannot be followed any more (the supervisor died or
+        lied, or its ring lost output it had not sent)."""
         while True:
             try:
-                event = self._proc.next_event(self._poll)
+                event = self._take()
             except TimeoutError:
                 if stop():
                     return
@@ -87,6 +94,38 @@ class SupervisorProcess:
                 return
             self._seq = event.seq
             yield self._kind(event), event.data
+
+    def _take(self) -> Output | Exit:
+        """The next event (waiting up to the poll interval), an output frame joined with the
+        frames of its stream that follow it and are already here (up to _JOIN bytes). Raises
+        as Process.next_event."""
+        event, self._held = self._held, None
+        if event is None:
+            event = self._proc.next_event(self._poll)
+        elif isinstance(event, Exception):
+            raise event
+        if isinstance(event, Exit):
+            return event
+        parts, size, seq = [event.data], len(event.data), event.seq
+        while size < _JOIN and self._proc.ready():
+            try:
+                more = self._proc.next_event(0)
+            except (SupervisorError, TimeoutError) as exc:  # raised once these are handed out
+                self._held = exc
+                break
+            if (
+                isinstance(more, Exit)
+                or more.stream != event.stream
+                or size + len(more.data) > _JOIN
+            ):
+                self._held = more
+                break
+            parts.append(more.data)
+            size += len(more.data)
+            seq = more.seq
+        if len(parts) == 1:
+            return event
+        return Output(event.stream, seq, b"".join(parts))
 
     @staticmethod
     def _kind(event: Output) -> str:
