@@ -61,9 +61,10 @@ fuzz: bootstrap images          ## schemathesis on both OpenAPI documents, priva
 load: bootstrap images          ## the load scenario: create ramp, exec throughput, 1,000 long-polls
 	$(PY) -m bench.load
 
-images: bootstrap               ## build the base and template images that changed, and the supervisor
+images: bootstrap               ## build the base and template images that changed, the supervisor, the console's files
 	$(PY) -m workers.images build
 	$(PY) -m workers.backends.supervisor.build
+	$(PY) -m web.console.vendor
 
 bootstrap:
 	@bash scripts/bootstrap.sh $(BOOTSTRAP_ARGS)

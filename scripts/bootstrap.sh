@@ -5,8 +5,9 @@
 #
 # Usage: scripts/bootstrap.sh [--no-venv] [--quiet] [--browser] [--js]
 # (--browser: also Debian's chromium and chromium-driver, for the browser tests; `make test`)
-# (--js: also Node.js and npm (Debian's, when `node` is missing) and tests/js's pinned npm
-#  packages (the official E2B JS SDK), for tests/integration/test_e2b_js_sdk.py; `make test`)
+# (--js: also tests/js's pinned npm packages (the official E2B JS SDK), for
+#  tests/integration/test_e2b_js_sdk.py; `make test`. Node.js and npm are always installed:
+#  `make images` fetches the console's xterm.js with npm)
 #
 # Daemons this script starts itself get their pid recorded in .paddock/run/<name>.pid, so that
 # `make up` (scripts/up.sh, on Ctrl-C or SIGTERM) stops exactly what was started here and
@@ -24,7 +25,7 @@ for arg in "$@"; do
         --browser) BROWSER=1 ;;
         --js) JS=1 ;;
         -h|--help)
-            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -101,12 +102,11 @@ for pkg in "${apt_wanted[@]}"; do
         missing+=("$pkg")
     fi
 done
-if [[ "$JS" -eq 1 ]]; then
-    # Node.js and npm for the JS SDK's tests: any `node` on PATH will do (a machine may have a
-    # newer one than Debian's, with npm bundled in), else Debian's packages.
-    command -v node >/dev/null || missing+=(nodejs)
-    command -v npm >/dev/null || missing+=(npm)
-fi
+# Node.js and npm: `make images` fetches the console's pinned xterm.js with `npm pack`
+# (web/console/vendor.py), and the JS SDK's tests run on Node (--js). Any `node` on PATH will
+# do (a machine may have a newer one than Debian's, with npm bundled in), else Debian's.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [[ "${#missing[@]}" -gt 0 ]]; then
     say "apt: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

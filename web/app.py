@@ -17,7 +17,10 @@ from shared.errors import ConfigError
 from shared.redisconn import redis_client as make_redis_client
 from shared.secrets import SecretBundles
 from shared.settings import Settings
-from web import gunicorn_conf
+from web import (
+    gunicorn_conf,
+    terminal,  # noqa: F401  (registers /v1/sandboxes/{id}/terminal)
+)
 from web import metrics as web_metrics
 from web.agent_sessions import AgentSessions
 from web.api import docs, e2b, e2b_control, v1
@@ -32,7 +35,7 @@ from web.services import Services
 from web.ws import init_ws
 
 # The whole URL surface: each package's blueprint gathers one module per resource (the v1
-# WebSocket is web/ws.py; /metrics is web/metrics.py).
+# WebSockets are web/ws.py and web/terminal.py; /metrics is web/metrics.py).
 BLUEPRINTS = (
     e2b.bp,  # /health, /openapi.json, /sessions/... (E2B-compatible)
     e2b_control.bp,  # /sandboxes, /v2/sandboxes... (today's E2B SDKs' control API)

@@ -96,7 +96,7 @@ def _take_socket_slot() -> None:
     A bad token takes no slot: the socket handler closes it with 4401.
     """
     if request.url_rule is None or not request.url_rule.websocket:
-        return  # not the session WebSocket (the one WebSocket route)
+        return  # not a WebSocket (the terminal's, web/terminal.py, has no session token: no slot)
     claims = _claims()
     tenant_id = claims.get("tenant") if claims else None
     if not isinstance(tenant_id, str):

@@ -156,6 +156,9 @@ def _v1_calls(c: Caller) -> dict[tuple[str, str], Callable[[], Any]]:
         ),
         ("/v1/sandboxes", "GET"): lambda: c.call("GET", "/v1/sandboxes"),
         ("/v1/sandboxes/{sandbox_id}", "GET"): lambda: c.call("GET", "/v1/sandboxes/sbx1"),
+        ("/v1/sandboxes/{sandbox_id}/terminal", "POST"): lambda: c.call(
+            "POST", "/v1/sandboxes/sbx1/terminal"
+        ),
         ("/v1/sandboxes/{sandbox_id}", "DELETE"): lambda: c.call("DELETE", "/v1/sandboxes/sbx1"),
         ("/v1/tenants/me/usage", "GET"): lambda: c.call("GET", "/v1/tenants/me/usage"),
         ("/v1/templates", "GET"): lambda: c.call("GET", "/v1/templates"),

@@ -84,6 +84,7 @@ def build_spec() -> dict[str, Any]:
         s.SecretList,
         s.SandboxInfo,
         s.SandboxList,
+        s.TerminalTicket,
         s.TemplateInfo,
         s.TemplateList,
         s.CreateSessionRequest,
@@ -210,6 +211,52 @@ def build_spec() -> dict[str, Any]:
         operations={
             "get": _op("One sandbox", "SandboxInfo", params=[sandbox_id]),
             "delete": _op("Destroy a sandbox", None, 204, errors=(401, 404), params=[sandbox_id]),
+        },
+    )
+    spec.path(
+        "/v1/sandboxes/{sandbox_id}/terminal",
+        operations={
+            "post": _op(
+                "A one-use ticket (60 s) that opens the sandbox's terminal WebSocket (a browser "
+                "cannot send the API key on a WebSocket handshake); 429 when the tenant or "
+                "the sandbox has all its terminals open",
+                "TerminalTicket",
+                201,
+                errors=(401, 404, 429),
+                params=[sandbox_id],
+            ),
+            "get": {
+                "summary": TERMINAL_SUMMARY,
+                "description": TERMINAL_DESCRIPTION,
+                "security": [],
+                "parameters": [
+                    sandbox_id,
+                    {
+                        "name": "ticket",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "The ticket from POST (one use)",
+                    },
+                    {
+                        "name": "cols",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "rows",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                ],
+                "responses": {
+                    "101": {"description": "Switching Protocols (WebSocket)"},
+                    "400": {**_ERR, "description": "Not a WebSocket handshake"},
+                    "414": _URI_TOO_LONG,
+                },
+            },
         },
     )
     spec.path(
@@ -343,6 +390,19 @@ bad client frame.
 Without `last_seq` only live events follow `ready`. Close codes: 4401 bad or expired token,
 4403 token of another session, 4404 session ended or unknown, 4429 too many connections or
 messages; 1009 for a frame over the size limit."""
+
+
+TERMINAL_SUMMARY = "The sandbox's terminal WebSocket: a login shell on a pseudo-terminal"
+TERMINAL_DESCRIPTION = """Server frames: binary frames are the terminal's output bytes; JSON
+text frames are `ready {cols, rows}`, `exit {exit_code}` (then close 1000), `pong` and
+`error {code, message}`. Client frames: `{"type": "input", "data"}`, `{"type": "resize",
+"cols", "rows"}`, `{"type": "ping"}`; a binary frame is input bytes.
+
+The shell lives as long as the socket (closing it kills the shell). Close codes: 4401 missing,
+used or expired ticket; 4404 sandbox not found or gone (another tenant's included); 4408 no
+client frame for 15 minutes; 4429 too many terminals (8 per tenant, 3 per sandbox), frames
+(600 in 10 s) or input bytes (256 KiB in 10 s); 4501 the sandbox backend has no terminals
+(docker); 1009 a frame over 32 KiB; 4000 + status for another host error."""
 
 
 @bp.get("/openapi.json")

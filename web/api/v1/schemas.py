@@ -217,6 +217,16 @@ class SandboxList(Schema):
     sandboxes = fields.List(fields.Nested(SandboxInfo))
 
 
+class TerminalTicket(Schema):
+    """What opens a terminal socket (web/terminal.py): one use, within ``expires_in``."""
+
+    ticket = fields.String(
+        metadata={"description": "Pass as ?ticket= to the terminal WebSocket, once"}
+    )
+    expires_in = fields.Integer(metadata={"description": "Seconds the ticket stays valid"})
+    url = fields.String(metadata={"description": "The terminal WebSocket's path"})
+
+
 class TemplateInfo(Schema):
     name = fields.String(metadata={"description": "What `template` and `envID` take"})
     image = fields.String()

@@ -1,9 +1,10 @@
 // The Paddock console (web/console/): a client of the public APIs, nothing more.
 //
 // Security rules this file keeps:
-// - Tokens live in this tab's sessionStorage and travel only in Authorization headers; the one
-//   exception is the session WebSocket, which browsers cannot give headers: its session JWT
-//   (scoped to one session) goes as ?token=, as the v1 spec has browsers do.
+// - Tokens live in this tab's sessionStorage and travel only in Authorization headers; the
+//   exceptions are the WebSockets, which browsers cannot give headers: the session socket's
+//   session JWT (scoped to one session) goes as ?token=, as the v1 spec has browsers do, and
+//   the terminal socket takes a one-use ticket fetched with the API key just before.
 // - Everything the API returns is put in the page as text (textContent / text nodes), never as
 //   HTML: sandbox metadata, names and outputs are tenant-controlled.
 // - Every API error is shown with the API's own message.
@@ -218,6 +219,27 @@
   }
 
   // -- sandboxes ---------------------------------------------------------------------------
+  // The terminal's files (xterm.js and its addons, about 400 KB: web/console/vendor.py) load on
+  // a sandbox's page only, once per tab; terminal.js (ours) drives them.
+  let terminalFiles = null;
+  function loadTerminal() {
+    if (!terminalFiles) {
+      terminalFiles = (async () => {
+        document.head.append(h("link", { rel: "stylesheet", href: "/console/assets/xterm.css" }));
+        for (const name of ["xterm.js", "xterm-addon-canvas.js", "xterm-addon-fit.js", "terminal.js"]) {
+          await new Promise((resolve, reject) => {
+            const s = h("script", { src: "/console/assets/" + name });
+            s.onload = resolve;
+            s.onerror = () => reject(new Error("The terminal's files are not on this server (" + name + ": `make images` fetches them)."));
+            document.head.append(s);
+          });
+        }
+      })();
+      terminalFiles.catch(() => { terminalFiles = null; });
+    }
+    return terminalFiles;
+  }
+
   async function templateNames() {
     try {
       const out = await api("GET", "/v1/templates");
@@ -352,6 +374,37 @@
     }
     drawInfo();
     const cmd = h("input", { id: "cmd", name: "cmd", size: "60", autocomplete: "off", spellcheck: "false" });
+    // The terminal (terminal.js); the command box below stays for backends without one.
+    const termBox = h("div", { id: "terminal", class: "term" });
+    const termState = h("p", { id: "term-status", class: "note", role: "status" }, "Loading the terminal…");
+    const reopen = h("button", { type: "button", id: "term-reopen", class: "quiet", hidden: true }, "Open a new shell");
+    let terminal = null;
+    async function startTerminal() {
+      try {
+        await loadTerminal();
+      } catch (err) {
+        termBox.hidden = true;
+        termState.textContent = err.message + " Use the command box below.";
+        return;
+      }
+      if (!live(root)) return;
+      terminal = window.PaddockTerminal.open(termBox, {
+        ticket: async (cols, rows) => {
+          const t = await api("POST", "/v1/sandboxes/" + q(id) + "/terminal");
+          const base = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+          return base + "/v1/sandboxes/" + q(id) + "/terminal?ticket=" + q(t.ticket) + "&cols=" + cols + "&rows=" + rows;
+        },
+        onState: (state, text) => {
+          termState.textContent = text;
+          termBox.setAttribute("data-state", state);
+          reopen.hidden = state !== "closed";
+          if (state === "unsupported") termBox.hidden = true;
+        },
+        leave: () => (reopen.hidden ? cmd : reopen).focus(),
+      });
+      reopen.addEventListener("click", () => terminal.reconnect());
+      timers.push({ stop: () => terminal.close() });
+    }
     const out = h("pre", { id: "cmd-output", class: "out", "aria-live": "polite", "aria-label": "Command output" });
     const status = h("p", { id: "cmd-status", class: "note" });
     async function run() {
@@ -437,8 +490,12 @@
       metricsNote,
       h("div", { class: "row" },
         h("button", { type: "button", class: "danger", onclick: act(async () => { await api("DELETE", "/v1/sandboxes/" + q(id)); location.hash = "#/sandboxes"; }) }, "Kill this sandbox")),
+      h("h2", {}, "Terminal"),
+      termState,
+      termBox,
+      h("div", { class: "row" }, reopen),
       h("h2", {}, "Run a command"),
-      h("p", { class: "note" }, "Output streams in as the command prints (the interactive terminal comes with the in-sandbox supervisor)."),
+      h("p", { class: "note" }, "Output streams in as the command prints (every sandbox backend has this; the terminal needs the supervisor backend)."),
       h("form", { id: "cmd-form", class: "row", onsubmit: act(run) }, h("label", { for: "cmd" }, "Command", cmd), h("button", { type: "submit" }, "Run")),
       status,
       out,
@@ -450,9 +507,9 @@
     if (live(root)) {
       timers.push(setInterval(() => tick().catch(showError), 3000));
       tick().catch(showError);
+      startTerminal();
     }
     await list();
-    cmd.focus();
   }
 
   // -- API keys ----------------------------------------------------------------------------
