@@ -91,17 +91,6 @@ exec "$@"
 """
 
 
-# How a channel ends without the supervisor saying anything wrong (channel.py's reasons): the
-# connection ended or failed, or this worker let it go. Any other end is a broken protocol.
-_BENIGN = (
-    "the supervisor closed its stdout",
-    "reading from the supervisor failed",
-    "writing to the supervisor failed",
-    "closed by the worker",
-    "the sandbox is being removed",
-)
-
-
 class _Link:
     """One sandbox's channel and the attach connection under it."""
 
@@ -275,7 +264,7 @@ class SupervisorBackend(DockerBackend):
         raises SandboxPaused; a gone one SandboxGone. Otherwise the caller attaches again."""
         reason = link.channel.closed or ""
         link.stdio.close()
-        if not reason.startswith(_BENIGN):
+        if link.channel.violated:
             self._fail(sandbox_id, f"its supervisor broke the protocol ({reason})")
         state = self._container_state(sandbox_id)
         if state == "paused":
@@ -324,7 +313,7 @@ class SupervisorBackend(DockerBackend):
         with self._lock:
             link = self._links.pop(sandbox_id, None)
         if link is not None:
-            link.channel._end(reason)
+            link.channel.close(reason)
             link.stdio.close()
 
     def _call(self, sandbox_id: str, fn: Any, path: str | None = None) -> Any:

@@ -224,6 +224,7 @@ class Channel:
         self._wlock = threading.Lock()
         self._waiters: dict[int, _Waiter] = {}
         self._closed: str | None = None
+        self._violated = False  # it ended because the supervisor broke the protocol
         self._ended = threading.Event()  # set once _closed is
         self._cancels: deque[int] = deque()  # cancels to send once the writer is free
         self.info: dict[str, Any] | None = None
@@ -255,14 +256,14 @@ class Channel:
             except TimeoutError:
                 if time.monotonic() < end:
                     continue
-                self._end(f"no hello answer from the supervisor within {deadline} s")
-                raise ChannelClosed(self._closed or "closed") from None
+                raise self._violation(
+                    f"no hello answer from the supervisor within {deadline} s"
+                ) from None
             return self._hello_info(frame, nonce)
 
     def _hello_info(self, frame: Frame, nonce: str) -> dict[str, Any]:
         if self._expect(frame, "hello").header["nonce"] != nonce:
-            self._end("a hello answer with another nonce")
-            raise ChannelClosed(self._closed or "closed")
+            raise self._violation("a hello answer with another nonce")
         info: dict[str, Any] = json.loads(frame.payload)  # validated by frames.validate
         return info
 
@@ -281,6 +282,13 @@ class Channel:
     def closed(self) -> str | None:
         """Why the channel ended, or None while it is open."""
         return self._closed
+
+    @property
+    def violated(self) -> bool:
+        """Whether the channel ended because the supervisor broke the protocol (an invalid or
+        unexpected frame, a hello it did not answer): nothing it says can be trusted. An end
+        of the connection or a close by the worker is not one."""
+        return self._violated
 
     def wait_closed(self, timeout: float | None = None) -> str | None:
         """Wait until the channel ends; why it did (None when ``timeout`` passed first)."""
@@ -305,7 +313,7 @@ class Channel:
                     self._overflow(frame.id, waiter)
             self._end("the supervisor closed its stdout")
         except FrameError as exc:
-            self._end(f"invalid frame from the supervisor: {exc}")
+            self._end(f"invalid frame from the supervisor: {exc}", violation=True)
         except (OSError, ValueError) as exc:
             self._end(f"reading from the supervisor failed: {exc}")
 
@@ -318,10 +326,11 @@ class Channel:
         logger.warning("supervisor: %s", message)
         waiter.end(SupervisorError("overflow", message), drop=True)
 
-    def _end(self, reason: str) -> None:
+    def _end(self, reason: str, violation: bool = False) -> None:
         with self._lock:
             if self._closed is None:
                 self._closed = reason
+                self._violated = violation
             reason = self._closed
             waiters = list(self._waiters.values())
             self._waiters.clear()
@@ -329,11 +338,17 @@ class Channel:
             waiter.end(ChannelClosed(reason))
         self._ended.set()
 
-    def close(self) -> None:
-        """Close the supervisor's stdin (it then kills its processes and exits)."""
+    def _violation(self, reason: str) -> ChannelClosed:
+        """End the channel as broken by the supervisor; the error to raise."""
+        self._end(reason, violation=True)
+        return ChannelClosed(self._closed or reason)
+
+    def close(self, reason: str = "closed by the worker") -> None:
+        """Close the supervisor's stdin (it then kills its processes and exits); ``reason``
+        is what ``closed`` says from now on (unless it had ended already)."""
         with contextlib.suppress(OSError):
             self._writer.close()
-        self._end("closed by the worker")
+        self._end(reason)
 
     def _open(self) -> tuple[int, _Waiter]:
         request_id = next(self._ids)
@@ -398,8 +413,7 @@ class Channel:
 
     def _expect(self, frame: Frame, *types: str) -> Frame:
         if frame.type not in types:
-            self._end(f"a {frame.type!r} frame where {types} was expected")
-            raise ChannelClosed(self._closed or "closed")
+            raise self._violation(f"a {frame.type!r} frame where {types} was expected")
         return frame
 
     def call(
@@ -467,8 +481,7 @@ class Channel:
             raise
         if h["pid"] != pid or h["last_seq"] < after_seq:
             self._forget(request_id)
-            self._end(f"an attach answer for pid {h['pid']} that does not fit")
-            raise ChannelClosed(self._closed or "closed")
+            raise self._violation(f"an attach answer for pid {h['pid']} that does not fit")
         seq = max(after_seq, h["first_seq"] - 1)
         return Process(
             self, request_id, waiter, h["pid"], h["pgid"], h["truncated"], h["first_seq"], seq
@@ -543,8 +556,7 @@ class Channel:
             ended = True
             size = self._expect(self._next(waiter, None), "ok").header.get("size")
             if type(size) is not int:
-                self._end("an fs.write answer without a size")
-                raise ChannelClosed(self._closed or "closed")
+                raise self._violation("an fs.write answer without a size")
             return size
         finally:
             self._forget(request_id)
@@ -614,8 +626,7 @@ class Process:
             raise
         h = frame.header
         if h["pid"] != self.pid:
-            self._channel._end(f"a frame of pid {h['pid']} for process {self.pid}")
-            raise ChannelClosed(self._channel.closed or "closed")
+            raise self._channel._violation(f"a frame of pid {h['pid']} for process {self.pid}")
         if frame.type == "exit":
             self._ended = True
             return Exit(
@@ -627,8 +638,7 @@ class Process:
                 h["duration_ms"],
             )
         if h["seq"] != self._seq + 1:
-            self._channel._end(f"output seq {h['seq']} after {self._seq}")
-            raise ChannelClosed(self._channel.closed or "closed")
+            raise self._channel._violation(f"output seq {h['seq']} after {self._seq}")
         self._seq = h["seq"]
         return Output(h["stream"], h["seq"], frame.payload)
 
@@ -696,8 +706,12 @@ class Watch:
                 )
             except TimeoutError:
                 return
-            except SupervisorError:
+            except SupervisorError as exc:
                 self._end()
+                if exc.code == "overflow":
+                    # The channel dropped the frames, but the supervisor still watches: tell
+                    # it to stop (no cancel is sent for a request that failed).
+                    self._channel._cancel(self._id)
                 raise
             if frame.type == "ok":
                 self._end()

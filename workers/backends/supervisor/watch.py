@@ -30,10 +30,7 @@ class SupervisorWatch:
         except ChannelClosed as exc:
             raise WatchBroken(f"the channel to the sandbox ended: {exc.message}") from None
         except SupervisorError as exc:
-            if exc.code == "overflow":
-                # The channel dropped the request's frames, but the supervisor still watches:
-                # tell it to stop (channel.py sends no cancel for a request that failed).
-                self._watch._channel._cancel(self._watch._id)
+            if exc.code == "overflow":  # the supervisor was told to stop (channel.py)
                 raise WatchBroken("the watch's events were not read in time") from None
             raise SandboxError(f"the watch failed inside the sandbox: {exc.code}") from None
 
