@@ -52,8 +52,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def keys_ab(stack: Stack) -> Iterator[tuple[str, str]]:
     """Two tenants' API keys; the SDK's environment points at the stack (loopback only)."""
-    # get_host(port) is then {port}-{id}.localhost:{web port}, a name curl resolves.
-    with sdk_env(stack, domain=f"localhost:{stack.port}"):
+    # E2B_DOMAIN is plain localhost: the create answer's domain (the preview domain on the
+    # port the request reached) makes get_host(port) {port}-{id}.localhost:{web port}.
+    with sdk_env(stack):
         yield new_tenant(stack, "portsa"), new_tenant(stack, "portsb")
 
 
