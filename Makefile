@@ -61,6 +61,13 @@ fuzz: bootstrap images          ## schemathesis on both OpenAPI documents, priva
 load: bootstrap images          ## the load scenario: create ramp, exec throughput, 1,000 long-polls
 	$(PY) -m bench.load
 
+# Where each tier saturates as hosts grow: N simulated hosts (real Celery host workers, many per
+# process, over the fake backend: no container) against one private Redis, web and control;
+# Redis commands per operation first. SCALE_ARGS=--quick for ~1.5 min (bench/scale/README.md).
+.PHONY: scale
+scale: bootstrap                ## tiers' throughput and p99 vs simulated hosts (bench/scale)
+	$(PY) -m bench.scale $(SCALE_ARGS)
+
 images: bootstrap               ## build the base and template images that changed, the supervisor, the console's files
 	$(PY) -m workers.images build
 	$(PY) -m workers.backends.supervisor.build

@@ -1,5 +1,6 @@
 """Sandbox backends: the protocol (base.py) and its implementations, one package each
-(docker/, supervisor/). ``make_backend`` builds the one ``PADDOCK_SANDBOX_BACKEND`` names."""
+(docker/, supervisor/; fake/ only for the scale harness). ``make_backend`` builds the one
+``PADDOCK_SANDBOX_BACKEND`` names."""
 
 from __future__ import annotations
 
@@ -20,4 +21,8 @@ def make_backend(settings: Settings) -> SandboxBackend:
         from workers.backends.supervisor.backend import SupervisorBackend
 
         return SupervisorBackend(settings)
+    if settings.sandbox_backend == "fake":
+        from workers.backends.fake.backend import FakeBackend
+
+        return FakeBackend(settings)  # refused unless PADDOCK_ALLOW_FAKE_BACKEND (Settings)
     raise ConfigError(f"PADDOCK_SANDBOX_BACKEND: no backend named {settings.sandbox_backend!r}")

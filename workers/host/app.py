@@ -45,8 +45,18 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
     stop = threading.Event()
     stop_relay: list[Callable[[], None]] = []
 
+    def mine(sender: Any) -> bool:
+        # Celery's signals are process-wide: with several host workers in one process (the
+        # scale harness, bench/scale/hosts.py), each acts only on its own worker's. Senders:
+        # the consumer or worker (their app), or the worker's name ("host-<id>@...").
+        if isinstance(sender, str):
+            return sender.startswith(f"host-{settings.host_id}@")
+        return getattr(sender, "app", app) is app
+
     @worker_ready.connect(weak=False)
-    def on_ready(**_: Any) -> None:
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if not mine(sender):
+            return
         if reconcile.check_engine(ctx, at_start=True).engine_down:
             # The engine answered a moment ago (create_host_app) and not now: exit, and let
             # the supervisor restart the worker (raising here would only be logged by Celery,
@@ -75,12 +85,16 @@ def create_host_app(settings: Settings) -> tuple[Celery, WorkerContext]:
         )
 
     @worker_shutting_down.connect(weak=False)
-    def on_shutting_down(**_: Any) -> None:
+    def on_shutting_down(sender: Any = None, **_: Any) -> None:
+        if not mine(sender):
+            return
         # A warm shutdown waits for running tasks; an agent task could run for an hour.
         ctx.stopping.set()
 
     @worker_shutdown.connect(weak=False)
-    def on_shutdown(**_: Any) -> None:
+    def on_shutdown(sender: Any = None, **_: Any) -> None:
+        if not mine(sender):
+            return
         stop.set()
         for stop_it in stop_relay:
             stop_it()

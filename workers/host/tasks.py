@@ -81,7 +81,10 @@ def register_host_tasks(app: Celery, ctx: WorkerContext) -> None:
     # Delivered twice, the second finds the session's runner lock held and returns.
     # A drain holds a thread while the session's job runs, so it counts in the shares too;
     # over them it is sent again a little later (the prompts wait in Redis meanwhile).
-    @app.task(name=tasks.AGENT_DRAIN, acks_late=False, ignore_result=True)
+    # shared=False on both: a task here closes over this worker's context, and Celery's default
+    # (shared) would hand it to every app made later in the process (bench/scale/hosts.py runs
+    # many hosts in one), whose own task of that name would then never run.
+    @app.task(name=tasks.AGENT_DRAIN, acks_late=False, ignore_result=True, shared=False)
     def agent_drain(**kwargs: Any) -> None:
         session_id = commands.AgentDrain.from_kwargs(kwargs).session_id
         session = ctx.sessions.load(session_id)
@@ -116,7 +119,7 @@ def _register(
     always = name in _ALWAYS_RUN
     patience = SHARE_PATIENCE_BY_TASK.get(name, SHARE_PATIENCE)
 
-    @app.task(name=name, bind=True, acks_late=False, ignore_result=True)
+    @app.task(name=name, bind=True, acks_late=False, ignore_result=True, shared=False)
     def host_task(self: Task, **kwargs: Any) -> None:
         task_id = self.request.id
         sandbox_id = kwargs.get("sandbox_id", "-")
