@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from shared import crypto, keys
-from shared.errors import ApiKeyRevoked, LimitExceeded, OtpInvalid, RateLimited
+from shared.errors import ApiKeyExpired, ApiKeyRevoked, LimitExceeded, OtpInvalid, RateLimited
 from shared.redisio import read_hash, text
 
 OTP_TTL = 600
@@ -20,6 +20,9 @@ OTP_MAX_TRIES = 5
 OTP_RESEND_AFTER = 60
 OTP_PER_HOUR = 5
 LAST_USED_RESOLUTION = 60  # seconds: last_used_at is kept without a write per request
+# A key made with an expiry is listed as expired this long after it, then Redis drops it (and
+# the listing drops its id): short-lived keys, one per console tab, do not pile up.
+EXPIRED_KEPT = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class ApiKey:
     revoked: bool
     created_at: float
     last_used_at: float | None
+    expires_at: float | None = None  # None: until revoked
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 class Accounts:
@@ -102,15 +109,20 @@ class Accounts:
         return bool(self.r.exists(keys.user(user_id)))
 
     # -- API keys ----------------------------------------------------------------------------
-    def create_api_key(self, tenant_id: str, name: str, max_keys: int) -> tuple[ApiKey, str]:
-        """A new key and its one-time plain text. Raises LimitExceeded past ``max_keys``."""
-        active = [k for k in self.list_api_keys(tenant_id) if not k.revoked]
+    def create_api_key(
+        self, tenant_id: str, name: str, max_keys: int, expires_in: int | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its one-time plain text; with ``expires_in`` (seconds) it is refused
+        from then on (ApiKeyExpired) and no longer counts against ``max_keys``. Raises
+        LimitExceeded past ``max_keys`` active (neither revoked nor expired) keys."""
+        now = time.time()
+        active = [k for k in self.list_api_keys(tenant_id) if not k.revoked and not k.expired(now)]
         if len(active) >= max_keys:
             raise LimitExceeded(f"at most {max_keys} active API keys per account")
         plain = crypto.new_api_key()
         digest = crypto.api_key_digest(plain)
         key_id = crypto.random_id("key_", 10)
-        now = time.time()
+        expires_at = None if expires_in is None else now + expires_in
         pipe = self.r.pipeline()
         pipe.hset(
             keys.api_key(digest),
@@ -125,8 +137,14 @@ class Accounts:
         )
         pipe.set(keys.api_key_id(key_id), digest)
         pipe.sadd(keys.tenant_api_keys(tenant_id), key_id)
+        if expires_at is not None:
+            pipe.hset(keys.api_key(digest), "expires_at", expires_at)
+            gone = int(expires_at + EXPIRED_KEPT)
+            pipe.expireat(keys.api_key(digest), gone)
+            pipe.expireat(keys.api_key_id(key_id), gone)
         pipe.execute()
-        return ApiKey(key_id, tenant_id, plain[:12], name, False, now, None), plain
+        key = ApiKey(key_id, tenant_id, plain[:12], name, False, now, None, expires_at)
+        return key, plain
 
     def list_api_keys(self, tenant_id: str) -> list[ApiKey]:
         out = []
@@ -134,6 +152,8 @@ class Accounts:
             k = self._by_id(key_id)
             if k is not None:
                 out.append(k)
+            else:  # an expired key Redis has dropped (EXPIRED_KEPT after its end)
+                self.r.srem(keys.tenant_api_keys(tenant_id), key_id)
         return sorted(out, key=lambda k: k.created_at)
 
     def revoke_api_key(self, tenant_id: str, key_id: str) -> bool:
@@ -148,7 +168,7 @@ class Accounts:
         return True
 
     def authenticate(self, plain: str) -> str | None:
-        """The tenant of a valid key, None if unknown. Raises ApiKeyRevoked."""
+        """The tenant of a valid key, None if unknown. Raises ApiKeyRevoked, ApiKeyExpired."""
         digest = crypto.api_key_digest(plain)
         rec = read_hash(self.r, keys.api_key(digest))
         if not rec:
@@ -156,6 +176,8 @@ class Accounts:
         if rec.get("revoked") == "1":
             raise ApiKeyRevoked()
         now = time.time()
+        if rec.get("expires_at") and now >= float(rec["expires_at"]):
+            raise ApiKeyExpired()
         last = float(rec.get("last_used_at") or 0)
         if now - last > LAST_USED_RESOLUTION:
             self.r.hset(keys.api_key(digest), "last_used_at", now)
@@ -176,4 +198,5 @@ class Accounts:
             revoked=rec["revoked"] == "1",
             created_at=float(rec["created_at"]),
             last_used_at=float(rec["last_used_at"]) if rec.get("last_used_at") else None,
+            expires_at=float(rec["expires_at"]) if rec.get("expires_at") else None,
         )

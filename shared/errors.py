@@ -110,6 +110,14 @@ class SessionNotFound(NotFound):
     message = "No session with this id"
 
 
+class SessionEnded(PaddockError):
+    """The agent session has ended: nothing more runs in it (its history stays readable)."""
+
+    status = 409
+    code = "session_ended"
+    message = "The session has ended"
+
+
 class QuotaExceeded(PaddockError):
     """A per-tenant or per-sandbox quota is used up; the message names the quota and its
     setting. Answered as 429 with ``Retry-After``, which crosses the wire as a detail (for
@@ -258,6 +266,12 @@ class ApiKeyRevoked(PaddockError):
     status = 401
     code = "api_key_revoked"
     message = "This API key has been revoked"
+
+
+class ApiKeyExpired(PaddockError):
+    status = 401
+    code = "api_key_expired"
+    message = "This API key has expired"
 
 
 class RateLimited(QuotaExceeded):

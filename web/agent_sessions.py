@@ -13,7 +13,7 @@ from celery import Celery
 
 from shared import commands, crypto, rpc, tasks
 from shared.egress import NetworkPolicy
-from shared.errors import BadRequest, ValidationFailed
+from shared.errors import BadRequest, SessionEnded, ValidationFailed
 from shared.lifecycle import end_session
 from shared.netpolicy import check_base_url
 from shared.secrets import SecretBundles
@@ -133,6 +133,17 @@ class AgentSessions:
             self.sandboxes.delete(sandbox)
             raise
         return s
+
+    def token(self, s: ChatSession) -> str:
+        """A new token for the session's WebSocket, valid until the session's end (what
+        `create` gave; the tenant may end the session, so it may talk to it). Raises
+        SessionEnded."""
+        left = int(s.expires_at - time.time())
+        if s.ended or left <= 0:
+            raise SessionEnded("The session has ended: its history stays at /events")
+        return tokens.issue(
+            self.settings.jwt_secret, s.session_id, SESSION_AUDIENCE, left, tenant=s.tenant_id
+        )
 
     def run_next(self, s: ChatSession) -> None:
         """Make sure a worker on the sandbox's host is running the session's job queue."""

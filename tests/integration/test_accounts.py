@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import jwt as pyjwt
@@ -15,7 +16,7 @@ import pytest
 from devstack.stack import Stack
 from shared import keys
 from tests.integration.accounts_helpers import Inbox, error_of
-from tests.integration.client import Client
+from tests.integration.client import Client, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,8 @@ def test_api_keys_create_list_revoke(v1: Client) -> None:
     r = v1.req("POST", "/v1/api-keys", token=token, json={"name": "ci"})
     assert r.status_code == 201
     created = r.json()
-    assert set(created) == {"key_id", "key", "prefix", "name", "created_at"}
+    assert set(created) == {"key_id", "key", "prefix", "name", "created_at", "expires_at"}
+    assert created["expires_at"] is None  # until revoked
     assert created["key"].startswith("pdk_live_") and len(created["key"]) == 9 + 43
     assert created["prefix"] == created["key"][:12] and created["name"] == "ci"
     key = created["key"]
@@ -173,7 +175,15 @@ def test_api_keys_create_list_revoke(v1: Client) -> None:
     assert v1.req("GET", "/v1/sandboxes", token=key).status_code == 200
     listed = v1.req("GET", "/v1/api-keys", token=token).json()["api_keys"]
     assert [k["key_id"] for k in listed] == [created["key_id"]]
-    assert set(listed[0]) == {"key_id", "prefix", "name", "revoked", "created_at", "last_used_at"}
+    assert set(listed[0]) == {
+        "key_id",
+        "prefix",
+        "name",
+        "revoked",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+    }
     assert listed[0]["revoked"] is False and listed[0]["last_used_at"]
     assert "key" not in listed[0]
     # Revoked: refused on its very next request.
@@ -186,6 +196,58 @@ def test_api_keys_create_list_revoke(v1: Client) -> None:
     assert r.status_code == 401
     assert v1.req("GET", "/v1/api-keys", token=token).json()["api_keys"][0]["revoked"] is True
     assert v1.req("DELETE", "/v1/api-keys/key_nosuch", token=token).status_code == 404
+
+
+def test_an_expiring_key_ends_and_frees_its_place(v1: Client) -> None:
+    # The console makes one such key per browser tab (web/console): a tab closed without
+    # logging out leaves a key that ends by itself and is dropped a while later.
+    token = v1.login("expiring@example.com")["token"]
+    r = v1.req("POST", "/v1/api-keys", token=token, json={"name": "hour", "expires_in": 3600})
+    assert r.status_code == 201, r.text
+    hour = r.json()
+    made, ends = (
+        datetime.fromisoformat(hour[k].replace("Z", "+00:00")) for k in ("created_at", "expires_at")
+    )
+    assert (ends - made).total_seconds() == pytest.approx(3600, abs=1)
+    assert v1.req("GET", "/v1/sandboxes", token=hour["key"]).status_code == 200
+    # Redis drops its records a week after its end; a key without an end stays.
+    ttl = v1.stack.redis.ttl(keys.api_key_id(hour["key_id"]))
+    assert 3600 < ttl <= 3600 + 7 * 86400
+    r = v1.req("POST", "/v1/api-keys", token=token, json={"name": "second", "expires_in": 1})
+    short = r.json()
+    # Its end passes: refused on every face, listed as ended.
+    wait_until(
+        lambda: v1.req("GET", "/v1/sandboxes", token=short["key"]).status_code == 401,
+        "the one-second key refused",
+    )
+    r = v1.req("GET", "/v1/sandboxes", token=short["key"])
+    assert error_of(r)["code"] == "api_key_expired" and "expired" in error_of(r)["message"]
+    r = v1.req("POST", "/sessions", json={"envID": "Bash"}, headers={"X-API-Key": short["key"]})
+    assert r.status_code == 401 and "expired" in r.json()["message"]
+    listed = {k["key_id"]: k for k in v1.req("GET", "/v1/api-keys", token=token).json()["api_keys"]}
+    assert listed[short["key_id"]]["expires_at"] == short["expires_at"]
+    assert listed[short["key_id"]]["revoked"] is False
+    # An ended key holds no place under PADDOCK_MAX_API_KEYS (3): two more fit, not three.
+    for name in ("k1", "k2"):
+        assert v1.req("POST", "/v1/api-keys", token=token, json={"name": name}).status_code == 201
+    r = v1.req("POST", "/v1/api-keys", token=token, json={"name": "k3"})
+    assert r.status_code == 400 and error_of(r)["code"] == "limit_exceeded"
+    # Once Redis has dropped an ended key, the listing forgets its id as well.
+    v1.stack.redis.delete(keys.api_key_id(short["key_id"]))
+    listed_ids = [
+        k["key_id"] for k in v1.req("GET", "/v1/api-keys", token=token).json()["api_keys"]
+    ]
+    assert short["key_id"] not in listed_ids and hour["key_id"] in listed_ids
+    members = {
+        m.decode()
+        for k in v1.stack.redis.scan_iter(keys.tenant_api_keys("*"))
+        for m in v1.stack.redis.smembers(k)
+    }
+    assert short["key_id"] not in members and hour["key_id"] in members
+    # Bad lifetimes.
+    for bad in (0, -5, "60", 1.5, 366 * 86400 + 1):
+        r = v1.req("POST", "/v1/api-keys", token=token, json={"expires_in": bad})
+        assert r.status_code == 400 and error_of(r)["param"] == "expires_in", bad
 
 
 def test_tokens_only_work_where_they_belong(v1: Client) -> None:

@@ -10,11 +10,15 @@ The tests run in order and build on each other (one browser, one stack, one tena
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import jwt as pyjwt
 import pytest
+import requests
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -22,6 +26,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from devstack.stack import Stack
+from shared import keys
 from tests.integration.accounts_helpers import Inbox
 from tests.integration.browser import (
     WAIT,
@@ -35,12 +40,20 @@ from tests.integration.client import Client
 
 A_EMAIL = "alice@example.com"
 B_EMAIL = "bob@example.com"
+MAX_FILE_BYTES = 1 << 20
+FILE = "every-byte.png"
+# Every byte value, in a file that starts as a PNG does: text it is not.
+EVERY_BYTE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64 + bytes(range(255, -1, -1))
 
 
 @pytest.fixture(scope="module")
 def v1(tmp_path_factory: pytest.TempPathFactory, smtp: tuple[str, Inbox]) -> Iterator[Client]:
     url, inbox = smtp
-    env = {"PADDOCK_AUTH": "on", "PADDOCK_SMTP_URL": url}
+    env = {
+        "PADDOCK_AUTH": "on",
+        "PADDOCK_SMTP_URL": url,
+        "PADDOCK_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
+    }
     with Stack(tmp_path_factory.mktemp("console"), env=env) as st:
         yield Client(st, inbox=inbox)
 
@@ -70,6 +83,18 @@ def login(chrome: WebDriver, v1: Client, email: str) -> None:
     submit(chrome, "#code-form")
     wait_for(chrome, "table#sandboxes")
     assert chrome.find_element(By.ID, "who").text == email
+
+
+def unix(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def envd_file(v1: Client, key: str, sandbox_id: str, path: str) -> requests.Response:
+    """``path`` read through envd's ``GET /files`` (bytes as they are), as the SDK reads it."""
+    r = v1.req("POST", f"/sandboxes/{sandbox_id}/connect", headers={"X-API-Key": key})
+    assert r.status_code in (200, 201), r.text
+    headers = {"E2b-Sandbox-Id": sandbox_id, "X-Access-Token": r.json()["envdAccessToken"]}
+    return v1.req("GET", "/files", params={"path": path}, headers=headers)
 
 
 def storage(chrome: WebDriver) -> dict[str, str]:
@@ -102,6 +127,12 @@ def test_login_with_the_mailed_code(v1: Client, chromium: WebDriver, world: dict
     world["console_key_id"] = kept["pdk.keyId"]
     world["a_key"] = kept["pdk.key"]
     world["a_account"] = kept["pdk.account"]
+    # The tab's own key ends with the login (the account token's end): a tab closed without
+    # logging out leaves no working key behind.
+    listed = v1.req("GET", "/v1/api-keys", token=kept["pdk.account"]).json()["api_keys"]
+    [mine] = [k for k in listed if k["key_id"] == kept["pdk.keyId"]]
+    login_ends = pyjwt.decode(kept["pdk.account"], options={"verify_signature": False})["exp"]
+    assert login_ends - 60 < unix(mine["expires_at"]) <= login_ends + 2, mine
 
 
 def test_a_wrong_code_shows_the_api_message(v1: Client, chromium: WebDriver) -> None:
@@ -122,6 +153,7 @@ def test_create_a_key_and_see_it_once(v1: Client, chromium: WebDriver, world: di
     _restore(chromium, v1, world)
     go(chromium, v1, "keys")
     wait_for(chromium, "#key-name").send_keys("ci <b>bold</b>")
+    Select(chromium.find_element(By.ID, "key-life")).select_by_value("604800")
     submit(chromium, "#key-create")
     key = wait_for(chromium, "#new-key-value").text
     assert key.startswith("pdk_live_")
@@ -132,6 +164,19 @@ def test_create_a_key_and_see_it_once(v1: Client, chromium: WebDriver, world: di
     row = wait_text(chromium, "table#keys tbody tr", "ci <b>bold</b>")
     assert row.find_elements(By.TAG_NAME, "b") == []
     world["key"], world["key_id"] = key, row.get_attribute("data-key")
+    # Made to end in 7 days; the console's own key is marked as this tab's, with its end.
+    made = {
+        k["key_id"]: k
+        for k in v1.req("GET", "/v1/api-keys", token=world["a_account"]).json()["api_keys"]
+    }
+    assert unix(made[world["key_id"]]["expires_at"]) - time.time() == pytest.approx(
+        7 * 86400, abs=120
+    )
+    assert row.find_element(By.CSS_SELECTOR, ".key-expires").text != "never"
+    console_row = wait_for(chromium, f"tr[data-key='{world['console_key_id']}']")
+    assert "this console tab" in console_row.text
+    assert console_row.find_element(By.CSS_SELECTOR, ".key-expires").text != "never"
+    assert console_row.find_elements(By.CSS_SELECTOR, "button.danger") == []
     # Gone once the page is left: only its prefix is listed.
     go(chromium, v1, "sandboxes")
     wait_for(chromium, "table#sandboxes")
@@ -229,19 +274,14 @@ def test_sandbox_command_and_files(
     assert [e.text for e in out.find_elements(By.CSS_SELECTOR, ".stderr")] == ["to-err\n"] or (
         "to-err" in out.find_element(By.CSS_SELECTOR, ".stderr").text
     )
-    # Upload a file into /tmp and see it listed; the sandbox has it.
-    local = tmp_path / "hello-console.txt"
-    local.write_text("uploaded from the console\n")
+    # Upload a binary file (every byte value, a PNG's signature) into /tmp and see it listed;
+    # the sandbox has exactly its bytes.
+    local = tmp_path / FILE
+    local.write_bytes(EVERY_BYTE)
     chromium.find_element(By.ID, "fs-upload").send_keys(str(local))
     submit(chromium, "#fs-send")
-    wait_for(chromium, "table#files tr[data-file='hello-console.txt']")
-    r = v1.req(
-        "GET",
-        f"/sessions/{sandbox_id}/filesystem/file",
-        params={"path": "/tmp/hello-console.txt"},
-        token=world["key"],
-    )
-    assert r.status_code == 200 and r.json()["content"] == "uploaded from the console\n"
+    wait_for(chromium, f"table#files tr[data-file='{FILE}']")
+    assert envd_file(v1, world["key"], sandbox_id, f"/tmp/{FILE}").content == EVERY_BYTE
     shot(chromium, "console-sandbox")
     # Download it: the same bytes arrive in the browser's download folder.
     downloads = tmp_path / "downloads"
@@ -250,24 +290,29 @@ def test_sandbox_command_and_files(
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
     )
     chromium.find_element(
-        By.CSS_SELECTOR, "tr[data-file='hello-console.txt'] button[aria-label^='Download']"
+        By.CSS_SELECTOR, f"tr[data-file='{FILE}'] button[aria-label^='Download']"
     ).click()
-    got = downloads / "hello-console.txt"
-    WebDriverWait(chromium, WAIT).until(lambda _d: got.is_file() and got.stat().st_size > 0)
-    assert got.read_text() == "uploaded from the console\n"
+    got = downloads / FILE
+    WebDriverWait(chromium, WAIT).until(
+        lambda _d: got.is_file() and got.stat().st_size == len(EVERY_BYTE)
+    )
+    assert got.read_bytes() == EVERY_BYTE
+    # A file over the server's bound (PADDOCK_MAX_FILE_BYTES): the API's 413 message, and
+    # nothing written.
+    big = tmp_path / "too-big.bin"
+    big.write_bytes(b"\0" * (MAX_FILE_BYTES + 1))
+    chromium.find_element(By.ID, "fs-upload").send_keys(str(big))
+    submit(chromium, "#fs-send")
+    error = wait_text(chromium, "#error", "413").text
+    assert f"larger than {MAX_FILE_BYTES} bytes" in error, error
+    assert envd_file(v1, world["key"], sandbox_id, "/tmp/too-big.bin").status_code == 404
     # Delete it: gone from the list and from the sandbox.
-    wait_for(chromium, "tr[data-file='hello-console.txt'] button.danger").click()
+    wait_for(chromium, f"tr[data-file='{FILE}'] button.danger").click()
     accept_confirm(chromium)
     WebDriverWait(chromium, WAIT).until(
-        lambda d: not d.find_elements(By.CSS_SELECTOR, "tr[data-file='hello-console.txt']")
+        lambda d: not d.find_elements(By.CSS_SELECTOR, f"tr[data-file='{FILE}']")
     )
-    r = v1.req(
-        "GET",
-        f"/sessions/{sandbox_id}/filesystem/file",
-        params={"path": "/tmp/hello-console.txt"},
-        token=world["key"],
-    )
-    assert r.status_code == 404
+    assert envd_file(v1, world["key"], sandbox_id, f"/tmp/{FILE}").status_code == 404
     # The sandboxes table lists it with its template and state.
     go(chromium, v1, "sandboxes")
     wait_text(chromium, f"tr[data-sandbox='{sandbox_id}']", "Bash")
@@ -310,13 +355,6 @@ def test_shell_session_live_and_reload(v1: Client, chromium: WebDriver, world: d
     )
     chromium.find_element(By.ID, "task-cancel").click()
     wait_text(chromium, "#transcript li.ev-exit", "cancelled")
-    # Reopened in a tab that did not start it (no session token): the whole history, read
-    # through the events route, and no task box.
-    chromium.execute_script(f"sessionStorage.removeItem('pdk.sess.{session_id}')")
-    chromium.refresh()
-    wait_text(chromium, "#transcript", "cancelled")
-    assert chromium.find_elements(By.ID, "task-prompt") == []
-    assert "line1" in wait_for(chromium, "#transcript").text
     # The bundle page says which session uses the bundle.
     go(chromium, v1, "bundles")
     row = wait_text(chromium, "table#bundles tbody tr", world["bundle"])
@@ -324,11 +362,85 @@ def test_shell_session_live_and_reload(v1: Client, chromium: WebDriver, world: d
     assert session_id in row.text
 
 
+def exits(chrome: WebDriver) -> list[str]:
+    return [e.text for e in chrome.find_elements(By.CSS_SELECTOR, "#transcript li.ev-exit")]
+
+
+def test_reopen_a_running_session_in_another_tab(
+    v1: Client, chromium: WebDriver, world: dict
+) -> None:
+    # A second tab of the same login (its own sessionStorage: no session token) opens the
+    # running session: the whole history, then live, and it sends a task and cancels one.
+    # The first tab, still open on the session, sees the same events live.
+    session_id = world["session"]
+    first = chromium.current_window_handle
+    go(chromium, v1, f"session/{session_id}")
+    wait_text(chromium, "#ses-conn", "live")
+    chromium.switch_to.new_window("tab")
+    try:
+        _restore(chromium, v1, world)
+        assert not [k for k in storage(chromium) if k.startswith("pdk.sess.")]
+        go(chromium, v1, f"session/{session_id}")
+        wait_text(chromium, "#transcript", "cancelled")
+        assert "line1" in chromium.find_element(By.ID, "transcript").text
+        wait_text(chromium, "#ses-conn", "live")
+        # It asked the API for a session token of its own.
+        assert storage(chromium)[f"pdk.sess.{session_id}"].count(".") == 2
+        wait_for(chromium, "#task-prompt").send_keys("echo reopened-$((5*5))")
+        submit(chromium, "#task-form")
+        wait_text(chromium, "#transcript li.ev-stdout", "reopened-25")
+        WebDriverWait(chromium, WAIT).until(lambda d: len(exits(d)) == 3)
+        shot(chromium, "console-session-reopened")
+        wait_for(chromium, "#task-prompt").send_keys("sleep 300")
+        submit(chromium, "#task-form")
+        WebDriverWait(chromium, WAIT).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#transcript li.ev-task_started")) == 4
+        )
+        chromium.find_element(By.ID, "task-cancel").click()
+        WebDriverWait(chromium, WAIT).until(lambda d: len(exits(d)) == 4)
+        assert "cancelled" in exits(chromium)[-1]
+        items = chromium.find_elements(By.CSS_SELECTOR, "#transcript li")
+        seqs = [int(li.get_attribute("data-seq") or 0) for li in items]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
+    finally:
+        chromium.close()
+        chromium.switch_to.window(first)
+    # The first tab saw it all live, without a reload.
+    wait_text(chromium, "#transcript li.ev-stdout", "reopened-25")
+    WebDriverWait(chromium, WAIT).until(lambda d: len(exits(d)) == 4)
+    # Its sandbox's files are reachable the same way (the control API's connect gives an
+    # agent session's sandbox its tokens and leaves its end, the session's, as it was).
+    sid = v1.req("GET", f"/v1/sessions/{session_id}", token=world["a_key"]).json()["sandbox_id"]
+    before = v1.req("GET", f"/v1/sandboxes/{sid}", token=world["a_key"]).json()["expires_at"]
+    put = v1.req(
+        "PUT",
+        f"/sessions/{sid}/filesystem/file",
+        params={"path": "/tmp/s.txt"},
+        json={"content": "from the session's sandbox"},
+        token=world["a_key"],
+    )
+    assert put.status_code == 204, put.text
+    assert envd_file(v1, world["a_key"], sid, "/tmp/s.txt").content == b"from the session's sandbox"
+    after = v1.req("GET", f"/v1/sandboxes/{sid}", token=world["a_key"]).json()["expires_at"]
+    assert after == before
+    # An ended session: its history, no task box, and no token to be had.
+    assert v1.req("DELETE", f"/v1/sessions/{session_id}", token=world["a_key"]).status_code == 204
+    r = v1.req("POST", f"/v1/sessions/{session_id}/token", token=world["a_key"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "session_ended", r.text
+    chromium.execute_script(f"sessionStorage.removeItem('pdk.sess.{session_id}')")
+    chromium.refresh()
+    wait_text(chromium, "#ses-conn", "ended")
+    assert "reopened-25" in wait_for(chromium, "#transcript").text
+    assert chromium.find_elements(By.ID, "task-prompt") == []
+
+
 def test_kill_a_sandbox_from_the_table(v1: Client, chromium: WebDriver, world: dict) -> None:
+    go(chromium, v1, "sandboxes")
+    wait_for(chromium, f"tr[data-sandbox='{world['sandbox']}']")
+    # The table is live: a sandbox made elsewhere appears without a reload.
     r = v1.req("POST", "/sessions", json={"envID": "Bash"}, token=world["key"])
     assert r.status_code == 200, r.text
     doomed = r.json()["id"]
-    go(chromium, v1, "sandboxes")
     button = f"tr[data-sandbox='{doomed}'] button.danger"
     wait_for(chromium, button).click()
     WebDriverWait(chromium, WAIT).until(
@@ -385,6 +497,17 @@ def test_metadata_idle_time_and_metrics(v1: Client, chromium: WebDriver, world: 
     assert v1.req("DELETE", f"/v1/sandboxes/{sid}", token=world["key"]).status_code == 204
     note = wait_text(chromium, "#sb-metrics-note", "404").text
     assert "Metrics unavailable" in note and "not found" in note.lower(), note
+
+
+def test_usage_and_templates(v1: Client, chromium: WebDriver, world: dict) -> None:
+    go(chromium, v1, "usage")
+    row = wait_text(chromium, "table#usage tbody tr", "agent sessions")
+    assert "PADDOCK_TENANT_MAX_SESSIONS" in row.text
+    sandboxes = wait_text(chromium, "table#usage tbody tr", "sandboxes").text.split()
+    assert sandboxes[0] == "sandboxes" and int(sandboxes[1]) >= 1, sandboxes
+    bash = wait_text(chromium, "table#templates tbody tr", "Bash")
+    assert "bash=" in bash.text
+    shot(chromium, "console-usage")
 
 
 def test_every_control_is_labelled_and_focus_is_visible(
@@ -449,7 +572,15 @@ def test_tenant_b_sees_none_of_a(v1: Client, chromium: WebDriver, world: dict) -
         world["console_key_id"],
         world["key"][:12],
         A_EMAIL,
+        FILE,
+        "reopened-25",
     ]
+
+    def shows_none_of_a(page: str) -> None:
+        shot(chromium, f"console-b-{page.split('/')[0]}")
+        for secret in secrets_of_a:
+            assert secret not in chromium.page_source, (page, secret)
+
     for page, ready in (
         ("sandboxes", "table#sandboxes"),
         ("sessions", "table#sessions"),
@@ -461,12 +592,73 @@ def test_tenant_b_sees_none_of_a(v1: Client, chromium: WebDriver, world: dict) -
         wait_for(chromium, ready)
         # The lists have loaded (the "Loading…" placeholder is gone).
         WebDriverWait(chromium, WAIT).until(lambda d: "Loading" not in d.page_source)
-        shot(chromium, f"console-b-{page}")
-        for secret in secrets_of_a:
-            assert secret not in chromium.page_source, (page, secret)
-    # A's objects by their ids: the API's 404, nothing of them shown.
+        shows_none_of_a(page)
+    # B's own sandbox page (its terminal open, its files listed, its metrics) and session
+    # page (live, a task run): nothing of A's either.
+    go(chromium, v1, "sandboxes")
+    Select(wait_for(chromium, "#sb-template")).select_by_value("Bash")
+    submit(chromium, "#sb-start")
+    wait_for(chromium, "#terminal[data-state='open']")
+    b_sandbox = chromium.current_url.rsplit("/", 1)[-1]
+    r = v1.req(
+        "PUT",
+        f"/sessions/{b_sandbox}/filesystem/file",
+        params={"path": "/tmp/b-own.txt"},
+        json={"content": "b\n"},
+        token=storage(chromium)["pdk.key"],
+    )
+    assert r.status_code == 204, r.text
+    submit(chromium, "#fs-list")
+    wait_for(chromium, "table#files tr[data-file='b-own.txt']")
+    wait_text(chromium, "#sb-cpu", "%")
+    shows_none_of_a(f"sandbox/{b_sandbox}")
+    go(chromium, v1, "sessions")
+    Select(wait_for(chromium, "#ses-kind")).select_by_value("shell")
+    submit(chromium, "#ses-start")
+    wait_text(chromium, "#ses-conn", "live")
+    wait_for(chromium, "#task-prompt").send_keys("ls /tmp; echo b-$((1+1))")
+    submit(chromium, "#task-form")
+    wait_text(chromium, "#transcript li.ev-exit", "exit code 0")
+    assert "b-2" in chromium.find_element(By.ID, "transcript").text
+    shows_none_of_a("session/b")
+    # A's objects by their ids: the API's 404, nothing of them shown, and neither a terminal
+    # nor A's files asked for.
     for page in (f"sandbox/{world['sandbox']}", f"session/{world['session']}"):
         go(chromium, v1, page)
         chromium.refresh()
         wait_text(chromium, "#error", "404")
-        assert "line1" not in chromium.page_source and "hello-console" not in chromium.page_source
+        assert "line1" not in chromium.page_source and FILE not in chromium.page_source
+        assert chromium.find_elements(By.ID, "terminal") == []
+        lookups = (f"/v1/sandboxes/{world['sandbox']}", f"/v1/sessions/{world['session']}")
+        asked = [
+            u
+            for u in fetched(chromium)[1:]  # (the first is the page's own URL)
+            if (world["sandbox"] in u or world["session"] in u) and not u.endswith(lookups)
+        ]
+        assert asked == [], asked
+    # Nor does B's key get A's session token or A's sandbox's envd token from the API.
+    b_key = storage(chromium)["pdk.key"]
+    r = v1.req("POST", f"/v1/sessions/{world['session']}/token", token=b_key)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found", r.text
+    r = v1.req("POST", f"/sandboxes/{world['sandbox']}/connect", headers={"X-API-Key": b_key})
+    assert r.status_code == 404, r.text
+
+
+def test_an_ended_console_key_ends_the_tab_login(
+    v1: Client, chromium: WebDriver, world: dict
+) -> None:
+    # B's tab (logged in above). An hour later its key has ended: moved to the past here.
+    kept = storage(chromium)
+    digest = v1.stack.redis.get(keys.api_key_id(kept["pdk.keyId"]))
+    assert digest is not None
+    v1.stack.redis.hset(keys.api_key(digest.decode()), "expires_at", time.time() - 1)
+    r = v1.req("GET", "/v1/sandboxes", token=kept["pdk.key"])
+    assert r.status_code == 401 and r.json()["error"]["code"] == "api_key_expired"
+    # The next page it loads sends it back to the login page, with the API's message, and the
+    # tab keeps no credential.
+    go(chromium, v1, "bundles")
+    wait_for(chromium, "#login-email")
+    error = wait_text(chromium, "#error", "expired").text
+    assert "Log in again" in error, error
+    assert not [k for k in storage(chromium) if k.startswith("pdk.")]
+    shot(chromium, "console-login-ended")

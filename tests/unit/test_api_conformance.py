@@ -134,7 +134,9 @@ def _v1_calls(c: Caller) -> dict[tuple[str, str], Callable[[], Any]]:
     return {
         ("/v1/auth/login", "POST"): login,
         ("/v1/auth/verify-otp", "POST"): verify,
-        ("/v1/api-keys", "POST"): lambda: c.call("POST", "/v1/api-keys", acct, json={}),
+        ("/v1/api-keys", "POST"): lambda: c.call(
+            "POST", "/v1/api-keys", acct, json={"expires_in": 3600}
+        ),
         ("/v1/api-keys", "GET"): lambda: c.call("GET", "/v1/api-keys", acct),
         ("/v1/api-keys/{key_id}", "DELETE"): lambda: c.call(
             "DELETE",
@@ -167,6 +169,9 @@ def _v1_calls(c: Caller) -> dict[tuple[str, str], Callable[[], Any]]:
         ),
         ("/v1/sessions", "GET"): lambda: c.call("GET", "/v1/sessions"),
         ("/v1/sessions/{session_id}", "GET"): lambda: c.call("GET", "/v1/sessions/ses_1"),
+        ("/v1/sessions/{session_id}/token", "POST"): lambda: c.call(
+            "POST", "/v1/sessions/ses_1/token"
+        ),
         ("/v1/sessions/{session_id}", "DELETE"): lambda: c.call("DELETE", "/v1/sessions/ses_1"),
         ("/v1/sessions/{session_id}/events", "GET"): lambda: c.call(
             "GET", "/v1/sessions/ses_1/events?after=0"

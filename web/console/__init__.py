@@ -3,9 +3,11 @@
 The console is a client of the public APIs and nothing else: it logs in with the v1 email
 code, keeps the account token and the API key it works with in the tab's ``sessionStorage``
 and sends them as ``Authorization`` headers (never in a URL or a cookie, so no request another
-site makes carries them and the browser guards of web/browser.py stay as they are). Sandboxes'
-processes and files go through the E2B-compatible ``/sessions`` routes, the rest through
-``/v1``; the session WebSocket is the only URL with a token, the session JWT that the spec
+site makes carries them and the browser guards of web/browser.py stay as they are). The API
+key is the tab's own, made at login to end with the account token (``expires_in``). Sandboxes'
+processes and listings go through the E2B-compatible ``/sessions`` routes, file bytes through
+envd's ``/files`` (the sandbox's access token from the control API's connect), the rest
+through ``/v1``; the session WebSocket is the only URL with a token, the session JWT that the spec
 has browsers pass as ``?token=`` (scoped to one session, never logged), besides the terminal
 socket's one-use ticket (web/terminal.py: fetched with the API key just before it connects).
 

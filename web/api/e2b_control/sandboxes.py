@@ -5,6 +5,7 @@ the sandboxes are ordinary Paddock sandboxes of the caller's tenant."""
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, jsonify, request
@@ -158,8 +159,8 @@ def resume(tenant_id: str, sandbox_id: str) -> tuple[Response, int]:
 @bp.post("/v2/sandboxes/<sandbox_id>/connect")
 @tenant_from_e2b_sdk_key
 def connect(tenant_id: str, sandbox_id: str) -> tuple[Response, int]:
-    """A running sandbox: 200, its end moved to at least ``timeout`` from now. A paused one
-    is resumed first: 201."""
+    """A running sandbox: 200, its end moved to at least ``timeout`` from now (an agent
+    session's sandbox keeps its session's end). A paused one is resumed first: 201."""
     body = validation.body(schemas.ConnectSandbox(), "body", optional=True)
     services = current_services()
     return _connect(services, services.sandboxes.get(tenant_id, sandbox_id), body["timeout"])
@@ -177,7 +178,10 @@ def _connect(services: Services, sandbox: Sandbox, timeout: int | None) -> tuple
         state.mark_resumed(sandbox, seconds)
         status = 201
     else:
-        state.set_end(sandbox, seconds, allow_shorter=False)
+        # An agent session's sandbox (SandboxStateConflict) lives as long as its session,
+        # which a connect does not change; its tokens are the caller's all the same.
+        with suppress(SandboxStateConflict):
+            state.set_end(sandbox, seconds, allow_shorter=False)
     answer = wire.created(sandbox, state.tokens(sandbox), domain=_domain(services))
     return jsonify(schemas.Sandbox().dump(answer)), status
 

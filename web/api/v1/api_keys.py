@@ -1,4 +1,5 @@
-"""``/v1/api-keys``: long-lived keys for sandbox and session control (account token)."""
+"""``/v1/api-keys``: keys for sandbox and session control (account token), until revoked or,
+when made with ``expires_in``, until then (the console's own key per tab: web/console)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def create_key(user_id: str) -> tuple[Response, int]:
     body = validation.body(CreateApiKeyRequest(), optional=True)
     services = current_services()
     key, plain = services.accounts.create_api_key(
-        user_id, body["name"], services.settings.max_api_keys
+        user_id, body["name"], services.settings.max_api_keys, body["expires_in"]
     )
     logger.info("user %s: created API key %s", user_id, key.key_id)
     created = {
@@ -31,6 +32,7 @@ def create_key(user_id: str) -> tuple[Response, int]:
         "prefix": key.prefix,
         "name": key.name,
         "created_at": key.created_at,
+        "expires_at": key.expires_at,
     }
     return jsonify(ApiKeyCreated().dump(created)), 201
 

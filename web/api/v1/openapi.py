@@ -89,6 +89,7 @@ def build_spec() -> dict[str, Any]:
         s.TemplateList,
         s.CreateSessionRequest,
         s.SessionCreated,
+        s.SessionToken,
         s.SessionInfo,
         s.SessionList,
         s.EventPage,
@@ -125,7 +126,8 @@ def build_spec() -> dict[str, Any]:
         "/v1/api-keys",
         operations={
             "post": _op(
-                "Create an API key (shown once)",
+                "Create an API key (shown once); with `expires_in` it stops working then "
+                "(401 api_key_expired) and no longer counts against the key limit",
                 "ApiKeyCreated",
                 201,
                 body="CreateApiKeyRequest",
@@ -312,6 +314,20 @@ def build_spec() -> dict[str, Any]:
         },
     )
     spec.path(
+        "/v1/sessions/{session_id}/token",
+        operations={
+            "post": _op(
+                "A new token for a running session's WebSocket, valid until the session "
+                "ends (for a client that lost the one POST /v1/sessions gave); 409 "
+                "session_ended once it has ended",
+                "SessionToken",
+                201,
+                errors=(401, 404, 409),
+                params=[ses],
+            )
+        },
+    )
+    spec.path(
         "/v1/sessions/{session_id}/events",
         operations={
             "get": _op(
@@ -370,7 +386,7 @@ def build_spec() -> dict[str, Any]:
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "JWT",
-            "description": "The jwt from POST /v1/sessions",
+            "description": "The jwt from POST /v1/sessions or POST /v1/sessions/{id}/token",
         },
     )
     return spec.to_dict()

@@ -95,8 +95,24 @@ class VerifyOtpResponse(Schema):
     email = fields.String()
 
 
+MAX_KEY_LIFETIME = 366 * 86400
+
+
 class CreateApiKeyRequest(Strict):
     name = fields.String(load_default="", validate=validate.Length(max=64))
+    expires_in = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_KEY_LIFETIME),
+        metadata={
+            "description": "Seconds until the key stops working (401 api_key_expired); "
+            "absent or null: until revoked. Expired keys stay listed for 7 days, then go."
+        },
+    )
+
+
+_EXPIRES_AT = {"description": "When the key stops working; null: until revoked"}
 
 
 class ApiKeyCreated(Schema):
@@ -105,6 +121,7 @@ class ApiKeyCreated(Schema):
     prefix = fields.String()
     name = fields.String()
     created_at = Timestamp()
+    expires_at = Timestamp(allow_none=True, metadata=dict(_EXPIRES_AT))
 
 
 class ApiKeyInfo(Schema):
@@ -114,6 +131,7 @@ class ApiKeyInfo(Schema):
     revoked = fields.Boolean()
     created_at = Timestamp()
     last_used_at = Timestamp(allow_none=True)
+    expires_at = Timestamp(allow_none=True, metadata=dict(_EXPIRES_AT))
 
 
 class ApiKeyList(Schema):
@@ -332,6 +350,20 @@ class CreateSessionRequest(Strict):
 
 class SessionCreated(Schema):
     chat_session_id = fields.String()
+    jwt = fields.String(
+        metadata={
+            "description": "Session token: only for this session's "
+            "WebSocket; expires with the session"
+        }
+    )
+    connect_url = fields.String()
+    expires_at = Timestamp()
+
+
+class SessionToken(Schema):
+    """A new token for a running session's WebSocket (a client that lost the one
+    ``POST /v1/sessions`` gave, a second browser tab)."""
+
     jwt = fields.String(
         metadata={
             "description": "Session token: only for this session's "

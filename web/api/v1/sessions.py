@@ -16,6 +16,7 @@ from web.api.v1.schemas import (
     SessionCreated,
     SessionInfo,
     SessionList,
+    SessionToken,
 )
 from web.auth import tenant_from_api_key
 from web.services import Services, current_services
@@ -67,6 +68,21 @@ def create_session(tenant_id: str) -> tuple[Response, int]:
         "expires_at": session.expires_at,
     }
     return jsonify(SessionCreated().dump(answer)), 201
+
+
+@bp.post("/<session_id>/token")
+@tenant_from_api_key
+def session_token(tenant_id: str, session_id: str) -> tuple[Response, int]:
+    """A new WebSocket token for a running session: a client that lost the creating answer's
+    (a restart, another browser tab) watches and drives the session again."""
+    services = current_services()
+    session = services.sessions.get(tenant_id, session_id)
+    answer = {
+        "jwt": services.agent_sessions.token(session),
+        "connect_url": connect_url(services, session.session_id),
+        "expires_at": session.expires_at,
+    }
+    return jsonify(SessionToken().dump(answer)), 201
 
 
 @bp.get("")

@@ -8,6 +8,9 @@
 // - Everything the API returns is put in the page as text (textContent / text nodes), never as
 //   HTML: sandbox metadata, names and outputs are tenant-controlled.
 // - Every API error is shown with the API's own message.
+// - The tab's own API key (made at login) ends with the login: it is made with the account
+//   token's remaining lifetime as its expiry, so a tab closed without logging out leaves no
+//   working key behind. A 401 on the tab's credentials ends the tab's login.
 "use strict";
 
 (function () {
@@ -81,8 +84,33 @@
     }
   }
 
+  // The message of an API error answer: the v1 envelope {"error": {message}}, the E2B and
+  // envd ones {"message"}.
+  function errorMessage(resp, data) {
+    return (data && data.error && data.error.message) || (data && data.message) || resp.status + " " + resp.statusText;
+  }
+  async function errorOf(resp) {
+    let data = null;
+    try {
+      data = JSON.parse(await resp.text());
+    } catch (e) {
+      data = null;
+    }
+    return new ApiError(resp.status, errorMessage(resp, data) + " (HTTP " + resp.status + ")");
+  }
+
+  // The tab's credentials were refused (the key expired or was revoked elsewhere, the account
+  // token expired): back to the login page, which shows why (`notice`, the API's message).
+  let notice = null;
+  function endLogin(err) {
+    for (const k of Object.keys(store)) if (k.startsWith("pdk.")) store.removeItem(k);
+    notice = err;
+    history.replaceState(null, "", location.pathname + location.search); // no hashchange
+    route();
+  }
+
   // auth: "key" (the API key), "sdk" (the API key as the E2B control API's X-API-Key),
-  // "account" (the account token) or "none".
+  // "account" (the account token) or "none". opts.keepLogin: a 401 does not end the login.
   async function api(method, path, opts) {
     opts = opts || {};
     const headers = { Accept: "application/json" };
@@ -105,10 +133,13 @@
       }
     }
     if (!resp.ok) {
-      // The v1 envelope {"error": {message}}, or the E2B one {"message"}.
-      const msg =
-        (data && data.error && data.error.message) || (data && data.message) || resp.status + " " + resp.statusText;
-      throw new ApiError(resp.status, msg + " (HTTP " + resp.status + ")");
+      const msg = errorMessage(resp, data) + " (HTTP " + resp.status + ")";
+      if (resp.status === 401 && opts.auth !== "none" && !opts.keepLogin && token && token === store.getItem(opts.auth === "account" ? S.account : S.key)) {
+        const ended = new ApiError(401, "Your console login has ended: " + msg + ". Log in again.");
+        endLogin(ended);
+        throw ended;
+      }
+      throw new ApiError(resp.status, msg);
     }
     return data;
   }
@@ -157,6 +188,19 @@
     return !!store.getItem(S.account) && !!store.getItem(S.key);
   }
 
+  // Seconds the account token has left (its `exp` claim; read, not verified: the server
+  // checks it), at least a minute; an hour, the server's lifetime, if it cannot be read.
+  function loginLeft(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const exp = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4))).exp;
+      if (typeof exp === "number") return Math.max(60, Math.floor(exp - now()));
+    } catch (e) {
+      // fall through
+    }
+    return 3600;
+  }
+
   function renderLogin() {
     const root = main();
     $("#nav").hidden = true;
@@ -182,9 +226,12 @@
       const out = await api("POST", "/v1/auth/verify-otp", { auth: "none", body: { email: email.value, code: code.value } });
       store.setItem(S.account, out.token);
       store.setItem(S.email, out.email);
-      // Every route but /v1/api-keys takes an API key: the console makes one for this tab
-      // and revokes it on logout.
-      const key = await api("POST", "/v1/api-keys", { auth: "account", body: { name: "console " + new Date().toISOString() } });
+      // Every route but /v1/api-keys takes an API key: the console makes one for this tab,
+      // ending when the account token does (its `exp`), and revokes it on logout.
+      const key = await api("POST", "/v1/api-keys", {
+        auth: "account",
+        body: { name: "console " + new Date().toISOString(), expires_in: loginLeft(out.token) },
+      });
       store.setItem(S.key, key.key);
       store.setItem(S.keyId, key.key_id);
       location.hash = "#/sandboxes";
@@ -201,6 +248,10 @@
       ),
       codeForm,
     );
+    if (notice) {
+      showError(notice);
+      notice = null;
+    }
     email.focus();
   }
 
@@ -208,9 +259,9 @@
     const keyId = store.getItem(S.keyId);
     if (keyId) {
       try {
-        await api("DELETE", "/v1/api-keys/" + q(keyId), { auth: "account" });
+        await api("DELETE", "/v1/api-keys/" + q(keyId), { auth: "account", keepLogin: true });
       } catch (err) {
-        // An expired account token cannot revoke it: the key stays listed, to revoke later.
+        // An expired account token cannot revoke it: the key ends with it anyway.
       }
     }
     for (const k of Object.keys(store)) if (k.startsWith("pdk.")) store.removeItem(k);
@@ -463,9 +514,37 @@
         }),
       );
     }
+    // File bytes go through envd's /files (web/api/envd/files.py), as the E2B SDKs send them:
+    // any bytes, both ways, bounded by the server (PADDOCK_MAX_FILE_BYTES). It takes the
+    // sandbox's envd access token, which the control API's connect hands out (asked once per
+    // page; it also moves a timed sandbox's end to at least its timeout from now, as any
+    // SDK's connect does, and resumes a paused one).
+    let envdToken = null;
+    async function envdFiles(method, path, body) {
+      if (!envdToken) {
+        envdToken = api("POST", "/sandboxes/" + q(id) + "/connect", { auth: "sdk" }).then((c) => c.envdAccessToken);
+        envdToken.catch(() => { envdToken = null; });
+      }
+      const headers = { "E2b-Sandbox-Id": id, "X-Access-Token": await envdToken };
+      if (body !== undefined) headers["Content-Type"] = "application/octet-stream";
+      let resp;
+      try {
+        resp = await fetch("/files?path=" + q(path), { method, headers, body, credentials: "omit", cache: "no-store" });
+      } catch (err) {
+        // The server may refuse a large upload before reading it all and close the
+        // connection: the browser then sees no answer.
+        throw new Error("The transfer failed before the server answered (" + err.message + ")" +
+          (body !== undefined ? ": the file may be larger than the server accepts" : ""));
+      }
+      if (!resp.ok) {
+        if (resp.status === 401) envdToken = null; // asked again next time
+        throw await errorOf(resp);
+      }
+      return resp;
+    }
     async function download(full, name) {
-      const f = await api("GET", "/sessions/" + q(id) + "/filesystem/file?path=" + q(full));
-      const url = URL.createObjectURL(new Blob([f.content], { type: "application/octet-stream" }));
+      const data = await (await envdFiles("GET", full)).arrayBuffer();
+      const url = URL.createObjectURL(new Blob([data], { type: "application/octet-stream" }));
       const a = h("a", { href: url, download: name });
       document.body.append(a);
       a.click();
@@ -475,9 +554,8 @@
     async function send() {
       const file = upload.files[0];
       if (!file) throw new Error("Choose a file first");
-      // The E2B filesystem API carries text: the file is sent as UTF-8.
-      const content = await file.text();
-      await api("PUT", "/sessions/" + q(id) + "/filesystem/file?path=" + q(join(dir.value, file.name)), { body: { content } });
+      // The File is the body: its bytes as they are, streamed by the browser.
+      await envdFiles("POST", join(dir.value, file.name), file);
       upload.value = "";
       await list();
     }
@@ -501,7 +579,7 @@
       out,
       h("h2", {}, "Files"),
       h("form", { id: "fs-list", class: "row", onsubmit: act(list) }, h("label", { for: "fs-path" }, "Directory", dir), h("button", { type: "submit" }, "List")),
-      h("form", { id: "fs-send", class: "row", onsubmit: act(send) }, h("label", { for: "fs-upload" }, "Upload a text file into this directory", upload), h("button", { type: "submit" }, "Upload")),
+      h("form", { id: "fs-send", class: "row", onsubmit: act(send) }, h("label", { for: "fs-upload" }, "Upload a file into this directory", upload), h("button", { type: "submit" }, "Upload")),
       h("table", { id: "files" }, h("thead", {}, h("tr", {}, ["Name", "Kind", ""].map((x) => h("th", { scope: "col" }, x)))), files),
     );
     if (live(root)) {
@@ -515,26 +593,32 @@
   // -- API keys ----------------------------------------------------------------------------
   async function renderKeys() {
     const root = main();
-    const name = h("input", { id: "key-name", maxlength: "100" });
+    const name = h("input", { id: "key-name", maxlength: "64" });
+    const life = h("select", { id: "key-life" },
+      [["", "never (until revoked)"], ["86400", "in 1 day"], ["604800", "in 7 days"], ["2592000", "in 30 days"], ["7776000", "in 90 days"]]
+        .map(([v, t]) => h("option", { value: v }, t)));
     const shown = h("div", { id: "new-key", "aria-live": "polite" });
     const tbody = h("tbody", {});
     async function load() {
       const keys = (await api("GET", "/v1/api-keys", { auth: "account" })).api_keys;
       const mine = store.getItem(S.keyId);
       tbody.replaceChildren(
-        ...keys.map((k) =>
-          h(
+        ...keys.map((k) => {
+          const ends = secs(k.expires_at);
+          const expired = ends !== null && ends <= now();
+          return h(
             "tr",
             { "data-key": k.key_id },
-            h("td", {}, k.name || "—", k.key_id === mine ? h("span", { class: "note" }, " (this console)") : null),
+            h("td", {}, k.name || "—", k.key_id === mine ? h("span", { class: "note" }, " (this console tab: it ends with this login)") : null),
             h("td", { class: "mono" }, k.prefix + "…"),
             h("td", {}, when(k.created_at)),
             h("td", {}, k.last_used_at ? when(k.last_used_at) : "never"),
-            h("td", { class: "key-state" }, k.revoked ? "revoked" : "active"),
+            h("td", { class: "key-expires" }, ends === null ? "never" : when(k.expires_at)),
+            h("td", { class: "key-state" }, k.revoked ? "revoked" : expired ? "expired" : "active"),
             h(
               "td",
               {},
-              k.revoked || k.key_id === mine
+              k.revoked || expired || k.key_id === mine
                 ? null
                 : h("button", {
                   type: "button", class: "danger", "aria-label": "Revoke key " + (k.name || k.prefix),
@@ -545,12 +629,14 @@
                   }),
                 }, "Revoke"),
             ),
-          ),
-        ),
+          );
+        }),
       );
     }
     async function create() {
-      const k = await api("POST", "/v1/api-keys", { auth: "account", body: { name: name.value } });
+      const body = { name: name.value };
+      if (life.value) body.expires_in = Number(life.value);
+      const k = await api("POST", "/v1/api-keys", { auth: "account", body });
       name.value = "";
       const code = h("code", { id: "new-key-value" }, k.key);
       const copied = h("span", { class: "note", "aria-live": "polite" });
@@ -572,10 +658,14 @@
     }
     root.replaceChildren(
       h("h1", {}, "API keys"),
-      h("form", { id: "key-create", class: "row", onsubmit: act(create) }, h("label", { for: "key-name" }, "Name (optional)", name), h("button", { type: "submit" }, "Create a key")),
+      h("form", { id: "key-create", class: "row", onsubmit: act(create) },
+        h("label", { for: "key-name" }, "Name (optional)", name),
+        h("label", { for: "key-life" }, "Expires", life),
+        h("button", { type: "submit" }, "Create a key")),
       shown,
+      h("p", { class: "note" }, "Keys named \"console …\" are the ones this console makes for each browser tab at login: each ends with its login (an hour at most), or at logout."),
       h("table", { id: "keys" },
-        h("thead", {}, h("tr", {}, ["Name", "Prefix", "Created", "Last used", "State", ""].map((x) => h("th", { scope: "col" }, x)))), tbody),
+        h("thead", {}, h("tr", {}, ["Name", "Prefix", "Created", "Last used", "Expires", "State", ""].map((x) => h("th", { scope: "col" }, x)))), tbody),
     );
     await load();
   }
@@ -754,7 +844,20 @@
     let lastSeq = 0;
     let ws = null;
     let alive = true;
-    const jwt = store.getItem(S.sess(id));
+    // The session token of the tab that started the session; any other tab (or this one
+    // after its token was refused) asks the API for its own, as a tenant may.
+    let jwt = store.getItem(S.sess(id));
+    let fresh = false; // the token was just asked for: a refusal of it is final
+    async function newToken() {
+      jwt = (await api("POST", "/v1/sessions/" + q(id) + "/token")).jwt;
+      store.setItem(S.sess(id), jwt);
+      fresh = true;
+    }
+    function ended() {
+      state.textContent = "ended";
+      conn.textContent = "ended";
+      alive = false;
+    }
     function add(ev) {
       // seq orders everything: a replayed or repeated event is drawn once, in its place.
       if (typeof ev.seq !== "number" || ev.seq <= lastSeq) return;
@@ -775,7 +878,7 @@
       // page can set (v1 spec: ?token= for browsers).
       ws = new WebSocket(base + "/v1/sessions/" + q(id) + "/ws?last_seq=" + lastSeq + "&token=" + q(jwt));
       sockets.push(ws);
-      ws.onopen = () => { conn.textContent = "live"; };
+      ws.onopen = () => { conn.textContent = "live"; fresh = false; };
       ws.onmessage = (m) => {
         let ev;
         try { ev = JSON.parse(m.data); } catch (e) { return; }
@@ -785,8 +888,13 @@
       ws.onclose = (c) => {
         conn.textContent = "disconnected (" + c.code + (c.reason ? ": " + c.reason : "") + ")";
         if (c.code === 4404) {
-          state.textContent = "ended";
-          alive = false;
+          ended();
+        } else if ((c.code === 4401 || c.code === 4403) && !fresh && alive) {
+          newToken().then(connect, (err) => {
+            alive = false;
+            if (err.status === 409) ended();
+            else showError(err);
+          });
         } else if (c.code === 4401 || c.code === 4403) {
           alive = false;
         } else if (alive) {
@@ -798,14 +906,14 @@
       if (!ws || ws.readyState !== WebSocket.OPEN) throw new Error("Not connected to the session");
       ws.send(JSON.stringify(frame));
     }
-    const controls = jwt
+    const controls = info.state !== "ended"
       ? [
         h("form", { id: "task-form", class: "row", onsubmit: act(() => { send({ type: "task", prompt: prompt.value }); prompt.value = ""; }) },
           h("label", { for: "task-prompt" }, info.agent && info.agent.kind === "shell" ? "Task (a bash command)" : "Task", prompt),
           h("button", { type: "submit" }, "Send")),
         h("div", { class: "row" }, h("button", { type: "button", id: "task-cancel", class: "danger", onclick: act(() => send({ type: "cancel" })) }, "Cancel the running task")),
       ]
-      : [h("p", { class: "note" }, "This tab did not start the session, so it holds no session token: the transcript follows the event history (the v1 API has no route that gives a token for an existing session).")];
+      : [];
     root.replaceChildren(
       h("h1", {}, "Agent session ", h("span", { class: "mono" }, id)),
       h("p", {}, "State ", state, ", agent ", (info.agent && info.agent.kind) || "—", ", template ", info.template, ", sandbox ",
@@ -820,15 +928,21 @@
     );
     await history();
     if (!live(root)) return;
-    if (info.state === "ended") {
-      alive = false;
-      conn.textContent = "ended";
-    } else if (jwt) {
-      connect();
-    } else {
-      timers.push(setInterval(() => history().catch(showError), 1000));
-    }
     timers.push({ stop: () => { alive = false; } });
+    if (info.state === "ended") {
+      ended();
+      return;
+    }
+    if (!jwt) {
+      try {
+        await newToken();
+      } catch (err) {
+        if (err.status !== 409) throw err;
+        ended(); // it ended meanwhile: the history above is all there is
+        return;
+      }
+    }
+    if (alive) connect();
   }
 
   // -- usage and templates -----------------------------------------------------------------
