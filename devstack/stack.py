@@ -142,6 +142,7 @@ class Stack:
         redis_options: RedisOptions | None = None,
         host_env: dict[str, dict[str, str]] | None = None,
         web_replicas: int = 1,
+        separate_broker: bool = False,
     ) -> None:
         self.workdir = workdir
         self.hosts = hosts
@@ -152,6 +153,10 @@ class Stack:
         self.redis_port = free_port()
         self.redis_options = redis_options or RedisOptions()
         self.redis_url = self.redis_options.url(self.redis_port)
+        # separate_broker: Celery's queues on a second private redis-server (process
+        # "broker-redis", PADDOCK_BROKER_URL), state and output on the first.
+        self.broker_port = free_port() if separate_broker else None
+        self.broker_url = f"redis://127.0.0.1:{self.broker_port}/0" if separate_broker else ""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Every web replica's URL (the first is ``url``): gunicorns over the same Redis,
@@ -164,6 +169,7 @@ class Stack:
                 if not k.startswith("PADDOCK_") and k != "PROMETHEUS_MULTIPROC_DIR"
             },
             "PADDOCK_REDIS_URL": self.redis_url,
+            **({"PADDOCK_BROKER_URL": self.broker_url} if self.broker_url else {}),
             "PADDOCK_INSTANCE": self.instance,
             "PADDOCK_DATA_DIR": str(workdir),
             "PADDOCK_HEARTBEAT_INTERVAL": "1",
@@ -186,6 +192,10 @@ class Stack:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.redis = redis_client(self.redis_url, socket_timeout=30)
+        # Celery's Redis: the second one with separate_broker, else the same.
+        self.broker_redis = (
+            redis_client(self.broker_url, socket_timeout=30) if self.broker_url else self.redis
+        )
         self.http = requests.Session()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -193,6 +203,8 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._spawn("redis", self.redis_options.argv(self.redis_port, self.workdir))
         self._wait(lambda: self.redis.ping(), "redis")
+        if self.broker_port:
+            self.start_broker()
         for host in self.hosts:
             self.start_host(host)
         self._spawn("control", [sys.executable, "-m", "workers", "control"])
@@ -256,16 +268,29 @@ class Stack:
         only with RedisOptions(aof=True)."""
         self.stop_process("redis", sig)
         time.sleep(down_seconds)
+        self.start_redis()
+
+    def start_redis(self) -> None:
+        """Start (again) the private redis-server (state and output) on its port, with the
+        same argv; returns once it answers."""
         self._spawn("redis", self.redis_options.argv(self.redis_port, self.workdir))
         self._wait(lambda: self.redis.ping(), "redis")
+
+    def start_broker(self) -> None:
+        """Start (again) the broker's redis-server of a separate_broker stack, on its port."""
+        assert self.broker_port, "not a separate_broker stack"
+        broker_dir = self.workdir / "broker-redis"
+        broker_dir.mkdir(exist_ok=True)
+        self._spawn("broker-redis", redis_argv(self.broker_port, broker_dir))
+        self._wait(lambda: self.broker_redis.ping(), "broker redis")
 
     def stop(self) -> None:
         # Redis last: the workers write their last state to it as they stop.
         # gunicorn's quick shutdown (SIGINT): a graceful one waits its 10 s graceful_timeout
         # for the keep-alive connections the tests' HTTP sessions hold.
-        self.stop_processes([n for n in self.procs if n != "redis"], web_sig=signal.SIGINT)
-        if "redis" in self.procs:
-            self.stop_process("redis")
+        redises = ("redis", "broker-redis")
+        self.stop_processes([n for n in self.procs if n not in redises], web_sig=signal.SIGINT)
+        self.stop_processes([n for n in redises if n in self.procs])
         client = docker.from_env(timeout=60)
         for c in self.containers():
             with contextlib.suppress(docker.errors.DockerException):

@@ -229,51 +229,57 @@ else
     fi
 fi
 
-# --- Redis -------------------------------------------------------------------------------------
+# --- Redis ---------------------------------------------------------------------------------------
 # Through shared.redisconn, which reads PADDOCK_REDIS_URL as every component does (password, ACL
 # user, rediss:// with its CA): `redis-cli -u` would put the password in `ps`. Messages show the
-# URL with the password masked.
+# URL with the password masked. With PADDOCK_BROKER_URL (Celery's queues on a Redis of their
+# own), that one is checked, or started here, the same way as "broker-redis".
 REDIS_PY=.venv/bin/python
 [[ -x "$REDIS_PY" ]] || REDIS_PY="$PYTHON"
+REDIS_WHICH=()  # empty: PADDOCK_REDIS_URL; (--broker): PADDOCK_BROKER_URL
 redisconn() {
-    PADDOCK_REDIS_URL="$REDIS_URL" timeout 15 "$REDIS_PY" -m shared.redisconn "$@"
+    PADDOCK_REDIS_URL="$REDIS_URL" timeout 15 "$REDIS_PY" -m shared.redisconn "${REDIS_WHICH[@]}" "$@"
 }
 redis_ok() {
     redisconn ping >/dev/null 2>&1
 }
-REDIS_SHOWN="$(redisconn redacted 2>/dev/null || echo '$PADDOCK_REDIS_URL')"
 
-forget_stale_pid redis redis-server
-if redis_ok; then
-    # A Redis that was running already (ours from an earlier run, or the operator's) without a
-    # memory cap gets one; a cap someone set is left alone.
-    capped="$(redisconn maxmemory "$PADDOCK_REDIS_MAXMEMORY" 2>/dev/null || true)"
-    if [[ -n "$capped" ]]; then
-        say "redis: $capped"
+ensure_redis() {  # ensure_redis NAME: NAME's Redis answers, started here if it is local
+    local name=$1 shown capped why redis_conf redis_pid
+    shown="$(redisconn redacted 2>/dev/null || echo "the $name URL")"
+    forget_stale_pid "$name" redis-server
+    if redis_ok; then
+        # A Redis that was running already (ours from an earlier run, or the operator's)
+        # without a memory cap gets one; a cap someone set is left alone.
+        capped="$(redisconn maxmemory "$PADDOCK_REDIS_MAXMEMORY" 2>/dev/null || true)"
+        if [[ -n "$capped" ]]; then
+            say "$name: $capped"
+        fi
+        if [[ -f "$RUN_DIR/$name.pid" ]]; then
+            say "$name: running at $shown (started by us, pid $(cat "$RUN_DIR/$name.pid"))"
+        else
+            say "$name: running at $shown"
+        fi
+        return 0
     fi
-    if [[ -f "$RUN_DIR/redis.pid" ]]; then
-        say "redis: running at $REDIS_SHOWN (started by us, pid $(cat "$RUN_DIR/redis.pid"))"
-    else
-        say "redis: running at $REDIS_SHOWN"
-    fi
-else
     why="$(redisconn ping 2>&1 >/dev/null || true)"
     # port, bind and the URL's password (requirepass, or its ACL user with `default` off), fed
     # on stdin so the password is in no file and no argv. Refused for a remote or TLS URL.
     if ! redis_conf="$(redisconn server-config 2>&1)"; then
-        die "redis does not answer (${why:-no reply}); $redis_conf"
+        die "$name does not answer (${why:-no reply}); $redis_conf"
     fi
-    mkdir -p "$STATE/redis"
-    private_log "$LOG_DIR/redis.log"
+    mkdir -p "$STATE/$name"
+    private_log "$LOG_DIR/$name.log"
     # Every waiting client (long-poll, WebSocket) holds a Redis connection, up to 4000 per web
     # worker (web/gunicorn_conf.py): maxclients 20000, and the open files that takes even where
     # the soft limit is 1024.
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    # AOF on, RDB snapshots off: the session store survives a restart without periodic fork+dump.
+    # AOF on, RDB snapshots off: the session store (and queued commands) survive a restart
+    # without periodic fork+dump.
     nohup setsid redis-server --appendonly yes \
-        --dir "$STATE/redis" --daemonize no --save '' --maxclients 20000 \
+        --dir "$STATE/$name" --daemonize no --save '' --maxclients 20000 \
         --maxmemory "$PADDOCK_REDIS_MAXMEMORY" --maxmemory-policy noeviction - \
-        >>"$LOG_DIR/redis.log" 2>&1 <<<"$redis_conf" &
+        >>"$LOG_DIR/$name.log" 2>&1 <<<"$redis_conf" &
     redis_pid=$!
     for _ in $(seq 1 40); do
         if redis_ok || ! kill -0 "$redis_pid" 2>/dev/null; then
@@ -282,12 +288,19 @@ else
         sleep 0.5
     done
     if ! redis_ok; then
-        echo "bootstrap: redis did not come up (${why:-no reply before}); last lines of $LOG_DIR/redis.log:" >&2
-        tail -n 30 "$LOG_DIR/redis.log" >&2 || true
+        echo "bootstrap: $name did not come up (${why:-no reply before}); last lines of $LOG_DIR/$name.log:" >&2
+        tail -n 30 "$LOG_DIR/$name.log" >&2 || true
         exit 1
     fi
-    echo "$redis_pid" >"$RUN_DIR/redis.pid"
-    say "redis: running at $REDIS_SHOWN (started by us, pid $redis_pid)"
+    echo "$redis_pid" >"$RUN_DIR/$name.pid"
+    say "$name: running at $shown (started by us, pid $redis_pid)"
+}
+
+ensure_redis redis
+if [[ -n "${PADDOCK_BROKER_URL:-}" ]]; then
+    REDIS_WHICH=(--broker)
+    ensure_redis broker-redis
+    REDIS_WHICH=()
 fi
 
 # --- JS test packages (--js) -------------------------------------------------------------------

@@ -2,7 +2,8 @@
 # Run the whole stack in the foreground (called by `make up` after bootstrap and images), under
 # supervisord: a component that dies is restarted, and nothing else is touched.
 # Ctrl-C (or SIGTERM) stops everything this script started — and the Docker engine and Redis
-# only if bootstrap started them (their pid files in .paddock/run) — and nothing else.
+# (and the broker's Redis) only if bootstrap started them (their pid files in .paddock/run) —
+# and nothing else.
 # `scripts/up.sh --secrets-only` makes the secrets file and exits (for the systemd units).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -193,7 +194,7 @@ stop_all() {
     fi
     wait "$sup" 2>/dev/null || true
     rm -f "$FLOWER_AUTH"
-    for daemon in redis dockerd; do
+    for daemon in redis broker-redis dockerd; do
         if [[ -f "$RUN/$daemon.pid" ]]; then
             pid=$(cat "$RUN/$daemon.pid")
             if kill -0 "$pid" 2>/dev/null; then

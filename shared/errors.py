@@ -172,6 +172,24 @@ class EngineUnavailable(PaddockError):
     message = "The sandbox host's container engine is not answering; retry shortly"
 
 
+class BrokerUnavailable(PaddockError):
+    """Celery's broker (the Redis of PADDOCK_BROKER_URL, or PADDOCK_REDIS_URL's) refused or
+    did not answer a send (shared.rpc): nothing reached a host. Retry shortly."""
+
+    status = 503
+    code = "broker_unavailable"
+    message = "The task broker (Redis) is not answering; retry shortly"
+
+
+class StateUnavailable(PaddockError):
+    """The state store (the Redis of PADDOCK_REDIS_URL) stayed down or unanswering past the
+    clients' own retries (shared.redisconn). Retry shortly."""
+
+    status = 503
+    code = "state_unavailable"
+    message = "The state store (Redis) is not answering; retry shortly"
+
+
 class WorkerTimeout(PaddockError):
     status = 504
     code = "worker_timeout"

@@ -12,9 +12,9 @@ certificate), ``ssl_check_hostname`` (``true``/``false``). Characters such as ``
 user or password are percent-encoded. The password never appears in a repr or a log line:
 ``redacted()`` prints ``***`` in its place.
 
-``python -m shared.redisconn ping|redacted|maxmemory SIZE|server-config`` does the same for
-scripts/bootstrap.sh, which thus needs no second parser (nor ``redis-cli -u``, which would show
-the password in ``ps``).
+``python -m shared.redisconn [--broker] ping|redacted|maxmemory SIZE|server-config`` does the
+same for scripts/bootstrap.sh, which thus needs no second parser (nor ``redis-cli -u``, which
+would show the password in ``ps``); ``--broker`` reads ``PADDOCK_BROKER_URL`` instead.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ class RedisURL:
         return self.host in _LOCAL_HOSTS
 
 
-def parse_redis_url(url: str) -> RedisURL:
-    """Read ``PADDOCK_REDIS_URL``.
+def parse_redis_url(url: str, var: str = "PADDOCK_REDIS_URL") -> RedisURL:
+    """Read ``PADDOCK_REDIS_URL`` (or the variable ``var``, named in the errors:
+    ``PADDOCK_BROKER_URL``).
 
     Raises ConfigError naming what is wrong (never the password): another scheme, no host, a bad
     port or db, an unknown option, or a TLS option on a ``redis://`` URL.
@@ -144,30 +145,29 @@ def parse_redis_url(url: str) -> RedisURL:
         parts = urlsplit(url.strip())
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
-        raise ConfigError(f"PADDOCK_REDIS_URL: {_mask(url)} is not a URL ({exc})") from None
+        raise ConfigError(f"{var}: {_mask(url)} is not a URL ({exc})") from None
     if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError("PADDOCK_REDIS_URL must start with redis:// or rediss:// (TLS)")
+        raise ConfigError(f"{var} must start with redis:// or rediss:// (TLS)")
     if not parts.hostname:
-        raise ConfigError(f"PADDOCK_REDIS_URL: no host in {_mask(url)}")
+        raise ConfigError(f"{var}: no host in {_mask(url)}")
     db_text = parts.path.strip("/") or "0"
     if not db_text.isdigit():
-        raise ConfigError(f"PADDOCK_REDIS_URL: the path must be a database number, not {db_text!r}")
+        raise ConfigError(f"{var}: the path must be a database number, not {db_text!r}")
     tls = parts.scheme == "rediss"
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(query) - set(_TLS_OPTIONS))
     if unknown:
         raise ConfigError(
-            f"PADDOCK_REDIS_URL: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(_TLS_OPTIONS)}"
+            f"{var}: unknown option(s) {', '.join(unknown)}; known: {', '.join(_TLS_OPTIONS)}"
         )
     if query and not tls:
-        raise ConfigError("PADDOCK_REDIS_URL: ssl_* options need a rediss:// URL")
+        raise ConfigError(f"{var}: ssl_* options need a rediss:// URL")
     reqs = query.get("ssl_cert_reqs", "required").strip().lower().removeprefix("cert_")
     if reqs not in CERT_REQS:
-        raise ConfigError("PADDOCK_REDIS_URL: ssl_cert_reqs must be required, optional or none")
+        raise ConfigError(f"{var}: ssl_cert_reqs must be required, optional or none")
     check = query.get("ssl_check_hostname", "true").strip().lower()
     if check not in ("true", "false"):
-        raise ConfigError("PADDOCK_REDIS_URL: ssl_check_hostname must be true or false")
+        raise ConfigError(f"{var}: ssl_check_hostname must be true or false")
     return RedisURL(
         host=parts.hostname,
         port=port,
@@ -317,38 +317,47 @@ def server_config(target: RedisURL) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _script_client(url: str) -> redis.Redis:
+def probe_client(url: str) -> redis.Redis:
+    """A client that answers now or fails (5 s at most, no retries): for scripts and probes
+    (the web's look at the broker, web/brokerprobe.py), which poll on their own.
+
+    Raises ConfigError when the URL does not parse."""
     r = redis_client(url, socket_timeout=5, socket_connect_timeout=3)
-    # A script polls on its own: an answer now, not after redis-py's retries with backoff.
+    # A prober polls on its own: an answer now, not after redis-py's retries with backoff.
     # (set_retry is redis-py's public API; types-redis predates it.)
     r.set_retry(Retry(NoBackoff(), 0))  # type: ignore[attr-defined]
     return r
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The scripts' way to Redis, reading ``PADDOCK_REDIS_URL``; errors go to stderr without
-    the password, and the exit status is 1."""
+    """The scripts' way to Redis, reading ``PADDOCK_REDIS_URL`` (``--broker`` first:
+    ``PADDOCK_BROKER_URL``, the Celery broker's own Redis); errors go to stderr without the
+    password, and the exit status is 1."""
     args = sys.argv[1:] if argv is None else argv
-    url = os.environ.get("PADDOCK_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    var = "PADDOCK_REDIS_URL"
+    if args[:1] == ["--broker"]:
+        var, args = "PADDOCK_BROKER_URL", args[1:]
+    url = os.environ.get(var) or "redis://127.0.0.1:6379/0"
     try:
-        target = parse_redis_url(url)
+        target = parse_redis_url(url, var)
         if args == ["redacted"]:
             print(target.redacted())
         elif args == ["server-config"]:
             sys.stdout.write(server_config(target))
         elif args == ["ping"]:
-            _script_client(url).ping()
+            probe_client(url).ping()
             print("PONG")
         elif len(args) == 2 and args[0] == "maxmemory":
             # A Redis without a memory cap gets one; a cap someone set is left alone.
-            r = _script_client(url)
+            r = probe_client(url)
             if str(r.config_get("maxmemory").get("maxmemory")) == "0":
                 r.config_set("maxmemory", args[1])
                 r.config_set("maxmemory-policy", "noeviction")
                 print(f"maxmemory set to {args[1]} (noeviction)")
         else:
             print(
-                "usage: python -m shared.redisconn ping|redacted|server-config|maxmemory SIZE",
+                "usage: python -m shared.redisconn [--broker] "
+                "ping|redacted|server-config|maxmemory SIZE",
                 file=sys.stderr,
             )
             return 2

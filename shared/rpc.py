@@ -12,9 +12,10 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from shared import keys
-from shared.errors import PaddockError, WorkerTimeout, from_wire
+from shared.errors import BrokerUnavailable, PaddockError, WorkerTimeout, from_wire
 from shared.tasks import host_queue
 
 logger = logging.getLogger(__name__)
@@ -23,9 +24,17 @@ REPLY_TTL = 300
 
 
 def send(app: Celery, queue: str, name: str, kwargs: dict[str, Any], expires: float) -> str:
-    """Fire a task by name onto ``queue``; it is dropped if not started within ``expires``."""
+    """Fire a task by name onto ``queue``; it is dropped if not started within ``expires``.
+
+    Raises BrokerUnavailable when the broker refused or did not answer after Celery's publish
+    retries (seconds: shared.broker's socket timeouts), instead of kombu's OperationalError.
+    """
     task_id = uuid.uuid4().hex
-    app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, expires=expires)
+    try:
+        app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, expires=expires)
+    except OperationalError as exc:
+        logger.error("task %s %s onto %s: the broker is unreachable: %s", name, task_id, queue, exc)
+        raise BrokerUnavailable() from exc
     return task_id
 
 
@@ -39,8 +48,8 @@ def call(
 ) -> Any:
     """Run task ``name`` on ``host_id`` and return its result.
 
-    Raises WorkerTimeout when no reply comes within ``timeout`` seconds, and the worker's own
-    PaddockError subclass when the task failed.
+    Raises WorkerTimeout when no reply comes within ``timeout`` seconds, BrokerUnavailable
+    (see send), and the worker's own PaddockError subclass when the task failed.
     """
     task_id = send(app, host_queue(host_id), name, kwargs, expires=timeout)
     got = r.blpop([keys.reply(task_id)], timeout=max(1, round(timeout)))

@@ -12,7 +12,7 @@ from typing import Any
 from shared.egress import parse_cidrs
 from shared.errors import ConfigError
 from shared.pools import parse_pool_sizes
-from shared.redisconn import redact_url
+from shared.redisconn import parse_redis_url, redact_url
 
 SANDBOX_NETWORKS = ("none", "internet")
 # What runs the sandboxes (workers/backends/): Docker containers; "fake" runs nothing (the scale
@@ -45,6 +45,10 @@ class Settings:
     """Every knob of Paddock. Field name ``x_y`` is read from ``PADDOCK_X_Y``."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Celery's broker (its queues) on a Redis of its own, same URL form as redis_url; empty:
+    # redis_url's Redis. State and output stay on redis_url (which can then become a Redis
+    # Cluster: kombu's Redis transport cannot use one). See broker_redis_url.
+    broker_url: str = ""
     host_id: str = ""
     port: int = 3000
     auth: bool = True
@@ -205,16 +209,28 @@ class Settings:
             + (
                 "'***'"
                 if f.name in hidden and getattr(self, f.name)
-                # The Redis URL's host and options help a reader; its password is masked.
-                else repr(redact_url(self.redis_url))
-                if f.name == "redis_url"
+                # The Redis URLs' host and options help a reader; their password is masked.
+                else repr(redact_url(getattr(self, f.name)))
+                if f.name in ("redis_url", "broker_url")
                 else repr(getattr(self, f.name))
             )
             for f in fields(self)
         )
         return f"Settings({shown})"
 
+    @property
+    def broker_redis_url(self) -> str:
+        """The Redis that holds Celery's queues: PADDOCK_BROKER_URL, else PADDOCK_REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_var(self) -> str:
+        """The variable broker_redis_url comes from, for messages."""
+        return "PADDOCK_BROKER_URL" if self.broker_url else "PADDOCK_REDIS_URL"
+
     def __post_init__(self) -> None:
+        if self.broker_url:
+            parse_redis_url(self.broker_url, "PADDOCK_BROKER_URL")  # raises, password masked
         if not self.host_id:
             object.__setattr__(self, "host_id", socket.gethostname())
         if self.tenant_worker_share <= 0:

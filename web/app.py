@@ -25,6 +25,7 @@ from web import metrics as web_metrics
 from web.agent_sessions import AgentSessions
 from web.api import docs, e2b, e2b_control, v1
 from web.api.envd import EnvdApp, EnvdDispatch
+from web.brokerprobe import BrokerProbe
 from web.browser import register_browser_guards
 from web.console import bp as console_bp
 from web.errors import register_error_handlers
@@ -73,6 +74,8 @@ def create_app(
         max_connections=gunicorn_conf.worker_connections + 200,
     )
     celery = celery or make_celery(settings)
+    # The broker's own Redis when PADDOCK_BROKER_URL is set: /health and the queue lengths.
+    broker = BrokerProbe.from_settings(settings, r)
     box = SecretBox(settings.secret_key)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
@@ -102,7 +105,8 @@ def create_app(
         agent_sessions=agent_sessions,
     )
     app.extensions["paddock"] = services
-    web_metrics.register(app, r)  # first: its timer sees every other hook's work
+    app.extensions["paddock.broker"] = broker
+    web_metrics.register(app, r, broker.client)  # first: its timer sees every other hook's work
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_browser_guards(app, settings)

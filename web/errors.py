@@ -10,10 +10,17 @@ import logging
 import secrets
 from typing import Any
 
+import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import PaddockError, QuotaExceeded, RateLimited, ValidationFailed
+from shared.errors import (
+    PaddockError,
+    QuotaExceeded,
+    RateLimited,
+    StateUnavailable,
+    ValidationFailed,
+)
 from web.api.e2b.schemas import Error as E2bError
 from web.api.e2b.schemas import ValidationError as E2bValidationError
 from web.api.v1.schemas import ErrorResponse
@@ -101,6 +108,14 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(exc, RateLimited | QuotaExceeded):
             resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def state_down(exc: redis.RedisError) -> Response:
+        # Only the state store's clients raise these here (the broker's errors become
+        # BrokerUnavailable in shared.rpc): down past the client's retries, or not answering.
+        logger.error("%s %s: the state store is unreachable: %s", request.method, request.path, exc)
+        return _respond(StateUnavailable.status, StateUnavailable.code, StateUnavailable.message)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -9,9 +9,9 @@ Two kinds of figures, one page:
   shows the sum of all of them; gauges count live workers only (``livesum``). Without that
   variable (the Flask dev server, unit tests) they are plain in-process metrics.
 - **the cluster's** (sandboxes by host, template and state; host capacity; Celery queue
-  depths): read from Redis when scraped (`ClusterCollector`), at most once a second per web
-  process, so scrapes cannot hammer Redis. Each host worker serves its own counters
-  (workers/host/metrics.py).
+  depths, from the broker's Redis when PADDOCK_BROKER_URL gives it one): read from Redis when
+  scraped (`ClusterCollector`), at most once a second per web process, so scrapes cannot
+  hammer Redis. Each host worker serves its own counters (workers/host/metrics.py).
 
 Labels never carry tenant data: a route is its URL *template* (``/sessions/<session_id>``),
 never the path asked (a client sending random paths adds no label value: they are all
@@ -152,8 +152,11 @@ class ClusterCollector(Collector):
     """Cluster gauges read from Redis at scrape time, cached CLUSTER_TTL seconds. A Redis
     error is a figure too (``paddock_redis_up 0``), not a failed scrape."""
 
-    def __init__(self, r: redis.Redis, ttl: float = CLUSTER_TTL) -> None:
+    def __init__(
+        self, r: redis.Redis, ttl: float = CLUSTER_TTL, broker: redis.Redis | None = None
+    ) -> None:
         self.r = r
+        self.broker = broker  # PADDOCK_BROKER_URL's Redis, when it has one of its own
         self.ttl = ttl
         self._lock = threading.Lock()
         self._cached: tuple[float, list[GaugeMetricFamily]] = (-1e9, [])
@@ -169,7 +172,7 @@ class ClusterCollector(Collector):
     def _read(self) -> list[GaugeMetricFamily]:
         up = GaugeMetricFamily("paddock_redis_up", "1 when the web could read Redis")
         try:
-            families = read_cluster(self.r)
+            families = read_cluster(self.r, self.broker)
         except redis.RedisError as exc:
             logger.warning("metrics: cluster figures not read: %s", exc)
             up.add_metric([], 0)
@@ -178,24 +181,33 @@ class ClusterCollector(Collector):
         return [up, *families]
 
 
-def read_cluster(r: redis.Redis) -> list[GaugeMetricFamily]:
+def read_cluster(r: redis.Redis, broker: redis.Redis | None = None) -> list[GaugeMetricFamily]:
     """Sandboxes by host, template and state; each known host's liveness and capacity; the
-    length of every host queue and the control queue. Three round trips, whatever the size.
+    length of every host queue and the control queue, read from ``broker`` (Celery's own
+    Redis, PADDOCK_BROKER_URL) or else from ``r``. Three round trips, whatever the size (a
+    fourth with a broker of its own).
 
-    Raises redis.RedisError."""
+    Raises redis.RedisError for ``r``; a ``broker`` that fails only leaves the queue lengths
+    out (``paddock_broker_up 0``)."""
+    own_broker = broker is not None and broker is not r
     host_ids = sorted(text(h) for h in r.smembers(keys.hosts()))
     pipe = r.pipeline(transaction=False)
     for hid in host_ids:
         pipe.hget(keys.host(hid), "capacity")
         pipe.smembers(keys.host_sandboxes(hid))
     queues = [CONTROL_QUEUE, *(host_queue(h) for h in host_ids)]
-    for queue in queues:
-        for suffix in _PRIORITY_SUFFIXES:
-            pipe.llen(queue + suffix)
+    if not own_broker:
+        _queue_lengths(pipe, queues)
     replies: list[Any] = pipe.execute()
     n = len(host_ids)
     capacities, members = replies[0 : 2 * n : 2], replies[1 : 2 * n : 2]
-    lengths = replies[2 * n :]
+    lengths: list[Any] | None = replies[2 * n :]
+    if broker is not None and own_broker:
+        try:
+            lengths = _queue_lengths(broker.pipeline(transaction=False), queues).execute()
+        except redis.RedisError as exc:
+            logger.warning("metrics: queue lengths not read (broker): %s", exc)
+            lengths = None
 
     alive = GaugeMetricFamily(
         "paddock_host_alive", "1 while the host's heartbeat is fresh", labels=["host"]
@@ -230,13 +242,26 @@ def read_cluster(r: redis.Redis) -> list[GaugeMetricFamily]:
     for key, count in sorted(counts.items()):
         sandboxes.add_metric(list(key), count)
 
+    broker_up = GaugeMetricFamily(
+        "paddock_broker_up", "1 when the web could read the Celery broker's queue lengths"
+    )
+    broker_up.add_metric([], 0 if lengths is None else 1)
+    if lengths is None:
+        return [alive, capacity, sandboxes, broker_up]
     depth = GaugeMetricFamily(
         "paddock_queue_length", "Celery messages waiting in each queue", labels=["queue"]
     )
     per = len(_PRIORITY_SUFFIXES)
     for i, queue in enumerate(queues):
         depth.add_metric([name_label(queue)], sum(int(x) for x in lengths[i * per : i * per + per]))
-    return [alive, capacity, sandboxes, depth]
+    return [alive, capacity, sandboxes, broker_up, depth]
+
+
+def _queue_lengths(pipe: Any, queues: list[str]) -> Any:
+    for queue in queues:
+        for suffix in _PRIORITY_SUFFIXES:
+            pipe.llen(queue + suffix)
+    return pipe
 
 
 def multiproc_dir() -> str | None:
@@ -267,10 +292,11 @@ def metrics() -> Response:
     )
 
 
-def register(app: Flask, r: redis.Redis) -> None:
+def register(app: Flask, r: redis.Redis, broker: redis.Redis | None = None) -> None:
     """Serve /metrics and time every request. Call before other before_request hooks, so a
-    request a guard refuses is timed too."""
-    app.extensions["paddock.metrics"] = ClusterCollector(r)
+    request a guard refuses is timed too. ``broker``: where the queue lengths are read (the
+    Redis of PADDOCK_BROKER_URL; default ``r``)."""
+    app.extensions["paddock.metrics"] = ClusterCollector(r, broker=broker)
     app.register_blueprint(bp)
 
     @app.before_request

@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle", type=float, help="seconds of each idle window (10; quick 4)")
     p.add_argument("--load", type=float, help="seconds of each load window (20; quick 8)")
     p.add_argument("--reps", type=int, help="execs counted for the per-operation costs (60; 24)")
+    p.add_argument(
+        "--broker-redis",
+        action="store_true",
+        help="per-operation costs with Celery's broker on a second redis-server "
+        "(PADDOCK_BROKER_URL): the state Redis and the broker's counted apart",
+    )
     p.add_argument("--skip-costs", action="store_true", help="only the steps")
     p.add_argument("--skip-steps", action="store_true", help="only the per-operation costs")
     p.add_argument("--out", type=Path, help="output folder (default .paddock/scale/<time>)")
@@ -78,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def costs_phase(args: argparse.Namespace) -> Costs:
     log("per-operation costs: one real host worker, idle Redis")
-    with ScaleStack(args.out / "costs-stack") as stack:
+    with ScaleStack(args.out / "costs-stack", separate_broker=args.broker_redis) as stack:
         stack.start(solo=True)
         return measure_costs(stack, args.reps, args.idle, args.out / "trace.txt")
 
@@ -98,6 +104,16 @@ def steps_phase(args: argparse.Namespace) -> list[Step]:
                 mix,
             )
         )
+
+
+def _costs_json(costs: Costs) -> dict[str, object]:
+    return {
+        "idle_sent_per_s": costs.idle_sent,
+        "idle_calls_per_s": costs.idle_calls,
+        "ops": [{"name": o.name, "n": o.ops, "sent": o.sent, "calls": o.calls} for o in costs.ops],
+        # With --broker-redis: the above is the state Redis's, this the broker's.
+        **({"broker": _costs_json(costs.broker)} if costs.broker else {}),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,15 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "machine": machine,
         "args": {k: str(v) for k, v in vars(args).items()},
-        "costs": None
-        if costs is None
-        else {
-            "idle_sent_per_s": costs.idle_sent,
-            "idle_calls_per_s": costs.idle_calls,
-            "ops": [
-                {"name": o.name, "n": o.ops, "sent": o.sent, "calls": o.calls} for o in costs.ops
-            ],
-        },
+        "costs": None if costs is None else _costs_json(costs),
         "steps": [s.to_json() for s in steps],
     }
     (args.out / "scale.json").write_text(json.dumps(out, indent=2) + "\n")

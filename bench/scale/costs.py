@@ -71,10 +71,18 @@ class Costs:
     idle_calls: dict[str, float]  # per second, by command
     ops: list[OpCost] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
+    title: str = "Redis per operation"
+    # The broker's own Redis, counted apart (ScaleStack(separate_broker=True)); then this
+    # object's figures are the state Redis's.
+    broker: Costs | None = None
 
     def table(self) -> str:
+        own = self._table()
+        return own if self.broker is None else own + "\n\n" + self.broker._table()
+
+    def _table(self) -> str:
         head = (
-            f"{'Redis per operation':<28} {'n':>3} {'sent':>6} {'web':>5} {'host':>5} "
+            f"{self.title:<28} {'n':>3} {'sent':>6} {'web':>5} {'host':>5} "
             f"{'ctrl':>5} {'calls':>6}  calls by command (inside scripts too)"
         )
         lines = [head, "-" * 118]
@@ -134,49 +142,85 @@ def measure_costs(stack: ScaleStack, reps: int, idle_s: float, trace_to: Path | 
         echo()
         create_delete()
     time.sleep(1.0)
-    with Monitor(stack.redis) as mon:
-        a = read_redis(stack.redis)
-        time.sleep(idle_s)
-        b = read_redis(stack.redis)
-    owners = port_owners(stack)
-    idle_len = b.at - a.at
-    idle_calls = calls_between(a, b)
-    idle_sent = mon.sent_by(owners)
-    costs = Costs(
-        idle_len,
-        {k: v / idle_len for k, v in idle_sent.items()},
-        {k: v / idle_len for k, v in sorted(idle_calls.items(), key=lambda kv: -kv[1])},
+    # Each Redis the stack has (state; the broker's when apart), counted apart.
+    targets = [stack.redis] + ([stack.broker_redis] if stack.broker_url else [])
+    titles = (
+        ["Redis per operation"]
+        if len(targets) == 1
+        else ["State Redis per op", "Broker Redis per op"]
     )
+    with Monitors(targets) as mons:
+        a = [read_redis(t) for t in targets]
+        time.sleep(idle_s)
+        b = [read_redis(t) for t in targets]
+    owners = port_owners(stack)
+    all_costs: list[Costs] = []
+    idle: list[tuple[float, Counter[str], dict[str, int]]] = []
+    for i, title in enumerate(titles):
+        idle_len, idle_calls = b[i].at - a[i].at, calls_between(a[i], b[i])
+        idle_sent = mons[i].sent_by(owners)
+        idle.append((idle_len, idle_calls, idle_sent))
+        all_costs.append(
+            Costs(
+                idle_len,
+                {k: v / idle_len for k, v in idle_sent.items()},
+                {k: v / idle_len for k, v in sorted(idle_calls.items(), key=lambda kv: -kv[1])},
+                title=title,
+            )
+        )
     for name, fn, n in (
         ("exec (echo 22, wait=true)", echo, reps),
         ("create + delete (cold)", create_delete, max(3, reps // 3)),
     ):
-        with Monitor(stack.redis) as mon:
-            a = read_redis(stack.redis)
+        with Monitors(targets) as mons:
+            a = [read_redis(t) for t in targets]
             for _ in range(n):
                 fn()
-            b = read_redis(stack.redis)
-        busy_len = b.at - a.at
+            b = [read_redis(t) for t in targets]
         owners = port_owners(stack)
-        sent = per_operation(mon.sent_by(owners), busy_len, idle_sent, idle_len, n)
-        calls = per_operation(calls_between(a, b), busy_len, idle_calls, idle_len, n)
-        costs.ops.append(OpCost(name, n, sent, calls))
+        for i, costs in enumerate(all_costs):
+            busy_len = b[i].at - a[i].at
+            idle_len, idle_calls, idle_sent = idle[i]
+            sent = per_operation(mons[i].sent_by(owners), busy_len, idle_sent, idle_len, n)
+            calls = per_operation(calls_between(a[i], b[i]), busy_len, idle_calls, idle_len, n)
+            costs.ops.append(OpCost(name, n, sent, calls))
+    costs = all_costs[0]
+    if len(all_costs) > 1:
+        costs.broker = all_costs[1]
     if trace_to is not None:
         masks = {"usr_costs": "<tenant>"}
         for title, fn in (
             ("one exec (echo 22, wait=true)", echo),
             ("one create + delete", create_delete),
         ):
-            with Monitor(stack.redis) as mon:
+            with Monitors(targets) as mons:
                 time.sleep(0.1)
                 t0 = time.time()
                 fn()
                 time.sleep(0.3)  # what the worker does after its reply
             owners = port_owners(stack)
-            costs.trace += [f"# {title}", *mon.lines(t0, owners, masks), ""]
+            for i, mon in enumerate(mons):
+                where = "" if len(mons) == 1 else f" — {titles[i].split(' per ')[0]}"
+                costs.trace += [f"# {title}{where}", *mon.lines(t0, owners, masks), ""]
         trace_to.write_text("\n".join(costs.trace))
     delete(sid)
     return costs
+
+
+class Monitors:
+    """A Monitor on each Redis while the block runs (the list of them)."""
+
+    def __init__(self, targets: list[redis.Redis]) -> None:
+        self.monitors = [Monitor(r) for r in targets]
+
+    def __enter__(self) -> list[Monitor]:
+        for m in self.monitors:
+            m.__enter__()
+        return self.monitors
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self.monitors:
+            m.__exit__(*exc)
 
 
 class Monitor:

@@ -1,8 +1,9 @@
 """The stack the scale harness measures, as processes on loopback: one redis-server of its own
-(own port, own directory), the control worker, the web tier (gunicorn with the one
-configuration, web/gunicorn_conf.py), and simulated hosts over the fake backend: many host
-workers per process (bench/scale/hosts.py), or one real ``python -m workers host`` (``solo``,
-the exact production program, for the per-operation counts)."""
+(own port, own directory; a second for Celery's broker with ``separate_broker``), the control
+worker, the web tier (gunicorn with the one configuration, web/gunicorn_conf.py), and
+simulated hosts over the fake backend: many host workers per process (bench/scale/hosts.py),
+or one real ``python -m workers host`` (``solo``, the exact production program, for the
+per-operation counts)."""
 
 from __future__ import annotations
 
@@ -47,17 +48,28 @@ SCALE_ENV = {
 class ScaleStack:
     """Start with ``start()`` (or ``with``); hosts are added with ``add_hosts``."""
 
-    def __init__(self, workdir: Path, host_procs: int = 2, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        host_procs: int = 2,
+        env: dict[str, str] | None = None,
+        separate_broker: bool = False,
+    ):
         self.workdir = workdir
         self.host_procs = host_procs
         self.redis_port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        # separate_broker: Celery's queues on a second redis-server ("redis-broker",
+        # PADDOCK_BROKER_URL), so each Redis is counted apart.
+        self.broker_port = free_port() if separate_broker else 0
+        self.broker_url = f"redis://127.0.0.1:{self.broker_port}/0" if separate_broker else ""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PADDOCK_")},
             **SCALE_ENV,
             "PADDOCK_REDIS_URL": self.redis_url,
+            **({"PADDOCK_BROKER_URL": self.broker_url} if separate_broker else {}),
             "PADDOCK_INSTANCE": "scale" + secrets.token_hex(3),
             "PADDOCK_DATA_DIR": str(workdir),
             "PADDOCK_JWT_SECRET": secrets.token_hex(32),
@@ -70,6 +82,9 @@ class ScaleStack:
         self._ready: queue.Queue[str] = queue.Queue()
         self._next_proc = itertools.cycle(range(host_procs))
         self.redis = redis_client(self.redis_url, socket_timeout=30)
+        self.broker_redis = (
+            redis_client(self.broker_url, socket_timeout=30) if separate_broker else self.redis
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, solo: bool = False) -> ScaleStack:
@@ -78,6 +93,11 @@ class ScaleStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._spawn("redis", redis_argv(self.redis_port, self.workdir))
         self._wait(lambda: self.redis.ping(), "redis")
+        if self.broker_port:
+            broker_dir = self.workdir / "redis-broker"
+            broker_dir.mkdir(exist_ok=True)
+            self._spawn("redis-broker", redis_argv(self.broker_port, broker_dir))
+            self._wait(lambda: self.broker_redis.ping(), "the broker's redis")
         self._spawn("control", [sys.executable, "-m", "workers", "control"])
         gunicorn = [str(VENV_BIN / "gunicorn"), "-c", "python:web.gunicorn_conf"]
         self._spawn("web", [*gunicorn, "--bind", f"127.0.0.1:{self.port}"])
@@ -130,16 +150,17 @@ class ScaleStack:
                 with contextlib.suppress(OSError):
                     proc.stdin.write(b"stop\n")
                     proc.stdin.flush()
-        others = [n for n in self.procs if n != "redis"]
+        redises = [n for n in self.procs if n.startswith("redis")]
+        others = [n for n in self.procs if n not in redises]
         for name in others:
             sig = signal.SIGINT if name == "web" else signal.SIGTERM  # gunicorn: quick
             if not name.startswith("hosts"):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.procs[name].pid, sig)
         deadline = time.monotonic() + 30
-        for name in [*others, "redis"]:
+        for name in [*others, *redises]:
             proc = self.procs[name]
-            if name == "redis":
+            if name in redises:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):

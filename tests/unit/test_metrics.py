@@ -167,6 +167,28 @@ def test_cluster_figures_from_redis() -> None:
     assert "sb1" not in shown and "tenant-secret" not in shown
 
 
+def test_queue_lengths_come_from_the_broker_when_it_has_its_own_redis() -> None:
+    state = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    broker = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    _host(state, "host-a", True, {"sb1": ("Bash", "running")})
+    broker.rpush("host.host-a", b"m1", b"m2")
+    state.rpush("host.host-a", b"stale")  # nobody reads Celery's queues from the state Redis
+
+    def figures(b: redis.Redis) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        fams = web_metrics.read_cluster(state, b)
+        return {(f.name, tuple(sorted(s.labels.items()))): s.value for f in fams for s in f.samples}
+
+    got = figures(broker)
+    assert got[("paddock_queue_length", (("queue", "host.host-a"),))] == 2
+    assert got[("paddock_broker_up", ())] == 1
+    # The broker down: the state's figures stay, the queue lengths go, and it says so.
+    dead = redis.Redis(port=_closed_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    got = figures(dead)
+    assert got[("paddock_broker_up", ())] == 0
+    assert got[("paddock_host_alive", (("host", "host-a"),))] == 1
+    assert not [k for k in got if k[0] == "paddock_queue_length"]
+
+
 class _CountingRedis(fakeredis.FakeRedis):
     reads = 0
 

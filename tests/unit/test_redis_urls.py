@@ -153,3 +153,34 @@ def test_server_config_for_a_local_redis_keeps_the_password_out_of_argv() -> Non
     for url in ("redis://:pw@10.0.0.5/0", "rediss://:pw@127.0.0.1/0"):
         with pytest.raises(ConfigError):
             server_config(parse_redis_url(url))
+
+
+def test_the_broker_gets_its_own_url_when_given_one() -> None:
+    state = "redis://:statepw@state.internal:6379/0"
+    settings = Settings.from_env(
+        {
+            "PADDOCK_REDIS_URL": state,
+            "PADDOCK_BROKER_URL": f"rediss://celery:{ENCODED}@broker.internal:6390/1",
+            "PADDOCK_HOST_ID": "h",
+        }
+    )
+    conn = make_celery(settings).connection_for_write()
+    assert (conn.transport_cls, conn.hostname, conn.port) == ("rediss", "broker.internal", 6390)
+    assert (conn.userid, conn.password, conn.virtual_host) == ("celery", SECRET, "1")
+    assert "broker_url='rediss://celery:***@broker.internal:6390/1" in repr(settings)
+    assert SECRET not in repr(settings) and ENCODED not in repr(settings)
+    # Empty (the default): the broker is PADDOCK_REDIS_URL's Redis, as before.
+    same = Settings.from_env({"PADDOCK_REDIS_URL": state, "PADDOCK_BROKER_URL": ""})
+    assert same.broker_redis_url == state and "broker_url=''" in repr(same)
+    conn = make_celery(same).connection_for_write()
+    assert (conn.hostname, conn.password) == ("state.internal", "statepw")
+
+
+def test_a_bad_broker_url_is_refused_at_once_by_its_name() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"PADDOCK_BROKER_URL": f"http://u:{ENCODED}@broker/0"})
+    assert str(err.value).startswith("PADDOCK_BROKER_URL must start with redis://")
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"PADDOCK_BROKER_URL": f"redis://u:{ENCODED}@/0"})
+    assert "PADDOCK_BROKER_URL: no host" in str(err.value)
+    assert ENCODED not in str(err.value) and SECRET not in str(err.value)

@@ -18,6 +18,7 @@ from connectrpc.errors import ConnectError
 from shared.errors import (
     BackendUnsupported,
     BadRequest,
+    BrokerUnavailable,
     EngineUnavailable,
     FileTooLarge,
     IsADirectory,
@@ -34,6 +35,7 @@ from shared.errors import (
     SandboxNotFound,
     SandboxPaused,
     SandboxTimeout,
+    StateUnavailable,
     Unauthorized,
     ValidationFailed,
     WorkerTimeout,
@@ -61,6 +63,8 @@ _CODES: tuple[tuple[type[PaddockError], Code, int], ...] = (
     (BackendUnsupported, Code.UNIMPLEMENTED, 501),
     (EngineUnavailable, Code.UNAVAILABLE, 503),
     (NoCapacity, Code.UNAVAILABLE, 503),
+    (BrokerUnavailable, Code.UNAVAILABLE, 503),
+    (StateUnavailable, Code.UNAVAILABLE, 503),
 )
 
 
