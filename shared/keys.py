@@ -22,6 +22,31 @@ def hosts_seen() -> str:
     return f"{PREFIX}:hosts:seen"
 
 
+def hosts_group() -> str:
+    """Hash: host id -> the placement group it was last indexed in (shared/placement.py).
+    Outlives the heartbeat's own key, so a dead host can still be taken out of its group."""
+    return f"{PREFIX}:hosts:group"
+
+
+def place_group(group_id: str) -> str:
+    """Sorted set: the live hosts of one placement group (same templates, same egress state),
+    scored by free slots (shared/placement.py). No TTL: dead hosts are pruned by placement
+    and by every re-index of them."""
+    return f"{PREFIX}:place:group:{group_id}"
+
+
+def place_template(template: str) -> str:
+    """Set: the placement groups whose hosts offer ``template`` (shared/placement.py); an
+    empty group is pruned by placement."""
+    return f"{PREFIX}:place:tpl:{template}"
+
+
+def place_warm(kind: str) -> str:
+    """Set: hosts with ready warm sandboxes of one ``template:mode`` kind (shared/placement.py);
+    written with ``warm_kind`` in the same scripts."""
+    return f"{PREFIX}:place:warm:{kind}"
+
+
 def host_sandboxes(host_id: str) -> str:
     """Set of sandbox ids placed on a host (its used capacity)."""
     return f"{PREFIX}:host:{host_id}:sandboxes"
@@ -251,7 +276,7 @@ def warm(host_id: str) -> str:
 
 def warm_kind(host_id: str, template: str, mode: str) -> str:
     """Set: a host's ready warm sandboxes of one template and network mode (what placement
-    pops a claim from, shared/store.py _PLACE)."""
+    pops a claim from, shared/placement.py PLACE)."""
     return f"{warm(host_id)}:{template}:{mode}"
 
 

@@ -1,6 +1,6 @@
 """Warm pools in Redis: the started, idle sandboxes each host keeps per template and network
 mode, so that a create claims one instead of starting a container (workers/host/pool.py keeps
-them filled; shared/store.py ``_PLACE`` claims one atomically).
+them filled; shared/placement.py ``PLACE`` claims one atomically).
 
 A warm sandbox has a sandbox record like any other (``pdk:sbx:<id>``) with no tenant, its
 ``host``, ``template``, the ``pool`` mode it was made in and a status of its own:
@@ -23,7 +23,7 @@ import time
 
 import redis
 
-from shared import keys
+from shared import keys, placement
 from shared.egress import NETWORK_MODES, NetworkPolicy
 from shared.errors import ConfigError
 from shared.redisio import read_set
@@ -34,42 +34,52 @@ READY = "pool"
 MAX_POOL = 32
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+# Each of these scripts ends by rewriting the host's placement entry (its free slots count
+# warm sandboxes: shared/placement.py), and keeps the kind's set of warm hosts with the kind's
+# own set, so placement finds a warm sandbox without reading every host.
+
 # Reserve a host slot for a new warm sandbox and write its record, unless the host is full.
 # KEYS: host's sandboxes, the sandbox.  ARGV: capacity, id, host, template, mode, now, network.
-_RESERVE = """
+_RESERVE = placement.lua("""
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'host', ARGV[3], 'template', ARGV[4], 'status', 'warming',
            'created_at', ARGV[6], 'network', ARGV[7], 'pool', ARGV[5])
+reindex(ARGV[3])
 return 1
-"""
+""")
 
 # A warming sandbox is started: claimable from now on (or a ready one, again: a no-op unless
 # a worker died between two writes).
-# KEYS: the sandbox, host's warm set, its kind's set.  ARGV: id.
-_READY = """
+# KEYS: the sandbox, host's warm set, its kind's set, the kind's warm hosts.  ARGV: id, host.
+_READY = placement.lua("""
 local s = redis.call('HGET', KEYS[1], 'status')
 if s ~= 'warming' and s ~= 'pool' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'pool')
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[2])
+reindex(ARGV[2])
 return 1
-"""
+""")
 
 # Take a warm sandbox out of its pool to remove it (dead, surplus), unless a create claimed it
 # meanwhile: it is then ``deleting`` and due for the reaper, which sends the destroy again if
 # this host does not finish it.
-# KEYS: the sandbox, host's warm set, its kind's set, expiry index.  ARGV: id, now.
-_TAKE = """
+# KEYS: the sandbox, host's warm set, its kind's set, expiry index, the kind's warm hosts.
+# ARGV: id, now, host.
+_TAKE = placement.lua("""
 local s = redis.call('HGET', KEYS[1], 'status')
 if s ~= 'pool' and s ~= 'warming' then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
+if redis.call('SCARD', KEYS[3]) == 0 then redis.call('SREM', KEYS[5], ARGV[3]) end
 redis.call('HSET', KEYS[1], 'status', 'deleting', 'deleting_at', ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+reindex(ARGV[3])
 return 1
-"""
+""")
 
 
 def parse_pool_sizes(raw: str) -> dict[str, int]:
@@ -125,8 +135,9 @@ class Pools:
                 keys.sandbox(sandbox_id),
                 keys.warm(host_id),
                 keys.warm_kind(host_id, template, mode),
+                keys.place_warm(f"{template}:{mode}"),
             ],
-            args=[sandbox_id],
+            args=[sandbox_id, host_id],
         )
         return bool(got)
 
@@ -140,8 +151,9 @@ class Pools:
                 keys.warm(host_id),
                 keys.warm_kind(host_id, template, mode),
                 keys.expiry_index(),
+                keys.place_warm(f"{template}:{mode}"),
             ],
-            args=[sandbox_id, time.time()],
+            args=[sandbox_id, time.time(), host_id],
         )
         return bool(got)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from shared import keys
+from shared import keys, placement
 from shared.egress import NO_NETWORK, NetworkPolicy
 from shared.errors import EgressUnavailable, NoCapacity, QuotaExceeded, SandboxNotFound
 from shared.redisio import read_hash, read_set, text
@@ -22,87 +22,6 @@ from shared.redisio import read_hash, read_set, text
 # Seconds a client is told to wait after a sandbox or session quota refusal: a slot frees when
 # the tenant deletes one or when one is reaped, not by itself within a second.
 QUOTA_RETRY_AFTER = 10
-
-# Lua: in one step, check the tenant's sandbox quota, pick a live host that has the template,
-# and write the sandbox with its reservations (host slot, tenant slot, record, indexes).
-# Concurrent creates can neither overshoot the quota nor take a host's last slot twice, and no
-# moment exists where a slot is held without its record (every failure path then frees both
-# with purge_sandbox).
-# Warm pools (shared/pools.py): a host with a ready warm sandbox of the template and network
-# mode wins (the freest of those); the sandbox is popped from its pool sets here, so no two
-# creates claim the same one, and the record (which already holds its host slot) becomes the
-# tenant's: the sandbox's id is the warm one's. Otherwise the freest host, counting warm
-# sandboxes as free (they are given back on demand): when the chosen host has no free slot
-# left, one of its warm sandboxes is taken out (``evict``, status deleting, due for the
-# reaper) and its slot goes to the new sandbox; the host removes it before starting this one.
-# KEYS: hosts, tenant's sandboxes, the sandbox, idle index, expiry index.
-# ARGV: host key prefix, template, sandbox id, tenant, quota, now, max lifetime, sandbox key
-# prefix, network JSON, internet?, pool kind (template:mode, '' for none), warm key prefix.
-# -> {'ok', host, id, evicted id or ''} | {'quota', used} | {'full'} | {'egress', why}
-_PLACE = """
-local used = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('EXISTS', ARGV[8] .. id) == 1 then
-    used = used + 1
-  else
-    redis.call('SREM', KEYS[2], id)  -- a stale id holds no slot
-  end
-end
-if used >= tonumber(ARGV[5]) then return {'quota', used} end
-local best, best_free, best_cap, best_warm, no_egress = nil, 0, 0, false, nil
-for i, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local hkey = ARGV[1] .. host
-  if redis.call('EXISTS', hkey) == 1 then
-    local cap = tonumber(redis.call('HGET', hkey, 'capacity') or '0')
-    local tpls = redis.call('HGET', hkey, 'templates') or ''
-    local egress = redis.call('HGET', hkey, 'egress') or 'ok'
-    if string.find(tpls, ',' .. ARGV[2] .. ',', 1, true) then
-      if ARGV[10] == '1' and egress ~= 'ok' then
-        no_egress = host .. ': ' .. egress  -- it would refuse a sandbox with internet
-      else
-        local wkey = ARGV[12] .. host
-        local free = cap - redis.call('SCARD', hkey .. ':sandboxes') + redis.call('SCARD', wkey)
-        local warm = ARGV[11] ~= '' and redis.call('SCARD', wkey .. ':' .. ARGV[11]) > 0
-        if warm and (not best_warm or free > best_free) then
-          best, best_free, best_cap, best_warm = host, free, cap, true
-        elseif not warm and not best_warm and free > best_free then
-          best, best_free, best_cap = host, free, cap
-        end
-      end
-    end
-  end
-end
-if not best then
-  if no_egress then return {'egress', no_egress} end
-  return {'full'}
-end
-local slots = ARGV[1] .. best .. ':sandboxes'
-local wkey = ARGV[12] .. best
-local id, evicted = ARGV[3], ''
-if best_warm then
-  id = redis.call('SPOP', wkey .. ':' .. ARGV[11])
-  redis.call('SREM', wkey, id)
-  redis.call('HDEL', ARGV[8] .. id, 'pool')
-else
-  if redis.call('SCARD', slots) >= best_cap then
-    evicted = redis.call('SPOP', wkey)
-    local ekey = ARGV[8] .. evicted
-    local kind = (redis.call('HGET', ekey, 'template') or '') .. ':' ..
-                 (redis.call('HGET', ekey, 'pool') or '')
-    redis.call('SREM', wkey .. ':' .. kind, evicted)
-    redis.call('SREM', slots, evicted)
-    redis.call('HSET', ekey, 'status', 'deleting', 'deleting_at', ARGV[6])
-    redis.call('ZADD', KEYS[5], ARGV[6], evicted)
-  end
-  redis.call('SADD', slots, id)
-end
-redis.call('SADD', KEYS[2], id)
-redis.call('HSET', ARGV[8] .. id, 'tenant', ARGV[4], 'host', best, 'template', ARGV[2],
-           'status', 'creating', 'created_at', ARGV[6], 'network', ARGV[9])
-redis.call('ZADD', KEYS[4], ARGV[6], id)
-redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[7]), id)
-return {'ok', best, id, evicted}
-"""
 
 # Drop a sandbox's processes and give its kept output back to its tenant, in one step: a pump
 # still appending (its script checks that the process exists) is either counted before or
@@ -148,8 +67,8 @@ return redis.call('HINCRBY', KEYS[1], 'delete_tries', 1)
 # reaper then purges the record; until then GET /v1/sandboxes/{id} says `lost`). A sandbox
 # being deleted, or already lost, is left alone.
 # KEYS: the sandbox, host's sandboxes, tenant's sandboxes, idle index, expiry index.
-# ARGV: now, keep, reason, sandbox id.  -> 1 when marked
-_MARK_LOST = """
+# ARGV: now, keep, reason, sandbox id, host.  -> 1 when marked
+_MARK_LOST = placement.lua("""
 local s = redis.call('HGET', KEYS[1], 'status')
 if s ~= 'running' and s ~= 'creating' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'lost', 'lost_at', ARGV[1], 'lost_reason', ARGV[3])
@@ -157,8 +76,9 @@ redis.call('SREM', KEYS[2], ARGV[4])
 redis.call('SREM', KEYS[3], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[4])
 redis.call('ZADD', KEYS[5], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+reindex(ARGV[5])
 return 1
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -198,7 +118,9 @@ class Store:
 
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
-        self._place = r.register_script(_PLACE)
+        self._place = r.register_script(placement.PLACE)
+        self._heartbeat = r.register_script(placement.HEARTBEAT)
+        self._reindex = r.register_script(placement.REINDEX)
         self._begin_delete = r.register_script(_BEGIN_DELETE)
         self._drop_processes = r.register_script(_DROP_PROCESSES)
         self._mark_lost = r.register_script(_MARK_LOST)
@@ -219,26 +141,34 @@ class Store:
         placement matches on), optionally its template catalog (one JSON object per
         template: name, image, hash, size_bytes, built_at, versions), whether it can give
         sandboxes the internet (``ok``, or why not), and where its port relay listens
-        (``host:port``, workers/host/relay.py; empty: none)."""
-        pipe = self.r.pipeline()
-        pipe.sadd(keys.hosts(), host_id)
-        pipe.hset(
-            keys.host(host_id),
-            mapping={
-                "capacity": capacity,
-                "templates": "," + ",".join(templates) + ",",
-                "catalog": json.dumps(catalog or []),
-                "egress": egress,
-                "relay": relay,
-                "updated": time.time(),
-            },
+        (``host:port``, workers/host/relay.py; empty: none). Rewrites the host's placement
+        entry from its true free slots (shared/placement.py), which mends any drift."""
+        self._heartbeat(
+            keys=[keys.hosts(), keys.host(host_id), keys.hosts_seen(), keys.hosts_group()],
+            args=[
+                host_id,
+                int(ttl * 1000),
+                time.time(),
+                placement.group_id(templates, egress),
+                capacity,
+                "," + ",".join(templates) + ",",
+                json.dumps(catalog or []),
+                egress,
+                relay,
+            ],
         )
-        pipe.pexpire(keys.host(host_id), int(ttl * 1000))
-        pipe.hset(keys.hosts_seen(), host_id, time.time())
-        pipe.execute()
 
     def host_down(self, host_id: str) -> None:
-        self.r.delete(keys.host(host_id))
+        """The host stops: no longer alive, nor in the placement index."""
+        pipe = self.r.pipeline()
+        pipe.delete(keys.host(host_id))
+        self._reindex(args=[host_id], client=pipe)
+        pipe.execute()
+
+    def reindex_host(self, host_id: str) -> None:
+        """Rewrite the host's placement entry from its true state (shared/placement.py): its
+        free slots when alive, out of the index when not."""
+        self._reindex(args=[host_id])
 
     def host_relay(self, host_id: str) -> str | None:
         """Where a live host's port relay listens (``host:port``); None: the host is not
@@ -248,20 +178,29 @@ class Store:
         return text or None
 
     def alive_hosts(self) -> list[Host]:
+        """Every live host (one round trip for all of them: not for a per-create path)."""
+        hids = sorted(self._smembers(keys.hosts()))
+        pipe = self.r.pipeline(transaction=False)
+        for hid in hids:
+            pipe.hmget(keys.host(hid), "capacity", "templates", "egress")
         out = []
-        for hid in sorted(self._smembers(keys.hosts())):
-            data = self._hgetall(keys.host(hid))
-            if not data:
+        for hid, (capacity, templates, egress) in zip(hids, pipe.execute(), strict=True):
+            if capacity is None:
                 continue
             out.append(
                 Host(
                     host_id=hid,
-                    capacity=int(data.get("capacity", 0)),
-                    templates=tuple(t for t in data.get("templates", "").split(",") if t),
-                    egress=data.get("egress", "ok"),
+                    capacity=int(capacity),
+                    templates=tuple(t for t in text(templates or "").split(",") if t),
+                    egress=text(egress) if egress is not None else "ok",
                 )
             )
         return out
+
+    def offered(self, template: str) -> bool:
+        """Whether some host's placement group offers ``template`` (one Redis call; a group
+        whose hosts all died meanwhile may still count until a placement prunes it)."""
+        return bool(self.r.exists(keys.place_template(template)))
 
     def silent_hosts(self, since: float) -> list[str]:
         """Hosts with sandboxes placed on them whose heartbeat has expired and that have not
@@ -295,8 +234,11 @@ class Store:
         """
         merged: dict[str, dict[str, Any]] = {}
         hosts: dict[str, list[str]] = {}
-        for hid in sorted(self._smembers(keys.hosts())):
-            raw = self.r.hget(keys.host(hid), "catalog")
+        hids = sorted(self._smembers(keys.hosts()))
+        pipe = self.r.pipeline(transaction=False)
+        for hid in hids:
+            pipe.hget(keys.host(hid), "catalog")
+        for hid, raw in zip(hids, pipe.execute(), strict=True):
             try:
                 entries = json.loads(raw) if raw else []
             except ValueError:
@@ -344,7 +286,8 @@ class Store:
         sandbox of that template and network mode is claimed when one is ready (the
         placement's ``warm``; the sandbox then has the warm one's id, not ``sandbox_id``),
         else the freest host is chosen (its ``evict``: a warm sandbox given back for the
-        slot, which the host removes first). See _PLACE.
+        slot, which the host removes first). See shared/placement.py: the work is the same
+        whatever the number of hosts.
 
         Raises QuotaExceeded when the tenant already has ``max_sandboxes`` sandboxes (ending
         ones included: they still occupy their host), EgressUnavailable when the only hosts
@@ -353,16 +296,17 @@ class Store:
         """
         network = network or NO_NETWORK
         now = time.time()
+        kind = f"{template}:{network.mode}" if warm else ""
         got = self._place(
             keys=[
-                keys.hosts(),
                 keys.tenant_sandboxes(tenant_id),
                 keys.sandbox(sandbox_id),
                 keys.idle_index(),
                 keys.expiry_index(),
+                keys.place_template(template),
+                keys.place_warm(kind),
             ],
             args=[
-                keys.host(""),
                 template,
                 sandbox_id,
                 tenant_id,
@@ -372,8 +316,8 @@ class Store:
                 keys.sandbox(""),
                 json.dumps(network.to_json(), separators=(",", ":")),
                 "1" if network.internet else "0",
-                f"{template}:{network.mode}" if warm else "",
-                keys.warm(""),
+                kind,
+                placement.WARM_CANDIDATES,
             ],
         )
         outcome = text(got[0])
@@ -487,7 +431,7 @@ class Store:
                     keys.idle_index(),
                     keys.expiry_index(),
                 ],
-                args=[time.time(), keep, reason, sandbox_id],
+                args=[time.time(), keep, reason, sandbox_id, data.get("host", "")],
             )
         )
 
@@ -522,6 +466,7 @@ class Store:
             pipe.srem(keys.tenant_sandboxes(data["tenant"]), sandbox_id)
         if data.get("host"):
             pipe.srem(keys.host_sandboxes(data["host"]), sandbox_id)
+            self._reindex(args=[data["host"]], client=pipe)  # its slot is free in the index too
         pipe.execute()
 
     def due_sandboxes(self, idle_before: float, now: float) -> list[str]:

@@ -27,7 +27,7 @@ from shared.output import Entry, EntryReader, ProcessLog
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.slots import PROXIES, STREAMS, WAITS, Slots
-from shared.store import Sandbox, Store
+from shared.store import Host, Sandbox, Store
 from web import metrics
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class Sandboxes:
             settings.egress_private_allowed, "PADDOCK_EGRESS_PRIVATE_ALLOWED"
         )
         self._problems: tuple[float, list[dict[str, str]]] = (0.0, [])
+        self._hosts: tuple[float, list[Host]] = (-_PROBLEMS_TTL, [])
 
     # -- health ------------------------------------------------------------------------------
     def problems(self) -> list[dict[str, str]]:
@@ -66,7 +67,7 @@ class Sandboxes:
             return cached
         problems: list[dict[str, str]] = []
         try:
-            for host in self.store.alive_hosts():
+            for host in self._alive_hosts():
                 if host.egress != "ok":
                     problem = f"sandboxes get no internet: {host.egress}"
                     problems.append({"host": host.host_id, "problem": problem})
@@ -74,6 +75,15 @@ class Sandboxes:
             problems.append({"host": "", "problem": f"the state store is unreachable: {exc}"})
         self._problems = (time.monotonic(), problems)
         return problems
+
+    def _alive_hosts(self) -> list[Host]:
+        """The live hosts, read at most once per _PROBLEMS_TTL per process (reading them costs
+        Redis work that grows with the number of hosts)."""
+        at, hosts = self._hosts
+        if time.monotonic() - at >= _PROBLEMS_TTL:
+            hosts = self.store.alive_hosts()
+            self._hosts = (time.monotonic(), hosts)
+        return hosts
 
     # -- lifecycle ---------------------------------------------------------------------------
     def network(self, raw: object, where: str) -> NetworkPolicy:
@@ -102,21 +112,24 @@ class Sandboxes:
         behind on failure (the quota slot included).
         """
         network = network or NetworkPolicy(mode=self.settings.sandbox_network)
-        hosts = self.store.alive_hosts()
-        if not hosts:
-            raise NoCapacity("No sandbox host is alive; start a worker (make up)")
-        if template not in {t for h in hosts for t in h.templates}:
-            raise ValidationFailed({field: f"unknown environment {template!r}"})
+        # One Redis call whatever the number of hosts; only when no host offers the template
+        # (or none can take it) are the hosts read, once a second at most, to say why.
+        if not self.store.offered(template):
+            self._refuse(template, field)
         # A warm pool's sandbox of the template and mode when a host has one ready (its id
-        # then replaces this one), else a cold start (shared/store.py _PLACE).
-        placed = self.store.place_claim(
-            ids.sandbox_id(),
-            tenant_id,
-            template,
-            self.settings.tenant_max_sandboxes,
-            self.settings.sandbox_max_lifetime,
-            network,
-        )
+        # then replaces this one), else a cold start (shared/placement.py PLACE).
+        try:
+            placed = self.store.place_claim(
+                ids.sandbox_id(),
+                tenant_id,
+                template,
+                self.settings.tenant_max_sandboxes,
+                self.settings.sandbox_max_lifetime,
+                network,
+            )
+        except NoCapacity:
+            self._refuse(template, field)  # (the hosts that offered it died meanwhile)
+            raise
         sandbox = placed.sandbox
         sandbox_id = sandbox.sandbox_id
         try:
@@ -151,6 +164,15 @@ class Sandboxes:
             " (warm pool)" if placed.warm else "",
         )
         return sandbox
+
+    def _refuse(self, template: str, field: str) -> None:
+        """Raises NoCapacity when no host is alive, ValidationFailed when no live host has
+        ``template``; returns otherwise."""
+        hosts = self._alive_hosts()
+        if not hosts:
+            raise NoCapacity("No sandbox host is alive; start a worker (make up)")
+        if template not in {t for h in hosts for t in h.templates}:
+            raise ValidationFailed({field: f"unknown environment {template!r}"})
 
     def get(self, tenant_id: str, sandbox_id: str, include_lost: bool = False) -> Sandbox:
         """The tenant's sandbox; resets its idle timer. Raises SandboxNotFound (a lost one

@@ -71,7 +71,7 @@ def claim(ctx: WorkerContext, sandbox_id: str, tenant_id: str, network: NetworkP
 
 
 def evict(ctx: WorkerContext, sandbox_id: str) -> None:
-    """Remove a warm sandbox placement gave back for its slot (shared/store.py _PLACE). Only
+    """Remove a warm sandbox placement gave back for its slot (shared/placement.py PLACE). Only
     a warm one of this host (no tenant): anything else is left alone. A failed removal is
     logged; the reaper sends the destroy again (its record is ``deleting``)."""
     record = ctx.store.raw_sandbox(sandbox_id)
