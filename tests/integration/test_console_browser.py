@@ -532,6 +532,9 @@ def test_every_control_is_labelled_and_focus_is_visible(
     # Tab from the top: the skip link first, then the page links, each with a visible ring.
     go(chromium, v1, "keys")
     wait_for(chromium, "#key-name")
+    # The page has finished rendering (its title is set, and focus moved to its heading, in the
+    # same step): nothing moves focus after the reset below.
+    WebDriverWait(chromium, 30).until(lambda c: c.title.startswith("API keys"))
     # (Focus back at the top of the document, as a fresh load with no page focus has it.)
     chromium.execute_script(
         "document.body.tabIndex = -1; document.body.focus();"
