@@ -71,7 +71,7 @@ scale: bootstrap                ## tiers' throughput and p99 vs simulated hosts 
 images: bootstrap               ## build the base and template images that changed, the supervisor, the console's files
 	$(PY) -m workers.images build
 	$(PY) -m workers.backends.supervisor.build
-	$(PY) -m web.console.vendor
+	$(PY) -c "import sys; from web.console.vendor import main; sys.exit(main())"
 
 bootstrap:
 	@bash scripts/bootstrap.sh $(BOOTSTRAP_ARGS)
