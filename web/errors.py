@@ -114,7 +114,13 @@ def register_error_handlers(app: Flask) -> None:
     def state_down(exc: redis.RedisError) -> Response:
         # Only the state store's clients raise these here (the broker's errors become
         # BrokerUnavailable in shared.rpc): down past the client's retries, or not answering.
-        logger.error("%s %s: the state store is unreachable: %s", request.method, request.path, exc)
+        logger.error(
+            "%s %s: the state store is unreachable: %s: %s",
+            request.method,
+            request.path,
+            type(exc).__name__,  # AuthenticationError: a wrong password, not an outage
+            exc,
+        )
         return _respond(StateUnavailable.status, StateUnavailable.code, StateUnavailable.message)
 
     @app.errorhandler(HTTPException)
