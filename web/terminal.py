@@ -76,6 +76,10 @@ TENANT_MAX_TERMINALS = 8
 SANDBOX_MAX_TERMINALS = 3
 TERMINALS = "terminals"  # slot kinds (shared/slots.py): per tenant, and per sandbox
 SANDBOX_TERMINALS = "sandbox-terminals"
+# Tickets a tenant may be given in any TICKET_TTL (each a Redis key until used or expired):
+# enough for every terminal it may open, a few times over.
+TICKETS = "terminal-tickets"
+TENANT_MAX_TICKETS = 8 * TENANT_MAX_TERMINALS
 SLOT_TTL = 60.0  # a terminal's slots lapse this long after its web worker died
 SLOT_REFRESH = SLOT_TTL / 3
 MAX_OUTPUT_FRAME = 256 << 10  # bytes of output gathered into one frame at most
@@ -139,6 +143,12 @@ def issue_ticket(services: Services, tenant_id: str, sandbox_id: str) -> tuple[s
         raise QuotaExceeded(_full("this tenant", TENANT_MAX_TERMINALS), retry_after=5)
     if slots.count(SANDBOX_TERMINALS, sandbox.sandbox_id) >= SANDBOX_MAX_TERMINALS:
         raise QuotaExceeded(_full("this sandbox", SANDBOX_MAX_TERMINALS), retry_after=5)
+    if slots.acquire(TICKETS, tenant_id, TENANT_MAX_TICKETS, TICKET_TTL) is None:
+        raise QuotaExceeded(
+            f"this tenant was given {TENANT_MAX_TICKETS} terminal tickets in the last "
+            f"{TICKET_TTL:.0f} s, the most it may; open the terminals or wait",
+            retry_after=5,
+        )
     return Tickets(services.redis).issue(tenant_id, sandbox.sandbox_id), TICKET_TTL
 
 

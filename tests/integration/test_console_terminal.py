@@ -25,7 +25,12 @@ from tests.integration.browser import WAIT, console_errors, fetched, shot, wait_
 from tests.integration.client import Client, wait_until
 from tests.integration.session_helpers import new_tenant
 from web.console import vendor
-from web.terminal import MAX_FRAME, MAX_FRAMES_PER_10S, SANDBOX_MAX_TERMINALS
+from web.terminal import (
+    MAX_FRAME,
+    MAX_FRAMES_PER_10S,
+    SANDBOX_MAX_TERMINALS,
+    TENANT_MAX_TICKETS,
+)
 
 EMAIL = "terminal@example.com"
 
@@ -172,6 +177,23 @@ def test_tickets_and_tenants(v1: Client, keys: dict[str, str]) -> None:
     # The ticket route is in the v1 document, the socket too.
     paths = v1.req("GET", "/v1/openapi.json").json()["paths"]
     assert set(paths["/v1/sandboxes/{sandbox_id}/terminal"]) == {"post", "get"}
+
+
+def test_tickets_a_tenant_is_given_are_bounded(v1: Client) -> None:
+    """Each ticket is a Redis key until used or expired: minting them in a loop stops at the
+    tenant's limit, with a 429 naming it, and nothing more is stored."""
+    key = new_tenant(v1.stack, "term-minter")
+    sid = sandbox(v1, key)
+    before = len(list(v1.stack.redis.scan_iter("pdk:term-ticket:*", count=1000)))
+    for _ in range(TENANT_MAX_TICKETS):
+        assert ticket(v1, sid, key).status_code == 201
+    r = ticket(v1, sid, key)
+    assert r.status_code == 429 and "tickets" in r.json()["error"]["message"], r.text
+    after = len(list(v1.stack.redis.scan_iter("pdk:term-ticket:*", count=1000)))
+    assert after - before <= TENANT_MAX_TICKETS
+    # Another tenant is not held back by it.
+    other = new_tenant(v1.stack, "term-bystander")
+    assert ticket(v1, sandbox(v1, other), other).status_code == 201
 
 
 def test_bounds(v1: Client, keys: dict[str, str]) -> None:
