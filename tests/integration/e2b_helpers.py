@@ -14,13 +14,13 @@ from devstack.stack import Stack
 
 
 @contextmanager
-def sdk_env(stack: Stack, api_key: str = "", domain: str = "localhost") -> Iterator[None]:
-    """E2B_API_URL and E2B_SANDBOX_URL set to the stack, E2B_DOMAIN to ``domain`` (loopback, so
-    nothing can leave the machine) and E2B_API_KEY to ``api_key`` when given, for the block;
-    the environment as it was afterwards."""
+def sdk_env(stack: Stack, api_key: str = "") -> Iterator[None]:
+    """E2B_API_URL and E2B_SANDBOX_URL set to the stack, E2B_DOMAIN to localhost (loopback, so
+    nothing can leave the machine; the control API's answers name the port) and E2B_API_KEY
+    to ``api_key`` when given, for the block; the environment as it was afterwards."""
     env = {
         "E2B_API_URL": stack.url,
-        "E2B_DOMAIN": domain,
+        "E2B_DOMAIN": "localhost",
         "E2B_SANDBOX_URL": stack.url,
         "NO_PROXY": "127.0.0.1,localhost",
     }
