@@ -31,6 +31,35 @@ class Attached:
     exec_id: str
     sock: socket.socket
     holder: Any  # the SocketIO object docker returned; kept so it is not closed under us
+    early: bytes = b""  # output the HTTP client read with the headers (see hijacked)
+
+
+def hijacked(holder: Any) -> tuple[socket.socket, bytes]:
+    """The raw socket of a hijacked engine connection (``socket=True``, ``attach_socket``)
+    and the bytes of the stream that the HTTP client already read past the 101 headers.
+
+    The client reads the headers through a buffered reader, which takes whatever the socket
+    holds: when the engine's first output arrives with the headers (a command that prints at
+    once, a busy worker) those bytes sit in that buffer, not in the socket, and reading the
+    socket alone loses them. Taken without blocking: a raw read that would wait gives none.
+    """
+    sock: socket.socket = getattr(holder, "_sock", holder)
+    try:
+        buffered = holder._response.raw._fp.fp  # http.client's reader over the socket
+    except AttributeError:
+        return sock, b""
+    if buffered is None:
+        return sock, b""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        waiting = buffered.peek(1)  # what is buffered; a raw read only when nothing is
+        early = buffered.read1(len(waiting)) if waiting else b""
+    except OSError:
+        early = b""
+    finally:
+        sock.settimeout(timeout)
+    return sock, early
 
 
 def start(
@@ -59,17 +88,21 @@ def start(
         workdir=workdir,
     )
     holder = client.api.exec_start(created["Id"], socket=True)
-    raw: socket.socket = getattr(holder, "_sock", holder)
+    raw, early = hijacked(holder)
     raw.settimeout(recv_timeout)
-    return Attached(exec_id=created["Id"], sock=raw, holder=holder)
+    return Attached(exec_id=created["Id"], sock=raw, holder=holder, early=early)
 
 
-def frames(sock: socket.socket, stop: Any = None) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(stream, payload)`` chunks until the exec's output ends.
+def frames(
+    sock: socket.socket, stop: Any = None, early: bytes = b""
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(stream, payload)`` chunks until the exec's output ends, starting with the
+    ``early`` bytes (Attached.early).
 
     A receive timeout only means the process is quiet; ``stop()`` returning True ends early.
     """
-    buf = bytearray()
+    buf = bytearray(early)
+    yield from _complete(buf)
     while True:
         try:
             chunk = sock.recv(262144)
@@ -82,15 +115,20 @@ def frames(sock: socket.socket, stop: Any = None) -> Iterator[tuple[int, bytes]]
         if not chunk:
             return
         buf += chunk
-        pos = 0
-        while len(buf) - pos >= _HEADER.size:
-            stream, size = _HEADER.unpack_from(buf, pos)
-            if len(buf) - pos - _HEADER.size < size:
-                break
-            start_at = pos + _HEADER.size
-            yield stream, bytes(buf[start_at : start_at + size])
-            pos = start_at + size
-        del buf[:pos]
+        yield from _complete(buf)
+
+
+def _complete(buf: bytearray) -> Iterator[tuple[int, bytes]]:
+    """The whole frames at the start of ``buf``, taken out of it."""
+    pos = 0
+    while len(buf) - pos >= _HEADER.size:
+        stream, size = _HEADER.unpack_from(buf, pos)
+        if len(buf) - pos - _HEADER.size < size:
+            break
+        start_at = pos + _HEADER.size
+        yield stream, bytes(buf[start_at : start_at + size])
+        pos = start_at + size
+    del buf[:pos]
 
 
 def close_stdin(sock: socket.socket) -> None:
@@ -134,7 +172,8 @@ def run(
         close_stdin(att.sock)
         att.sock.settimeout(min(timeout, _POLL))
         out, err = bytearray(), bytearray()
-        for stream, data in frames(att.sock, stop=lambda: time.monotonic() > deadline):
+        expired = lambda: time.monotonic() > deadline  # noqa: E731
+        for stream, data in frames(att.sock, stop=expired, early=att.early):
             if stream == STDOUT_STREAM:
                 if max_stdout is None or len(out) <= max_stdout:
                     out += data

@@ -63,7 +63,9 @@ class DockerProcess:
 
     def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
         first_err = bytearray()
-        for stream, data in docker_exec.frames(self.attached.sock, stop=stop):
+        for stream, data in docker_exec.frames(
+            self.attached.sock, stop=stop, early=self.attached.early
+        ):
             if self._pgid is None and stream == docker_exec.STDERR_STREAM:
                 # The first stderr line is the spawn script's pid report, not user output.
                 first_err += data

@@ -24,6 +24,8 @@ from typing import Any
 
 import docker
 
+from workers.backends.docker import docker_exec
+
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">BxxxI")
@@ -35,15 +37,24 @@ _STDERR_LOG = 4 << 10  # bytes of the supervisor's stderr logged per sandbox; th
 class AttachedStdio:
     """Reader and writer of one container's attached stdio (``read``/``write``/``flush``)."""
 
-    def __init__(self, sandbox_id: str, sock: socket.socket, holder: Any, write_timeout: float):
+    def __init__(
+        self,
+        sandbox_id: str,
+        sock: socket.socket,
+        holder: Any,
+        write_timeout: float,
+        early: bytes = b"",
+    ):
         self.sandbox_id = sandbox_id
         self.sock = sock
         self.holder = holder  # docker's SocketIO: kept so it is not closed under us
         self.write_timeout = write_timeout
-        self._buf = bytearray()  # received, not yet demultiplexed
+        # Received, not yet demultiplexed; first what the HTTP client read with the headers.
+        self._buf = bytearray(early)
         self._out = bytearray()  # stdout bytes not yet read
         self._logged = 0
         self._eof = False
+        self._demux()
 
     @classmethod
     def attach(
@@ -53,9 +64,9 @@ class AttachedStdio:
         holder = client.api.attach_socket(
             container, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
         )
-        sock: socket.socket = getattr(holder, "_sock", holder)
+        sock, early = docker_exec.hijacked(holder)
         sock.settimeout(None)  # the channel's reader thread waits on it as long as it lives
-        return cls(sandbox_id, sock, holder, write_timeout)
+        return cls(sandbox_id, sock, holder, write_timeout, early)
 
     # -- the supervisor's stdout -------------------------------------------------------------
     def read(self, n: int) -> bytes:
@@ -75,6 +86,10 @@ class AttachedStdio:
             self._eof = True
             return
         self._buf += data
+        self._demux()
+
+    def _demux(self) -> None:
+        """Move the whole frames received so far to stdout (or the log)."""
         pos = 0
         while len(self._buf) - pos >= _HEADER.size:
             stream, size = _HEADER.unpack_from(self._buf, pos)
