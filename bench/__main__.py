@@ -305,7 +305,7 @@ def run_latency(args: argparse.Namespace, client: Any, image: str, report: Repor
         " (the bench stack's output caps are raised to fit the flood)",
         "parts: /health on a keep-alive connection; PING from the bench; a host command that "
         "does no sandbox work (ProcessKill of an unknown process) through shared.rpc; the "
-        "supervisor alone on a container of the bench's own (raw for 'spawn via shell': raw "
+        "supervisor alone on a container of the bench's own (raw for 'spawn bash -c': raw "
         "exec)",
     ]
 
@@ -386,7 +386,7 @@ def figures(phases: list[Phase], flood: Flood, lines: Lines) -> list[Figure]:
     rows += latency_figures("part: supervisor hello", part("hello"), [], (50,))
     rows += latency_figures("part: supervisor spawn echo 22", part("spawn_echo"), [], (50,))
     rows += latency_figures(
-        "part: supervisor spawn via shell", part("spawn_shell"), _pooled(phases, "exec"), (50,)
+        "part: supervisor spawn bash -c", part("spawn_shell"), _pooled(phases, "exec"), (50,)
     )
     return rows
 
@@ -425,8 +425,8 @@ def breakdown(phases: list[Phase]) -> tuple[list[str], dict[str, float]]:
         if b == "supervisor" and parts.spawn_echo:
             lines.append(
                 f"  supervisor alone: hello (channel round trip, no fork) {p50(parts.hello):.2f}"
-                f" ms, spawn echo 22 {p50(parts.spawn_echo):.2f} ms, via the backend's shell "
-                f"wrapper (sh, cd, bash -c) {p50(parts.spawn_shell):.2f} ms"
+                f" ms, spawn echo 22 {p50(parts.spawn_echo):.2f} ms, as an exec runs it "
+                f"(bash -c) {p50(parts.spawn_shell):.2f} ms"
             )
         if per is not None:
             lines.append(

@@ -10,7 +10,8 @@ same run, against the same stack.
 - the supervisor alone: a Channel on the attached stdio of a container made as the backend
   makes a sandbox's (a container of the bench's own: a stack's sandbox's channel belongs to
   its worker), ``spawn(["echo", "22"]).wait()``, and the same through the backend's own
-  shell wrapper (``sh`` -> cd -> ``bash -c``), which is what an exec runs;
+  ``bash -c`` in the sandbox's home, which is what an exec runs (workers/backends/supervisor
+  backend.py ``spawn``);
 - Redis commands per exec: the stack's Redis counter over a burst of execs, less the same
   window with nothing running (heartbeats, reaper).
 """
@@ -31,7 +32,6 @@ from shared import commands, rpc
 from shared.broker import make_celery
 from shared.settings import Settings
 from workers.backends.base import SANDBOX_HOME, SANDBOX_USER
-from workers.backends.supervisor.backend import _SPAWN  # the wrapper the backend spawns
 from workers.backends.supervisor.channel import Channel
 from workers.backends.supervisor.stdio import AttachedStdio
 
@@ -147,9 +147,13 @@ def measure_supervisor(raw: RawDocker, binary: Path, n: int, warmups: int, parts
         parts.spawn_echo = _times(
             lambda: check(channel.spawn(argv=["echo", "22"]), "echo 22"), n, warmups
         )
-        shell = ["/bin/sh", "-c", _SPAWN, "paddock", SANDBOX_HOME, "echo 22"]
+        shell = ["/bin/bash", "-c", "--", "echo 22"]
         parts.spawn_shell = _times(
-            lambda: check(channel.spawn(argv=shell, env=env, stdin=True), "shell"), n, warmups
+            lambda: check(
+                channel.spawn(argv=shell, env=env, cwd=SANDBOX_HOME, stdin=True), "shell"
+            ),
+            n,
+            warmups,
         )
     finally:
         channel.close()

@@ -467,16 +467,41 @@ class ProcessLog:
         newest = self.r.xrevrange(keys.output(sandbox_id, process_id), count=1)
         return text(newest[0][0]) if newest else "0-0"
 
+    def snapshot(self, sandbox_id: str, process_id: str) -> Snapshot:
+        """The output so far, to be read (``entries``) as it is now: its first entries, and
+        where it ends. One read when the output is short (the first entries are all of it),
+        else one more for the newest id."""
+        key = keys.output(sandbox_id, process_id)
+        got = self.r.xrange(key, count=_STREAM_BATCH)
+        head = [_stored(entry_id, fields) for entry_id, fields in got]
+        if len(head) < _STREAM_BATCH:
+            return Snapshot(head[-1].chunk.id if head else "0-0", head, complete=True)
+        return Snapshot(self.last_id(sandbox_id, process_id), head, complete=False)
+
     def entries(
-        self, sandbox_id: str, process_id: str, upto: str, kind: str | None = None
+        self,
+        sandbox_id: str,
+        process_id: str,
+        upto: str | Snapshot,
+        kind: str | None = None,
     ) -> Iterator[Entry]:
-        """The lines of every entry up to and including id ``upto`` (of ``kind`` only, STDOUT
-        or STDERR, when given; END always), read a few entries at a time. A line still
-        unfinished at ``upto`` is left out unless the process ended there."""
-        if upto == "0-0":
+        """The lines of every entry up to and including id ``upto`` (or of the snapshot), of
+        ``kind`` only (STDOUT or STDERR) when given (END always), read a few entries at a
+        time. A line still unfinished at the end is left out unless the process ended
+        there."""
+        snap = upto if isinstance(upto, Snapshot) else Snapshot(upto, [], complete=False)
+        if snap.upto == "0-0":
             return
         key = keys.output(sandbox_id, process_id)
-        yield from LineReader(kind).entries(self._scan(key, upto, _STREAM_BATCH))
+        yield from LineReader(kind).entries(self._scan_from(key, snap))
+
+    def _scan_from(self, key: str, snap: Snapshot) -> Iterator[_Stored]:
+        """The snapshot's entries: its head, then (unless that was all) the rest from Redis."""
+        yield from snap.head
+        if snap.complete:
+            return
+        after = "(" + snap.head[-1].chunk.id if snap.head else "-"
+        yield from self._scan(key, snap.upto, _STREAM_BATCH, after)
 
     def chunks(
         self, sandbox_id: str, process_id: str, after: str, block_ms: int, count: int = 64
@@ -493,10 +518,9 @@ class ProcessLog:
             _stored(entry_id, fields).chunk for _key, got in resp or [] for entry_id, fields in got
         ]
 
-    def _scan(self, key: str, upto: str, batch: int) -> Iterator[_Stored]:
-        """The stream's entries up to and including id ``upto`` ("+": all), ``batch`` at a
-        time."""
-        start = "-"
+    def _scan(self, key: str, upto: str, batch: int, start: str = "-") -> Iterator[_Stored]:
+        """The stream's entries from ``start`` (an XRANGE bound) up to and including id
+        ``upto`` ("+": all), ``batch`` at a time."""
         while True:
             got = self.r.xrange(key, min=start, max=upto, count=batch)
             for entry_id, fields in got:
@@ -567,6 +591,17 @@ class _Stored(NamedTuple):
     chunk: Chunk
     ts_ns: int
     notice: str
+
+
+@dataclass
+class Snapshot:
+    """A process's output as it was at one moment (ProcessLog.snapshot): it ends at id
+    ``upto`` ("0-0": nothing yet); ``head`` holds its first entries, all of them when
+    ``complete``."""
+
+    upto: str
+    head: list[_Stored]
+    complete: bool
 
 
 def _stored(entry_id: Any, fields: dict[Any, Any]) -> _Stored:

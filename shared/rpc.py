@@ -63,11 +63,17 @@ def call(
 
 
 def reply(
-    r: redis.Redis, task_id: str, result: Any = None, error: PaddockError | None = None
+    r: redis.Redis,
+    task_id: str,
+    result: Any = None,
+    error: PaddockError | None = None,
+    pipe: redis.client.Pipeline | None = None,
 ) -> None:
-    """Publish the reply of ``task_id`` (used by workers)."""
+    """Publish the reply of ``task_id`` (used by workers), in one round trip with what
+    ``pipe`` already holds when given."""
     body = error.wire() if error is not None else {"result": result}
-    pipe = r.pipeline()
+    if pipe is None:
+        pipe = r.pipeline(transaction=False)
     pipe.rpush(keys.reply(task_id), json.dumps(body))
     pipe.expire(keys.reply(task_id), REPLY_TTL)
     pipe.execute()

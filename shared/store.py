@@ -496,12 +496,14 @@ class Store:
     def host_sandbox_ids(self, host_id: str) -> list[str]:
         return sorted(self._smembers(keys.host_sandboxes(host_id)))
 
-    def log_task(self, sandbox_id: str, task: str, host_id: str) -> None:
+    def log_task(
+        self, pipe: redis.client.Pipeline, sandbox_id: str, task: str, host_id: str
+    ) -> None:
+        """Add to ``pipe`` the entry of a task the host ran for the sandbox (the last 1,000 are
+        kept): which host ran what."""
         entry = json.dumps({"task": task, "host": host_id, "at": time.time()})
-        pipe = self.r.pipeline()
         pipe.rpush(keys.task_log(sandbox_id), entry)
         pipe.ltrim(keys.task_log(sandbox_id), -1000, -1)
-        pipe.execute()
 
     def task_log(self, sandbox_id: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.r.lrange(keys.task_log(sandbox_id), 0, -1)]

@@ -490,10 +490,10 @@ class Sandboxes:
         function may be called more than once, for one stream each (the E2B answer lists
         stdout, then stderr)."""
         sid = sandbox.sandbox_id
-        upto = self.plog.last_id(sid, process_id)
+        snap = self.plog.snapshot(sid, process_id)  # a short output: read whole, once
 
         def read(kind: str | None = None) -> Iterator[Entry]:
-            return self.plog.entries(sid, process_id, upto, kind)
+            return self.plog.entries(sid, process_id, snap, kind)
 
         return read
 

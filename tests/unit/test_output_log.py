@@ -267,3 +267,44 @@ def test_purging_a_sandbox_gives_its_output_back_and_late_writes_cost_nothing() 
     assert plog.append_budgeted("s1", "a", "t", [Piece(STDOUT, b"late\n", 2)], 5, budgets) is None
     assert int(r.get(keys.tenant_output_bytes("t")) or 0) == rec + 30
     assert not [k for k in r.scan_iter(f"{keys.PREFIX}:*s1*")]
+
+
+class _Counting(fakeredis.FakeRedis):
+    """Counts the stream reads the answer makes."""
+
+    reads = 0
+
+    def xrange(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        return super().xrange(*args, **kwargs)
+
+    def xrevrange(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        return super().xrevrange(*args, **kwargs)
+
+
+@pytest.mark.parametrize("chunks", [0, 1, 7, 8, 9, 40])
+def test_a_snapshot_answers_what_was_there_and_reads_a_short_output_once(chunks: int) -> None:
+    r = _Counting()
+    plog = ProcessLog(r)
+    plog.register("s1", "p1", "echo", "t1")
+    for n in range(chunks):
+        kind = STDERR if n % 3 == 0 else STDOUT
+        plog.append("s1", "p1", [Piece(kind, b"line%d\n" % n, n)])
+    plog.finish("s1", "p1", 0)
+    r.reads = 0
+    snap = plog.snapshot("s1", "p1")
+    # Written after the snapshot: not in the answer, which is the output as it was.
+    plog.append("s1", "p1", [Piece(STDOUT, b"late\n", 99)])
+    answer = orjson.loads(
+        b"".join(process_json("p1", functools.partial(plog.entries, "s1", "p1", snap)))
+    )
+    want = {
+        kind: [f"line{n}" for n in range(chunks) if (n % 3 == 0) == (kind == "stderr")]
+        for kind in ("stdout", "stderr")
+    }
+    assert [o["line"] for o in answer["stdout"]] == want["stdout"]
+    assert [o["line"] for o in answer["stderr"]] == want["stderr"]
+    assert answer["finished"] is True
+    if chunks + 1 < 8:  # the output and its end entry: one read for both streams
+        assert r.reads == 1

@@ -124,6 +124,15 @@ def _register(
         task_id = self.request.id
         sandbox_id = kwargs.get("sandbox_id", "-")
         tenant_id = kwargs.pop("tenant_id", None)
+        ran = False
+
+        def answer(result: Any = None, error: PaddockError | None = None) -> None:
+            # The task's entry in the sandbox's log and the reply: one round trip.
+            pipe = ctx.redis.pipeline(transaction=False)
+            if ran:
+                ctx.store.log_task(pipe, sandbox_id, name, ctx.settings.host_id)
+            rpc.reply(ctx.redis, task_id, result=result, error=error, pipe=pipe)
+
         if not tenant_id and (takes_tenant or not always):
             tenant_id = _tenant_of(ctx, sandbox_id)  # a message from an older web
         try:
@@ -133,7 +142,7 @@ def _register(
             else:
                 share = shares.hold(sandbox_id, tenant_id or "")
             with share:
-                ctx.store.log_task(sandbox_id, name, ctx.settings.host_id)
+                ran = True
                 result = fn(ctx, cmd)
         except ShareUsedUp as exc:
             delay = share_delay(self.request.retries, patience)
@@ -142,17 +151,17 @@ def _register(
                 tries = self.request.retries
                 raise self.retry(countdown=delay, max_retries=tries + 1) from None
             logger.warning("sandbox %s task %s %s: worker share used up", sandbox_id, name, task_id)
-            rpc.reply(ctx.redis, task_id, error=exc)
+            answer(error=exc)
         except PaddockError as exc:
             # The code only: a message can quote a path or a command's error text.
             logger.warning("sandbox %s task %s %s: %s", sandbox_id, name, task_id, exc.code)
-            rpc.reply(ctx.redis, task_id, error=exc)
+            answer(error=exc)
         except Exception:
             logger.exception("sandbox %s task %s %s failed", sandbox_id, name, task_id)
-            rpc.reply(ctx.redis, task_id, error=PaddockError())
+            answer(error=PaddockError())
         else:
             value = None if result is None else result.to_json()
-            rpc.reply(ctx.redis, task_id, result={"value": value, "host": ctx.settings.host_id})
+            answer(result={"value": value, "host": ctx.settings.host_id})
 
 
 def share_delay(tries: int, patience: float) -> float | None:

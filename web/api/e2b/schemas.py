@@ -151,9 +151,10 @@ _FLUSH = 64 << 10  # bytes gathered before they are handed to the server
 
 def process_json(process_id: str, entries: EntryReader) -> Iterator[bytes]:
     """The E2B process answer, ``{"stdout": [...], "stderr": [...], "processID", "finished"}``,
-    written as it is read: ``entries(kind)`` is walked once per stream, and at no point is
-    more than one stream entry (at most 256 KiB of output) and one unfinished line held,
-    however much the process printed.
+    written as it is read: ``entries(kind)`` is walked once per stream, and at no point are
+    more than two reads of stream entries (16 entries of at most 256 KiB: the snapshot's
+    first read, kept for the second stream, and the current one) and one unfinished line
+    held, however much the process printed.
     """
     finished = False
     buf = bytearray(b'{"stdout":[')

@@ -357,25 +357,41 @@ class SupervisorBackend(DockerBackend):
         of SpawnOptions (the supervisor's own pty and timeout)."""
         o = options or SpawnOptions()
         full_env = {"HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LANG": "C.UTF-8", **env}
-        if o.argv:
-            argv = ["/bin/sh", "-c", _SPAWN_ARGV, "paddock", cwd, *o.argv]
-        else:
-            argv = ["/bin/sh", "-c", _SPAWN, "paddock", cwd, cmd]
+        program = list(o.argv) or ["/bin/bash", "-c", "--", cmd]
         try:
-            proc: Process = self._call(
-                sandbox_id,
-                lambda ch: ch.spawn(
-                    argv=argv,
-                    env=full_env,
-                    stdin=o.stdin,
-                    timeout=o.timeout or None,
-                    pty=o.pty,
-                ),
-            )
+            # The fast way: the supervisor moves to the directory and runs the program itself.
+            return self._spawn(sandbox_id, program, cwd, full_env, o)
+        except SandboxError as exc:
+            if "exec" not in str(exc):
+                raise
+        # The directory or the program is not there (or not usable): through the shell
+        # wrapper, which says so as a shell would (the same words as the Docker backend).
+        if o.argv:
+            wrapped = ["/bin/sh", "-c", _SPAWN_ARGV, "paddock", cwd, *o.argv]
+        else:
+            wrapped = ["/bin/sh", "-c", _SPAWN, "paddock", cwd, cmd]
+        try:
+            return self._spawn(sandbox_id, wrapped, "", full_env, o)
         except SandboxError as exc:
             if "fork/exec" not in str(exc):
                 raise
             return NotStarted(f"paddock: cannot run the command: {exc}")
+
+    def _spawn(
+        self, sandbox_id: str, argv: list[str], cwd: str, env: dict[str, str], o: SpawnOptions
+    ) -> SupervisorProcess:
+        """Raises SandboxError (the supervisor's refusal), SandboxGone."""
+        proc: Process = self._call(
+            sandbox_id,
+            lambda ch: ch.spawn(
+                argv=argv,
+                env=env,
+                cwd=cwd or None,
+                stdin=o.stdin,
+                timeout=o.timeout or None,
+                pty=o.pty,
+            ),
+        )
         return SupervisorProcess(self, sandbox_id, proc)
 
     def attach(self, sandbox_id: str, pid: int, after_seq: int) -> Process:
