@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # counting after this long.
 _SLOT_TTL = 60.0
 _PROBLEMS_TTL = 1.0
+_TOUCH_EVERY = 1.0  # seconds: how stale a sandbox's idle timer may be, at most
+_TOUCHED_MAX = 100_000  # sandboxes whose last reset a web process remembers
 # A start whose reply did not come but that a worker holds ("starting": the exec under way) is
 # awaited this much longer before it counts as failed.
 _STARTING_GRACE = 10.0
@@ -55,6 +57,7 @@ class Sandboxes:
         )
         self._problems: tuple[float, list[dict[str, str]]] = (0.0, [])
         self._hosts: tuple[float, list[Host]] = (-_PROBLEMS_TTL, [])
+        self._touched: dict[str, float] = {}  # sandbox id -> when this process reset its timer
 
     # -- health ------------------------------------------------------------------------------
     def problems(self) -> list[dict[str, str]]:
@@ -178,8 +181,22 @@ class Sandboxes:
         """The tenant's sandbox; resets its idle timer. Raises SandboxNotFound (a lost one
         too, unless ``include_lost``: /v1 shows it as ``lost`` for a while)."""
         sandbox = self.store.get_sandbox(tenant_id, sandbox_id, include_lost=include_lost)
-        self.store.touch(sandbox_id)
+        self._touch(sandbox_id)
         return sandbox
+
+    def _touch(self, sandbox_id: str) -> None:
+        """Reset the idle timer, at most once per _TOUCH_EVERY (or an eighth of the idle
+        timeout when that is shorter) per web process: a busy sandbox's requests do not each
+        pay a write for a timer counted in minutes."""
+        now = time.monotonic()
+        every = min(_TOUCH_EVERY, self.settings.idle_timeout / 8)
+        last = self._touched.get(sandbox_id)
+        if last is not None and now - last < every:
+            return
+        self.store.touch(sandbox_id)
+        if len(self._touched) >= _TOUCHED_MAX:
+            self._touched.clear()  # forgetting only costs a write each
+        self._touched[sandbox_id] = now
 
     def of_tenant(self, tenant_id: str) -> list[Sandbox]:
         return self.store.tenant_sandboxes(tenant_id)

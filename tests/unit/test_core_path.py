@@ -19,7 +19,7 @@ import fakeredis
 import pytest
 from celery import Celery
 
-from shared import commands, tasks
+from shared import commands, keys, tasks
 from shared.errors import PathNotFound, QuotaExceeded
 from shared.output import STDERR, STDOUT
 from shared.settings import Settings
@@ -154,3 +154,39 @@ def test_a_host_quota_arrives_with_its_retry_after() -> None:
         assert p.backend.spawned == []
     finally:
         p.close()
+
+
+def test_the_idle_timer_is_reset_by_requests_at_most_once_a_second(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = _create(path)
+    now = [1000.0]
+    monkeypatch.setattr("web.sandboxes.time.monotonic", lambda: now[0])
+    writes: list[str] = []
+    real_touch = path.sandboxes.store.touch
+    monkeypatch.setattr(
+        path.sandboxes.store, "touch", lambda sid: (writes.append(sid), real_touch(sid))
+    )
+    for _ in range(5):
+        path.sandboxes.get(TENANT, sandbox.sandbox_id)
+    assert writes == [sandbox.sandbox_id]  # one write for a burst of requests
+    first = path.redis.zscore(keys.idle_index(), sandbox.sandbox_id)
+    now[0] += 1.01
+    time.sleep(0.01)  # the timer's own clock (wall time) moves on too
+    path.sandboxes.get(TENANT, sandbox.sandbox_id)
+    assert writes == [sandbox.sandbox_id] * 2  # a second later: reset again
+    assert path.redis.zscore(keys.idle_index(), sandbox.sandbox_id) > first
+
+
+def test_each_task_a_host_ran_is_logged_with_its_reply(path: Path) -> None:
+    sandbox = _create(path)
+    path.sandboxes.write_file(sandbox, "/work/a.txt", b"x")
+    with pytest.raises(PathNotFound):
+        path.sandboxes.read_file(sandbox, "/nope")  # a failed task is logged too
+    log = [json.loads(x) for x in path.redis.lrange(keys.task_log(sandbox.sandbox_id), 0, -1)]
+    assert [e["task"] for e in log] == [
+        commands.SandboxCreate.name,
+        commands.FsWrite.name,
+        commands.FsRead.name,
+    ]
+    assert {e["host"] for e in log} == {HOST}
