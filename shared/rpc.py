@@ -31,11 +31,32 @@ def send(app: Celery, queue: str, name: str, kwargs: dict[str, Any], expires: fl
     """
     task_id = uuid.uuid4().hex
     try:
-        app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, expires=expires)
+        app.send_task(
+            name,
+            kwargs=kwargs,
+            queue=queue,
+            task_id=task_id,
+            expires=expires,
+            argsrepr="()",
+            kwargsrepr=shown_kwargs(kwargs),
+        )
     except OperationalError as exc:
         logger.error("task %s %s onto %s: the broker is unreachable: %s", name, task_id, queue, exc)
         raise BrokerUnavailable() from exc
     return task_id
+
+
+# The arguments a task's monitoring shows (Flower, `celery events`): ids only. The rest can be
+# a tenant's command, its environment (secrets), or a file's bytes; Celery would put up to 1 KiB
+# of each task's arguments in its message headers, in clear, and spend more time writing it.
+_SHOWN = ("sandbox_id", "tenant_id", "process_id", "session_id")
+
+
+def shown_kwargs(kwargs: dict[str, Any]) -> str:
+    """The ``kwargsrepr`` of a task: its ids, and the names of its other arguments."""
+    shown = {k: kwargs[k] for k in _SHOWN if isinstance(kwargs.get(k), str)}
+    rest = sorted(k for k in kwargs if k not in shown)
+    return json.dumps({**shown, "other": rest}) if rest else json.dumps(shown)
 
 
 def call(
