@@ -467,12 +467,18 @@ class ProcessLog:
         newest = self.r.xrevrange(keys.output(sandbox_id, process_id), count=1)
         return text(newest[0][0]) if newest else "0-0"
 
-    def snapshot(self, sandbox_id: str, process_id: str) -> Snapshot:
+    def snapshot(
+        self, sandbox_id: str, process_id: str, pipe: redis.client.Pipeline | None = None
+    ) -> Snapshot:
         """The output so far, to be read (``entries``) as it is now: its first entries, and
         where it ends. One read when the output is short (the first entries are all of it),
-        else one more for the newest id."""
+        else one more for the newest id. ``pipe``: commands of the caller's to send in the
+        same round trip, before the read (their answers are not kept)."""
         key = keys.output(sandbox_id, process_id)
-        got = self.r.xrange(key, count=_STREAM_BATCH)
+        if pipe is None:
+            got = self.r.xrange(key, count=_STREAM_BATCH)
+        else:
+            got = pipe.xrange(key, count=_STREAM_BATCH).execute()[-1]
         head = [_stored(entry_id, fields) for entry_id, fields in got]
         if len(head) < _STREAM_BATCH:
             return Snapshot(head[-1].chunk.id if head else "0-0", head, complete=True)
@@ -602,6 +608,11 @@ class Snapshot:
     upto: str
     head: list[_Stored]
     complete: bool
+
+    @property
+    def size(self) -> int:
+        """Bytes of output in the head."""
+        return sum(len(stored.chunk.data) for stored in self.head)
 
 
 def _stored(entry_id: Any, fields: dict[Any, Any]) -> _Stored:

@@ -86,8 +86,11 @@ class Slots:
         released)."""
         self._refresh(keys=[keys.slots(kind, tenant_id)], args=[_ms(ttl), token])
 
-    def release(self, kind: str, tenant_id: str, token: str) -> None:
-        self.r.zrem(keys.slots(kind, tenant_id), token)
+    def release(
+        self, kind: str, tenant_id: str, token: str, pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        """Give the slot back, now or with ``pipe`` (in its round trip, when it runs)."""
+        (pipe if pipe is not None else self.r).zrem(keys.slots(kind, tenant_id), token)
 
     def count(self, kind: str, tenant_id: str) -> int:
         """Live (unexpired) slots the tenant holds of this kind."""

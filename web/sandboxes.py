@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery import Celery
@@ -23,7 +23,7 @@ from shared.errors import (
     WorkerTimeout,
 )
 from shared.lifecycle import HISTORY_AFTER_END
-from shared.output import Entry, EntryReader, ProcessLog
+from shared.output import Entry, EntryReader, ProcessLog, Snapshot
 from shared.sessions import Sessions
 from shared.settings import Settings
 from shared.slots import PROXIES, STREAMS, WAITS, Slots
@@ -31,6 +31,30 @@ from shared.store import Host, Sandbox, Store
 from web import metrics
 
 logger = logging.getLogger(__name__)
+
+
+class Release(Protocol):
+    """Gives a held slot back, now or with ``pipe`` (in its round trip)."""
+
+    def __call__(self, pipe: redis.client.Pipeline | None = None) -> None: ...
+
+
+class Held:
+    """A slot a request holds; ``release`` gives it back once (later calls do nothing)."""
+
+    def __init__(self, release: Release) -> None:
+        self._release = release
+        self.released = False
+
+    def release(self, pipe: redis.client.Pipeline | None = None) -> None:
+        if not self.released:
+            self.released = True
+            self._release(pipe)
+
+
+def _nothing() -> None:
+    pass
+
 
 # A waiting request refreshes its slot every few seconds; one whose web worker died stops
 # counting after this long.
@@ -393,7 +417,7 @@ class Sandboxes:
 
     def _hold(
         self, kind: str, tenant_id: str, limit: int, refusal: str, retry_after: int
-    ) -> Callable[[], None]:
+    ) -> Release:
         """Take one of the tenant's ``limit`` slots of ``kind`` and keep it for as long as the
         request holds it, whatever the request is blocked on (a slow start, a client that
         stops reading): a keeper refreshes it every _SLOT_TTL/3 until the returned function
@@ -414,15 +438,16 @@ class Sandboxes:
 
         threading.Thread(target=keep, name=f"slot-{kind}", daemon=True).start()
 
-        def release() -> None:
+        def release(pipe: redis.client.Pipeline | None = None) -> None:
             done.set()
-            self.slots.release(kind, tenant_id, token)
+            self.slots.release(kind, tenant_id, token, pipe)
 
         return release
 
     @contextmanager
-    def waiting(self, sandbox: Sandbox) -> Iterator[None]:
-        """Hold one of the tenant's concurrent-wait slots for the block.
+    def waiting(self, sandbox: Sandbox) -> Iterator[Held]:
+        """Hold one of the tenant's concurrent-wait slots for the block (or until the block
+        gives it back with the answer's first read: ``snapshot``).
 
         Raises QuotaExceeded, before the block runs, when the tenant already has
         ``tenant_max_waits`` requests waiting."""
@@ -435,11 +460,12 @@ class Sandboxes:
             "(PADDOCK_TENANT_MAX_WAITS); poll without wait, or retry later",
             retry_after=2,
         )
+        held = Held(release)
         try:
             with metrics.OPEN_WAITS.track_inprogress():
-                yield
+                yield held
         finally:
-            release()
+            held.release()
 
     def wait_done(self, sandbox: Sandbox, process_id: str, still_there: Callable[[], bool]) -> None:
         """Block until the process ends (or the wait limit passes), inside `waiting`; the
@@ -469,17 +495,18 @@ class Sandboxes:
         )
 
     def streaming(
-        self, sandbox: Sandbox, answer: Iterator[bytes]
+        self, sandbox: Sandbox, answer: Iterator[bytes], small: bool = False
     ) -> tuple[Iterator[bytes], Callable[[], None]]:
         """Hold one of the tenant's stream slots while ``answer`` (an output answer's chunks)
         is written, however slowly the client reads. Returns the chunks to write, which let
         other requests run between chunks (encoding a big answer is CPU work that would
         otherwise hold an evented worker's loop), and the function that releases the slot
-        (call it when the response closes, written or not).
+        (call it when the response closes, written or not). A ``small`` answer (all of it
+        read already, a few KiB at most: the socket's buffer takes it whole) needs no slot.
 
         Raises QuotaExceeded when the tenant already has ``tenant_max_streams`` answers
         being written."""
-        release = self.stream_slot(sandbox)
+        release: Callable[[], None] = _nothing if small else self.stream_slot(sandbox)
 
         def chunks() -> Iterator[bytes]:
             for chunk in answer:
@@ -502,15 +529,27 @@ class Sandboxes:
             retry_after=1,
         )
 
-    def output(self, sandbox: Sandbox, process_id: str) -> EntryReader:
-        """The process's output so far as lines, read entry by entry (never all at once); the
-        function may be called more than once, for one stream each (the E2B answer lists
-        stdout, then stderr)."""
+    def snapshot(self, sandbox: Sandbox, process_id: str, held: Held | None = None) -> Snapshot:
+        """The process's output as it is now (ProcessLog.snapshot), for ``output``; ``held``
+        (a wait's slot) is given back in the same round trip."""
+        pipe = None
+        if held is not None:
+            pipe = self.r.pipeline(transaction=False)
+            held.release(pipe)
+        return self.plog.snapshot(sandbox.sandbox_id, process_id, pipe)
+
+    def output(
+        self, sandbox: Sandbox, process_id: str, snap: Snapshot | None = None
+    ) -> EntryReader:
+        """The process's output (as it is now, or as ``snap`` saw it) as lines, read entry
+        by entry (never all at once); the function may be called more than once, for one
+        stream each (the E2B answer lists stdout, then stderr)."""
         sid = sandbox.sandbox_id
-        snap = self.plog.snapshot(sid, process_id)  # a short output: read whole, once
+        # (A short output is read whole, once.)
+        taken = snap if snap is not None else self.plog.snapshot(sid, process_id)
 
         def read(kind: str | None = None) -> Iterator[Entry]:
-            return self.plog.entries(sid, process_id, snap, kind)
+            return self.plog.entries(sid, process_id, taken, kind)
 
         return read
 

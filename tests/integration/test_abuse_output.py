@@ -343,6 +343,8 @@ def test_output_answers_in_flight_are_capped_per_tenant(stack: Stack) -> None:
     r = a.req("GET", f"/sessions/{sid}/processes/{pid}")
     assert r.status_code == 429 and "PADDOCK_TENANT_MAX_STREAMS" in r.json()["message"]
     assert r.headers["Retry-After"]
+    # A short answer, read whole at once, is written without a slot: still given.
+    assert a.run(sid, "echo short")["stdout"][0]["line"] == "short"
     # Another tenant reads at once; health answers while the stalled answers stay open.
     sv = b.sandbox()
     assert b.run(sv, "echo mine")["stdout"][0]["line"] == "mine"

@@ -11,6 +11,7 @@ import pytest
 
 from shared import rpc
 from shared.errors import QuotaExceeded
+from shared.output import STDOUT, Piece, ProcessLog
 from shared.settings import Settings
 from shared.slots import STREAMS, WAITS
 from shared.store import Sandbox
@@ -59,3 +60,22 @@ def test_a_client_that_stops_reading_keeps_its_stream_slot(
     assert sandboxes.slots.count(STREAMS, SB.tenant_id) == 0
     _, release_next = sandboxes.streaming(SB, iter([]))  # the freed slot is usable again
     release_next()
+
+
+def test_a_wait_gives_its_slot_back_with_the_answers_first_read() -> None:
+    r = fakeredis.FakeRedis()
+    plog = ProcessLog(r)
+    plog.register(SB.sandbox_id, "p1", "echo 22", SB.tenant_id)
+    plog.append(SB.sandbox_id, "p1", [Piece(STDOUT, b"22\n", 1)])
+    plog.finish(SB.sandbox_id, "p1", 0)
+    sandboxes = Sandboxes(Settings(tenant_max_waits=1), r, celery=None)  # type: ignore[arg-type]
+    with sandboxes.waiting(SB) as held:
+        assert sandboxes.slots.count(WAITS, SB.tenant_id) == 1
+        snap = sandboxes.snapshot(SB, "p1", held)
+        assert sandboxes.slots.count(WAITS, SB.tenant_id) == 0  # given back with the read
+        with sandboxes.waiting(SB):  # so the next wait may start while this one answers
+            pass
+    assert snap.complete and snap.size == 3
+    lines = [line for entry in sandboxes.output(SB, "p1", snap)() for line in entry.lines]
+    assert lines == ["22"]
+    assert sandboxes.slots.count(WAITS, SB.tenant_id) == 0  # and not given back twice

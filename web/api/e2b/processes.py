@@ -14,6 +14,7 @@ import socket
 
 from flask import Blueprint, Response, request
 
+from shared.output import Snapshot
 from shared.store import Sandbox
 from web.api import validation
 from web.api.e2b.schemas import StartProcessParams, WriteProcessStdinRequest, process_json
@@ -22,6 +23,10 @@ from web.sandboxes import Sandboxes
 from web.services import current_services
 
 bp = Blueprint("processes", __name__)
+
+# Bytes of output up to which an answer read whole in one go is written without a stream slot:
+# even as one-character lines its JSON (~60 bytes a line) fits a socket's send buffer.
+SMALL_ANSWER = 1024
 
 
 @bp.post("/sessions/<session_id>/processes")
@@ -34,10 +39,11 @@ def start_process(tenant_id: str, session_id: str) -> Response:
     if not wait:
         process_id = sandboxes.start_process(sandbox, body["cmd"], body["envVars"], body["rootdir"])
         return _answer(sandboxes, sandbox, process_id)
-    with sandboxes.waiting(sandbox):  # refused before anything starts
+    with sandboxes.waiting(sandbox) as held:  # refused before anything starts
         process_id = sandboxes.start_process(sandbox, body["cmd"], body["envVars"], body["rootdir"])
         sandboxes.wait_done(sandbox, process_id, _client_connected)
-    return _answer(sandboxes, sandbox, process_id)
+        snap = sandboxes.snapshot(sandbox, process_id, held)  # the slot goes back with it
+    return _answer(sandboxes, sandbox, process_id, snap)
 
 
 @bp.get("/sessions/<session_id>/processes/<process_id>")
@@ -48,10 +54,12 @@ def get_process(tenant_id: str, session_id: str, process_id: str) -> Response | 
     sandbox = sandboxes.get(tenant_id, session_id)
     if not sandboxes.process_exists(sandbox, process_id):
         return "", 204
-    if wait:
-        with sandboxes.waiting(sandbox):
-            sandboxes.wait_done(sandbox, process_id, _client_connected)
-    return _answer(sandboxes, sandbox, process_id)
+    if not wait:
+        return _answer(sandboxes, sandbox, process_id)
+    with sandboxes.waiting(sandbox) as held:
+        sandboxes.wait_done(sandbox, process_id, _client_connected)
+        snap = sandboxes.snapshot(sandbox, process_id, held)  # the slot goes back with it
+    return _answer(sandboxes, sandbox, process_id, snap)
 
 
 @bp.delete("/sessions/<session_id>/processes/<process_id>")
@@ -107,11 +115,17 @@ def _client_connected() -> bool:
         return False
 
 
-def _answer(sandboxes: Sandboxes, sandbox: Sandbox, process_id: str) -> Response:
-    """The process's output, streamed, holding one of the tenant's stream slots until the
-    response is closed. Raises QuotaExceeded (the tenant's answers in flight)."""
-    entries = sandboxes.output(sandbox, process_id)
-    chunks, release = sandboxes.streaming(sandbox, process_json(process_id, entries))
+def _answer(
+    sandboxes: Sandboxes, sandbox: Sandbox, process_id: str, snap: Snapshot | None = None
+) -> Response:
+    """The process's output (as ``snap`` saw it, else as it is now), streamed, holding one
+    of the tenant's stream slots until the response is closed unless it is small. Raises
+    QuotaExceeded (the tenant's answers in flight)."""
+    if snap is None:
+        snap = sandboxes.snapshot(sandbox, process_id)
+    entries = sandboxes.output(sandbox, process_id, snap)
+    small = snap.complete and snap.size <= SMALL_ANSWER
+    chunks, release = sandboxes.streaming(sandbox, process_json(process_id, entries), small)
     resp = Response(chunks, mimetype="application/json")
     resp.call_on_close(release)
     return resp
