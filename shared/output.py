@@ -147,6 +147,29 @@ redis.call('XADD', KEYS[4], '*', 'c', ARGV[2])
 return 1
 """
 
+# The last output and the end in one script (one round trip): _APPEND, then _FINISH when the
+# append was stored (or was stored before: a repeat). A refused append finishes nothing: the
+# caller stores what fits and says why before the end.
+# KEYS: output stream, process hash, sandbox counter, tenant counter, running set, done stream
+# ARGV: _APPEND's, then _FINISH's four (process id, exit code, oom, now)
+_APPEND_FINISH = (
+    "local last = #ARGV - 4\n"
+    + "local function append()\n"
+    + _APPEND.replace("#ARGV", "last")
+    + "end\n"
+    + "local function finish()\n"
+    + _FINISH.replace("KEYS[3]", "KEYS[5]")
+    .replace("KEYS[4]", "KEYS[6]")
+    .replace("ARGV[1]", "ARGV[last + 1]")
+    .replace("ARGV[2]", "ARGV[last + 2]")
+    .replace("ARGV[3]", "ARGV[last + 3]")
+    .replace("ARGV[4]", "ARGV[last + 4]")
+    + "end\n"
+    + "local got = append()\n"
+    + "if got[1] == 1 then finish() end\n"
+    + "return got\n"
+)
+
 # Forget one process and give its bytes back to the sandbox's and the tenant's budgets.
 # KEYS: process hash, output stream, done stream, process set, running set, sandbox counter,
 #       tenant counter; ARGV: process id
@@ -212,6 +235,14 @@ _NO_BUDGETS = Budgets(0, 0, 0)  # a notice's: 0 bytes are not checked against an
 
 
 @dataclass(frozen=True)
+class End:
+    """How a process ended, for ``ProcessLog.append_budgeted(end=...)``."""
+
+    exit_code: int | None
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
 class Refused:
     """A write the sandbox's or tenant's budget had no room for: ``room`` bytes would fit."""
 
@@ -257,6 +288,7 @@ class ProcessLog:
         self._append = r.register_script(_APPEND)
         self._forget = r.register_script(_FORGET)
         self._finish = r.register_script(_FINISH)
+        self._append_finish = r.register_script(_APPEND_FINISH)
         self._give_up = r.register_script(_GIVE_UP)
 
     # -- records -----------------------------------------------------------------------------
@@ -395,11 +427,13 @@ class ProcessLog:
         budgets: Budgets,
         seq: int = 0,
         resume: str = "",
+        end: End | None = None,
     ) -> Refused | None:
         """Store pieces worth ``size`` bytes, one entry each, if the sandbox's and the tenant's
         budgets both have room for all of them; otherwise store nothing and say how much
         would fit (``room``: bytes of as many pieces). Each entry is charged ENTRY_BYTES
-        besides its bytes.
+        besides its bytes. With ``end``, the process is marked ended too (``finish``), in the
+        same round trip, once the pieces are stored (not when they were refused).
 
         ``seq`` (> 0, growing with each write of the process) makes the write safe to send
         again when its reply was lost (Redis restarted): a seq already stored is not stored
@@ -408,7 +442,7 @@ class ProcessLog:
         written = list(pieces)
         overhead = ENTRY_BYTES * len(written)
         refused = self._add(
-            sandbox_id, process_id, tenant_id, written, size + overhead, budgets, seq, resume
+            sandbox_id, process_id, tenant_id, written, size + overhead, budgets, seq, resume, end
         )
         if refused is None:
             return None
@@ -424,22 +458,34 @@ class ProcessLog:
         budgets: Budgets,
         seq: int,
         resume: str,
+        end: End | None = None,
     ) -> Refused | None:
-        """One _APPEND (``charge`` 0: outside the budgets); Refused.room as the script says."""
+        """One _APPEND (``charge`` 0: outside the budgets), or _APPEND_FINISH with ``end``;
+        Refused.room as the script says."""
         args: list[Any] = [charge, budgets.sandbox, budgets.tenant, seq, resume]
         for p in pieces:
             args += [p.kind, p.data, p.ts_ns, p.notice]
         if len(args) == 5:
+            if end is not None:
+                self.finish(sandbox_id, process_id, end.exit_code, end.oom_killed)
             return None
-        got = self._append(
-            keys=[
-                keys.output(sandbox_id, process_id),
-                keys.process(sandbox_id, process_id),
-                keys.sandbox_output_bytes(sandbox_id),
-                keys.tenant_output_bytes(tenant_id),
-            ],
-            args=args,
-        )
+        stored = [
+            keys.output(sandbox_id, process_id),
+            keys.process(sandbox_id, process_id),
+            keys.sandbox_output_bytes(sandbox_id),
+            keys.tenant_output_bytes(tenant_id),
+        ]
+        if end is None:
+            got = self._append(keys=stored, args=args)
+        else:
+            got = self._append_finish(
+                keys=[
+                    *stored,
+                    keys.sandbox_running(sandbox_id),
+                    keys.process_done(sandbox_id, process_id),
+                ],
+                args=[*args, *self._finish_args(process_id, end.exit_code, end.oom_killed)],
+            )
         if int(got[0]) == 1:
             return None
         return Refused(room=int(got[1]), budget=text(got[2]))
@@ -449,8 +495,6 @@ class ProcessLog:
     ) -> None:
         """Mark the process ended with its end entry; a no-op when it already ended or was
         forgotten, so it is safe to send again after a lost reply."""
-        code = "" if exit_code is None else str(exit_code)
-        oom = "1" if oom_killed else ""
         self._finish(
             keys=[
                 keys.output(sandbox_id, process_id),
@@ -458,8 +502,13 @@ class ProcessLog:
                 keys.sandbox_running(sandbox_id),
                 keys.process_done(sandbox_id, process_id),
             ],
-            args=[process_id, code, oom, time.time()],
+            args=self._finish_args(process_id, exit_code, oom_killed),
         )
+
+    @staticmethod
+    def _finish_args(process_id: str, exit_code: int | None, oom_killed: bool) -> list[Any]:
+        code = "" if exit_code is None else str(exit_code)
+        return [process_id, code, "1" if oom_killed else "", time.time()]
 
     # -- reading output, streamed ------------------------------------------------------------
     def last_id(self, sandbox_id: str, process_id: str) -> str:

@@ -83,6 +83,9 @@ class FakeProcess:
             self.seq += 1
             yield item
 
+    def ready(self) -> bool:
+        return not self.feed.empty()
+
     def poll_every(self, seconds: float) -> None:
         pass
 
@@ -126,6 +129,8 @@ class FakeBackend:
         self.created: list[tuple[str, str, str, NetworkPolicy]] = []
         self.destroyed: list[str] = []
         self.spawned: list[FakeProcess] = []
+        # A process that printed this and exited (code) before the worker read any of it.
+        self.ran_at_once: tuple[list[tuple[str, bytes]], int] | None = None
         self.ooms = 0
 
     def _box(self, sandbox_id: str) -> dict[str, bytes]:
@@ -225,6 +230,11 @@ class FakeBackend:
         self._box(sandbox_id)
         proc = FakeProcess(sandbox_id, cmd)
         proc.options = options or SpawnOptions()
+        if self.ran_at_once is not None:  # all its output and its exit there before any read
+            output, code = self.ran_at_once
+            for item in output:
+                proc.feed.put(item)
+            proc.exit(code)
         if self.numbered:
             proc.ref = str(len(self.spawned))
         self.spawned.append(proc)

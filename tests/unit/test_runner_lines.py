@@ -8,11 +8,13 @@ from __future__ import annotations
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import fakeredis
 import pytest
 
 from shared import commands as c
+from shared import keys
 from shared.output import (
     CUT,
     END,
@@ -225,3 +227,50 @@ def test_a_budget_refusal_keeps_whole_pieces_then_up_to_a_newline() -> None:
     assert _fit(pieces, 4) == ([Piece(STDOUT, b"ab\n", 1)], 3)
     assert _fit(pieces, 2) is None
     assert _fit(pieces, 11) == ([*pieces[:2], Piece(PTY, b"t", 3)], 11)
+
+
+def _ran_at_once(output: list[tuple[str, bytes]], code: int, limit: int = 1 << 20) -> Any:
+    """A runner whose one process printed ``output`` and exited before the worker read it."""
+    pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
+    backend = FakeBackend()
+    backend.ran_at_once = (output, code)
+    ctx = WorkerContext(Settings(host_id="h1", sandbox_output_bytes=limit))
+    ctx.redis = fakeredis.FakeRedis()  # type: ignore[misc]
+    ctx.backend = backend  # type: ignore[misc]
+    ctx.store.heartbeat("h1", 10, ["Bash"], ttl=60)
+    ctx.store.place("sb1", "t1", "Bash", 5, 3600)
+    ops.create_sandbox(ctx, c.SandboxCreate(sandbox_id="sb1", tenant_id="t1", template="Bash"))
+    finished: list[str] = []
+    real_finish = ctx.plog.finish
+
+    def finish(*a: Any, **k: Any) -> None:
+        finished.append(a[1])
+        real_finish(*a, **k)
+
+    ctx.plog.finish = finish  # type: ignore[method-assign]
+    start = c.ProcessStart(
+        sandbox_id="sb1", tenant_id="t1", process_id="p1", cmd="x", env={}, cwd=""
+    )
+    ops.start_process(ctx, start)
+    _until(lambda: ctx.plog.read("sb1", "p1").finished)
+    return ctx, finished
+
+
+def test_the_last_output_and_the_end_are_stored_in_one_trip() -> None:
+    ctx, finished = _ran_at_once([(STDOUT, b"22\n")], 3)
+    out = ctx.plog.read("sb1", "p1")
+    assert [x.text for x in out.stdout] == ["22"] and out.exit_code == 3
+    assert finished == []  # ended by the append's own script, not a second call
+    info = ctx.plog.info("sb1", "p1")
+    assert info["status"] == "exited" and int(info["bytes"]) >= 3 + ENTRY_BYTES
+    assert ctx.redis.scard(keys.sandbox_running("sb1")) == 0
+    assert ctx.plog.wait_done("sb1", "p1", timeout=1)
+
+
+def test_a_refused_last_output_is_cut_and_said_before_the_end() -> None:
+    # The sandbox's budget has room for the record and a few bytes, not the last chunk.
+    ctx, finished = _ran_at_once([(STDOUT, b"ok\n" + b"x" * 5000 + b"\n")], 0, limit=2600)
+    got = ctx.plog.chunks("sb1", "p1", "0-0", block_ms=0)
+    assert got[-1].kind == END and got[-1].exit_code == 0
+    assert b"PADDOCK_SANDBOX_OUTPUT_BYTES" in got[-2].data  # the notice, before the end
+    assert finished == ["p1"]  # the slow way: what fits, the notice, then the end

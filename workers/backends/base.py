@@ -122,6 +122,12 @@ class ProcessHandle(Protocol):
         ``poll_every`` seconds; True ends the iteration early."""
         ...
 
+    def ready(self) -> bool:
+        """Whether ``frames`` has its next chunk or its end already, so that the reader may
+        store what it holds with what comes next (one round trip) rather than now. False
+        when the backend cannot tell."""
+        ...
+
     def poll_every(self, seconds: float) -> None:
         """How often ``frames`` calls its ``stop`` while the process prints nothing."""
         ...

@@ -27,6 +27,7 @@ from shared.output import (
     STDERR,
     STDOUT,
     Budgets,
+    End,
     Piece,
     ProcessLog,
     paddock_line,
@@ -451,7 +452,8 @@ class ProcessManager:
                     truncated = True
                     continue
                 stored += len(data) + ENTRY_BYTES
-                self._store_budgeted(run, kind, data)
+                # Held when more (or the end) is already here: stored with it, in one trip.
+                self._store_budgeted(run, kind, data, flush=not run.handle.ready())
             if not run.forgotten:
                 code = run.handle.exit_code()
                 oom = self._oom_killed(run, code)
@@ -491,6 +493,8 @@ class ProcessManager:
     def _end(self, run: Running, code: int | None, oom: bool) -> None:
         """Store what still waits, then the end marker, waiting for Redis if it is down (up to
         WRITER_BACKOFF.give_up_after). Raises REDIS_DOWN errors past that."""
+        if self._end_with_last_write(run, code, oom):
+            return
         self._flush(run, wait=True)
         if not run.forgotten:
             sid, pid = run.sandbox_id, run.process_id
@@ -498,6 +502,35 @@ class ProcessManager:
                 lambda: self.plog.finish(sid, pid, code, oom_killed=oom),
                 f"end of process {pid}",
             )
+
+    def _end_with_last_write(self, run: Running, code: int | None, oom: bool) -> bool:
+        """The common end: one write of output waits and Redis is up. Stores it and the end
+        marker in one round trip; False when that did not happen (nothing stored that the
+        slow way would store twice: the write's seq makes a repeat a no-op)."""
+        pending = run.pending
+        if run.forgotten or run.cut or len(pending.writes) != 1 or pending.down_since is not None:
+            return False
+        write = pending.writes[0]
+        if not write.budgeted:
+            return False
+        try:
+            refused = self.plog.append_budgeted(
+                run.sandbox_id,
+                run.process_id,
+                run.tenant_id,
+                write.pieces,
+                write.size,
+                self.budgets,
+                write.seq,
+                write.resume,
+                end=End(code, oom),
+            )
+        except REDIS_DOWN:
+            return False
+        if refused is not None:
+            return False  # the slow way stores what fits and says why, then the end
+        pending.done()
+        return True
 
     def _oom_killed(self, run: Running, code: int | None) -> bool:
         """Whether the kernel's OOM killer ended the process: it died by SIGKILL (137) and the
@@ -514,7 +547,7 @@ class ProcessManager:
             run.pending.add([line], 0, budgeted=False, unless_cut=unless_cut)
             self._flush(run)
 
-    def _store_budgeted(self, run: Running, kind: str, data: bytes) -> None:
+    def _store_budgeted(self, run: Running, kind: str, data: bytes, flush: bool = True) -> None:
         """Store the process's own output against the sandbox's and the tenant's budgets,
         now or once Redis is back (with the run's Resume point). When a budget runs out, what
         fits is kept, a marker says why, ``run.cut`` is set and later output is discarded."""
@@ -523,7 +556,8 @@ class ProcessManager:
         resume = run.resume.point() if run.resume is not None else ""
         piece = Piece(kind, data, time.time_ns())
         run.pending.add([piece], len(data), budgeted=True, resume=resume)
-        self._flush(run)
+        if flush or run.pending.full:
+            self._flush(run)
 
     def _flush(self, run: Running, wait: bool = False) -> None:
         """Store the pending writes, oldest first. Redis being down leaves them pending (to be

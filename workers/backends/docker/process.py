@@ -78,6 +78,9 @@ class DockerProcess:
                     continue
             yield (STDOUT if stream == docker_exec.STDOUT_STREAM else STDERR), data
 
+    def ready(self) -> bool:
+        return False
+
     def poll_every(self, seconds: float) -> None:
         self.attached.sock.settimeout(seconds)
 

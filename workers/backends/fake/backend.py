@@ -121,6 +121,9 @@ class FakeProcess:
                 return
             yield kind, data
 
+    def ready(self) -> bool:
+        return False
+
     def poll_every(self, seconds: float) -> None:
         self._poll = max(0.01, seconds)
 

@@ -151,6 +151,9 @@ class SupervisorProcess:
             raise SandboxError("lost the process's output: the supervisor no longer had it")
         self._proc = proc
 
+    def ready(self) -> bool:
+        return self._held is not None or self._proc.ready()
+
     def poll_every(self, seconds: float) -> None:
         self._poll = seconds
 
@@ -230,6 +233,9 @@ class NotStarted:
 
     def frames(self, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
         yield STDERR, self.message.encode() + b"\n"
+
+    def ready(self) -> bool:
+        return False
 
     def poll_every(self, seconds: float) -> None:
         pass
