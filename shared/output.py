@@ -365,9 +365,18 @@ class ProcessLog:
         )
         return text(got) or None
 
-    def set_fields(self, sandbox_id: str, process_id: str, **values: str | int | float) -> None:
+    def set_fields(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        pipe: redis.client.Pipeline | None = None,
+        **values: str | int | float,
+    ) -> None:
+        """Set fields of the process's record, now or with ``pipe``."""
         mapping: dict[str | bytes, str | int | float] = {k: v for k, v in values.items()}
-        self.r.hset(keys.process(sandbox_id, process_id), mapping=mapping)
+        (pipe if pipe is not None else self.r).hset(
+            keys.process(sandbox_id, process_id), mapping=mapping
+        )
 
     def exists(self, sandbox_id: str, process_id: str) -> bool:
         return bool(self.r.exists(keys.process(sandbox_id, process_id)))

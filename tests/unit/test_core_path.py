@@ -17,9 +17,10 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from celery import Celery
 
-from shared import commands, keys, tasks
+from shared import commands, keys, rpc, tasks
 from shared.errors import PathNotFound, QuotaExceeded
 from shared.output import STDERR, STDOUT
 from shared.settings import Settings
@@ -190,3 +191,33 @@ def test_each_task_a_host_ran_is_logged_with_its_reply(path: Path) -> None:
         commands.FsRead.name,
     ]
     assert {e["host"] for e in log} == {HOST}
+
+
+def test_a_start_is_recorded_with_its_reply_and_followed_even_when_the_reply_fails(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = _create(path)
+    pid = path.sandboxes.start_process(sandbox, "echo hi", {}, "")
+    info = path.sandboxes.plog.info(sandbox.sandbox_id, pid)
+    assert info["status"] == "running" and info["pid"] == "42"  # written with the reply
+
+    # The reply's round trip fails (Redis went away just then): the record is written on its
+    # own and the output is still followed.
+    def lost(*_a: Any, **_k: Any) -> None:
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(rpc, "reply", lost)
+    start = commands.ProcessStart(
+        sandbox_id=sandbox.sandbox_id, tenant_id=TENANT, process_id="p2", cmd="x", env={}, cwd=""
+    )
+    task = path.host_app.tasks[start.name]
+    task.apply(kwargs=json.loads(json.dumps(start.to_kwargs())), task_id="t-lost")
+    info = path.sandboxes.plog.info(sandbox.sandbox_id, "p2")
+    assert info["status"] == "running"
+    proc = path.backend.spawned[-1]
+    proc.feed.put((STDOUT, b"still read\n"))
+    proc.exit(0)
+    _until(lambda: path.sandboxes.plog.read(sandbox.sandbox_id, "p2").finished)
+    assert [x.text for x in path.sandboxes.plog.read(sandbox.sandbox_id, "p2").stdout] == [
+        "still read"
+    ]

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import redis
 
 from shared import commands as c
 from shared.egress import NetworkPolicy
@@ -18,6 +23,16 @@ from workers.host import pool
 from workers.host.context import WorkerContext
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Staged:
+    """An operation's result whose last steps go with its reply: ``record`` adds writes to
+    the reply's round trip; ``then`` runs once the reply is sent (or failed to be)."""
+
+    result: c.Reply
+    record: Callable[[redis.client.Pipeline | None], None]
+    then: Callable[[], None]
 
 
 def create_sandbox(ctx: WorkerContext, cmd: c.SandboxCreate) -> c.Created:
@@ -149,13 +164,26 @@ def watch_dir(ctx: WorkerContext, cmd: c.FsWatch) -> None:
 
 
 def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> c.Started:
-    """Raises QuotaExceeded (the sandbox runs its most processes), SandboxGone,
-    BackendUnsupported (an option the backend cannot honour, e.g. a terminal)."""
+    """Its pid, once it runs, is recorded and its output followed. Raises as
+    start_process_staged."""
+    staged = start_process_staged(ctx, cmd)
+    try:
+        staged.record(None)
+    finally:
+        staged.then()
+    return cast(c.Started, staged.result)
+
+
+def start_process_staged(ctx: WorkerContext, cmd: c.ProcessStart) -> Staged:
+    """Its pid; recording it as running goes with the reply (one round trip), and its output
+    is followed after that. Raises QuotaExceeded (the sandbox runs its most processes),
+    SandboxGone, BackendUnsupported (an option the backend cannot honour, e.g. a
+    terminal)."""
     pty = (cmd.pty_cols, cmd.pty_rows) if cmd.pty_cols and cmd.pty_rows else None
     options = SpawnOptions(
         argv=tuple(cmd.argv), pty=pty, stdin=cmd.stdin, timeout=max(cmd.timeout_ms, 0) / 1000
     )
-    pid = ctx.processes.start(
+    spawned = ctx.processes.start_staged(
         cmd.sandbox_id,
         cmd.process_id,
         cmd.cmd,
@@ -165,7 +193,7 @@ def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> c.Started:
         options=options,
         envd=cmd.envd,
     )
-    return c.Started(pid or 0)
+    return Staged(c.Started(spawned.pid or 0), spawned.record, spawned.follow)
 
 
 def write_stdin(ctx: WorkerContext, cmd: c.ProcessStdin) -> c.Written:

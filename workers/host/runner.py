@@ -17,8 +17,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+import redis
 
 from shared.errors import BadRequest, SandboxError
 from shared.output import (
@@ -188,6 +190,19 @@ class Pending:
 
 
 @dataclass
+class Spawned:
+    """A process ProcessManager.start spawned, not yet recorded as running nor read: the
+    caller adds ``record`` (its "running" fields) to a pipeline of its own (the start's reply:
+    one round trip), or calls it with None to write it now; then calls ``follow``, which
+    starts storing its output. ``follow`` must be called once whatever happened to the
+    record: until then nobody reads the process's output."""
+
+    pid: int | None
+    record: Callable[[redis.client.Pipeline | None], None]
+    follow: Callable[[], None]
+
+
+@dataclass
 class Running:
     sandbox_id: str
     process_id: str
@@ -235,10 +250,33 @@ class ProcessManager:
         options: SpawnOptions | None = None,
         envd: str = "",
     ) -> int | None:
-        """Start ``cmd`` (as ``options`` say: SandboxBackend.spawn) and return once it runs:
-        its pid (group) in the sandbox when the backend knows it yet. ``envd`` is kept in the
-        process's record as it is. Raises QuotaExceeded when the sandbox already runs its most
-        processes, SandboxGone if the sandbox is gone, BackendUnsupported."""
+        """Start ``cmd`` (start_staged), record it as running and follow its output: its pid
+        (group) in the sandbox when the backend knows it yet. Raises as start_staged."""
+        spawned = self.start_staged(
+            sandbox_id, process_id, cmd, env, cwd, tenant_id, options=options, envd=envd
+        )
+        try:
+            spawned.record(None)
+        finally:
+            spawned.follow()
+        return spawned.pid
+
+    def start_staged(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        cmd: str,
+        env: dict[str, str],
+        cwd: str,
+        tenant_id: str,
+        options: SpawnOptions | None = None,
+        envd: str = "",
+    ) -> Spawned:
+        """Start ``cmd`` (as ``options`` say: SandboxBackend.spawn) and return once it runs,
+        its record and output left to the caller (Spawned: ``record``, then ``follow``, which
+        the caller must call whatever happens). ``envd`` is kept in the process's record as
+        it is. Raises QuotaExceeded when the sandbox already runs its most processes,
+        SandboxGone if the sandbox is gone, BackendUnsupported."""
         with metrics.process_start(self.settings.host_id):
             self.plog.register(
                 sandbox_id,
@@ -269,16 +307,26 @@ class ProcessManager:
                 pty=options is not None and options.pty is not None,
             )
             pid = handle.pgid if handle.pgid is not None and handle.pgid > 0 else None
-            extra = {"envd": envd} if envd else {}
-            self.plog.set_fields(
-                sandbox_id, process_id, status="running", ref=handle.ref, pid=pid or "", **extra
-            )
+            fields: dict[str, str | int] = {
+                "status": "running",
+                "ref": handle.ref,
+                "pid": pid or "",
+            }
+            if envd:
+                fields["envd"] = envd
+
+        def record(pipe: redis.client.Pipeline | None) -> None:
+            self.plog.set_fields(sandbox_id, process_id, pipe, **fields)
+
+        def follow() -> None:
+            # After the record: the end's script would be overwritten by a late "running".
             self._run(run)
             # Ids and sizes only: a command can carry a secret.
             logger.info(
                 "sandbox %s process %s: started (%d bytes)", sandbox_id, process_id, len(cmd)
             )
-            return pid
+
+        return Spawned(pid, record, follow)
 
     def adopt(self, sandbox_id: str, process_id: str) -> bool:
         """Follow again a process a previous worker of this host started (its record says

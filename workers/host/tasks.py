@@ -45,7 +45,7 @@ HOST_TASKS: list[tuple[type[commands.HostCommand], Callable[..., Any]]] = [
     (commands.FsMove, ops.move),
     (commands.FsEntries, ops.entries),
     (commands.FsWatch, ops.watch_dir),
-    (commands.ProcessStart, ops.start_process),
+    (commands.ProcessStart, ops.start_process_staged),
     (commands.ProcessStdin, ops.write_stdin),
     (commands.ProcessKill, ops.kill_process),
     (commands.ProcessSignal, ops.signal_process),
@@ -125,10 +125,14 @@ def _register(
         sandbox_id = kwargs.get("sandbox_id", "-")
         tenant_id = kwargs.pop("tenant_id", None)
         ran = False
+        staged: ops.Staged | None = None
 
         def answer(result: Any = None, error: PaddockError | None = None) -> None:
-            # The task's entry in the sandbox's log and the reply: one round trip.
+            # The operation's last writes, the task's entry in the sandbox's log and the
+            # reply: one round trip.
             pipe = ctx.redis.pipeline(transaction=False)
+            if staged is not None:
+                staged.record(pipe)
             if ran:
                 ctx.store.log_task(pipe, sandbox_id, name, ctx.settings.host_id)
             rpc.reply(ctx.redis, task_id, result=result, error=error, pipe=pipe)
@@ -160,8 +164,25 @@ def _register(
             logger.exception("sandbox %s task %s %s failed", sandbox_id, name, task_id)
             answer(error=PaddockError())
         else:
+            if isinstance(result, ops.Staged):
+                staged, result = result, result.result
             value = None if result is None else result.to_json()
-            answer(result={"value": value, "host": ctx.settings.host_id})
+            try:
+                answer(result={"value": value, "host": ctx.settings.host_id})
+            except Exception:
+                if staged is not None:  # the reply is lost: its writes are made on their own
+                    _record_alone(staged, sandbox_id, name)
+                raise
+            finally:
+                if staged is not None:
+                    staged.then()
+
+
+def _record_alone(staged: ops.Staged, sandbox_id: str, name: str) -> None:
+    try:
+        staged.record(None)
+    except Exception:
+        logger.exception("sandbox %s task %s: its record was not written", sandbox_id, name)
 
 
 def share_delay(tries: int, patience: float) -> float | None:
