@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         help="sandbox backends to measure, comma-separated (default: docker,supervisor)",
     )
     parser.add_argument("--creates", type=int, default=30, help="sandboxes created per side")
-    parser.add_argument("--execs", type=int, default=30, help="timed `echo 22` per side")
+    parser.add_argument("--execs", type=int, default=60, help="timed `echo 22` per side")
     parser.add_argument("--warmups", type=int, default=5, help="untimed runs before each figure")
     parser.add_argument("--lines", type=int, default=200_000, help="lines printed by `seq`")
     parser.add_argument("--lines-runs", type=int, default=5, help="timed `seq` runs per side")
