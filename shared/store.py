@@ -22,6 +22,8 @@ from shared.redisio import read_hash, read_set, text
 # Seconds a client is told to wait after a sandbox or session quota refusal: a slot frees when
 # the tenant deletes one or when one is reaped, not by itself within a second.
 QUOTA_RETRY_AFTER = 10
+# Seconds a sandbox's task log outlives its last entry.
+TASK_LOG_TTL = 7 * 86400
 
 # Drop a sandbox's processes and give its kept output back to its tenant, in one step: a pump
 # still appending (its script checks that the process exists) is either counted before or
@@ -500,10 +502,12 @@ class Store:
         self, pipe: redis.client.Pipeline, sandbox_id: str, task: str, host_id: str
     ) -> None:
         """Add to ``pipe`` the entry of a task the host ran for the sandbox (the last 1,000 are
-        kept): which host ran what."""
+        kept, for TASK_LOG_TTL after the last: a task that ended after its sandbox was removed
+        leaves no log for longer): which host ran what."""
         entry = json.dumps({"task": task, "host": host_id, "at": time.time()})
         pipe.rpush(keys.task_log(sandbox_id), entry)
         pipe.ltrim(keys.task_log(sandbox_id), -1000, -1)
+        pipe.expire(keys.task_log(sandbox_id), TASK_LOG_TTL)
 
     def task_log(self, sandbox_id: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.r.lrange(keys.task_log(sandbox_id), 0, -1)]

@@ -191,6 +191,11 @@ def test_each_task_a_host_ran_is_logged_with_its_reply(path: Path) -> None:
         commands.FsRead.name,
     ]
     assert {e["host"] for e in log} == {HOST}
+    assert path.redis.ttl(keys.task_log(sandbox.sandbox_id)) > 0  # it does not outlive the sandbox
+    # The destroy is logged before it runs: the log goes with the sandbox's keys.
+    path.sandboxes.delete(sandbox)
+    _until(lambda: not path.redis.exists(keys.sandbox(sandbox.sandbox_id)))
+    assert not path.redis.exists(keys.task_log(sandbox.sandbox_id))
 
 
 def test_a_start_is_recorded_with_its_reply_and_followed_even_when_the_reply_fails(

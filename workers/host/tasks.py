@@ -59,6 +59,9 @@ _USES_TENANT = frozenset({tasks.SANDBOX_CREATE, tasks.PROCESS_START})
 # Never refused for a fair share, nor counted in one: they are how a tenant (or the reaper)
 # stops what runs, which must work most of all when the share is used up.
 _ALWAYS_RUN = frozenset({tasks.SANDBOX_DESTROY, tasks.PROCESS_KILL, tasks.PROCESS_SIGNAL})
+# Logged in the sandbox's task log before they run, not with their reply: the sandbox's keys,
+# its log among them, are gone after it (the log written after would outlive the sandbox).
+_LOGGED_FIRST = frozenset({tasks.SANDBOX_DESTROY})
 # A drain that finds its tenant's share used up comes back after this many seconds.
 _DRAIN_RETRY = 2.0
 # A task over its share goes back to the queue for a moment, again and again (a Celery
@@ -133,7 +136,7 @@ def _register(
             pipe = ctx.redis.pipeline(transaction=False)
             if staged is not None:
                 staged.record(pipe)
-            if ran:
+            if ran and name not in _LOGGED_FIRST:
                 ctx.store.log_task(pipe, sandbox_id, name, ctx.settings.host_id)
             rpc.reply(ctx.redis, task_id, result=result, error=error, pipe=pipe)
 
@@ -147,6 +150,10 @@ def _register(
                 share = shares.hold(sandbox_id, tenant_id or "")
             with share:
                 ran = True
+                if name in _LOGGED_FIRST:
+                    first = ctx.redis.pipeline(transaction=False)
+                    ctx.store.log_task(first, sandbox_id, name, ctx.settings.host_id)
+                    first.execute()
                 result = fn(ctx, cmd)
         except ShareUsedUp as exc:
             delay = share_delay(self.request.retries, patience)
