@@ -34,15 +34,10 @@ E2B_TESTS = tests/integration/test_e2b_sandboxes.py tests/integration/test_proce
 # headless chromium, and test_e2b_js_sdk.py runs the official E2B JS SDK (tests/js) with Node:
 # the test targets have bootstrap install them when missing.
 test integration: BOOTSTRAP_ARGS := --browser --js
-# Lint runs beside the tests (its output comes at the end); either failing fails the target.
-test: bootstrap images          ## the whole test suite against real Redis and Docker, and lint
-	@mkdir -p .paddock; { $(LINT); } >.paddock/lint.log 2>&1 & lint=$$!; \
-	echo "$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests"; \
-	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests && { \
-	echo "# The E2B API's tests again on the other sandbox backend (docker exec per operation)."; \
-	PADDOCK_TEST_BACKEND=docker $(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) $(E2B_TESTS); }; \
-	rc=$$?; wait $$lint; lint_rc=$$?; cat .paddock/lint.log; \
-	if [ $$lint_rc -ne 0 ]; then echo "make test: lint failed" >&2; exit 1; fi; exit $$rc
+test: bootstrap images lint     ## the whole test suite against real Redis and Docker
+	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests
+	# The E2B API's tests again on the other sandbox backend (docker exec per operation).
+	PADDOCK_TEST_BACKEND=docker $(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) $(E2B_TESTS)
 
 unit: bootstrap
 	$(PY) -m pytest -ra -p no:cacheprovider tests/unit
@@ -50,9 +45,10 @@ unit: bootstrap
 integration: bootstrap images
 	$(PY) -m pytest -ra -p no:cacheprovider $(PYTEST_PAR) tests/integration
 
-LINT = $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 lint: bootstrap
-	$(LINT)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: bootstrap images         ## latency and throughput against raw docker, same run
 	$(PY) -m bench
