@@ -155,19 +155,25 @@ def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def _runner(limit: int) -> tuple[WorkerContext, FakeBackend]:
+def _host(settings: Settings, backend: FakeBackend) -> WorkerContext:
+    """A worker over fakeredis and ``backend`` with sandbox sb1 of tenant t1 made."""
     pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
-    backend = FakeBackend()
-    ctx = WorkerContext(Settings(host_id="h1", max_output_bytes=limit))
+    ctx = WorkerContext(settings)
     ctx.redis = fakeredis.FakeRedis()  # type: ignore[misc]
     ctx.backend = backend  # type: ignore[misc]
     ctx.store.heartbeat("h1", 10, ["Bash"], ttl=60)
     ctx.store.place("sb1", "t1", "Bash", 5, 3600)
     ops.create_sandbox(ctx, c.SandboxCreate(sandbox_id="sb1", tenant_id="t1", template="Bash"))
-    start = c.ProcessStart(
-        sandbox_id="sb1", tenant_id="t1", process_id="p1", cmd="x", env={}, cwd=""
-    )
-    ops.start_process(ctx, start)
+    return ctx
+
+
+_START = c.ProcessStart(sandbox_id="sb1", tenant_id="t1", process_id="p1", cmd="x", env={}, cwd="")
+
+
+def _runner(limit: int) -> tuple[WorkerContext, FakeBackend]:
+    backend = FakeBackend()
+    ctx = _host(Settings(host_id="h1", max_output_bytes=limit), backend)
+    ops.start_process(ctx, _START)
     return ctx, backend
 
 
@@ -231,15 +237,9 @@ def test_a_budget_refusal_keeps_whole_pieces_then_up_to_a_newline() -> None:
 
 def _ran_at_once(output: list[tuple[str, bytes]], code: int, limit: int = 1 << 20) -> Any:
     """A runner whose one process printed ``output`` and exited before the worker read it."""
-    pytest.importorskip("lupa", reason="fakeredis runs Lua scripts only with lupa installed")
     backend = FakeBackend()
     backend.ran_at_once = (output, code)
-    ctx = WorkerContext(Settings(host_id="h1", sandbox_output_bytes=limit))
-    ctx.redis = fakeredis.FakeRedis()  # type: ignore[misc]
-    ctx.backend = backend  # type: ignore[misc]
-    ctx.store.heartbeat("h1", 10, ["Bash"], ttl=60)
-    ctx.store.place("sb1", "t1", "Bash", 5, 3600)
-    ops.create_sandbox(ctx, c.SandboxCreate(sandbox_id="sb1", tenant_id="t1", template="Bash"))
+    ctx = _host(Settings(host_id="h1", sandbox_output_bytes=limit), backend)
     finished: list[str] = []
     real_finish = ctx.plog.finish
 
@@ -248,10 +248,7 @@ def _ran_at_once(output: list[tuple[str, bytes]], code: int, limit: int = 1 << 2
         real_finish(*a, **k)
 
     ctx.plog.finish = finish  # type: ignore[method-assign]
-    start = c.ProcessStart(
-        sandbox_id="sb1", tenant_id="t1", process_id="p1", cmd="x", env={}, cwd=""
-    )
-    ops.start_process(ctx, start)
+    ops.start_process(ctx, _START)
     _until(lambda: ctx.plog.read("sb1", "p1").finished)
     return ctx, finished
 

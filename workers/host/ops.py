@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import redis
 
@@ -166,12 +165,8 @@ def watch_dir(ctx: WorkerContext, cmd: c.FsWatch) -> None:
 def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> c.Started:
     """Its pid, once it runs, is recorded and its output followed. Raises as
     start_process_staged."""
-    staged = start_process_staged(ctx, cmd)
-    try:
-        staged.record(None)
-    finally:
-        staged.then()
-    return cast(c.Started, staged.result)
+    pid = ctx.processes.start(*_spawn_args(cmd), options=_options(cmd), envd=cmd.envd)
+    return c.Started(pid or 0)
 
 
 def start_process_staged(ctx: WorkerContext, cmd: c.ProcessStart) -> Staged:
@@ -179,21 +174,19 @@ def start_process_staged(ctx: WorkerContext, cmd: c.ProcessStart) -> Staged:
     is followed after that. Raises QuotaExceeded (the sandbox runs its most processes),
     SandboxGone, BackendUnsupported (an option the backend cannot honour, e.g. a
     terminal)."""
+    spawned = ctx.processes.start_staged(*_spawn_args(cmd), options=_options(cmd), envd=cmd.envd)
+    return Staged(c.Started(spawned.pid or 0), spawned.record, spawned.follow)
+
+
+def _spawn_args(cmd: c.ProcessStart) -> tuple[str, str, str, dict[str, str], str, str]:
+    return cmd.sandbox_id, cmd.process_id, cmd.cmd, cmd.env, cmd.cwd, cmd.tenant_id
+
+
+def _options(cmd: c.ProcessStart) -> SpawnOptions:
     pty = (cmd.pty_cols, cmd.pty_rows) if cmd.pty_cols and cmd.pty_rows else None
-    options = SpawnOptions(
+    return SpawnOptions(
         argv=tuple(cmd.argv), pty=pty, stdin=cmd.stdin, timeout=max(cmd.timeout_ms, 0) / 1000
     )
-    spawned = ctx.processes.start_staged(
-        cmd.sandbox_id,
-        cmd.process_id,
-        cmd.cmd,
-        cmd.env,
-        cmd.cwd,
-        cmd.tenant_id,
-        options=options,
-        envd=cmd.envd,
-    )
-    return Staged(c.Started(spawned.pid or 0), spawned.record, spawned.follow)
 
 
 def write_stdin(ctx: WorkerContext, cmd: c.ProcessStdin) -> c.Written:
