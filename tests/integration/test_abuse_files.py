@@ -241,12 +241,18 @@ def test_a_sandbox_and_a_tenant_hold_only_their_share_of_worker_threads(
             assert r.headers["Retry-After"] == "1"
         assert not any(f.done() for f in held), "the bait reads ended too soon"
 
-        # The held reads end at the file-operation deadline, with a clear error.
+        # The held reads end at the file-operation deadline: the host then continues the
+        # stopped supervisor and asks once more. The freezer stops it again (a 504 saying
+        # which deadline) unless, on a loaded machine, the 8 MiB were sent before it could:
+        # then the whole file, and never anything else.
         for f in held:
             r, took = f.result()
-            assert r.status_code == 504, r.text
-            assert "PADDOCK_FS_TIMEOUT" in r.json()["message"]
-            assert FS_TIMEOUT - 1 < took < FS_TIMEOUT + 15
+            assert r.status_code in (200, 504), r.text
+            if r.status_code == 504:
+                assert "PADDOCK_FS_TIMEOUT" in r.json()["message"]
+            else:
+                assert r.json() == {"content": "x" * 8388608}
+            assert FS_TIMEOUT - 1 < took < 2 * FS_TIMEOUT + 15
 
     # Shares are back: once the freezer is gone the sandboxes answer, and no stopped reader
     # was left in them (the supervisor backend's reader is the supervisor: the host continues
