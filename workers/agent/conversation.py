@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 from workers.agent.http import llm_http_client
-from workers.agent.llm_errors import SDK_ERRORS, LlmError, llm_error
+from workers.agent.llm_errors import LlmError, llm_error, sdk_errors
 
 _Sdk = TypeVar("_Sdk")
 
@@ -111,7 +111,7 @@ class Conversation(ABC):
         error: LlmError | None = None
         try:
             turn = self._request(api_key, base_url, allowed_hosts)
-        except SDK_ERRORS as exc:
+        except sdk_errors() as exc:
             error = llm_error(self.vendor, exc, api_key, self.timeout)
         if error is not None:
             # Raised outside the except block so it holds no __context__: the SDK error keeps the

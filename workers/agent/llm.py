@@ -8,6 +8,10 @@ Chat Completions ``tool_calls`` and ``role: tool`` messages) stays inside its ad
 and the `Conversation` base are in :mod:`workers.agent.conversation`, the mapping of SDK errors
 to `LlmError` in :mod:`workers.agent.llm_errors`. Import all of them from here.
 
+The adapters (and with them the vendors' SDKs, ~3 s of CPU to import) are loaded by the first
+`new_conversation`, or by naming one of their classes from here: a host worker that runs no
+agent task never imports them.
+
 Decisions the loop can rely on:
 
 - ``turn.stop`` is ``"tool_use"`` exactly when there are tool calls (unless the reply was cut at
@@ -26,9 +30,10 @@ Decisions the loop can rely on:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from workers.agent.anthropic_adapter import ANTHROPIC_DEFAULT_URL, AnthropicConversation
 from workers.agent.conversation import (
     ABANDONED,
     NO_OUTPUT,
@@ -41,7 +46,10 @@ from workers.agent.conversation import (
     Turn,
 )
 from workers.agent.llm_errors import LlmError
-from workers.agent.openai_adapter import OPENAI_DEFAULT_URL, OpenAIConversation
+
+if TYPE_CHECKING:
+    from workers.agent.anthropic_adapter import ANTHROPIC_DEFAULT_URL, AnthropicConversation
+    from workers.agent.openai_adapter import OPENAI_DEFAULT_URL, OpenAIConversation
 
 __all__ = [
     "ABANDONED",
@@ -63,6 +71,19 @@ __all__ = [
 ]
 
 VENDORS = ("anthropic", "openai")
+# Each name of an adapter module, and the module that defines it (loaded when first named).
+_LAZY = {
+    "ANTHROPIC_DEFAULT_URL": "workers.agent.anthropic_adapter",
+    "AnthropicConversation": "workers.agent.anthropic_adapter",
+    "OPENAI_DEFAULT_URL": "workers.agent.openai_adapter",
+    "OpenAIConversation": "workers.agent.openai_adapter",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def new_conversation(
@@ -84,13 +105,11 @@ def new_conversation(
     Raises:
         LlmError: ``llm_bad_request`` for a vendor other than ``anthropic`` or ``openai``.
     """
-    classes: dict[str, type[Conversation]] = {
-        "anthropic": AnthropicConversation,
-        "openai": OpenAIConversation,
-    }
+    classes = {"anthropic": "AnthropicConversation", "openai": "OpenAIConversation"}
     if vendor not in classes:
         raise LlmError("llm_bad_request", f"unknown LLM vendor {vendor!r}; use anthropic or openai")
-    return classes[vendor](
+    cls: type[Conversation] = __getattr__(classes[vendor])
+    return cls(
         model=model,
         system=system,
         tools=list(tools),

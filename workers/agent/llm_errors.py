@@ -1,13 +1,14 @@
 """How a failed LLM request reaches the agent loop: one `LlmError` with an ``llm_*`` code,
-whatever the vendor's SDK raised, and with no API key in its message."""
+whatever the vendor's SDK raised, and with no API key in its message.
+
+The vendors' SDKs are imported when a conversation first needs them, not with this module:
+together they take ~3 s of CPU to import, which every host worker paid at each start."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-
-import anthropic
-import openai
 
 from workers.agent.http import AddressRefused
 
@@ -15,8 +16,14 @@ _MAX_MESSAGE = 300
 # Both vendors' keys start with "sk-"; vendors echo them masked or partly ("sk-proj-abc***xyz").
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
 
-# Everything either SDK raises for a request: what `llm_error` turns into an LlmError.
-SDK_ERRORS = (anthropic.AnthropicError, openai.OpenAIError)
+
+@functools.cache
+def sdk_errors() -> tuple[type[Exception], ...]:
+    """Everything either SDK raises for a request: what `llm_error` turns into an LlmError."""
+    import anthropic
+    import openai
+
+    return (anthropic.AnthropicError, openai.OpenAIError)
 
 
 class LlmError(Exception):
@@ -43,6 +50,9 @@ class LlmError(Exception):
 def llm_error(vendor: str, exc: Exception, api_key: str, timeout: float) -> LlmError:
     """Turn any SDK exception into an LlmError whose message cannot carry the key, nor what a
     redirect pointed at."""
+    import anthropic
+    import openai
+
     if isinstance(exc, anthropic.APITimeoutError | openai.APITimeoutError):
         return LlmError("llm_timeout", f"{vendor} did not answer within {timeout:g} s")
     refused = _address_refused(exc)
