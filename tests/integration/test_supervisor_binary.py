@@ -93,7 +93,7 @@ def test_timeout_kills_the_group(ch: Channel) -> None:
     started = time.monotonic()
     proc = ch.spawn(cmd="sleep 300 & echo $!; wait", timeout=0.5)
     out, _, exit_ = proc.wait()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 30  # killed at its timeout, far from the sleep's 300 s
     assert (exit_.timed_out, exit_.signal, exit_.code) == (True, "SIGKILL", None)
     child = int(out)
     deadline = time.monotonic() + 3
