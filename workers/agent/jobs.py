@@ -281,7 +281,7 @@ class JobRun:
         sid = self.s.sandbox_id
         pid = ids.process_id()
         procs, plog = self.ctx.processes, self.ctx.plog
-        procs.start(sid, pid, command, env, WORKDIR, self.s.tenant_id)
+        procs.spawn(sid, pid, command, env, WORKDIR, self.s.tenant_id).start()
         self.running_pid = pid
         captured: list[str] = []
         size = 0

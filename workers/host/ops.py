@@ -20,6 +20,7 @@ from shared.errors import BadRequest, SandboxError
 from workers.backends.base import SpawnOptions
 from workers.host import pool
 from workers.host.context import WorkerContext
+from workers.host.runner import Spawned
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +164,10 @@ def watch_dir(ctx: WorkerContext, cmd: c.FsWatch) -> None:
 
 
 def start_process(ctx: WorkerContext, cmd: c.ProcessStart) -> c.Started:
-    """Its pid, once it runs, is recorded and its output followed. Raises as
+    """Its pid, once it runs, is recorded and its output followed: the op for a caller that
+    sends no reply (the host task uses start_process_staged). Raises as
     start_process_staged."""
-    pid = ctx.processes.start(*_spawn_args(cmd), options=_options(cmd), envd=cmd.envd)
-    return c.Started(pid or 0)
+    return c.Started(_spawn(ctx, cmd).start() or 0)
 
 
 def start_process_staged(ctx: WorkerContext, cmd: c.ProcessStart) -> Staged:
@@ -174,18 +175,24 @@ def start_process_staged(ctx: WorkerContext, cmd: c.ProcessStart) -> Staged:
     is followed after that. Raises QuotaExceeded (the sandbox runs its most processes),
     SandboxGone, BackendUnsupported (an option the backend cannot honour, e.g. a
     terminal)."""
-    spawned = ctx.processes.start_staged(*_spawn_args(cmd), options=_options(cmd), envd=cmd.envd)
+    spawned = _spawn(ctx, cmd)
     return Staged(c.Started(spawned.pid or 0), spawned.record, spawned.follow)
 
 
-def _spawn_args(cmd: c.ProcessStart) -> tuple[str, str, str, dict[str, str], str, str]:
-    return cmd.sandbox_id, cmd.process_id, cmd.cmd, cmd.env, cmd.cwd, cmd.tenant_id
-
-
-def _options(cmd: c.ProcessStart) -> SpawnOptions:
+def _spawn(ctx: WorkerContext, cmd: c.ProcessStart) -> Spawned:
     pty = (cmd.pty_cols, cmd.pty_rows) if cmd.pty_cols and cmd.pty_rows else None
-    return SpawnOptions(
+    options = SpawnOptions(
         argv=tuple(cmd.argv), pty=pty, stdin=cmd.stdin, timeout=max(cmd.timeout_ms, 0) / 1000
+    )
+    return ctx.processes.spawn(
+        cmd.sandbox_id,
+        cmd.process_id,
+        cmd.cmd,
+        cmd.env,
+        cmd.cwd,
+        cmd.tenant_id,
+        options=options,
+        envd=cmd.envd,
     )
 
 

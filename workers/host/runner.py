@@ -191,15 +191,24 @@ class Pending:
 
 @dataclass
 class Spawned:
-    """A process ProcessManager.start spawned, not yet recorded as running nor read: the
+    """A process ProcessManager.spawn started, not yet recorded as running nor read: the
     caller adds ``record`` (its "running" fields) to a pipeline of its own (the start's reply:
     one round trip), or calls it with None to write it now; then calls ``follow``, which
     starts storing its output. ``follow`` must be called once whatever happened to the
-    record: until then nobody reads the process's output."""
+    record: until then nobody reads the process's output. ``start`` does both at once."""
 
     pid: int | None
     record: Callable[[redis.client.Pipeline | None], None]
     follow: Callable[[], None]
+
+    def start(self) -> int | None:
+        """Record the process as running now and follow its output; its pid (group) in the
+        sandbox when the backend knows it yet."""
+        try:
+            self.record(None)
+        finally:
+            self.follow()
+        return self.pid
 
 
 @dataclass
@@ -239,29 +248,7 @@ class ProcessManager:
             settings.max_output_bytes, settings.sandbox_output_bytes, settings.tenant_output_bytes
         )
 
-    def start(
-        self,
-        sandbox_id: str,
-        process_id: str,
-        cmd: str,
-        env: dict[str, str],
-        cwd: str,
-        tenant_id: str,
-        options: SpawnOptions | None = None,
-        envd: str = "",
-    ) -> int | None:
-        """Start ``cmd`` (start_staged), record it as running and follow its output: its pid
-        (group) in the sandbox when the backend knows it yet. Raises as start_staged."""
-        spawned = self.start_staged(
-            sandbox_id, process_id, cmd, env, cwd, tenant_id, options=options, envd=envd
-        )
-        try:
-            spawned.record(None)
-        finally:
-            spawned.follow()
-        return spawned.pid
-
-    def start_staged(
+    def spawn(
         self,
         sandbox_id: str,
         process_id: str,
@@ -274,9 +261,9 @@ class ProcessManager:
     ) -> Spawned:
         """Start ``cmd`` (as ``options`` say: SandboxBackend.spawn) and return once it runs,
         its record and output left to the caller (Spawned: ``record``, then ``follow``, which
-        the caller must call whatever happens). ``envd`` is kept in the process's record as
-        it is. Raises QuotaExceeded when the sandbox already runs its most processes,
-        SandboxGone if the sandbox is gone, BackendUnsupported."""
+        the caller must call whatever happens; Spawned.start for both now). ``envd`` is kept
+        in the process's record as it is. Raises QuotaExceeded when the sandbox already runs
+        its most processes, SandboxGone if the sandbox is gone, BackendUnsupported."""
         with metrics.process_start(self.settings.host_id):
             self.plog.register(
                 sandbox_id,
